@@ -1,0 +1,197 @@
+"""From a ``TrainConfig`` to a checked plan, vectorised envs and an SB3 algorithm."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+import envs
+from agents.config import ALGOS, EXTRACTORS, VEC_ENVS, ConfigError, TrainConfig
+from agents.presets import default_history, preset_for
+from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
+
+ALGO_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "ppo_lstm": RecurrentPPO}
+EXTRACTOR_CLASSES = {
+    "attention": HistoryAttentionExtractor,
+    "local-attention": HistoryAttentionExtractor,
+    "mlp": HistoryFlattenExtractor,
+    "mlp-stack": HistoryFlattenExtractor,
+}
+_SET_BY_US = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "policy_kwargs", "_init_setup_model", "observation_space"}
+_POLICY_KEYS = {"net_arch", "policy_kwargs"}
+
+
+@dataclass
+class RunPlan:
+    """Every setting resolved from the config and the presets, checked before anything is trained."""
+
+    config: TrainConfig
+    extractor: str
+    history: int
+    n_timesteps: int
+    n_envs: int
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    extractor_kwargs: dict[str, Any] = field(default_factory=dict)
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_history(self) -> bool:
+        return self.config.algo != "ppo_lstm"
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` with this project's ids registered (also inside subprocess workers)."""
+    assert envs.NAMESPACE  # importing envs registered the ids
+    return gym.make(env_id, **kwargs)
+
+
+def _check_env_id(env_id: str) -> None:
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see --list-envs"
+    raise ConfigError(f"unknown env {env_id!r}: {hint}")
+
+
+def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    creator = gym.spec(env_id).entry_point
+    if isinstance(creator, str):
+        creator = gym.envs.registration.load_env_creator(creator)
+    params = inspect.signature(creator).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [name for name in params if name not in ("self", "render_mode")]
+        for key in env_kwargs:
+            if key not in allowed:
+                raise ConfigError(f"env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}")
+    try:
+        return make_env(env_id, **env_kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"--env-kwargs for {env_id}: {error}") from None
+
+
+def _check_positive(name: str, value: Any, allow_disabled: bool = False) -> None:
+    if allow_disabled and value == -1:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "an integer >= 1" + (" or -1 to disable" if allow_disabled else "")
+        raise ConfigError(f"{name}={value!r} is invalid: must be {allowed}")
+
+
+def _resolve_extractor(cfg: TrainConfig) -> str:
+    extractor = cfg.extractor or ("mlp" if cfg.algo == "ppo_lstm" else "attention")
+    if extractor not in EXTRACTORS:
+        raise ConfigError(f"--extractor {extractor!r} is invalid: allowed are {', '.join(EXTRACTORS)}")
+    if cfg.algo == "ppo_lstm" and extractor != "mlp":
+        raise ConfigError(f"--extractor {extractor!r} does not go with ppo_lstm, which keeps its own LSTM memory: use mlp")
+    return extractor
+
+
+def _resolve_history(cfg: TrainConfig, extractor: str, probe: gym.Env) -> int:
+    if cfg.history is not None:
+        _check_positive("--history", cfg.history)
+        if extractor == "mlp" and cfg.history != 1:
+            raise ConfigError(f"--history {cfg.history} does not go with --extractor mlp, which sees the newest step only: use attention, local-attention or mlp-stack")
+        return cfg.history
+    return 1 if extractor == "mlp" else default_history(probe)
+
+
+def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Sort preset and user overrides into algorithm, extractor and policy keywords."""
+    algo_keys = set(inspect.signature(ALGO_CLASSES[cfg.algo].__init__).parameters) - _SET_BY_US
+    extractor_keys = set(inspect.signature(EXTRACTOR_CLASSES[extractor].__init__).parameters) - _SET_BY_US
+    if cfg.algo == "ppo_lstm":
+        extractor_keys = set()
+    buckets: tuple[dict, dict, dict] = ({}, {}, {})
+    for source, values in (("preset", preset), ("user", cfg.hyperparams)):
+        for key, value in values.items():
+            if key in algo_keys:
+                buckets[0][key] = value
+            elif key in extractor_keys:
+                buckets[1][key] = value
+            elif key in _POLICY_KEYS:
+                buckets[2].update(value if key == "policy_kwargs" else {key: value})
+            elif source == "user":
+                allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS)
+                raise ConfigError(f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}")
+    return buckets
+
+
+def resolve(cfg: TrainConfig) -> RunPlan:
+    """Check every setting and fill in the presets; raises ConfigError with a one-line message."""
+    if cfg.algo not in ALGOS:
+        raise ConfigError(f"--algo {cfg.algo!r} is invalid: allowed are {', '.join(ALGOS)}")
+    if cfg.vec_env not in VEC_ENVS:
+        raise ConfigError(f"--vec-env {cfg.vec_env!r} is invalid: allowed are {', '.join(VEC_ENVS)}")
+    _check_env_id(cfg.env)
+    extractor = _resolve_extractor(cfg)
+    probe = _check_env_kwargs(cfg.env, cfg.env_kwargs)
+    preset = preset_for(cfg.algo, cfg.env)
+    plan = RunPlan(
+        config=cfg,
+        extractor=extractor,
+        history=_resolve_history(cfg, extractor, probe),
+        n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else preset.n_timesteps,
+        n_envs=cfg.n_envs if cfg.n_envs is not None else preset.n_envs,
+    )
+    probe.close()
+    _check_positive("--n-timesteps", plan.n_timesteps)
+    _check_positive("--n-envs", plan.n_envs)
+    _check_positive("--eval-episodes", cfg.eval_episodes)
+    _check_positive("--eval-freq", cfg.eval_freq, allow_disabled=True)
+    _check_positive("--save-freq", cfg.save_freq, allow_disabled=True)
+    plan.algo_kwargs, plan.extractor_kwargs, plan.policy_kwargs = _split_hyperparams(cfg, extractor, preset.hyperparams)
+    if extractor == "local-attention":
+        plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
+    return plan
+
+
+def local_window(plan: RunPlan) -> int:
+    """Default window: just wide enough for the stacked local blocks to reach the oldest step."""
+    n_layers = int(plan.extractor_kwargs.get("n_layers", 2))
+    return min(plan.history, -(-(plan.history - 1) // n_layers) + 1)
+
+
+def make_vec(plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = None) -> VecEnv:
+    """Monitored, history-wrapped, vectorised copies of the env."""
+    cfg = plan.config
+    wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
+    vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
+    return make_vec_env(partial(make_env, cfg.env, **cfg.env_kwargs), n_envs, seed, monitor_dir=monitor_dir, wrapper_class=wrapper, vec_env_cls=vec_cls)
+
+
+def make_single(plan: RunPlan) -> gym.Env:
+    """One env as the policy sees it, for inspection."""
+    env = make_env(plan.config.env, **plan.config.env_kwargs)
+    return HistoryObservation(env, plan.history) if plan.uses_history else env
+
+
+def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
+    """The SB3 algorithm with its policy and extractor; SB3's ``ortho_init`` is set explicitly."""
+    cfg = plan.config
+    policy_kwargs = dict(plan.policy_kwargs)
+    if plan.uses_history:
+        policy = "MultiInputPolicy"
+        policy_kwargs["features_extractor_class"] = EXTRACTOR_CLASSES[plan.extractor]
+        policy_kwargs["features_extractor_kwargs"] = plan.extractor_kwargs
+        if cfg.algo in ("ppo", "a2c"):
+            # Orthogonal re-init suits the MLP baselines, not the transformer's own init.
+            policy_kwargs.setdefault("ortho_init", not plan.extractor.endswith("attention"))
+    else:
+        policy = "MlpLstmPolicy" if isinstance(venv.observation_space, gym.spaces.Box) else "MultiInputLstmPolicy"
+    try:
+        return ALGO_CLASSES[cfg.algo](
+            policy, venv, seed=cfg.seed, device=cfg.device, verbose=cfg.verbose, policy_kwargs=policy_kwargs, **plan.algo_kwargs
+        )
+    except (ValueError, TypeError, AssertionError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {message}") from None

@@ -1,0 +1,60 @@
+"""The ``train.py`` command line, built from ``TrainConfig`` (flag names follow the RL Baselines3 Zoo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+
+import gymnasium as gym
+
+import envs
+from agents.config import ConfigError, TrainConfig, parse_key_values
+from agents.run import train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train an SB3 agent with an attention (or baseline) feature extractor, evaluate it and log to TensorBoard.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        flags = meta.pop("flags")
+        meta.pop("kv", None)
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        parser.add_argument(*flags, dest=f.name, default=default, **meta)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    values = vars(args)
+    for f in fields(TrainConfig):
+        if f.metadata.get("kv"):
+            values[f.name] = parse_key_values(values[f.name] or [], f.metadata["flags"][-1])
+    return TrainConfig(**values)
+
+
+def list_envs() -> str:
+    lines = []
+    for env_id in envs.ENV_IDS:
+        spec = gym.spec(env_id)
+        kwargs = ", ".join(f"{k}={v}" for k, v in spec.kwargs.items()) or "defaults"
+        lines.append(f"{env_id:28s} {kwargs}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = config_from_args(argv)
+        if cfg.list_envs:
+            print(list_envs())
+            return 0
+        result = train(cfg)
+    except ConfigError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0

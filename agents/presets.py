@@ -1,0 +1,67 @@
+"""Per-env hyperparameters that work, keyed by algorithm and env family; the command line overrides them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for one (algorithm, env family)."""
+
+    n_timesteps: int
+    """env steps to train for"""
+    n_envs: int
+    """parallel envs"""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """algorithm keywords, plus extractor keywords (embed_dim, n_layers, ...)"""
+
+
+_PPO_TMAZE = {
+    "n_steps": 128,
+    "batch_size": 256,
+    "n_epochs": 4,
+    "learning_rate": 5e-4,
+    "ent_coef": 0.01,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "net_arch": [64],
+    "features_dim": 64,
+    "embed_dim": 64,
+    "n_heads": 4,
+    "n_layers": 1,
+}
+
+PRESETS: dict[tuple[str, str], Preset] = {
+    ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE),
+    ("a2c", "TMaze"): Preset(200_000, 8, {"n_steps": 16, "learning_rate": 7e-4, "ent_coef": 0.01, "net_arch": [64], "features_dim": 64, "n_layers": 1}),
+    ("dqn", "TMaze"): Preset(
+        200_000, 4,
+        {"buffer_size": 50_000, "learning_starts": 1_000, "exploration_fraction": 0.3, "target_update_interval": 1_000, "net_arch": [64], "features_dim": 64, "n_layers": 1},
+    ),
+    ("ppo_lstm", "TMaze"): Preset(100_000, 8, {k: v for k, v in _PPO_TMAZE.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")}),
+    ("ppo", "*"): Preset(100_000, 8, {}),
+    ("a2c", "*"): Preset(100_000, 8, {}),
+    ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),
+    ("ppo_lstm", "*"): Preset(100_000, 8, {}),
+}
+
+DEFAULT_HISTORY = 16
+
+
+def env_family(env_id: str) -> str:
+    """``rlattn/TMazeActive-L30-v0`` -> ``TMaze``; envs without a preset -> ``*``."""
+    name = env_id.split(":")[-1]
+    return "TMaze" if name.startswith("rlattn/TMaze") else "*"
+
+
+def preset_for(algo: str, env_id: str) -> Preset:
+    return PRESETS[(algo, env_family(env_id))]
+
+
+def default_history(env: gym.Env) -> int:
+    """A history long enough for the task: a whole episode where the env says how long that is."""
+    return int(getattr(env.unwrapped, "max_steps", DEFAULT_HISTORY))

@@ -1,0 +1,193 @@
+"""T-Maze memory tasks (Ni et al. 2023, https://arxiv.org/abs/2307.03864, section 5.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.validation import check_int
+
+MAX_CORRIDOR_LENGTH = 100_000
+
+RIGHT, LEFT, UP, DOWN = 0, 1, 2, 3
+ACTION_NAMES = ("right", "left", "up", "down")
+
+
+class TMazeEnv(gym.Env):
+    """Passive T-Maze: remember a cue seen once, act on it ``corridor_length`` steps later.
+
+    ## Description
+    A corridor of cells ``0 .. corridor_length`` ends in a junction with an upper and a lower arm. The
+    first observation shows the cue (which arm is right); every later one hides it. The agent walks
+    right to the junction and turns into an arm. Memory length equals ``corridor_length``.
+
+    ## Observation Space
+    ``Box(0, 1, (3,), float32)``: ``[cue is up, cue is down, at the junction]``.
+
+    ## Action Space
+    ``Discrete(4)``: 0 right, 1 left, 2 up, 3 down. Up or down ends the episode at the junction and
+    bumps into a wall elsewhere.
+
+    ## Rewards
+    1 for turning into the cued arm, 0 for the other. Each step that does not bring the agent closer
+    to the end of a shortest episode costs ``1 / max_steps``, so penalties add up to at most -1 and
+    the best episode returns exactly 1.0.
+
+    ## Episode End
+    Terminated when the agent turns at the junction (``info["is_success"]`` says whether it chose the
+    cued arm); truncated after ``max_steps = corridor_length + 1 + slack`` steps (success False).
+
+    ## Arguments
+    - ``corridor_length`` (int, 1 .. 100000): steps from the start to the junction.
+    - ``slack`` (int, >= 0): extra steps allowed beyond a shortest episode.
+    - ``render_mode``: ``None``, ``"ansi"`` (text) or ``"rgb_array"`` (3 x cells grid, HWC uint8).
+
+    ``info`` holds ``cue_step`` (the episode step at which the cue was last observed, -1 before it
+    has been seen), ``goal`` (0 up, 1 down) and ``position``: ground truth for scoring attention.
+
+    ## Registered IDs
+    ``rlattn/TMaze-v0`` (corridor 10) and ``rlattn/TMaze-L{30,100,300,1000}-v0``.
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    active = False
+
+    def __init__(self, corridor_length: int = 10, slack: int = 0, render_mode: str | None = None):
+        self.corridor_length = check_int("corridor_length", corridor_length, 1, MAX_CORRIDOR_LENGTH)
+        self.slack = check_int("slack", slack, 0, MAX_CORRIDOR_LENGTH)
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode={render_mode!r} is invalid: allowed are None, 'ansi', 'rgb_array'")
+        self.render_mode = render_mode
+        self.start = 1 if self.active else 0
+        self.junction = self.start + self.corridor_length
+        self.max_steps = self.shortest_episode + self.slack
+        self.step_penalty = 1.0 / self.max_steps
+        self.observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
+        self.action_space = spaces.Discrete(4)
+        self._position = self.start
+        self._goal = 0
+        self._t = 0
+        self._cue_step = -1
+
+    @property
+    def shortest_episode(self) -> int:
+        """Steps in an optimal episode: the walk to the junction plus the turn."""
+        return self.corridor_length + 1
+
+    def _cue_visible(self) -> bool:
+        return self._t == 0
+
+    def _steps_to_go(self) -> int:
+        return self.junction - self._position + 1
+
+    def _observe(self) -> np.ndarray:
+        obs = np.zeros(3, dtype=np.float32)
+        if self._cue_visible():
+            obs[self._goal] = 1.0
+            self._cue_step = self._t
+        obs[2] = float(self._position == self.junction)
+        return obs
+
+    def _info(self) -> dict[str, Any]:
+        return {"cue_step": self._cue_step, "goal": self._goal, "position": self._position}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._position, self._t, self._cue_step = self.start, 0, -1
+        self._goal = int(self.np_random.integers(2))
+        return self._observe(), self._info()
+
+    def step(self, action):
+        action = int(action)
+        if not 0 <= action < 4:
+            raise ValueError(f"action={action} is invalid: allowed are 0..3")
+        at_junction = self._position == self.junction
+        self._t += 1
+        if at_junction and action in (UP, DOWN):
+            success = action - UP == self._goal
+            info = self._info() | {"is_success": success}
+            return self._observe(), float(success), True, False, info
+        before = self._steps_to_go()
+        if action == RIGHT:
+            self._position = min(self._position + 1, self.junction)
+        elif action == LEFT:
+            self._position = max(self._position - 1, 0)
+        reward = 0.0 if self._steps_to_go() < before else -self.step_penalty
+        obs = self._observe()
+        info = self._info()
+        truncated = self._t >= self.max_steps
+        if truncated:
+            info["is_success"] = False
+        return obs, reward, False, truncated, info
+
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "ansi":
+            cells = ["."] * (self.junction + 1)
+            if self._cue_visible():
+                cells[0] = "UD"[self._goal]
+            cells[self._position] = "A"
+            return "".join(cells) + "|"
+        if self.render_mode == "rgb_array":
+            return self._render_rgb()
+        return None
+
+    def _render_rgb(self, width: int = 512) -> np.ndarray:
+        """Corridor in grey, the cued arm green, the other red, the agent white."""
+        n = self.junction + 1
+        grid = np.zeros((3, n, 3), dtype=np.uint8)
+        grid[1, :] = 96
+        grid[1 + (1 - 2 * (self._goal == 0)), -1] = (0, 200, 0)
+        grid[1 - (1 - 2 * (self._goal == 0)), -1] = (200, 0, 0)
+        grid[1, self._position] = 255
+        scale = max(1, width // n)
+        return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
+class TMazeActiveEnv(TMazeEnv):
+    """Active T-Maze: the cue cell is one step behind the start; the agent must step back to see it.
+
+    Same spaces, rewards and arguments as :class:`TMazeEnv`. The agent starts in cell 1; the cue is
+    visible while it stands in cell 0; the junction is ``corridor_length`` steps right of the start.
+    A shortest episode is one step left, ``corridor_length + 1`` right and the turn
+    (``corridor_length + 3`` steps); stepping back onto the cue cell is progress, not a penalty.
+
+    ## Registered IDs
+    ``rlattn/TMazeActive-v0`` (corridor 10) and ``rlattn/TMazeActive-L{30,100}-v0``.
+    """
+
+    active = True
+
+    @property
+    def shortest_episode(self) -> int:
+        return self.corridor_length + 3
+
+    def _cue_visible(self) -> bool:
+        return self._position == 0
+
+    def _steps_to_go(self) -> int:
+        if self._cue_step < 0:
+            return self._position + self.junction + 1
+        return self.junction - self._position + 1
+
+
+class TMazeOracle:
+    """The optimal policy, acting from observations alone (it keeps its own memory of the cue)."""
+
+    def __init__(self, env: gym.Env):
+        self.active = bool(env.unwrapped.active)
+        self.reset()
+
+    def reset(self) -> None:
+        self.goal: int | None = None
+
+    def act(self, obs: np.ndarray) -> int:
+        if obs[0] or obs[1]:
+            self.goal = int(obs[1] > 0)
+        if self.goal is None:
+            return LEFT if self.active else RIGHT
+        if obs[2]:
+            return UP + self.goal
+        return RIGHT

@@ -1,0 +1,15 @@
+"""Keyword checks that fail with one line naming the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import numbers
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an int if it is a whole number in ``[low, high]``, else raise ValueError."""
+    allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+    return int(value)

@@ -1,0 +1,21 @@
+"""rlattn: attention feature extractors and history observations for Stable-Baselines3."""
+
+from rlattn.attention import MultiHeadAttention, attention_mask, structure_mask
+from rlattn.blocks import GRUGate, TransformerBlock
+from rlattn.callbacks import AttentionLoggingCallback
+from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor
+from rlattn.wrappers import HistoryObservation
+
+__all__ = [
+    "AttentionLoggingCallback",
+    "GRUGate",
+    "HistoryAttentionExtractor",
+    "HistoryFlattenExtractor",
+    "HistoryObservation",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "attention_mask",
+    "structure_mask",
+]
+
+__version__ = "0.1.0"

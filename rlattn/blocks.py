@@ -1,0 +1,88 @@
+"""Pre-norm transformer blocks with a plain residual or a GTrXL gate.
+
+GTrXL: Parisotto et al. 2020, https://arxiv.org/abs/1910.06764, section 3 (identity map reordering
+and the GRU-type gate, whose bias makes a fresh block start close to the identity).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rlattn.attention import MultiHeadAttention
+
+GATES = ("residual", "gru")
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: (B, Q, E) -> (B, Q, E)."""
+
+    def __init__(self, embed_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Residual(nn.Module):
+    """``x + y``: the plain pre-norm transformer's skip connection."""
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return x + y
+
+
+class GRUGate(nn.Module):
+    """GTrXL's GRU-type gate g(x, y); ``bias`` > 0 keeps the update gate nearly shut at init.
+
+    The bias is a bare Parameter so that SB3's ``ortho_init`` (which zeroes Linear biases) keeps it.
+    """
+
+    def __init__(self, embed_dim: int, bias: float = 2.0):
+        super().__init__()
+        self.w = nn.Linear(embed_dim, 3 * embed_dim, bias=False)  # W_r, W_z, W_g on y
+        self.u = nn.Linear(embed_dim, 2 * embed_dim, bias=False)  # U_r, U_z on x
+        self.u_g = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.gate_bias = nn.Parameter(torch.full((embed_dim,), bias))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        wr, wz, wg = self.w(y).chunk(3, dim=-1)
+        ur, uz = self.u(x).chunk(2, dim=-1)
+        r = torch.sigmoid(wr + ur)
+        z = torch.sigmoid(wz + uz - self.gate_bias)
+        h = torch.tanh(wg + self.u_g(r * x))
+        return (1 - z) * x + z * h
+
+
+class TransformerBlock(nn.Module):
+    """``x = skip(x, attn(norm1(x)))`` then ``x = skip(x, mlp(norm2(x)))``.
+
+    :param embed_dim: token size E.
+    :param n_heads: attention heads.
+    :param mlp_ratio: hidden size of the feed-forward part, as a multiple of E.
+    :param gate: ``"residual"`` (x + y) or ``"gru"`` (GTrXL gate; ReLU on each sub-layer's output).
+    """
+
+    def __init__(self, embed_dim: int, n_heads: int, mlp_ratio: float = 2.0, gate: str = "residual"):
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate={gate!r} is invalid: allowed are {', '.join(GATES)}")
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.attn = MultiHeadAttention(embed_dim, n_heads)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.mlp = FeedForward(embed_dim, max(1, math.ceil(embed_dim * mlp_ratio)))
+        self.gated = gate == "gru"
+        self.skip1 = GRUGate(embed_dim) if self.gated else Residual()
+        self.skip2 = GRUGate(embed_dim) if self.gated else Residual()
+
+    def forward(self, x: Tensor, mask: Tensor, n_queries: int | None = None, need_weights: bool = False):
+        """(B, K, E), mask (B, 1, K, K) -> (B, Q, E) for the newest Q steps, and weights if asked."""
+        y, weights = self.attn(self.norm1(x), mask, n_queries, need_weights)
+        if n_queries is not None:
+            x = x[:, -n_queries:]
+        x = self.skip1(x, torch.relu(y) if self.gated else y)
+        y = self.mlp(self.norm2(x))
+        x = self.skip2(x, torch.relu(y) if self.gated else y)
+        return x, weights

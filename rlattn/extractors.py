@@ -1,0 +1,200 @@
+"""SB3 feature extractors over ``HistoryObservation`` dicts.
+
+Shape letters: B batch, K history length, D per-step input size, E embedding, H heads, F features.
+Both extractors are stateless: every call sees only the observation it is given.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import Tensor, nn
+
+from rlattn.attention import ATTENTION_KINDS, attention_mask, structure_mask
+from rlattn.blocks import TransformerBlock
+
+POSITIONS = ("learned", "sinusoidal")
+READOUTS = ("newest", "summary")
+STEP_KEYS = ("obs", "action", "reward")
+
+
+def history_length(observation_space: spaces.Space) -> int:
+    """K of a ``HistoryObservation`` space; a one-line ValueError for any other space."""
+    expected = "a Dict with 'obs' (K, ...) and 'valid' (K,) Boxes, as made by rlattn.HistoryObservation"
+    if not isinstance(observation_space, spaces.Dict) or not {"obs", "valid"} <= set(observation_space.spaces):
+        raise ValueError(f"observation space {observation_space} is not supported: expected {expected}")
+    unknown = set(observation_space.spaces) - {*STEP_KEYS, "valid"}
+    if unknown:
+        raise ValueError(f"observation keys {sorted(unknown)} are not supported: allowed are {STEP_KEYS + ('valid',)}")
+    length = observation_space["valid"].shape[0] if observation_space["valid"].shape else 0
+    for key, space in observation_space.spaces.items():
+        if not isinstance(space, spaces.Box) or len(space.shape) < 1 or space.shape[0] != length:
+            raise ValueError(f"observation key {key!r} has space {space}: expected {expected}")
+    return length
+
+
+class HistoryExtractor(BaseFeaturesExtractor):
+    """Shared parsing: turns the dict into per-step vectors (B, K, D) and a (B, K) bool mask.
+
+    uint8 observations that SB3 does not normalise itself (anything but a single image) are scaled
+    to [0, 1] here.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, features_dim: int):
+        super().__init__(observation_space, features_dim)
+        self.history_length = history_length(observation_space)
+        self.step_keys = [key for key in STEP_KEYS if key in observation_space.spaces]
+        self.step_dim = sum(int(np.prod(observation_space[key].shape[1:])) for key in self.step_keys)
+        obs_space = observation_space["obs"]
+        own_scaling = obs_space.dtype == np.uint8 and not is_image_space(obs_space, check_channels=False)
+        self.obs_scale = 1.0 / 255.0 if own_scaling else 1.0
+
+    def step_features(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """dict of (B, K, ...) -> steps (B, K, D), valid (B, K) bool with the newest step always valid."""
+        parts = []
+        for key in self.step_keys:
+            x = observations[key].float()
+            parts.append(x.flatten(2) * (self.obs_scale if key == "obs" else 1.0))
+        valid = observations["valid"] > 0.5
+        valid = torch.cat([valid[:, :-1], torch.ones_like(valid[:, -1:])], dim=1)
+        return torch.cat(parts, dim=-1), valid
+
+
+class HistoryFlattenExtractor(HistoryExtractor):
+    """Baseline: the masked history flattened into one vector, then an MLP layer.
+
+    ``(B, K, D), valid (B, K) -> (B, F)``. With K = 1 this is a memoryless MLP on the newest step.
+
+    :param observation_space: a ``HistoryObservation`` Dict space.
+    :param features_dim: output size F.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, features_dim: int = 128):
+        super().__init__(observation_space, features_dim)
+        in_dim = self.history_length * (self.step_dim + 1)
+        self.net = nn.Sequential(nn.Linear(in_dim, features_dim), nn.ReLU())
+
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        steps, valid = self.step_features(observations)
+        steps = steps * valid[..., None]  # padding content never reaches the output
+        return self.net(torch.cat([steps, valid[..., None].float()], dim=-1).flatten(1))
+
+
+def sinusoidal_table(length: int, dim: int) -> Tensor:
+    """(length, dim) sin/cos encoding of 0 .. length-1 (Vaswani et al. 2017, section 3.5)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10_000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class HistoryAttentionExtractor(HistoryExtractor):
+    """Transformer over the observation history; the newest step (or a summary token) is read out.
+
+    ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear), tagged with its age
+    (newest = 0), passed through pre-norm blocks with global or local (windowed) attention over
+    valid steps, and read out through LayerNorm, Linear and ReLU. The last block computes only the
+    readout's query. Padding never changes the output.
+
+    Pass ``ortho_init=False`` in PPO/A2C ``policy_kwargs``: SB3 would otherwise re-initialise these
+    layers orthogonally (the GTrXL gate biases survive either way).
+
+    :param observation_space: a ``HistoryObservation`` Dict space.
+    :param features_dim: output size F.
+    :param embed_dim: token size E.
+    :param n_heads: attention heads per block (divides E).
+    :param n_layers: transformer blocks.
+    :param attention: ``"global"`` (all steps) or ``"local"`` (the last ``window`` steps per block).
+    :param window: local window, 1 .. K; only with ``attention="local"``.
+    :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"``.
+    :param position: ``"learned"`` (one vector per age) or ``"sinusoidal"``.
+    :param readout: ``"newest"`` (the newest step's token) or ``"summary"`` (a learned token after it).
+    :param mlp_ratio: feed-forward hidden size as a multiple of E.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        features_dim: int = 128,
+        embed_dim: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        attention: str = "global",
+        window: int | None = None,
+        gate: str = "gru",
+        position: str = "learned",
+        readout: str = "newest",
+        mlp_ratio: float = 2.0,
+    ):
+        super().__init__(observation_space, features_dim)
+        K = self.history_length
+        _check_choice("attention", attention, ATTENTION_KINDS)
+        _check_choice("position", position, POSITIONS)
+        _check_choice("readout", readout, READOUTS)
+        for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim), ("n_heads", n_heads), ("n_layers", n_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid: must be an integer >= 1")
+        if attention == "local" and (window is None or not 1 <= window <= K):
+            raise ValueError(f"window={window!r} is invalid: local attention needs an integer from 1 to the history length {K}")
+        if attention == "global" and window is not None:
+            raise ValueError(f"window={window!r} is invalid with attention='global': use attention='local' or no window")
+        self.readout = readout
+        n_tokens = K + (readout == "summary")
+        self.embed = nn.Linear(self.step_dim, embed_dim)
+        table = sinusoidal_table(n_tokens, embed_dim).flip(0)  # row i holds the age of slot i
+        self.position = nn.Parameter(table * 0.1) if position == "learned" else None
+        self.register_buffer("position_table", table, persistent=False)
+        self.summary = nn.Parameter(torch.zeros(embed_dim)) if readout == "summary" else None
+        self.register_buffer("structure", structure_mask(n_tokens, attention, window), persistent=False)
+        self.blocks = nn.ModuleList(TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) for _ in range(n_layers))
+        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim), nn.ReLU())
+        self.blocks.apply(_init_linear)
+
+    def tokens(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """dict -> tokens (B, K', E) with positions, and the (B, 1, K', K') mask."""
+        steps, valid = self.step_features(observations)
+        x = self.embed(steps)  # (B, K, E)
+        if self.summary is not None:
+            x = torch.cat([x, self.summary.expand(x.shape[0], 1, -1)], dim=1)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+        x = x + (self.position if self.position is not None else self.position_table)
+        return x, attention_mask(self.structure, valid)
+
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        x, mask = self.tokens(observations)
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, mask, n_queries=1 if i == len(self.blocks) - 1 else None)
+        return self.head(x[:, -1])
+
+    @torch.no_grad()
+    def attention_maps(self, observations: dict[str, Tensor]) -> Tensor:
+        """What the readout attends to, per block: (B, n_layers, H, K') weights of the last query.
+
+        Computed on the explicit path, only when asked (for TensorBoard and scoring).
+        """
+        x, mask = self.tokens(observations)
+        maps = []
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, weights = block(x, mask, n_queries=1 if last else None, need_weights=True)
+            maps.append(weights[:, :, -1])
+        return torch.stack(maps, dim=1)
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is invalid: allowed are {', '.join(allowed)}")
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

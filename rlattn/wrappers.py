@@ -1,0 +1,108 @@
+"""``HistoryObservation``: each observation becomes the last K steps, newest last, with a validity mask."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+Encoder = Callable[[Any], np.ndarray]
+
+
+def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray) -> tuple[Encoder, spaces.Box]:
+    offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
+    size = int(np.sum(nvec))
+
+    def encode(x: Any) -> np.ndarray:
+        out = np.zeros(size, dtype=np.float32)
+        out[offsets + (np.asarray(x, dtype=np.int64).reshape(-1) - start)] = 1.0
+        return out
+
+    return encode, spaces.Box(0.0, 1.0, (size,), np.float32)
+
+
+def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
+    """How one observation or action of ``space`` becomes an array: Box as is, discrete as one-hot."""
+    if isinstance(space, spaces.Box):
+        return (lambda x: np.asarray(x, dtype=space.dtype)), space
+    if isinstance(space, spaces.Discrete):
+        return _one_hot_encoder(np.array([space.n]), np.array([space.start]))
+    if isinstance(space, spaces.MultiDiscrete):
+        return _one_hot_encoder(space.nvec.reshape(-1), space.start.reshape(-1))
+    if isinstance(space, spaces.MultiBinary):
+        n = int(np.prod(space.shape))
+        return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(0.0, 1.0, (n,), np.float32)
+    allowed = "Box, Discrete, MultiDiscrete, MultiBinary"
+    raise ValueError(f"{what} space {space} is not supported by HistoryObservation: allowed are {allowed}")
+
+
+def _stacked(space: spaces.Box, length: int) -> tuple[spaces.Box, np.ndarray]:
+    """The space of ``length`` stacked steps, and a padding step that lies inside it."""
+    low = np.broadcast_to(space.low, (length, *space.shape))
+    high = np.broadcast_to(space.high, (length, *space.shape))
+    pad = np.clip(np.zeros(space.shape), space.low, space.high).astype(space.dtype)
+    return spaces.Box(low, high, (length, *space.shape), space.dtype), pad
+
+
+class HistoryObservation(gym.Wrapper):
+    """Observe the last ``length`` steps of the episode instead of the current one.
+
+    Observation: ``Dict(obs=(K, *step_shape), valid=(K,))``, newest step last. ``valid`` is 1 for real
+    steps of the current episode and 0 for padding (which holds a fixed in-space filler); the newest
+    step is always valid. Box observations keep their shape and dtype; Discrete and MultiDiscrete
+    become one-hot float vectors, MultiBinary a float vector.
+
+    :param env: any Gymnasium env with a Box, Discrete, MultiDiscrete or MultiBinary observation.
+    :param length: history length K (>= 1).
+    :param include_action: add ``action`` (K, A): the action that led to each step (one-hot if
+        discrete; zeros for the first step).
+    :param include_reward: add ``reward`` (K, 1): the reward received on arriving at each step.
+    """
+
+    def __init__(self, env: gym.Env, length: int, include_action: bool = False, include_reward: bool = False):
+        super().__init__(env)
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+            raise ValueError(f"history length={length!r} is invalid: must be an integer >= 1")
+        self.length = int(length)
+        self._encode_obs, step_space = step_encoder(env.observation_space, "observation")
+        obs_space, obs_pad = _stacked(step_space, self.length)
+        fields: dict[str, tuple[spaces.Box, np.ndarray]] = {"obs": (obs_space, obs_pad)}
+        self._encode_action = None
+        if include_action:
+            self._encode_action, action_space = step_encoder(env.action_space, "action")
+            fields["action"] = _stacked(action_space, self.length)
+        if include_reward:
+            fields["reward"] = _stacked(spaces.Box(-np.inf, np.inf, (1,), np.float32), self.length)
+        self._pads = {key: pad for key, (_, pad) in fields.items()}
+        self._buffers = {key: np.empty(space.shape, space.dtype) for key, (space, _) in fields.items()}
+        self._valid = np.zeros(self.length, dtype=np.float32)
+        self.observation_space = spaces.Dict(
+            {**{key: space for key, (space, _) in fields.items()}, "valid": spaces.Box(0.0, 1.0, (self.length,), np.float32)}
+        )
+
+    def _push(self, step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for key, buffer in self._buffers.items():
+            buffer[:-1] = buffer[1:]
+            buffer[-1] = step[key]
+        self._valid[:-1] = self._valid[1:]
+        self._valid[-1] = 1.0
+        return {**{key: buffer.copy() for key, buffer in self._buffers.items()}, "valid": self._valid.copy()}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        for key, buffer in self._buffers.items():
+            buffer[:] = self._pads[key]
+        self._valid[:] = 0.0
+        first = {key: pad for key, pad in self._pads.items()} | {"obs": self._encode_obs(obs)}
+        return self._push(first), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        step = {"obs": self._encode_obs(obs)}
+        if self._encode_action is not None:
+            step["action"] = self._encode_action(action)
+        if "reward" in self._buffers:
+            step["reward"] = np.float32(reward)
+        return self._push(step), reward, terminated, truncated, info
