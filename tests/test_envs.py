@@ -1,0 +1,141 @@
+"""Property tests over every registered env: checkers, determinism, fresh arrays, oracle, memory need."""
+
+import itertools
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from envs.tmaze import LEFT, RIGHT
+
+
+def play(env, policy, seed):
+    obs, info = env.reset(seed=seed)
+    total, infos = 0.0, [info]
+    while True:
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        total += reward
+        infos.append(info)
+        if terminated or truncated:
+            return total, infos
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_env_checkers(env_id):
+    gym_check_env(gym.make(env_id).unwrapped, skip_render_check=False)
+    sb3_check_env(gym.make(env_id), warn=True)
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_seeded_episodes_repeat(env_id):
+    def rollout(seed):
+        env = gym.make(env_id)
+        env.action_space.seed(seed)
+        obs, _ = env.reset(seed=seed)
+        trace = [obs]
+        for _ in range(50):
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            trace += [obs, reward]
+            if terminated or truncated:
+                trace.append(env.reset()[0])
+        return trace
+
+    for a, b in zip(rollout(3), rollout(3)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_goal_is_randomised_across_seeds(env_id):
+    goals = {gym.make(env_id).reset(seed=seed)[1]["goal"] for seed in range(20)}
+    assert goals == {0, 1}
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_observations_are_fresh_arrays(env_id):
+    env = gym.make(env_id)
+    first, _ = env.reset(seed=0)
+    kept = first.copy()
+    second, *_ = env.step(RIGHT)
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_oracle_scores_the_maximum(env_id):
+    env = gym.make(env_id)
+    oracle = envs.oracle_for(env)
+    for seed in range(10):
+        oracle.reset()
+        total, infos = play(env, oracle.act, seed)
+        assert total == pytest.approx(1.0)
+        assert infos[-1]["is_success"] is True
+        assert len(infos) - 1 == env.unwrapped.shortest_episode
+
+
+@pytest.mark.parametrize("env_id", ["rlattn/TMaze-v0", "rlattn/TMazeActive-v0"])
+def test_no_memoryless_policy_beats_chance(env_id):
+    """All 4^4 deterministic maps from the four distinct observations to actions: none does better than a coin."""
+    env = gym.make(env_id, corridor_length=3)
+    observations = [(1, 0, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
+    best = 0.0
+    for actions in itertools.product(range(4), repeat=4):
+        table = dict(zip(observations, actions))
+        wins = [play(env, lambda obs, t=table: t[tuple(int(v) for v in obs)], seed)[1][-1]["is_success"] for seed in range(60)]
+        best = max(best, float(np.mean(wins)))
+    assert 0.4 < best < 0.7
+
+
+def test_junction_observation_hides_the_goal():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=3)
+    seen = {}
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        for _ in range(3):
+            obs, *_ = env.step(RIGHT)
+        seen.setdefault(info["goal"], obs)
+    np.testing.assert_array_equal(seen[0], seen[1])
+
+
+def test_penalties_add_up_to_at_most_minus_one():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=5, slack=3)
+    total, infos = play(env, lambda obs: LEFT, seed=0)
+    assert total == pytest.approx(-1.0)
+    assert infos[-1]["is_success"] is False and len(infos) - 1 == env.unwrapped.max_steps
+
+
+def test_cue_step_is_ground_truth():
+    passive = gym.make("rlattn/TMaze-v0")
+    assert passive.reset(seed=0)[1]["cue_step"] == 0
+    active = gym.make("rlattn/TMazeActive-v0")
+    _, info = active.reset(seed=0)
+    assert info["cue_step"] == -1
+    obs, reward, *_, info = active.step(LEFT)
+    assert info["cue_step"] == 1 and obs[info["goal"]] == 1.0 and reward == 0.0
+
+
+def test_long_corridor():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=10_000)
+    oracle = envs.oracle_for(env)
+    total, infos = play(env, oracle.act, seed=1)
+    assert total == pytest.approx(1.0) and len(infos) == 10_002
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"corridor_length": 0}, "corridor_length=0"),
+    ({"corridor_length": -5}, "corridor_length=-5"),
+    ({"corridor_length": 2.5}, "corridor_length=2.5"),
+    ({"corridor_length": True}, "corridor_length=True"),
+    ({"corridor_length": 10**9}, "corridor_length=1000000000"),
+    ({"slack": -1}, "slack=-1"),
+    ({"render_mode": "video"}, "render_mode='video'"),
+])
+def test_bad_kwargs_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gym.make("rlattn/TMaze-v0", **kwargs)
+
+
+def test_make_with_module_prefix_registers_ids():
+    assert gym.make("envs:rlattn/TMazeActive-L30-v0").unwrapped.corridor_length == 30
