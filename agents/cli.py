@@ -13,8 +13,15 @@ from agents.config import ConfigError, TrainConfig, parse_key_values
 from agents.run import train
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="train.py",
         description="Train an SB3 agent with an attention (or baseline) feature extractor, evaluate it and log to TensorBoard.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -1,0 +1,148 @@
+"""The SB3 extractor contract: shapes, padding invariance, gradients, save/load, short learns."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, DQN, PPO
+
+import envs  # noqa: F401  (registers the ids)
+from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
+
+K, D = 6, 3
+SPACE = spaces.Dict({"obs": spaces.Box(-1, 1, (K, D), np.float32), "valid": spaces.Box(0, 1, (K,), np.float32)})
+VARIANTS = [
+    {},
+    {"attention": "local", "window": 2, "n_layers": 3},
+    {"gate": "residual", "position": "sinusoidal"},
+    {"readout": "summary", "n_layers": 1},
+]
+
+
+def batch(B=4, space=SPACE, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = {key: torch.rand((B, *s.shape), generator=g) for key, s in space.spaces.items()}
+    lengths = torch.randint(1, K + 1, (B,), generator=g)
+    obs["valid"] = (torch.arange(K)[None] >= (K - lengths)[:, None]).float()
+    return obs
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+def test_output_shape_and_padding_invariance(kwargs):
+    extractor = HistoryAttentionExtractor(SPACE, features_dim=20, embed_dim=16, n_heads=2, **kwargs)
+    obs = batch()
+    out = extractor(obs)
+    assert out.shape == (4, 20) and extractor.features_dim == 20
+    changed = {**obs, "obs": torch.where(obs["valid"][..., None] > 0, obs["obs"], torch.randn_like(obs["obs"]) * 100)}
+    torch.testing.assert_close(extractor(changed), out)
+
+
+def test_all_padding_but_newest_is_finite_and_equals_a_one_step_history():
+    extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2)
+    obs = batch()
+    obs["valid"] = torch.zeros_like(obs["valid"])
+    short_space = spaces.Dict({"obs": spaces.Box(-1, 1, (1, D), np.float32), "valid": spaces.Box(0, 1, (1,), np.float32)})
+    short = HistoryAttentionExtractor(short_space, embed_dim=16, n_heads=2)
+    state = extractor.state_dict()
+    state["position"] = state["position"][-1:]  # the same age-0 position vector
+    short.load_state_dict(state)
+    out = extractor(obs)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, short({"obs": obs["obs"][:, -1:], "valid": torch.ones(4, 1)}))
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+def test_gradients_reach_every_parameter(kwargs):
+    extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2, **kwargs)
+    extractor(batch(B=8)).square().sum().backward()
+    for name, param in extractor.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_is_stateless():
+    extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2)
+    a, b = batch(seed=1), batch(seed=2)
+    first = extractor(a)
+    extractor(b)
+    torch.testing.assert_close(extractor(a), first)
+
+
+def test_attention_maps_are_distributions_over_valid_steps():
+    extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2, n_layers=2)
+    obs = batch()
+    maps = extractor.attention_maps(obs)
+    assert maps.shape == (4, 2, 2, K)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(4, 2, 2))
+    assert torch.all(maps * (1 - obs["valid"][:, None, None]) == 0)
+
+
+def test_uint8_histories_are_scaled_to_unit_range():
+    space = spaces.Dict({"obs": spaces.Box(0, 255, (K, 2, 4, 4), np.uint8), "valid": spaces.Box(0, 1, (K,), np.float32)})
+    extractor = HistoryFlattenExtractor(space)
+    steps, _ = extractor.step_features({"obs": torch.full((1, K, 2, 4, 4), 255.0), "valid": torch.ones(1, K)})
+    assert steps.max() == 1.0
+
+
+def test_flatten_baseline_ignores_padding():
+    extractor = HistoryFlattenExtractor(SPACE, features_dim=8)
+    obs = batch()
+    changed = {**obs, "obs": torch.where(obs["valid"][..., None] > 0, obs["obs"], torch.randn_like(obs["obs"]))}
+    torch.testing.assert_close(extractor(changed), extractor(obs))
+
+
+@pytest.mark.parametrize("space, match", [
+    (spaces.Box(0, 1, (K, D)), "observation space Box"),
+    (spaces.Dict({"obs": spaces.Box(0, 1, (K, D))}), "expected a Dict with 'obs'"),
+    (spaces.Dict({"obs": spaces.Box(0, 1, (K, D)), "valid": spaces.Box(0, 1, (K + 1,))}), "observation key 'obs'"),
+    (spaces.Dict({"obs": spaces.Box(0, 1, (K, D)), "valid": spaces.Box(0, 1, (K,)), "extra": spaces.Box(0, 1, (K,))}), "'extra'"),
+])
+def test_unsupported_spaces_name_the_space(space, match):
+    with pytest.raises(ValueError, match=match):
+        HistoryAttentionExtractor(space)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"attention": "local", "window": K + 1}, f"window={K + 1}"),
+    ({"attention": "local"}, "window=None"),
+    ({"window": 3}, "window=3 is invalid with attention='global'"),
+    ({"attention": "sparse"}, "attention='sparse'"),
+    ({"n_layers": 0}, "n_layers=0"),
+    ({"gate": "lstm"}, "gate='lstm'"),
+    ({"readout": "mean"}, "readout='mean'"),
+])
+def test_bad_arguments_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HistoryAttentionExtractor(SPACE, **kwargs)
+
+
+def tmaze(length=4):
+    return HistoryObservation(gym.make("rlattn/TMaze-v0", corridor_length=length), length + 1, include_action=True)
+
+
+SMALL = {"features_dim": 16, "embed_dim": 16, "n_heads": 2, "n_layers": 1}
+
+
+@pytest.mark.parametrize("algo, kwargs", [
+    (PPO, {"n_steps": 64, "batch_size": 32, "n_epochs": 2}),
+    (A2C, {"n_steps": 8}),
+    (DQN, {"buffer_size": 500, "learning_starts": 32, "batch_size": 16, "train_freq": 4}),
+])
+def test_short_learn_and_identical_predictions_after_save_load(algo, kwargs, tmp_path):
+    policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL, "net_arch": [16]}
+    if algo is not DQN:
+        policy_kwargs["ortho_init"] = False
+    model = algo("MultiInputPolicy", tmaze(), policy_kwargs=policy_kwargs, seed=0, device="cpu", **kwargs)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(128)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    model.save(tmp_path / "model")
+    loaded = algo.load(tmp_path / "model", device="cpu")
+    env = tmaze()
+    obs, _ = env.reset(seed=0)
+    observations = [obs] + [env.step(a)[0] for a in (0, 0, 1, 0)]
+    stacked = {key: np.stack([o[key] for o in observations]) for key in obs}
+    assert np.array_equal(model.predict(stacked, deterministic=True)[0], loaded.predict(stacked, deterministic=True)[0])
+    if algo is not DQN:
+        values = lambda m: m.policy.predict_values(m.policy.obs_to_tensor(stacked)[0])  # noqa: E731
+        torch.testing.assert_close(values(model), values(loaded))
