@@ -5,4 +5,16 @@ from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
 from agents.run import RunResult, train
 
-__all__ = ["ConfigError", "EvalResult", "RunPlan", "RunResult", "TrainConfig", "build_model", "evaluate", "make_env", "make_vec", "resolve", "train"]
+__all__ = [
+    "ConfigError",
+    "EvalResult",
+    "RunPlan",
+    "RunResult",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "make_env",
+    "make_vec",
+    "resolve",
+    "train",
+]

@@ -27,7 +27,18 @@ EXTRACTOR_CLASSES = {
     "mlp": HistoryFlattenExtractor,
     "mlp-stack": HistoryFlattenExtractor,
 }
-_SET_BY_US = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "policy_kwargs", "_init_setup_model", "observation_space"}
+_SET_BY_US = {
+    "self",
+    "policy",
+    "env",
+    "seed",
+    "device",
+    "verbose",
+    "tensorboard_log",
+    "policy_kwargs",
+    "_init_setup_model",
+    "observation_space",
+}
 _POLICY_KEYS = {"net_arch", "policy_kwargs"}
 
 
@@ -72,7 +83,9 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
         allowed = [name for name in params if name not in ("self", "render_mode")]
         for key in env_kwargs:
             if key not in allowed:
-                raise ConfigError(f"env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}")
+                raise ConfigError(
+                    f"env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}"
+                )
     try:
         return make_env(env_id, **env_kwargs)
     except (ValueError, TypeError) as error:
@@ -92,7 +105,9 @@ def _resolve_extractor(cfg: TrainConfig) -> str:
     if extractor not in EXTRACTORS:
         raise ConfigError(f"--extractor {extractor!r} is invalid: allowed are {', '.join(EXTRACTORS)}")
     if cfg.algo == "ppo_lstm" and extractor != "mlp":
-        raise ConfigError(f"--extractor {extractor!r} does not go with ppo_lstm, which keeps its own LSTM memory: use mlp")
+        raise ConfigError(
+            f"--extractor {extractor!r} does not go with ppo_lstm, which keeps its own LSTM memory: use mlp"
+        )
     return extractor
 
 
@@ -100,7 +115,9 @@ def _resolve_history(cfg: TrainConfig, extractor: str, probe: gym.Env) -> int:
     if cfg.history is not None:
         _check_positive("--history", cfg.history)
         if extractor == "mlp" and cfg.history != 1:
-            raise ConfigError(f"--history {cfg.history} does not go with --extractor mlp, which sees the newest step only: use attention, local-attention or mlp-stack")
+            raise ConfigError(
+                f"--history {cfg.history} does not go with --extractor mlp, which sees the newest step only: use attention, local-attention or mlp-stack"
+            )
         return cfg.history
     return 1 if extractor == "mlp" else default_history(probe)
 
@@ -122,7 +139,9 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
                 buckets[2].update(value if key == "policy_kwargs" else {key: value})
             elif source == "user":
                 allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS)
-                raise ConfigError(f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}")
+                raise ConfigError(
+                    f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}"
+                )
     return buckets
 
 
@@ -166,7 +185,14 @@ def make_vec(plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = No
     cfg = plan.config
     wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
-    return make_vec_env(partial(make_env, cfg.env, **cfg.env_kwargs), n_envs, seed, monitor_dir=monitor_dir, wrapper_class=wrapper, vec_env_cls=vec_cls)
+    return make_vec_env(
+        partial(make_env, cfg.env, **cfg.env_kwargs),
+        n_envs,
+        seed,
+        monitor_dir=monitor_dir,
+        wrapper_class=wrapper,
+        vec_env_cls=vec_cls,
+    )
 
 
 def make_single(plan: RunPlan) -> gym.Env:
@@ -190,8 +216,16 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
         policy = "MlpLstmPolicy" if isinstance(venv.observation_space, gym.spaces.Box) else "MultiInputLstmPolicy"
     try:
         return ALGO_CLASSES[cfg.algo](
-            policy, venv, seed=cfg.seed, device=cfg.device, verbose=cfg.verbose, policy_kwargs=policy_kwargs, **plan.algo_kwargs
+            policy,
+            venv,
+            seed=cfg.seed,
+            device=cfg.device,
+            verbose=cfg.verbose,
+            policy_kwargs=policy_kwargs,
+            **plan.algo_kwargs,
         )
     except (ValueError, TypeError, AssertionError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {message}") from None
+        raise ConfigError(
+            f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {message}"
+        ) from None

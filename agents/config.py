@@ -28,27 +28,64 @@ def _flag(*flags: str, help: str, **kwargs: Any) -> Any:
 class TrainConfig:
     """One training run. ``None`` means "take the preset for this algo and env"."""
 
-    algo: str = _flag("--algo", default="ppo", choices=ALGOS, help="RL algorithm; ppo_lstm is sb3-contrib's RecurrentPPO")
+    algo: str = _flag(
+        "--algo", default="ppo", choices=ALGOS, help="RL algorithm; ppo_lstm is sb3-contrib's RecurrentPPO"
+    )
     env: str = _flag("--env", default="rlattn/TMaze-v0", help="Gymnasium env id (see --list-envs)")
     extractor: str | None = _flag(
-        "--extractor", default=None, help="feature extractor: attention, local-attention, mlp (newest step), mlp-stack (flat history); default attention, mlp for ppo_lstm"
+        "--extractor",
+        default=None,
+        help="feature extractor: attention, local-attention, mlp (newest step), mlp-stack (flat history); default attention, mlp for ppo_lstm",
     )
-    history: int | None = _flag("--history", default=None, type=int, help="history length K in steps (default: the preset, e.g. the T-Maze's episode length)")
-    n_timesteps: int | None = _flag("-n", "--n-timesteps", default=None, type=int, help="env steps to train for (default: the preset)")
+    history: int | None = _flag(
+        "--history",
+        default=None,
+        type=int,
+        help="history length K in steps (default: the preset, e.g. the T-Maze's episode length)",
+    )
+    n_timesteps: int | None = _flag(
+        "-n", "--n-timesteps", default=None, type=int, help="env steps to train for (default: the preset)"
+    )
     seed: int = _flag("--seed", default=0, type=int, help="random seed for envs, model and evaluation")
     log_folder: str = _flag("-f", "--log-folder", default="logs", help="runs go to LOG_FOLDER/ALGO/ENV_N/")
-    tensorboard_log: str | None = _flag("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: the run folder)")
-    eval_freq: int = _flag("--eval-freq", default=10_000, type=int, help="evaluate every this many env steps (-1 disables)")
-    eval_episodes: int = _flag("--eval-episodes", default=50, type=int, help="episodes per evaluation, and for the final one")
-    save_freq: int = _flag("--save-freq", default=50_000, type=int, help="save a checkpoint every this many env steps (-1 disables)")
-    env_kwargs: dict[str, Any] = _flag("--env-kwargs", default_factory=dict, nargs="*", kv=True, help="env keywords as key:value literals")
-    hyperparams: dict[str, Any] = _flag("-params", "--hyperparams", default_factory=dict, nargs="*", kv=True, help="overrides key:value for the algorithm or the extractor")
+    tensorboard_log: str | None = _flag(
+        "-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: the run folder)"
+    )
+    eval_freq: int = _flag(
+        "--eval-freq", default=10_000, type=int, help="evaluate every this many env steps (-1 disables)"
+    )
+    eval_episodes: int = _flag(
+        "--eval-episodes", default=50, type=int, help="episodes per evaluation, and for the final one"
+    )
+    save_freq: int = _flag(
+        "--save-freq", default=50_000, type=int, help="save a checkpoint every this many env steps (-1 disables)"
+    )
+    env_kwargs: dict[str, Any] = _flag(
+        "--env-kwargs", default_factory=dict, nargs="*", kv=True, help="env keywords as key:value literals"
+    )
+    hyperparams: dict[str, Any] = _flag(
+        "-params",
+        "--hyperparams",
+        default_factory=dict,
+        nargs="*",
+        kv=True,
+        help="overrides key:value for the algorithm or the extractor",
+    )
     n_envs: int | None = _flag("--n-envs", default=None, type=int, help="parallel envs (default: the preset)")
-    vec_env: str = _flag("--vec-env", default="dummy", choices=VEC_ENVS, help="run envs in this process (dummy) or in subprocesses (subproc)")
-    progress: bool = _flag("-P", "--progress", default=False, action="store_true", help="show a progress bar (tqdm and rich)")
+    vec_env: str = _flag(
+        "--vec-env",
+        default="dummy",
+        choices=VEC_ENVS,
+        help="run envs in this process (dummy) or in subprocesses (subproc)",
+    )
+    progress: bool = _flag(
+        "-P", "--progress", default=False, action="store_true", help="show a progress bar (tqdm and rich)"
+    )
     device: str = _flag("--device", default="cpu", help="torch device: cpu, cuda, auto")
     verbose: int = _flag("--verbose", default=1, type=int, help="0 quiet, 1 training logs, 2 debug")
-    list_envs: bool = _flag("--list-envs", default=False, action="store_true", help="list this project's env ids and exit")
+    list_envs: bool = _flag(
+        "--list-envs", default=False, action="store_true", help="list this project's env ids and exit"
+    )
 
 
 def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
@@ -61,5 +98,7 @@ def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
         try:
             out[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise ConfigError(f"{what} {item!r} is invalid: the value {text!r} must be a Python literal (number, string in quotes, list, dict, True/False/None)") from None
+            raise ConfigError(
+                f"{what} {item!r} is invalid: the value {text!r} must be a Python literal (number, string in quotes, list, dict, True/False/None)"
+            ) from None
     return out

@@ -37,12 +37,29 @@ _PPO_TMAZE = {
 
 PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE),
-    ("a2c", "TMaze"): Preset(200_000, 8, {"n_steps": 16, "learning_rate": 7e-4, "ent_coef": 0.01, "net_arch": [64], "features_dim": 64, "n_layers": 1}),
-    ("dqn", "TMaze"): Preset(
-        200_000, 4,
-        {"buffer_size": 50_000, "learning_starts": 1_000, "exploration_fraction": 0.3, "target_update_interval": 1_000, "net_arch": [64], "features_dim": 64, "n_layers": 1},
+    ("a2c", "TMaze"): Preset(
+        200_000,
+        8,
+        {"n_steps": 16, "learning_rate": 7e-4, "ent_coef": 0.01, "net_arch": [64], "features_dim": 64, "n_layers": 1},
     ),
-    ("ppo_lstm", "TMaze"): Preset(100_000, 8, {k: v for k, v in _PPO_TMAZE.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")}),
+    ("dqn", "TMaze"): Preset(
+        200_000,
+        4,
+        {
+            "buffer_size": 50_000,
+            "learning_starts": 1_000,
+            "exploration_fraction": 0.3,
+            "target_update_interval": 1_000,
+            "net_arch": [64],
+            "features_dim": 64,
+            "n_layers": 1,
+        },
+    ),
+    ("ppo_lstm", "TMaze"): Preset(
+        100_000,
+        8,
+        {k: v for k, v in _PPO_TMAZE.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")},
+    ),
     ("ppo", "*"): Preset(100_000, 8, {}),
     ("a2c", "*"): Preset(100_000, 8, {}),
     ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),

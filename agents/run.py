@@ -45,7 +45,9 @@ def new_run_folder(log_folder: str, algo: str, env_id: str) -> Path:
     """``LOG_FOLDER/ALGO/ENV_N`` with N one more than the latest run (the Zoo's layout)."""
     parent = Path(log_folder) / algo
     name = env_name(env_id)
-    runs = [int(m.group(1)) for p in parent.glob(f"{name}_*") if (m := re.fullmatch(re.escape(name) + r"_(\d+)", p.name))]
+    runs = [
+        int(m.group(1)) for p in parent.glob(f"{name}_*") if (m := re.fullmatch(re.escape(name) + r"_(\d+)", p.name))
+    ]
     folder = parent / f"{name}_{max(runs, default=0) + 1}"
     folder.mkdir(parents=True)
     return folder
@@ -84,15 +86,27 @@ def _callbacks(plan: RunPlan, folder: Path, eval_env) -> list[BaseCallback]:
 
         attention = None
         if plan.extractor.endswith("attention"):
-            attention = AttentionLoggingCallback(make_single(plan), target_key=TARGET_KEYS.get(env_family(cfg.env)), seed=cfg.seed + EVAL_SEED_OFFSET)
+            attention = AttentionLoggingCallback(
+                make_single(plan), target_key=TARGET_KEYS.get(env_family(cfg.env)), seed=cfg.seed + EVAL_SEED_OFFSET
+            )
         callbacks.append(
             EvalCallback(
-                eval_env, callback_after_eval=attention, n_eval_episodes=cfg.eval_episodes, eval_freq=max(cfg.eval_freq // plan.n_envs, 1),
-                log_path=str(folder), best_model_save_path=str(folder), deterministic=True, verbose=cfg.verbose,
+                eval_env,
+                callback_after_eval=attention,
+                n_eval_episodes=cfg.eval_episodes,
+                eval_freq=max(cfg.eval_freq // plan.n_envs, 1),
+                log_path=str(folder),
+                best_model_save_path=str(folder),
+                deterministic=True,
+                verbose=cfg.verbose,
             )
         )
     if cfg.save_freq > 0:
-        callbacks.append(CheckpointCallback(max(cfg.save_freq // plan.n_envs, 1), str(folder), name_prefix="rl_model", verbose=cfg.verbose))
+        callbacks.append(
+            CheckpointCallback(
+                max(cfg.save_freq // plan.n_envs, 1), str(folder), name_prefix="rl_model", verbose=cfg.verbose
+            )
+        )
     return callbacks
 
 
@@ -109,7 +123,9 @@ def train(cfg: TrainConfig) -> RunResult:
         raise
     _write_run_info(folder, plan)
     tb_dir = Path(cfg.tensorboard_log) / folder.relative_to(cfg.log_folder) if cfg.tensorboard_log else folder
-    model.set_logger(configure(str(tb_dir), ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"]))
+    model.set_logger(
+        configure(str(tb_dir), ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"])
+    )
     start, interrupted = time.perf_counter(), False
     try:
         model.learn(plan.n_timesteps, callback=_callbacks(plan, folder, eval_env), progress_bar=cfg.progress)

@@ -25,7 +25,7 @@ for _name, _entry, _kwargs in _SPECS:
     if f"{NAMESPACE}/{_name}" not in gym.registry:
         gym.register(id=f"{NAMESPACE}/{_name}", entry_point=_entry, kwargs=_kwargs)
 
-ORACLES = {TMazeEnv: TMazeOracle, TMazeActiveEnv: TMazeOracle}
+ORACLES: dict[type, type[TMazeOracle]] = {TMazeEnv: TMazeOracle, TMazeActiveEnv: TMazeOracle}
 
 
 def oracle_for(env: gym.Env) -> TMazeOracle:

@@ -38,7 +38,9 @@ class TMazeEnv(gym.Env):
 
     ## Episode End
     Terminated when the agent turns at the junction (``info["is_success"]`` says whether it chose the
-    cued arm); truncated after ``max_steps = corridor_length + 1 + slack`` steps (success False).
+    cued arm), or after ``max_steps = corridor_length + 1 + slack`` steps (success False). Running out
+    of time is part of the task, not a truncation: SB3 bootstraps a value after a truncation, which
+    here would reward dawdling at the junction.
 
     ## Arguments
     - ``corridor_length`` (int, 1 .. 100000): steps from the start to the junction.
@@ -118,10 +120,10 @@ class TMazeEnv(gym.Env):
         reward = 0.0 if self._steps_to_go() < before else -self.step_penalty
         obs = self._observe()
         info = self._info()
-        truncated = self._t >= self.max_steps
-        if truncated:
+        out_of_time = self._t >= self.max_steps
+        if out_of_time:
             info["is_success"] = False
-        return obs, reward, False, truncated, info
+        return obs, reward, out_of_time, False, info
 
     def render(self) -> str | np.ndarray | None:
         if self.render_mode == "ansi":
@@ -177,7 +179,10 @@ class TMazeOracle:
     """The optimal policy, acting from observations alone (it keeps its own memory of the cue)."""
 
     def __init__(self, env: gym.Env):
-        self.active = bool(env.unwrapped.active)
+        maze = env.unwrapped
+        if not isinstance(maze, TMazeEnv):
+            raise ValueError(f"TMazeOracle needs a T-Maze env, got {maze}")
+        self.active = maze.active
         self.reset()
 
     def reset(self) -> None:

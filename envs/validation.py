@@ -10,6 +10,7 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
-    if value < low or (high is not None and value > high):
+    number = int(value)
+    if number < low or (high is not None and number > high):
         raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
-    return int(value)
+    return number

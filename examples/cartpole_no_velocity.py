@@ -32,7 +32,16 @@ def main(timesteps: int = 150_000) -> float:
         ortho_init=False,  # keep the extractor's own initialisation
         net_arch=[64],
     )
-    model = PPO("MultiInputPolicy", venv, n_steps=256, batch_size=256, learning_rate=5e-4, policy_kwargs=policy_kwargs, seed=0, verbose=0)
+    model = PPO(
+        "MultiInputPolicy",
+        venv,
+        n_steps=256,
+        batch_size=256,
+        learning_rate=5e-4,
+        policy_kwargs=policy_kwargs,
+        seed=0,
+        verbose=0,
+    )
     model.learn(timesteps)
     mean_return, _ = evaluate_policy(model, make_vec_env(make, n_envs=1, seed=100), n_eval_episodes=10)
     print(f"mean return over 10 episodes: {mean_return:.1f} (500 is the maximum)")

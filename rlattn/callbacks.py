@@ -60,7 +60,9 @@ class AttentionLoggingCallback(BaseCallback):
     :param seed: episodes use seeds ``seed .. seed + n_episodes - 1``, the same at every round.
     """
 
-    def __init__(self, env: gym.Env, n_episodes: int = 8, target_key: str | None = None, seed: int = 0, verbose: int = 0):
+    def __init__(
+        self, env: gym.Env, n_episodes: int = 8, target_key: str | None = None, seed: int = 0, verbose: int = 0
+    ):
         super().__init__(verbose)
         self.env = env
         self.n_episodes = n_episodes
@@ -91,6 +93,7 @@ class AttentionLoggingCallback(BaseCallback):
         for i in range(self.n_episodes):
             obs, t, info = self._decision(self.seed + i)
             tensor = preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
+            assert isinstance(tensor, dict)
             weights = extractor.attention_maps(tensor)[0].cpu().numpy()  # (layers, H, K')
             maps.append(weights)
             step = info.get(self.target_key, -1) if self.target_key else -1
@@ -109,4 +112,3 @@ class AttentionLoggingCallback(BaseCallback):
 
 
 __all__ = ["AttentionLoggingCallback", "colorize", "find_attention_extractor", "heatmap_image"]
-

@@ -31,7 +31,8 @@ def history_length(observation_space: spaces.Space) -> int:
     unknown = set(observation_space.spaces) - {*STEP_KEYS, "valid"}
     if unknown:
         raise ValueError(f"observation keys {sorted(unknown)} are not supported: allowed are {STEP_KEYS + ('valid',)}")
-    length = observation_space["valid"].shape[0] if observation_space["valid"].shape else 0
+    valid_shape = observation_space["valid"].shape or (0,)
+    length = int(valid_shape[0])
     for key, space in observation_space.spaces.items():
         if not isinstance(space, spaces.Box) or len(space.shape) < 1 or space.shape[0] != length:
             raise ValueError(f"observation key {key!r} has space {space}: expected {expected}")
@@ -49,7 +50,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         self.history_length = history_length(observation_space)
         self.step_keys = [key for key in STEP_KEYS if key in observation_space.spaces]
-        self.step_dim = sum(int(np.prod(observation_space[key].shape[1:])) for key in self.step_keys)
+        self.step_dim = sum(_step_size(observation_space[key]) for key in self.step_keys)
         obs_space = observation_space["obs"]
         own_scaling = obs_space.dtype == np.uint8 and not is_image_space(obs_space, check_channels=False)
         self.obs_scale = 1.0 / 255.0 if own_scaling else 1.0
@@ -96,11 +97,15 @@ def sinusoidal_table(length: int, dim: int) -> Tensor:
 
 
 class HistoryAttentionExtractor(HistoryExtractor):
+    structure: Tensor
+    position_table: Tensor
+
     """Transformer over the observation history; the newest step (or a summary token) is read out.
 
     ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear), tagged with its age
     (newest = 0), passed through pre-norm blocks with global or local (windowed) attention over
-    valid steps, and read out through LayerNorm, Linear and ReLU. The last block computes only the
+    valid steps, and read out through LayerNorm and Linear (no activation: SB3's heads follow, and
+    a ReLU here can die and leave the policy blind). The last block computes only the
     readout's query. Padding never changes the output.
 
     Pass ``ortho_init=False`` in PPO/A2C ``policy_kwargs``: SB3 would otherwise re-initialise these
@@ -138,13 +143,22 @@ class HistoryAttentionExtractor(HistoryExtractor):
         _check_choice("attention", attention, ATTENTION_KINDS)
         _check_choice("position", position, POSITIONS)
         _check_choice("readout", readout, READOUTS)
-        for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim), ("n_heads", n_heads), ("n_layers", n_layers)):
+        for name, value in (
+            ("features_dim", features_dim),
+            ("embed_dim", embed_dim),
+            ("n_heads", n_heads),
+            ("n_layers", n_layers),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: must be an integer >= 1")
         if attention == "local" and (window is None or not 1 <= window <= K):
-            raise ValueError(f"window={window!r} is invalid: local attention needs an integer from 1 to the history length {K}")
+            raise ValueError(
+                f"window={window!r} is invalid: local attention needs an integer from 1 to the history length {K}"
+            )
         if attention == "global" and window is not None:
-            raise ValueError(f"window={window!r} is invalid with attention='global': use attention='local' or no window")
+            raise ValueError(
+                f"window={window!r} is invalid with attention='global': use attention='local' or no window"
+            )
         self.readout = readout
         n_tokens = K + (readout == "summary")
         self.embed = nn.Linear(self.step_dim, embed_dim)
@@ -154,7 +168,7 @@ class HistoryAttentionExtractor(HistoryExtractor):
         self.summary = nn.Parameter(torch.zeros(embed_dim)) if readout == "summary" else None
         self.register_buffer("structure", structure_mask(n_tokens, attention, window), persistent=False)
         self.blocks = nn.ModuleList(TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) for _ in range(n_layers))
-        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim), nn.ReLU())
+        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))
         self.blocks.apply(_init_linear)
 
     def tokens(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -186,6 +200,11 @@ class HistoryAttentionExtractor(HistoryExtractor):
             x, weights = block(x, mask, n_queries=1 if last else None, need_weights=True)
             maps.append(weights[:, :, -1])
         return torch.stack(maps, dim=1)
+
+
+def _step_size(space: spaces.Space) -> int:
+    shape = space.shape or (0,)
+    return int(np.prod(shape[1:]))
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -79,7 +80,10 @@ class HistoryObservation(gym.Wrapper):
         self._buffers = {key: np.empty(space.shape, space.dtype) for key, (space, _) in fields.items()}
         self._valid = np.zeros(self.length, dtype=np.float32)
         self.observation_space = spaces.Dict(
-            {**{key: space for key, (space, _) in fields.items()}, "valid": spaces.Box(0.0, 1.0, (self.length,), np.float32)}
+            {
+                **{key: space for key, (space, _) in fields.items()},
+                "valid": spaces.Box(0.0, 1.0, (self.length,), np.float32),
+            }
         )
 
     def _push(self, step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -82,11 +82,14 @@ def test_gru_gate_starts_near_the_identity():
     assert (gate(x, y) - x).norm() / x.norm() > 0.5
 
 
-@pytest.mark.parametrize("args, match", [
-    ((4, "local", 0), "window=0"),
-    ((4, "local", None), "window=None"),
-    ((4, "banded", None), "attention='banded'"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((4, "local", 0), "window=0"),
+        ((4, "local", None), "window=None"),
+        ((4, "banded", None), "attention='banded'"),
+    ],
+)
 def test_bad_structures_name_the_value(args, match):
     with pytest.raises(ValueError, match=match):
         structure_mask(*args)

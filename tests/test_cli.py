@@ -11,15 +11,32 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--env-kwargs", "corridor_length:3", "-n", "512", "--n-envs", "2", "--eval-freq", "256", "--eval-episodes", "4", "--save-freq", "256"]
+TINY = [
+    "--env-kwargs",
+    "corridor_length:3",
+    "-n",
+    "512",
+    "--n-envs",
+    "2",
+    "--eval-freq",
+    "256",
+    "--eval-episodes",
+    "4",
+    "--save-freq",
+    "256",
+]
 
 
 def run_train(args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_tiny_run_writes_the_zoo_layout_and_tensorboard(tmp_path):
-    done = run_train(["--algo", "ppo", "--env", "rlattn/TMaze-v0", "--extractor", "attention", "-f", "logs", *TINY], tmp_path)
+    done = run_train(
+        ["--algo", "ppo", "--env", "rlattn/TMaze-v0", "--extractor", "attention", "-f", "logs", *TINY], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     summary = done.stdout.strip().splitlines()[-1]
     assert summary.startswith("done: eval success ") and "env steps/s" in summary
@@ -35,7 +52,14 @@ def test_tiny_run_writes_the_zoo_layout_and_tensorboard(tmp_path):
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("rollout/success_rate", "eval/success_rate", "eval/mean_reward", "attention/entropy", "attention/target_mass", "train/loss"):
+    for tag in (
+        "rollout/success_rate",
+        "eval/success_rate",
+        "eval/mean_reward",
+        "attention/entropy",
+        "attention/target_mass",
+        "train/loss",
+    ):
         assert tag in scalars, tag
     mass = [e.value for e in events.Scalars("attention/target_mass")]
     assert len(mass) == 2 and all(0.0 <= m <= 1.0 for m in mass)
@@ -85,5 +109,9 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path, capsys):
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     done = run_train(["--env", "rlattn/TMaze-v0", "--env-kwargs", "corridor_length:-3"], tmp_path)
-    assert done.returncode == 2 and done.stderr.strip() == "train.py: error: --env-kwargs for rlattn/TMaze-v0: corridor_length=-3 is invalid: must be an integer from 1 to 100000"
+    assert (
+        done.returncode == 2
+        and done.stderr.strip()
+        == "train.py: error: --env-kwargs for rlattn/TMaze-v0: corridor_length=-3 is invalid: must be an integer from 1 to 100000"
+    )
     assert not (tmp_path / "logs").exists()

@@ -43,7 +43,7 @@ def test_seeded_episodes_repeat(env_id):
                 trace.append(env.reset()[0])
         return trace
 
-    for a, b in zip(rollout(3), rollout(3)):
+    for a, b in zip(rollout(3), rollout(3), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -82,8 +82,11 @@ def test_no_memoryless_policy_beats_chance(env_id):
     observations = [(1, 0, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
     best = 0.0
     for actions in itertools.product(range(4), repeat=4):
-        table = dict(zip(observations, actions))
-        wins = [play(env, lambda obs, t=table: t[tuple(int(v) for v in obs)], seed)[1][-1]["is_success"] for seed in range(60)]
+        table = dict(zip(observations, actions, strict=True))
+        wins = [
+            play(env, lambda obs, t=table: t[tuple(int(v) for v in obs)], seed)[1][-1]["is_success"]
+            for seed in range(60)
+        ]
         best = max(best, float(np.mean(wins)))
     assert 0.4 < best < 0.7
 
@@ -123,15 +126,18 @@ def test_long_corridor():
     assert total == pytest.approx(1.0) and len(infos) == 10_002
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"corridor_length": 0}, "corridor_length=0"),
-    ({"corridor_length": -5}, "corridor_length=-5"),
-    ({"corridor_length": 2.5}, "corridor_length=2.5"),
-    ({"corridor_length": True}, "corridor_length=True"),
-    ({"corridor_length": 10**9}, "corridor_length=1000000000"),
-    ({"slack": -1}, "slack=-1"),
-    ({"render_mode": "video"}, "render_mode='video'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"corridor_length": 0}, "corridor_length=0"),
+        ({"corridor_length": -5}, "corridor_length=-5"),
+        ({"corridor_length": 2.5}, "corridor_length=2.5"),
+        ({"corridor_length": True}, "corridor_length=True"),
+        ({"corridor_length": 10**9}, "corridor_length=1000000000"),
+        ({"slack": -1}, "slack=-1"),
+        ({"render_mode": "video"}, "render_mode='video'"),
+    ],
+)
 def test_bad_kwargs_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         gym.make("rlattn/TMaze-v0", **kwargs)

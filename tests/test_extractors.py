@@ -42,7 +42,9 @@ def test_all_padding_but_newest_is_finite_and_equals_a_one_step_history():
     extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2)
     obs = batch()
     obs["valid"] = torch.zeros_like(obs["valid"])
-    short_space = spaces.Dict({"obs": spaces.Box(-1, 1, (1, D), np.float32), "valid": spaces.Box(0, 1, (1,), np.float32)})
+    short_space = spaces.Dict(
+        {"obs": spaces.Box(-1, 1, (1, D), np.float32), "valid": spaces.Box(0, 1, (1,), np.float32)}
+    )
     short = HistoryAttentionExtractor(short_space, embed_dim=16, n_heads=2)
     state = extractor.state_dict()
     state["position"] = state["position"][-1:]  # the same age-0 position vector
@@ -78,7 +80,9 @@ def test_attention_maps_are_distributions_over_valid_steps():
 
 
 def test_uint8_histories_are_scaled_to_unit_range():
-    space = spaces.Dict({"obs": spaces.Box(0, 255, (K, 2, 4, 4), np.uint8), "valid": spaces.Box(0, 1, (K,), np.float32)})
+    space = spaces.Dict(
+        {"obs": spaces.Box(0, 255, (K, 2, 4, 4), np.uint8), "valid": spaces.Box(0, 1, (K,), np.float32)}
+    )
     extractor = HistoryFlattenExtractor(space)
     steps, _ = extractor.step_features({"obs": torch.full((1, K, 2, 4, 4), 255.0), "valid": torch.ones(1, K)})
     assert steps.max() == 1.0
@@ -91,26 +95,37 @@ def test_flatten_baseline_ignores_padding():
     torch.testing.assert_close(extractor(changed), extractor(obs))
 
 
-@pytest.mark.parametrize("space, match", [
-    (spaces.Box(0, 1, (K, D)), "observation space Box"),
-    (spaces.Dict({"obs": spaces.Box(0, 1, (K, D))}), "expected a Dict with 'obs'"),
-    (spaces.Dict({"obs": spaces.Box(0, 1, (K, D)), "valid": spaces.Box(0, 1, (K + 1,))}), "observation key 'obs'"),
-    (spaces.Dict({"obs": spaces.Box(0, 1, (K, D)), "valid": spaces.Box(0, 1, (K,)), "extra": spaces.Box(0, 1, (K,))}), "'extra'"),
-])
+@pytest.mark.parametrize(
+    "space, match",
+    [
+        (spaces.Box(0, 1, (K, D)), "observation space Box"),
+        (spaces.Dict({"obs": spaces.Box(0, 1, (K, D))}), "expected a Dict with 'obs'"),
+        (spaces.Dict({"obs": spaces.Box(0, 1, (K, D)), "valid": spaces.Box(0, 1, (K + 1,))}), "observation key 'obs'"),
+        (
+            spaces.Dict(
+                {"obs": spaces.Box(0, 1, (K, D)), "valid": spaces.Box(0, 1, (K,)), "extra": spaces.Box(0, 1, (K,))}
+            ),
+            "'extra'",
+        ),
+    ],
+)
 def test_unsupported_spaces_name_the_space(space, match):
     with pytest.raises(ValueError, match=match):
         HistoryAttentionExtractor(space)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"attention": "local", "window": K + 1}, f"window={K + 1}"),
-    ({"attention": "local"}, "window=None"),
-    ({"window": 3}, "window=3 is invalid with attention='global'"),
-    ({"attention": "sparse"}, "attention='sparse'"),
-    ({"n_layers": 0}, "n_layers=0"),
-    ({"gate": "lstm"}, "gate='lstm'"),
-    ({"readout": "mean"}, "readout='mean'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"attention": "local", "window": K + 1}, f"window={K + 1}"),
+        ({"attention": "local"}, "window=None"),
+        ({"window": 3}, "window=3 is invalid with attention='global'"),
+        ({"attention": "sparse"}, "attention='sparse'"),
+        ({"n_layers": 0}, "n_layers=0"),
+        ({"gate": "lstm"}, "gate='lstm'"),
+        ({"readout": "mean"}, "readout='mean'"),
+    ],
+)
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HistoryAttentionExtractor(SPACE, **kwargs)
@@ -123,19 +138,26 @@ def tmaze(length=4):
 SMALL = {"features_dim": 16, "embed_dim": 16, "n_heads": 2, "n_layers": 1}
 
 
-@pytest.mark.parametrize("algo, kwargs", [
-    (PPO, {"n_steps": 64, "batch_size": 32, "n_epochs": 2}),
-    (A2C, {"n_steps": 8}),
-    (DQN, {"buffer_size": 500, "learning_starts": 32, "batch_size": 16, "train_freq": 4}),
-])
+@pytest.mark.parametrize(
+    "algo, kwargs",
+    [
+        (PPO, {"n_steps": 64, "batch_size": 32, "n_epochs": 2}),
+        (A2C, {"n_steps": 8}),
+        (DQN, {"buffer_size": 500, "learning_starts": 32, "batch_size": 16, "train_freq": 4}),
+    ],
+)
 def test_short_learn_and_identical_predictions_after_save_load(algo, kwargs, tmp_path):
-    policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL, "net_arch": [16]}
+    policy_kwargs = {
+        "features_extractor_class": HistoryAttentionExtractor,
+        "features_extractor_kwargs": SMALL,
+        "net_arch": [16],
+    }
     if algo is not DQN:
         policy_kwargs["ortho_init"] = False
     model = algo("MultiInputPolicy", tmaze(), policy_kwargs=policy_kwargs, seed=0, device="cpu", **kwargs)
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(128)
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
     model.save(tmp_path / "model")
     loaded = algo.load(tmp_path / "model", device="cpu")
     env = tmaze()
