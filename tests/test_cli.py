@@ -63,6 +63,7 @@ def test_tiny_run_writes_the_zoo_layout_and_tensorboard(tmp_path):
         assert tag in scalars, tag
     mass = [e.value for e in events.Scalars("attention/target_mass")]
     assert len(mass) == 2 and all(0.0 <= m <= 1.0 for m in mass)
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     heatmap = events.Images("attention/heatmap")
     assert len(heatmap) == 2 and heatmap[-1].width > 0 and heatmap[-1].height > 0
 

@@ -1,0 +1,17 @@
+"""The README's "use it in your own SB3 code" script runs end to end (tiny budget; learning is not asserted)."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "cartpole_no_velocity.py"
+
+
+def test_cartpole_example_trains_and_evaluates(capsys):
+    spec = importlib.util.spec_from_file_location("cartpole_no_velocity", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    env = module.cartpole_without_velocity()
+    assert env.observation_space.shape == (2,) and env.reset(seed=0)[0].shape == (2,)
+    mean_return = module.main(timesteps=2048)
+    assert 8.0 <= mean_return <= 500.0
+    assert "mean return over 10 episodes" in capsys.readouterr().out
