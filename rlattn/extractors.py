@@ -102,7 +102,7 @@ class HistoryAttentionExtractor(HistoryExtractor):
 
     """Transformer over the observation history; the newest step (or a summary token) is read out.
 
-    ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear), tagged with its age
+    ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear, ReLU), tagged with its age
     (newest = 0), passed through pre-norm blocks with global or local (windowed) attention over
     valid steps, and read out through LayerNorm and Linear (no activation: SB3's heads follow, and
     a ReLU here can die and leave the policy blind). The last block computes only the
@@ -161,7 +161,7 @@ class HistoryAttentionExtractor(HistoryExtractor):
             )
         self.readout = readout
         n_tokens = K + (readout == "summary")
-        self.embed = nn.Linear(self.step_dim, embed_dim)
+        self.embed = nn.Sequential(nn.Linear(self.step_dim, embed_dim), nn.ReLU())
         table = sinusoidal_table(n_tokens, embed_dim).flip(0)  # row i holds the age of slot i
         self.position = nn.Parameter(table * 0.1) if position == "learned" else None
         self.register_buffer("position_table", table, persistent=False)
