@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import envs
@@ -66,10 +70,17 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
-def _check_env_id(env_id: str) -> None:
-    if env_id in gym.registry:
-        return
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+def _check_env_id(env_id: str) -> str:
+    """The registered id without any ``module:`` prefix (the module is imported first)."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"--env {env_id!r}: cannot import module {module!r}") from None
+    if name in gym.registry:
+        return name
+    close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "see --list-envs"
     raise ConfigError(f"unknown env {env_id!r}: {hint}")
 
@@ -90,6 +101,15 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
         return make_env(env_id, **env_kwargs)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"--env-kwargs for {env_id}: {error}") from None
+
+
+def _check_device(device: str) -> None:
+    try:
+        kind = "cpu" if device == "auto" else torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is invalid: allowed are cpu, cuda, cuda:N, auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r} is not available here (no CUDA device): use cpu or auto")
 
 
 def _check_positive(name: str, value: Any, allow_disabled: bool = False) -> None:
@@ -135,6 +155,10 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
                 buckets[0][key] = value
             elif key in extractor_keys:
                 buckets[1][key] = value
+            elif key == "policy_kwargs" and not isinstance(value, dict):
+                raise ConfigError(
+                    f"-params policy_kwargs={value!r} is invalid: must be a dict literal, e.g. policy_kwargs:{{'net_arch':[64]}}"
+                )
             elif key in _POLICY_KEYS:
                 buckets[2].update(value if key == "policy_kwargs" else {key: value})
             elif source == "user":
@@ -151,18 +175,27 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         raise ConfigError(f"--algo {cfg.algo!r} is invalid: allowed are {', '.join(ALGOS)}")
     if cfg.vec_env not in VEC_ENVS:
         raise ConfigError(f"--vec-env {cfg.vec_env!r} is invalid: allowed are {', '.join(VEC_ENVS)}")
-    _check_env_id(cfg.env)
+    env_id = _check_env_id(cfg.env)
     extractor = _resolve_extractor(cfg)
-    probe = _check_env_kwargs(cfg.env, cfg.env_kwargs)
+    _check_device(cfg.device)
+    probe = _check_env_kwargs(env_id, cfg.env_kwargs)
     preset = preset_for(cfg.algo, cfg.env)
+    try:
+        history = _resolve_history(cfg, extractor, probe)
+        if cfg.algo != "ppo_lstm":
+            try:
+                HistoryObservation(probe, history)
+            except ValueError as error:
+                raise ConfigError(f"--env {cfg.env} cannot be given a history: {error}") from None
+    finally:
+        probe.close()
     plan = RunPlan(
         config=cfg,
         extractor=extractor,
-        history=_resolve_history(cfg, extractor, probe),
+        history=history,
         n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else preset.n_timesteps,
         n_envs=cfg.n_envs if cfg.n_envs is not None else preset.n_envs,
     )
-    probe.close()
     _check_positive("--n-timesteps", plan.n_timesteps)
     _check_positive("--n-envs", plan.n_envs)
     _check_positive("--eval-episodes", cfg.eval_episodes)
@@ -177,7 +210,8 @@ def resolve(cfg: TrainConfig) -> RunPlan:
 def local_window(plan: RunPlan) -> int:
     """Default window: just wide enough for the stacked local blocks to reach the oldest step."""
     n_layers = int(plan.extractor_kwargs.get("n_layers", 2))
-    return min(plan.history, -(-(plan.history - 1) // n_layers) + 1)
+    n_tokens = plan.history + (plan.extractor_kwargs.get("readout") == "summary")
+    return min(n_tokens, -(-(n_tokens - 1) // n_layers) + 1)
 
 
 def make_vec(plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = None) -> VecEnv:
@@ -214,8 +248,9 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
             policy_kwargs.setdefault("ortho_init", not plan.extractor.endswith("attention"))
     else:
         policy = "MlpLstmPolicy" if isinstance(venv.observation_space, gym.spaces.Box) else "MultiInputLstmPolicy"
+    algo = ALGO_CLASSES[cfg.algo]
     try:
-        return ALGO_CLASSES[cfg.algo](
+        model = algo(
             policy,
             venv,
             seed=cfg.seed,
@@ -224,8 +259,22 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
             policy_kwargs=policy_kwargs,
             **plan.algo_kwargs,
         )
-    except (ValueError, TypeError, AssertionError) as error:
+    except Exception as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
             f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {message}"
         ) from None
+    if isinstance(model.policy, ActorCriticPolicy) and policy_kwargs.get("ortho_init") is False:
+        init_heads(model.policy)
+    return model
+
+
+def init_heads(policy: ActorCriticPolicy) -> None:
+    """SB3's orthogonal init on the MLP, actor and critic heads, leaving the extractor's own init.
+
+    The actor's 0.01 gain makes the first policy nearly uniform; without it PPO on the T-Maze can
+    commit to "always right" before it ever tries turning at the junction.
+    """
+    gains = {policy.mlp_extractor: np.sqrt(2), policy.action_net: 0.01, policy.value_net: 1.0}
+    for module, gain in gains.items():
+        module.apply(partial(policy.init_weights, gain=gain))

@@ -18,6 +18,7 @@ from stable_baselines3.common.logger import HParam, configure
 from agents.build import RunPlan, build_model, make_single, make_vec, resolve
 from agents.config import TrainConfig
 from agents.evaluate import EvalResult, evaluate
+from agents.presets import env_family
 from rlattn import AttentionLoggingCallback
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never share seeds with training envs
@@ -82,8 +83,6 @@ def _callbacks(plan: RunPlan, folder: Path, eval_env) -> list[BaseCallback]:
     hparams = {"algo": cfg.algo, "env": cfg.env, "extractor": plan.extractor, "history": plan.history, "seed": cfg.seed}
     callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
     if cfg.eval_freq > 0:
-        from agents.presets import env_family
-
         attention = None
         if plan.extractor.endswith("attention"):
             attention = AttentionLoggingCallback(
@@ -111,28 +110,39 @@ def _callbacks(plan: RunPlan, folder: Path, eval_env) -> list[BaseCallback]:
 
 
 def train(cfg: TrainConfig) -> RunResult:
-    """Resolve, build, train, save and evaluate. Set-up problems raise ConfigError before any training."""
+    """Resolve, build, train, save and evaluate. Set-up problems raise ConfigError before any training.
+
+    Ctrl-C saves the model under the final name and still evaluates it; any other error during
+    training saves it as ``crashed_model.zip`` (next to the periodic checkpoints) and re-raises.
+    """
     plan = resolve(cfg)
     folder = new_run_folder(cfg.log_folder, cfg.algo, cfg.env)
+    envs: list = []
     try:
-        venv = make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder))
-        eval_env = make_vec(plan, 1, cfg.seed + EVAL_SEED_OFFSET)
-        model = build_model(plan, venv)
+        envs.append(make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder)))
+        envs.append(make_vec(plan, 1, cfg.seed + EVAL_SEED_OFFSET))
+        model = build_model(plan, envs[0])
+        _write_run_info(folder, plan)
+        tb_dir = Path(cfg.tensorboard_log) / folder.relative_to(cfg.log_folder) if cfg.tensorboard_log else folder
+        model.set_logger(
+            configure(str(tb_dir), ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"])
+        )
+        callbacks = _callbacks(plan, folder, envs[1])
     except BaseException:
+        for env in envs:
+            env.close()
         shutil.rmtree(folder)  # a run that could not start leaves nothing behind
         raise
-    _write_run_info(folder, plan)
-    tb_dir = Path(cfg.tensorboard_log) / folder.relative_to(cfg.log_folder) if cfg.tensorboard_log else folder
-    model.set_logger(
-        configure(str(tb_dir), ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"])
-    )
+    venv, eval_env = envs
     start, interrupted = time.perf_counter(), False
     try:
-        model.learn(plan.n_timesteps, callback=_callbacks(plan, folder, eval_env), progress_bar=cfg.progress)
+        model.learn(plan.n_timesteps, callback=callbacks, progress_bar=cfg.progress)
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        model.save(folder / env_name(cfg.env))
+    except BaseException:
+        model.save(folder / "crashed_model")
+        raise
+    model.save(folder / env_name(cfg.env))
     elapsed = time.perf_counter() - start
     result = evaluate(model, eval_env, cfg.eval_episodes)
     venv.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -33,8 +34,9 @@ class TMazeEnv(gym.Env):
 
     ## Rewards
     1 for turning into the cued arm, 0 for the other. Each step that does not bring the agent closer
-    to the end of a shortest episode costs ``1 / max_steps``, so penalties add up to at most -1 and
-    the best episode returns exactly 1.0.
+    to the end of a shortest episode costs ``step_penalty``, the largest power of two not above
+    ``1 / max_steps`` (exact in floating point), so penalties add up to no less than -1 and the best
+    episode returns exactly 1.0.
 
     ## Episode End
     Terminated when the agent turns at the junction (``info["is_success"]`` says whether it chose the
@@ -66,7 +68,8 @@ class TMazeEnv(gym.Env):
         self.start = 1 if self.active else 0
         self.junction = self.start + self.corridor_length
         self.max_steps = self.shortest_episode + self.slack
-        self.step_penalty = 1.0 / self.max_steps
+        # the largest power of two <= 1 / max_steps: exact in floating point, so penalties sum to >= -1
+        self.step_penalty = 2.0 ** -math.ceil(math.log2(self.max_steps))
         self.observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
         self.action_space = spaces.Discrete(4)
         self._position = self.start

@@ -63,7 +63,8 @@ class HistoryExtractor(BaseFeaturesExtractor):
             parts.append(x.flatten(2) * (self.obs_scale if key == "obs" else 1.0))
         valid = observations["valid"] > 0.5
         valid = torch.cat([valid[:, :-1], torch.ones_like(valid[:, -1:])], dim=1)
-        return torch.cat(parts, dim=-1), valid
+        steps = torch.cat(parts, dim=-1).masked_fill(~valid[..., None], 0.0)  # padding never enters the math
+        return steps, valid
 
 
 class HistoryFlattenExtractor(HistoryExtractor):
@@ -82,7 +83,6 @@ class HistoryFlattenExtractor(HistoryExtractor):
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         steps, valid = self.step_features(observations)
-        steps = steps * valid[..., None]  # padding content never reaches the output
         return self.net(torch.cat([steps, valid[..., None].float()], dim=-1).flatten(1))
 
 
@@ -97,9 +97,6 @@ def sinusoidal_table(length: int, dim: int) -> Tensor:
 
 
 class HistoryAttentionExtractor(HistoryExtractor):
-    structure: Tensor
-    position_table: Tensor
-
     """Transformer over the observation history; the newest step (or a summary token) is read out.
 
     ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear, ReLU), tagged with its age
@@ -123,6 +120,9 @@ class HistoryAttentionExtractor(HistoryExtractor):
     :param readout: ``"newest"`` (the newest step's token) or ``"summary"`` (a learned token after it).
     :param mlp_ratio: feed-forward hidden size as a multiple of E.
     """
+
+    structure: Tensor
+    position_table: Tensor
 
     def __init__(
         self,
@@ -151,16 +151,18 @@ class HistoryAttentionExtractor(HistoryExtractor):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: must be an integer >= 1")
-        if attention == "local" and (window is None or not 1 <= window <= K):
+        n_tokens = K + (readout == "summary")
+        if attention == "local" and (
+            isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= n_tokens
+        ):
             raise ValueError(
-                f"window={window!r} is invalid: local attention needs an integer from 1 to the history length {K}"
+                f"window={window!r} is invalid: local attention needs an integer from 1 to {n_tokens} (history length plus summary token)"
             )
         if attention == "global" and window is not None:
             raise ValueError(
                 f"window={window!r} is invalid with attention='global': use attention='local' or no window"
             )
         self.readout = readout
-        n_tokens = K + (readout == "summary")
         self.embed = nn.Sequential(nn.Linear(self.step_dim, embed_dim), nn.ReLU())
         table = sinusoidal_table(n_tokens, embed_dim).flip(0)  # row i holds the age of slot i
         self.position = nn.Parameter(table * 0.1) if position == "learned" else None

@@ -93,6 +93,10 @@ BAD_INPUTS = [
     (["--n-envs", "-2"], "--n-envs=-2 is invalid"),
     (["--vec-env", "ray"], "invalid choice: 'ray'"),
     (["--seed", "one"], "invalid int value: 'one'"),
+    (["--env", "Blackjack-v1"], "--env Blackjack-v1 cannot be given a history"),
+    (["--device", "tpu9"], "--device 'tpu9' is invalid"),
+    (["--eval-episodes", "0"], "--eval-episodes=0 is invalid"),
+    (["--extractor", "attention", "-params", "n_heads:3"], "embed_dim=64 is invalid: must be divisible by n_heads=3"),
 ]
 
 
@@ -116,3 +120,45 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
         == "train.py: error: --env-kwargs for rlattn/TMaze-v0: corridor_length=-3 is invalid: must be an integer from 1 to 100000"
     )
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--algo", "a2c", "--extractor", "local-attention"],
+        ["--algo", "dqn", "--extractor", "attention", "-params", "learning_starts:64", "buffer_size:1000"],
+        ["--algo", "ppo_lstm", "-params", "n_steps:64", "batch_size:64"],
+        ["--algo", "ppo", "--extractor", "mlp", "--vec-env", "subproc"],
+        ["--algo", "ppo", "--extractor", "mlp-stack", "--env", "CartPole-v1", "--history", "4"],
+    ],
+    ids=lambda a: " ".join(a[:4]),
+)
+def test_every_algo_and_extractor_runs(args, tmp_path):
+    extra = [] if "CartPole-v1" in args else ["--env-kwargs", "corridor_length:3"]
+    done = run_train(
+        [
+            *args,
+            *extra,
+            "-f",
+            "logs",
+            "-tb",
+            "tb",
+            "--verbose",
+            "0",
+            "-n",
+            "512",
+            "--n-envs",
+            "2",
+            "--eval-freq",
+            "256",
+            "--eval-episodes",
+            "2",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("done: eval ")
+    algo = args[1]
+    (run,) = (tmp_path / "logs" / algo).iterdir()
+    assert (run / f"{run.name.rsplit('_', 1)[0]}.zip").is_file() and (run / "evaluations.npz").is_file()
+    assert list((tmp_path / "tb" / algo / run.name).glob("events.out.tfevents.*"))
