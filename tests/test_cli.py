@@ -11,20 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--env-kwargs",
-    "corridor_length:3",
-    "-n",
-    "512",
-    "--n-envs",
-    "2",
-    "--eval-freq",
-    "256",
-    "--eval-episodes",
-    "4",
-    "--save-freq",
-    "256",
-]
+BUDGET = "-n 512 --n-envs 2 --eval-freq 256".split()
+TINY = ["--env-kwargs", "corridor_length:3", *BUDGET, "--eval-episodes", "4", "--save-freq", "256"]
 
 
 def run_train(args, cwd):
@@ -135,27 +123,8 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 )
 def test_every_algo_and_extractor_runs(args, tmp_path):
     extra = [] if "CartPole-v1" in args else ["--env-kwargs", "corridor_length:3"]
-    done = run_train(
-        [
-            *args,
-            *extra,
-            "-f",
-            "logs",
-            "-tb",
-            "tb",
-            "--verbose",
-            "0",
-            "-n",
-            "512",
-            "--n-envs",
-            "2",
-            "--eval-freq",
-            "256",
-            "--eval-episodes",
-            "2",
-        ],
-        tmp_path,
-    )
+    quiet = "-f logs -tb tb --verbose 0 --eval-episodes 2".split()
+    done = run_train([*args, *extra, *quiet, *BUDGET], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("done: eval ")
     algo = args[1]
