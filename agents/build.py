@@ -23,6 +23,7 @@ import envs
 from agents.config import ALGOS, EXTRACTORS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, preset_for
 from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
+from rlattn.validation import check_int
 
 ALGO_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "ppo_lstm": RecurrentPPO}
 EXTRACTOR_CLASSES = {
@@ -113,11 +114,10 @@ def _check_device(device: str) -> None:
 
 
 def _check_positive(name: str, value: Any, allow_disabled: bool = False) -> None:
-    if allow_disabled and value == -1:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        allowed = "an integer >= 1" + (" or -1 to disable" if allow_disabled else "")
-        raise ConfigError(f"{name}={value!r} is invalid: must be {allowed}")
+    try:
+        check_int(name, value, disabled=-1 if allow_disabled else None)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _resolve_extractor(cfg: TrainConfig) -> str:
@@ -209,7 +209,8 @@ def resolve(cfg: TrainConfig) -> RunPlan:
 
 def local_window(plan: RunPlan) -> int:
     """Default window: just wide enough for the stacked local blocks to reach the oldest step."""
-    n_layers = int(plan.extractor_kwargs.get("n_layers", 2))
+    default_layers = inspect.signature(HistoryAttentionExtractor).parameters["n_layers"].default
+    n_layers = int(plan.extractor_kwargs.get("n_layers", default_layers))
     n_tokens = plan.history + (plan.extractor_kwargs.get("readout") == "summary")
     return min(n_tokens, -(-(n_tokens - 1) // n_layers) + 1)
 

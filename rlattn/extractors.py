@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from rlattn.attention import ATTENTION_KINDS, attention_mask, structure_mask
 from rlattn.blocks import TransformerBlock
+from rlattn.validation import check_int
 
 POSITIONS = ("learned", "sinusoidal")
 READOUTS = ("newest", "summary")
@@ -149,8 +150,7 @@ class HistoryAttentionExtractor(HistoryExtractor):
             ("n_heads", n_heads),
             ("n_layers", n_layers),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid: must be an integer >= 1")
+            check_int(name, value)
         n_tokens = K + (readout == "summary")
         if attention == "local" and (
             isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= n_tokens

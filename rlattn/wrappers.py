@@ -9,6 +9,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rlattn.validation import check_int
+
 Encoder = Callable[[Any], np.ndarray]
 
 
@@ -64,9 +66,7 @@ class HistoryObservation(gym.Wrapper):
 
     def __init__(self, env: gym.Env, length: int, include_action: bool = False, include_reward: bool = False):
         super().__init__(env)
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-            raise ValueError(f"history length={length!r} is invalid: must be an integer >= 1")
-        self.length = int(length)
+        self.length = check_int("history length", length)
         self._encode_obs, step_space = step_encoder(env.observation_space, "observation")
         obs_space, obs_pad = _stacked(step_space, self.length)
         fields: dict[str, tuple[spaces.Box, np.ndarray]] = {"obs": (obs_space, obs_pad)}
