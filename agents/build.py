@@ -29,6 +29,7 @@ ALGO_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": D
 EXTRACTOR_CLASSES = {
     "attention": HistoryAttentionExtractor,
     "local-attention": HistoryAttentionExtractor,
+    "sparse-attention": HistoryAttentionExtractor,
     "mlp": HistoryFlattenExtractor,
     "mlp-stack": HistoryFlattenExtractor,
 }
@@ -45,6 +46,8 @@ _SET_BY_US = {
     "observation_space",
 }
 _POLICY_KEYS = {"net_arch", "policy_kwargs"}
+SPARSE_TOP_K = 8
+"""keys each query keeps with --extractor sparse-attention (override with -params top_k:N)"""
 
 
 @dataclass
@@ -204,6 +207,8 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     plan.algo_kwargs, plan.extractor_kwargs, plan.policy_kwargs = _split_hyperparams(cfg, extractor, preset.hyperparams)
     if extractor == "local-attention":
         plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
+    if extractor == "sparse-attention":
+        plan.extractor_kwargs = {"top_k": min(SPARSE_TOP_K, plan.history), **plan.extractor_kwargs}
     return plan
 
 

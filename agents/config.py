@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALGOS = ("ppo", "a2c", "dqn", "ppo_lstm")
-EXTRACTORS = ("attention", "local-attention", "mlp", "mlp-stack")
+EXTRACTORS = ("attention", "local-attention", "sparse-attention", "mlp", "mlp-stack")
 VEC_ENVS = ("dummy", "subproc")
 
 
@@ -35,7 +35,7 @@ class TrainConfig:
     extractor: str | None = _flag(
         "--extractor",
         default=None,
-        help="feature extractor: attention, local-attention, mlp (newest step), mlp-stack (flat history); default attention, mlp for ppo_lstm",
+        help="feature extractor: attention (global), local-attention (windowed, linear cost), sparse-attention (top-k keys), mlp (newest step), mlp-stack (flat history); default attention, mlp for ppo_lstm",
     )
     history: int | None = _flag(
         "--history",

@@ -1,6 +1,25 @@
-"""The one attention primitive, and the boolean masks it takes (True = may attend).
+"""The one attention primitive: which keys each query may see, and three ways to compute it.
 
-Shape letters: B batch, H heads, Q queries, K keys (history steps), E embedding, E/H per head.
+Shape letters: B batch, H heads, Q queries, K keys, N grid cells, E embedding, d = E/H per head.
+
+Sequences (histories) hold the newest step last; when only the newest Q steps query, query i sits
+at position K - Q + i. Patterns (True = may attend):
+
+- ``global``: every valid key.
+- ``local``: the ``window`` steps ending at the query (ages 0 .. window-1).
+- ``neighbourhood``: on a (rows, cols) grid of tokens in row-major order, the cells at most
+  ``radius`` rows and columns away (a (2r+1) x (2r+1) square).
+
+A query always sees itself, so no row is ever empty; padded keys (``valid`` False) are never seen by
+another query. Three computations give the same numbers (tests hold this, forward and backward):
+
+- **dense**: one boolean mask into ``scaled_dot_product_attention``. Cost Q x K however sparse the
+  mask: on CPU a mask saves no work.
+- **chunked** (local and neighbourhood): queries in blocks, each against only the keys its block can
+  see (``unfold``). Cost and memory grow linearly with the sequence length for a fixed window.
+  Chosen automatically when it does less work than dense.
+- **explicit**: softmax written out, returning the weights (for TensorBoard, only when asked) and
+  supporting top-k sparsity: each query keeps only its ``top_k`` highest-scoring allowed keys.
 """
 
 from __future__ import annotations
@@ -9,72 +28,256 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ATTENTION_KINDS = ("global", "local")
+ATTENTION_KINDS = ("global", "local", "neighbourhood")
+SEQUENCE_KINDS = ("global", "local")
 
 
-def structure_mask(n_keys: int, kind: str = "global", window: int | None = None) -> Tensor:
-    """Which key each query may see, ignoring validity: (K, K) bool, newest step last.
+def check_pattern(
+    kind: str,
+    window: int | None = None,
+    grid: tuple[int, int] | None = None,
+    radius: int | None = None,
+    top_k: int | None = None,
+) -> None:
+    """One-line ValueError for a pattern that cannot be built."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention={kind!r} is invalid: allowed are {', '.join(ATTENTION_KINDS)}")
+    if kind == "local" and not _is_int(window, 1):
+        raise ValueError(f"window={window!r} is invalid for local attention: must be an integer >= 1")
+    if kind == "neighbourhood":
+        if grid is None or len(grid) != 2 or not all(_is_int(n, 1) for n in grid):
+            raise ValueError(f"grid={grid!r} is invalid for neighbourhood attention: must be (rows, cols), each >= 1")
+        if not _is_int(radius, 0):
+            raise ValueError(f"radius={radius!r} is invalid for neighbourhood attention: must be an integer >= 0")
+    if top_k is not None and not _is_int(top_k, 1):
+        raise ValueError(f"top_k={top_k!r} is invalid: must be an integer >= 1, or None for no sparsity")
 
-    ``global`` lets every step see every step; ``local`` lets step i see steps i-window+1 .. i.
-    """
+
+def _is_int(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def structure_mask(
+    n_keys: int, kind: str = "global", window: int | None = None, n_queries: int | None = None
+) -> Tensor:
+    """Which key each of the newest ``n_queries`` (default all) steps may see, ignoring validity: (Q, K) bool."""
+    check_pattern(kind, window)
+    if kind not in SEQUENCE_KINDS:
+        raise ValueError(f"attention={kind!r} is invalid for a sequence: allowed are {', '.join(SEQUENCE_KINDS)}")
+    n_queries = n_keys if n_queries is None else n_queries
     if kind == "global":
-        return torch.ones(n_keys, n_keys, dtype=torch.bool)
-    if kind == "local":
-        if window is None or window < 1:
-            raise ValueError(f"window={window!r} is invalid for local attention: must be an integer >= 1")
-        age = torch.arange(n_keys)[:, None] - torch.arange(n_keys)[None, :]  # query minus key index
-        return (age >= 0) & (age < window)
-    raise ValueError(f"attention={kind!r} is invalid: allowed are {', '.join(ATTENTION_KINDS)}")
+        return torch.ones(n_queries, n_keys, dtype=torch.bool)
+    age = torch.arange(n_keys - n_queries, n_keys)[:, None] - torch.arange(n_keys)[None, :]
+    return (age >= 0) & (age < window)  # type: ignore[operator]
+
+
+def grid_mask(rows: int, cols: int, radius: int) -> Tensor:
+    """(N, N) bool for N = rows * cols cells in row-major order: True within ``radius`` rows and columns."""
+    r, c = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+    return ((r[:, None] - r[None, :]).abs() <= radius) & ((c[:, None] - c[None, :]).abs() <= radius)
 
 
 def attention_mask(structure: Tensor, valid: Tensor) -> Tensor:
-    """Combine a (K, K) structure with (B, K) validity into a (B, 1, K, K) mask.
+    """Combine a (Q, K) structure with (B, K) validity into a (B, 1, Q, K) mask.
 
-    A query may see a valid key its structure allows, and always itself, so no row is ever empty:
-    padded queries see only themselves and valid queries never see padding.
+    The newest Q keys are the queries; each may see a valid key its structure allows, and always
+    itself: padded queries see only themselves and valid queries never see padding.
     """
-    eye = torch.eye(structure.shape[0], dtype=torch.bool, device=valid.device)
-    return ((structure.to(valid.device) & valid[:, None, :]) | eye)[:, None]
+    Q, K = structure.shape
+    own = torch.arange(K - Q, K, device=valid.device)[:, None] == torch.arange(K, device=valid.device)[None, :]
+    return ((structure.to(valid.device) & valid[:, None, :]) | own)[:, None]
 
 
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Attention with its weights, for inspection: (B, H, Q, E/H) x3, mask (B, 1, Q, K) -> out, weights."""
+def explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, top_k: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention with its weights: (B, H, Q, d), (B, H, K, d) x2, mask (B, 1, Q, K) -> out, weights.
+
+    With ``top_k``, each query keeps only its ``top_k`` highest-scoring allowed keys (all of them if
+    fewer are allowed); gradients flow through the kept scores.
+    """
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Q, K)
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if top_k is not None and top_k < scores.shape[-1]:
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(top_k, dim=-1).indices, True)
+        scores = scores.masked_fill(~kept, float("-inf"))
+    weights = scores.softmax(dim=-1)
     return weights @ v, weights
 
 
+def chunked_local_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int, chunk: int) -> Tensor:
+    """Local attention in query blocks of ``chunk``: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d).
+
+    Block c's queries see at most ``chunk + window - 1`` keys, cut out with ``unfold``; work and memory
+    are Q x (chunk + window - 1), linear in the sequence length.
+    """
+    B, H, Q, d = q.shape
+    K = k.shape[2]
+    n_chunks = -(-Q // chunk)
+    Qp = n_chunks * chunk  # queries padded at the front to whole blocks
+    span = chunk + window - 1  # keys one block can see
+    need = Qp + window - 1  # key positions K - need .. K - 1 (negative ones are padding)
+    have = min(K, need)
+    front = need - have
+    k, v, valid = k[:, :, K - have :], v[:, :, K - have :], valid[:, K - have :]
+    q = F.pad(q, (0, 0, Qp - Q, 0))
+    k, v = F.pad(k, (0, 0, front, 0)), F.pad(v, (0, 0, front, 0))
+    valid = F.pad(valid, (front, 0), value=False)
+    kb = k.unfold(2, span, chunk).transpose(-1, -2)  # (B, H, n, span, d)
+    vb = v.unfold(2, span, chunk).transpose(-1, -2)
+    valid_b = valid.unfold(1, span, chunk)  # (B, n, span)
+    j = torch.arange(chunk, device=q.device)[:, None]
+    m = torch.arange(span, device=q.device)[None, :]
+    band = (m >= j) & (m <= j + window - 1)  # query j of a block sees block keys j .. j + window - 1
+    own = m == j + window - 1
+    mask = ((band & valid_b[:, :, None, :]) | own)[:, None]  # (B, 1, n, chunk, span)
+    out = F.scaled_dot_product_attention(q.view(B, H, n_chunks, chunk, d), kb, vb, attn_mask=mask)
+    return out.reshape(B, H, Qp, d)[:, :, Qp - Q :]
+
+
+def tiled_neighbourhood_attention(
+    q: Tensor, k: Tensor, v: Tensor, valid: Tensor, grid: tuple[int, int], radius: int, tile: int
+) -> Tensor:
+    """Neighbourhood attention in ``tile`` x ``tile`` blocks of cells: (B, H, N, d) x3, valid (B, N) -> (B, H, N, d).
+
+    Each block of queries sees the (tile + 2 radius)^2 cells around it: linear in the grid's area.
+    """
+    B, H, N, d = q.shape
+    rows, cols = grid
+    tr, tc = -(-rows // tile), -(-cols // tile)
+    R, C = tr * tile, tc * tile  # grid padded to whole tiles
+    span = tile + 2 * radius
+
+    def to_grid(x: Tensor, pad_to_span: bool) -> Tensor:  # (B, H, N, d) -> (B, H, d, rows', cols')
+        x = x.transpose(-1, -2).reshape(B, H, d, rows, cols)
+        if pad_to_span:
+            return F.pad(x, (radius, C - cols + radius, radius, R - rows + radius))
+        return F.pad(x, (0, C - cols, 0, R - rows))
+
+    qg = to_grid(q, False).reshape(B, H, d, tr, tile, tc, tile).permute(0, 1, 3, 5, 4, 6, 2)
+    qg = qg.reshape(B, H, tr * tc, tile * tile, d)
+
+    def blocks(x: Tensor) -> Tensor:  # (..., R + 2r, C + 2r) -> (..., tr * tc, span * span)
+        x = x.unfold(-2, span, tile).unfold(-2, span, tile)  # (..., tr, tc, span, span)
+        return x.reshape(*x.shape[:-4], tr * tc, span * span)
+
+    kb = blocks(to_grid(k, True)).permute(0, 1, 3, 4, 2)  # (B, H, tiles, span^2, d)
+    vb = blocks(to_grid(v, True)).permute(0, 1, 3, 4, 2)
+    vg = F.pad(valid.view(B, rows, cols), (radius, C - cols + radius, radius, R - rows + radius), value=False)
+    valid_b = blocks(vg)  # (B, tiles, span^2)
+    i = torch.arange(tile, device=q.device)
+    qi, qj = i.repeat_interleave(tile), i.repeat(tile)  # query cell within its tile
+    s = torch.arange(span, device=q.device)
+    ki, kj = s.repeat_interleave(span), s.repeat(span)  # key cell within its padded block
+    near = ((ki[None, :] - qi[:, None] - radius).abs() <= radius) & (
+        (kj[None, :] - qj[:, None] - radius).abs() <= radius
+    )
+    own = (ki[None, :] == qi[:, None] + radius) & (kj[None, :] == qj[:, None] + radius)
+    mask = ((near & valid_b[:, :, None, :]) | own)[:, None]  # (B, 1, tiles, tile^2, span^2)
+    out = F.scaled_dot_product_attention(qg, kb, vb, attn_mask=mask)  # (B, H, tiles, tile^2, d)
+    out = out.reshape(B, H, tr, tc, tile, tile, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, H, R, C, d)
+    return out[:, :, :rows, :cols].reshape(B, H, N, d)
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention on ``scaled_dot_product_attention`` with a fused qkv projection.
+    """Multi-head self-attention with a fused qkv projection and one of the patterns above.
+
+    The computation is picked per call: explicit when weights are asked for or ``top_k`` is set,
+    chunked for local/neighbourhood patterns where that does less work than dense, dense otherwise.
 
     :param embed_dim: token size E, divisible by ``n_heads``.
     :param n_heads: number of heads H.
+    :param attention: ``"global"``, ``"local"`` or ``"neighbourhood"``.
+    :param window: local window in steps (``local`` only).
+    :param grid: (rows, cols) of the token grid (``neighbourhood`` only).
+    :param radius: neighbourhood radius in cells (``neighbourhood`` only).
+    :param top_k: keep only each query's ``top_k`` strongest keys (sparse attention); None keeps all.
+    :param chunk: query block size (cells per tile side for grids) of the chunked path; None picks
+        one from the window. ``0`` forces the dense path.
     """
 
-    def __init__(self, embed_dim: int, n_heads: int):
+    def __init__(
+        self,
+        embed_dim: int,
+        n_heads: int,
+        attention: str = "global",
+        window: int | None = None,
+        grid: tuple[int, int] | None = None,
+        radius: int | None = None,
+        top_k: int | None = None,
+        chunk: int | None = None,
+    ):
         super().__init__()
         if embed_dim % n_heads:
             raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by n_heads={n_heads}")
+        check_pattern(attention, window, grid, radius, top_k)
+        if chunk is not None and not _is_int(chunk, 0):
+            raise ValueError(f"chunk={chunk!r} is invalid: must be an integer >= 1, 0 for dense, or None")
         self.n_heads = n_heads
+        self.attention = attention
+        self.window = window
+        self.grid = tuple(grid) if grid is not None else None
+        self.radius = radius
+        self.top_k = top_k
+        self.chunk = chunk
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x: Tensor, mask: Tensor, n_queries: int | None = None, need_weights: bool = False):
-        """(B, K, E), mask (B, 1, K, K) -> (B, Q, E), and (B, H, Q, K) weights if asked.
-
-        Only the newest ``n_queries`` steps query (all when None): the readout needs one.
-        """
-        B, K, E = x.shape
-        q, k, v = self.qkv(x).split(E, dim=-1)
-        if n_queries is not None:
-            q, mask = q[:, -n_queries:], mask[..., -n_queries:, :]
-        Q = q.shape[1]
-        q = q.view(B, Q, self.n_heads, -1).transpose(1, 2)  # (B, H, Q, E/H)
-        k = k.view(B, K, self.n_heads, -1).transpose(1, 2)  # (B, H, K, E/H)
-        v = v.view(B, K, self.n_heads, -1).transpose(1, 2)  # (B, H, K, E/H)
-        if need_weights:
-            out, weights = explicit_attention(q, k, v, mask)
+    def mask(self, valid: Tensor, n_queries: int) -> Tensor:
+        """The dense (B, 1, Q, K) mask of this pattern for the newest ``n_queries`` of K = valid.shape[1]."""
+        K = valid.shape[1]
+        if self.attention == "neighbourhood":
+            rows, cols = self.grid  # type: ignore[misc]
+            structure = grid_mask(rows, cols, self.radius)[K - n_queries :]  # type: ignore[arg-type]
         else:
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
-        out = out.transpose(1, 2).reshape(B, Q, E)  # (B, Q, E)
-        return self.proj(out), weights
+            structure = structure_mask(K, self.attention, self.window, n_queries)
+        return attention_mask(structure.to(valid.device), valid)
+
+    def forward(self, x: Tensor, valid: Tensor, n_queries: int | None = None, need_weights: bool = False):
+        """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and (B, H, Q, K) weights if asked."""
+        B, K, E = x.shape
+        full = K
+        Q = K if n_queries is None else n_queries
+        if self.attention == "neighbourhood" and (self.grid[0] * self.grid[1] != K):  # type: ignore[index]
+            raise ValueError(f"{K} tokens do not fill grid={self.grid}: expected rows * cols tokens")
+        if self.attention == "local":
+            keep = min(K, Q + self.window - 1)  # type: ignore[operator]  # older keys are out of every query's reach
+            x, valid = x[:, K - keep :], valid[:, K - keep :]
+            K = keep
+        q, k, v = self.qkv(x).split(E, dim=-1)
+        q = q[:, K - Q :].reshape(B, Q, self.n_heads, -1).transpose(1, 2)  # (B, H, Q, d)
+        k = k.reshape(B, K, self.n_heads, -1).transpose(1, 2)  # (B, H, K, d)
+        v = v.reshape(B, K, self.n_heads, -1).transpose(1, 2)
+        weights = None
+        if need_weights or self.top_k is not None:
+            out, weights = explicit_attention(q, k, v, self.mask(valid, Q), self.top_k)
+        elif self.attention == "local" and self._chunked(Q, K):
+            out = chunked_local_attention(q, k, v, valid, self.window, self._chunk_size())  # type: ignore[arg-type]
+        elif self.attention == "neighbourhood" and Q == K and self._chunked(Q, K):
+            out = tiled_neighbourhood_attention(q, k, v, valid, self.grid, self.radius, self._chunk_size())  # type: ignore[arg-type]
+        elif self.attention == "global" and bool(valid.all()):
+            out = F.scaled_dot_product_attention(q, k, v)  # nothing to hide
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(valid, Q))
+        out = out.transpose(1, 2).reshape(B, Q, E)
+        if weights is not None and K < full:
+            weights = F.pad(weights, (full - K, 0))  # keys out of reach weigh 0
+        return self.proj(out), weights if need_weights else None
+
+    def _chunk_size(self) -> int:
+        if self.chunk:
+            return self.chunk
+        if self.attention == "local":
+            return max(32, self.window or 1)
+        return max(4, 2 * self.radius + 1)  # type: ignore[operator]
+
+    def _chunked(self, Q: int, K: int) -> bool:
+        """Chunk when blocks do clearly less work than one dense Q x K product."""
+        if self.chunk == 0:
+            return False
+        if self.chunk:
+            return True
+        c = self._chunk_size()
+        if self.attention == "local":
+            return Q * (c + self.window - 1) * 2 <= Q * K  # type: ignore[operator]
+        return (c + 2 * self.radius) ** 2 * 2 <= K  # type: ignore[operator]

@@ -7,6 +7,7 @@ and the GRU-type gate, whose bias makes a fresh block start close to the identit
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -63,23 +64,27 @@ class TransformerBlock(nn.Module):
     :param n_heads: attention heads.
     :param mlp_ratio: hidden size of the feed-forward part, as a multiple of E.
     :param gate: ``"residual"`` (x + y) or ``"gru"`` (GTrXL gate; ReLU on each sub-layer's output).
+    :param attention_kwargs: the attention pattern (``attention``, ``window``, ``top_k``, ...), passed
+        to :class:`~rlattn.attention.MultiHeadAttention`.
     """
 
-    def __init__(self, embed_dim: int, n_heads: int, mlp_ratio: float = 2.0, gate: str = "residual"):
+    def __init__(
+        self, embed_dim: int, n_heads: int, mlp_ratio: float = 2.0, gate: str = "residual", **attention_kwargs: Any
+    ):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate={gate!r} is invalid: allowed are {', '.join(GATES)}")
         self.norm1 = nn.LayerNorm(embed_dim)
-        self.attn = MultiHeadAttention(embed_dim, n_heads)
+        self.attn = MultiHeadAttention(embed_dim, n_heads, **attention_kwargs)
         self.norm2 = nn.LayerNorm(embed_dim)
         self.mlp = FeedForward(embed_dim, max(1, math.ceil(embed_dim * mlp_ratio)))
         self.gated = gate == "gru"
         self.skip1 = GRUGate(embed_dim) if self.gated else Residual()
         self.skip2 = GRUGate(embed_dim) if self.gated else Residual()
 
-    def forward(self, x: Tensor, mask: Tensor, n_queries: int | None = None, need_weights: bool = False):
-        """(B, K, E), mask (B, 1, K, K) -> (B, Q, E) for the newest Q steps, and weights if asked."""
-        y, weights = self.attn(self.norm1(x), mask, n_queries, need_weights)
+    def forward(self, x: Tensor, valid: Tensor, n_queries: int | None = None, need_weights: bool = False):
+        """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and weights if asked."""
+        y, weights = self.attn(self.norm1(x), valid, n_queries, need_weights)
         if n_queries is not None:
             x = x[:, -n_queries:]
         x = self.skip1(x, torch.relu(y) if self.gated else y)

@@ -15,10 +15,10 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from rlattn.attention import ATTENTION_KINDS, attention_mask, structure_mask
 from rlattn.blocks import TransformerBlock
 from rlattn.validation import check_int
 
+HISTORY_ATTENTION = ("global", "local", "local-global")
 POSITIONS = ("learned", "sinusoidal")
 READOUTS = ("newest", "summary")
 STEP_KEYS = ("obs", "action", "reward")
@@ -101,8 +101,8 @@ class HistoryAttentionExtractor(HistoryExtractor):
     """Transformer over the observation history; the newest step (or a summary token) is read out.
 
     ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear, ReLU), tagged with its age
-    (newest = 0), passed through pre-norm blocks with global or local (windowed) attention over
-    valid steps, and read out through LayerNorm and Linear (no activation: SB3's heads follow, and
+    (newest = 0), passed through pre-norm blocks with global, local (windowed) or top-k sparse
+    attention over valid steps, and read out through LayerNorm and Linear (no activation: SB3's heads follow, and
     a ReLU here can die and leave the policy blind). The last block computes only the
     readout's query. Padding never changes the output.
 
@@ -114,15 +114,17 @@ class HistoryAttentionExtractor(HistoryExtractor):
     :param embed_dim: token size E.
     :param n_heads: attention heads per block (divides E).
     :param n_layers: transformer blocks.
-    :param attention: ``"global"`` (all steps) or ``"local"`` (the last ``window`` steps per block).
-    :param window: local window, 1 .. K; only with ``attention="local"``.
+    :param attention: ``"global"`` (all steps), ``"local"`` (the last ``window`` steps per block; cost
+        linear in K), or ``"local-global"`` (local blocks below a last block whose readout query sees
+        every step: linear in K too, since that block computes one query).
+    :param window: local window, 1 .. K; only with the local kinds.
+    :param top_k: sparse attention: each query keeps its ``top_k`` strongest keys; None keeps all.
     :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"``.
     :param position: ``"learned"`` (one vector per age) or ``"sinusoidal"``.
     :param readout: ``"newest"`` (the newest step's token) or ``"summary"`` (a learned token after it).
     :param mlp_ratio: feed-forward hidden size as a multiple of E.
     """
 
-    structure: Tensor
     position_table: Tensor
 
     def __init__(
@@ -134,6 +136,7 @@ class HistoryAttentionExtractor(HistoryExtractor):
         n_layers: int = 2,
         attention: str = "global",
         window: int | None = None,
+        top_k: int | None = None,
         gate: str = "gru",
         position: str = "learned",
         readout: str = "newest",
@@ -141,7 +144,7 @@ class HistoryAttentionExtractor(HistoryExtractor):
     ):
         super().__init__(observation_space, features_dim)
         K = self.history_length
-        _check_choice("attention", attention, ATTENTION_KINDS)
+        _check_choice("attention", attention, HISTORY_ATTENTION)
         _check_choice("position", position, POSITIONS)
         _check_choice("readout", readout, READOUTS)
         for name, value in (
@@ -151,8 +154,10 @@ class HistoryAttentionExtractor(HistoryExtractor):
             ("n_layers", n_layers),
         ):
             check_int(name, value)
+        if top_k is not None:
+            check_int("top_k", top_k)
         n_tokens = K + (readout == "summary")
-        if attention == "local" and (
+        if attention != "global" and (
             isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= n_tokens
         ):
             raise ValueError(
@@ -168,25 +173,39 @@ class HistoryAttentionExtractor(HistoryExtractor):
         self.position = nn.Parameter(table * 0.1) if position == "learned" else None
         self.register_buffer("position_table", table, persistent=False)
         self.summary = nn.Parameter(torch.zeros(embed_dim)) if readout == "summary" else None
-        self.register_buffer("structure", structure_mask(n_tokens, attention, window), persistent=False)
-        self.blocks = nn.ModuleList(TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) for _ in range(n_layers))
+        self.attention = attention
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                embed_dim,
+                n_heads,
+                mlp_ratio,
+                gate,
+                attention="global"
+                if attention == "global" or (attention == "local-global" and i == n_layers - 1)
+                else "local",
+                window=None if attention == "global" else window,
+                top_k=top_k,
+            )
+            for i in range(n_layers)
+        )
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))
         self.blocks.apply(_init_linear)
 
     def tokens(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """dict -> tokens (B, K', E) with positions, and the (B, 1, K', K') mask."""
+        """dict -> tokens (B, K', E) with positions, and which are valid (B, K') (K' = K + summary token)."""
         steps, valid = self.step_features(observations)
         x = self.embed(steps)  # (B, K, E)
         if self.summary is not None:
             x = torch.cat([x, self.summary.expand(x.shape[0], 1, -1)], dim=1)
             valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
         x = x + (self.position if self.position is not None else self.position_table)
-        return x, attention_mask(self.structure, valid)
+        return x, valid
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
-        x, mask = self.tokens(observations)
+        x, valid = self.tokens(observations)
         for i, block in enumerate(self.blocks):
-            x, _ = block(x, mask, n_queries=1 if i == len(self.blocks) - 1 else None)
+            last = i == len(self.blocks) - 1
+            x, _ = block(x, valid, n_queries=1 if last else None)
         return self.head(x[:, -1])
 
     @torch.no_grad()
@@ -195,11 +214,11 @@ class HistoryAttentionExtractor(HistoryExtractor):
 
         Computed on the explicit path, only when asked (for TensorBoard and scoring).
         """
-        x, mask = self.tokens(observations)
+        x, valid = self.tokens(observations)
         maps = []
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            x, weights = block(x, mask, n_queries=1 if last else None, need_weights=True)
+            x, weights = block(x, valid, n_queries=1 if last else None, need_weights=True)
             maps.append(weights[:, :, -1])
         return torch.stack(maps, dim=1)
 

@@ -5,22 +5,42 @@ import math
 import torch
 
 
-def reference_attention(q, k, v, allowed):
-    """Loop-free textbook softmax attention: (B, H, Q, E), (B, H, K, E) x2, allowed (B, 1, Q, K) bool."""
+def reference_attention(q, k, v, allowed, top_k=None):
+    """Textbook softmax attention: (B, H, Q, E), (B, H, K, E) x2, allowed (B, 1, Q, K) bool.
+
+    With ``top_k``, each row keeps its ``top_k`` largest allowed scores (found by sorting).
+    """
     scores = torch.einsum("bhqe,bhke->bhqk", q, k) / math.sqrt(q.shape[-1])
     scores = torch.where(allowed, scores, torch.full_like(scores, -math.inf))
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.sort(dim=-1, descending=True).values[..., top_k - 1 : top_k]
+        scores = torch.where(scores >= kth, scores, torch.full_like(scores, -math.inf))
     weights = torch.exp(scores - scores.amax(-1, keepdim=True))
     weights = weights / weights.sum(-1, keepdim=True)
     return torch.einsum("bhqk,bhke->bhqe", weights, v), weights
 
 
-def reference_mask(valid, kind, window=None):
-    """Element by element: query i may see key j if the structure allows it and j is valid, or j == i."""
+def reference_mask(valid, kind, window=None, n_queries=None):
+    """Element by element: query i (the newest Q steps) may see key j if the structure allows it and j is valid, or j == i."""
     B, K = valid.shape
-    allowed = torch.zeros(B, 1, K, K, dtype=torch.bool)
+    Q = K if n_queries is None else n_queries
+    allowed = torch.zeros(B, 1, Q, K, dtype=torch.bool)
     for b in range(B):
-        for i in range(K):
+        for qi in range(Q):
+            i = K - Q + qi
             for j in range(K):
                 structural = kind == "global" or (0 <= i - j < window)
-                allowed[b, 0, i, j] = (structural and bool(valid[b, j])) or i == j
+                allowed[b, 0, qi, j] = (structural and bool(valid[b, j])) or i == j
+    return allowed
+
+
+def reference_grid_mask(valid, rows, cols, radius):
+    """Element by element: cell (r, c) may see valid cells within ``radius`` rows and columns, and itself."""
+    B, N = valid.shape
+    allowed = torch.zeros(B, 1, N, N, dtype=torch.bool)
+    for b in range(B):
+        for i in range(N):
+            for j in range(N):
+                near = abs(i // cols - j // cols) <= radius and abs(i % cols - j % cols) <= radius
+                allowed[b, 0, i, j] = (near and bool(valid[b, j])) or i == j
     return allowed

@@ -1,13 +1,26 @@
-"""The attention primitive and blocks against the plain references in tests/reference.py."""
+"""The attention primitive and blocks against the plain references in tests/reference.py.
+
+Every computation (dense mask, chunked local, tiled neighbourhood, explicit with top-k) must give
+the reference's numbers, forward and backward.
+"""
 
 import pytest
 import torch
 
-from rlattn.attention import MultiHeadAttention, attention_mask, structure_mask
+from rlattn.attention import (
+    MultiHeadAttention,
+    attention_mask,
+    chunked_local_attention,
+    explicit_attention,
+    grid_mask,
+    structure_mask,
+    tiled_neighbourhood_attention,
+)
 from rlattn.blocks import GRUGate, TransformerBlock
-from tests.reference import reference_attention, reference_mask
+from tests.reference import reference_attention, reference_grid_mask, reference_mask
 
 torch.manual_seed(0)
+TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def random_valid(B, K):
@@ -16,48 +29,156 @@ def random_valid(B, K):
     return torch.arange(K)[None, :] >= (K - lengths)[:, None]
 
 
+def random_holes(B, N, p=0.3):
+    """Any pattern at all: each key invalid with probability p."""
+    return torch.rand(B, N) > p
+
+
+def qkv(B, H, Q, K, d, requires_grad=True):
+    tensors = torch.randn(B, H, Q, d), torch.randn(B, H, K, d), torch.randn(B, H, K, d)
+    return [t.requires_grad_(requires_grad) for t in tensors]
+
+
+def assert_same_forward_and_backward(fast, slow, inputs):
+    """Outputs and the gradients of a random projection of them, w.r.t. every input, agree."""
+    torch.testing.assert_close(fast, slow, **TOL)
+    probe = torch.randn_like(slow)
+    grads_fast = torch.autograd.grad((fast * probe).sum(), inputs)
+    grads_slow = torch.autograd.grad((slow * probe).sum(), inputs)
+    for a, b in zip(grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
 @pytest.mark.parametrize("kind, window", [("global", None), ("local", 1), ("local", 3), ("local", 9)])
-def test_masks_match_the_elementwise_reference(kind, window):
+@pytest.mark.parametrize("n_queries", [None, 1, 4])
+def test_masks_match_the_elementwise_reference(kind, window, n_queries):
     valid = random_valid(5, 9)
-    mask = attention_mask(structure_mask(9, kind, window), valid)
-    assert torch.equal(mask, reference_mask(valid, kind, window))
+    mask = attention_mask(structure_mask(9, kind, window, n_queries), valid)
+    assert torch.equal(mask, reference_mask(valid, kind, window, n_queries))
 
 
-@pytest.mark.parametrize("kind, window", [("global", None), ("local", 4)])
-def test_multihead_attention_equals_explicit_softmax(kind, window):
-    B, K, E, H = 4, 10, 16, 4
-    attn = MultiHeadAttention(E, H)
-    x = torch.randn(B, K, E)
+def test_grid_mask_matches_the_elementwise_reference():
+    valid = random_holes(3, 4 * 5)
+    assert torch.equal(attention_mask(grid_mask(4, 5, 1), valid), reference_grid_mask(valid, 4, 5, 1))
+
+
+@pytest.mark.parametrize(
+    "K, Q, window, chunk",
+    [
+        (40, 40, 5, 8),  # queries fill whole blocks
+        (37, 37, 5, 8),  # a partial block at the front
+        (37, 37, 1, 4),  # window 1: each step sees itself only
+        (37, 37, 37, 8),  # window as long as the sequence
+        (50, 11, 7, 4),  # only the newest 11 steps query
+        (9, 9, 4, 32),  # one block larger than the sequence
+        (64, 64, 16, 16),
+    ],
+)
+@pytest.mark.parametrize("holes", [False, True])
+def test_chunked_local_equals_reference_forward_and_backward(K, Q, window, chunk, holes):
+    B, H, d = 3, 2, 8
+    q, k, v = qkv(B, H, Q, K, d)
+    valid = random_holes(B, K) if holes else random_valid(B, K)
+    fast = chunked_local_attention(q, k, v, valid, window, chunk)
+    slow, _ = reference_attention(q, k, v, reference_mask(valid, "local", window, Q))
+    assert_same_forward_and_backward(fast, slow, (q, k, v))
+
+
+@pytest.mark.parametrize(
+    "rows, cols, radius, tile",
+    [(6, 6, 1, 3), (5, 7, 1, 2), (8, 8, 2, 4), (4, 4, 0, 2), (3, 5, 4, 4), (7, 3, 1, 8)],
+)
+def test_tiled_neighbourhood_equals_reference_forward_and_backward(rows, cols, radius, tile):
+    B, H, d, N = 2, 2, 8, rows * cols
+    q, k, v = qkv(B, H, N, N, d)
+    valid = random_holes(B, N)
+    fast = tiled_neighbourhood_attention(q, k, v, valid, (rows, cols), radius, tile)
+    slow, _ = reference_attention(q, k, v, reference_grid_mask(valid, rows, cols, radius))
+    assert_same_forward_and_backward(fast, slow, (q, k, v))
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 8, 50])
+def test_top_k_equals_reference_forward_and_backward(top_k):
+    B, H, K, d = 3, 2, 12, 8
+    q, k, v = qkv(B, H, K, K, d)
+    mask = attention_mask(structure_mask(K), random_valid(B, K))
+    fast, weights = explicit_attention(q, k, v, mask, top_k)
+    slow, ref_weights = reference_attention(q, k, v, mask, top_k)
+    assert_same_forward_and_backward(fast, slow, (q, k, v))
+    torch.testing.assert_close(weights, ref_weights, **TOL)
+    kept = (weights > 0).sum(-1)
+    assert (kept <= top_k).all() and (kept >= 1).all()
+    assert (kept == torch.minimum(mask.sum(-1).expand_as(kept), torch.tensor(top_k))).all()
+
+
+def split_heads(t, H):
+    B, K, E = t.shape
+    return t.view(B, K, H, E // H).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "pattern, K, n_queries",
+    [
+        (dict(attention="global"), 10, None),
+        (dict(attention="global"), 10, 1),
+        (dict(attention="local", window=4), 10, None),
+        (dict(attention="local", window=4, chunk=3), 10, None),  # forced chunked
+        (dict(attention="local", window=4, chunk=0), 10, 2),  # forced dense
+        (dict(attention="local", window=8), 300, None),  # chunked chosen automatically
+        (dict(attention="local", window=8), 300, 1),
+        (dict(attention="global", top_k=3), 10, None),
+        (dict(attention="local", window=5, top_k=2), 10, 3),
+    ],
+)
+def test_multihead_attention_equals_reference(pattern, K, n_queries):
+    B, E, H = 3, 16, 4
+    attn = MultiHeadAttention(E, H, **pattern)
+    x = torch.randn(B, K, E, requires_grad=True)
     valid = random_valid(B, K)
-    mask = attention_mask(structure_mask(K, kind, window), valid)
-    out, _ = attn(x, mask)
+    out, none = attn(x, valid, n_queries)
+    assert none is None
     q, k, v = attn.qkv(x).split(E, dim=-1)
-    split = lambda t: t.view(B, K, H, E // H).transpose(1, 2)  # noqa: E731
-    ref, _ = reference_attention(split(q), split(k), split(v), reference_mask(valid, kind, window))
-    ref = attn.proj(ref.transpose(1, 2).reshape(B, K, E))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    Q = K if n_queries is None else n_queries
+    allowed = reference_mask(valid, pattern["attention"], pattern.get("window"), Q)
+    ref, ref_weights = reference_attention(
+        split_heads(q[:, K - Q :], H), split_heads(k, H), split_heads(v, H), allowed, pattern.get("top_k")
+    )
+    ref = attn.proj(ref.transpose(1, 2).reshape(B, Q, E))
+    assert_same_forward_and_backward(out, ref, (x, *attn.parameters()))
+    slow, weights = attn(x, valid, n_queries, need_weights=True)
+    torch.testing.assert_close(slow, ref, **TOL)
+    torch.testing.assert_close(weights, ref_weights, **TOL)  # over all K keys, even where local skips some
 
 
-def test_explicit_weights_path_gives_the_same_output_and_rows_sum_to_one():
+def test_neighbourhood_module_picks_tiles_for_large_grids_and_matches_reference():
+    B, E, H, rows, cols = 2, 16, 2, 16, 16
+    attn = MultiHeadAttention(E, H, attention="neighbourhood", grid=(rows, cols), radius=1)
+    assert attn._chunked(rows * cols, rows * cols)
+    x, valid = torch.randn(B, rows * cols, E, requires_grad=True), random_holes(B, rows * cols)
+    out, _ = attn(x, valid)
+    q, k, v = (split_heads(t, H) for t in attn.qkv(x).split(E, dim=-1))
+    ref, _ = reference_attention(q, k, v, reference_grid_mask(valid, rows, cols, 1))
+    ref = attn.proj(ref.transpose(1, 2).reshape(B, rows * cols, E))
+    assert_same_forward_and_backward(out, ref, (x, *attn.parameters()))
+
+
+def test_explicit_weights_rows_sum_to_one_and_skip_masked_keys():
     attn = MultiHeadAttention(16, 2)
     x, valid = torch.randn(3, 7, 16), random_valid(3, 7)
-    mask = attention_mask(structure_mask(7), valid)
-    fast, none = attn(x, mask)
-    slow, weights = attn(x, mask, need_weights=True)
-    assert none is None
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    _, weights = attn(x, valid, need_weights=True)
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    mask = attention_mask(structure_mask(7), valid)
     assert torch.all(weights.masked_select(~mask.expand_as(weights)) == 0)
 
 
 @pytest.mark.parametrize("gate", ["residual", "gru"])
-def test_newest_query_only_equals_last_row_of_the_full_block(gate):
-    block = TransformerBlock(16, 4, gate=gate)
+@pytest.mark.parametrize("pattern", [dict(attention="local", window=3), dict(attention="global", top_k=2)])
+def test_newest_query_only_equals_last_row_of_the_full_block(gate, pattern):
+    block = TransformerBlock(16, 4, gate=gate, **pattern)
     x, valid = torch.randn(3, 8, 16), random_valid(3, 8)
-    mask = attention_mask(structure_mask(8, "local", 3), valid)
-    full, _ = block(x, mask)
-    last, _ = block(x, mask, n_queries=1)
-    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+    full, _ = block(x, valid)
+    last, _ = block(x, valid, n_queries=1)
+    torch.testing.assert_close(last[:, 0], full[:, -1], **TOL)
 
 
 def test_only_the_newest_step_valid_is_finite_and_ignores_padding():
@@ -66,10 +187,10 @@ def test_only_the_newest_step_valid_is_finite_and_ignores_padding():
     x = torch.randn(2, 6, 16)
     valid = torch.zeros(2, 6, dtype=torch.bool)
     valid[:, -1] = True
-    padded, _ = block(x, attention_mask(structure_mask(6), valid))
-    alone, _ = block(x[:, -1:], attention_mask(structure_mask(1), valid[:, -1:]))
+    padded, _ = block(x, valid)
+    alone, _ = block(x[:, -1:], valid[:, -1:])
     assert torch.isfinite(padded).all()
-    torch.testing.assert_close(padded[:, -1], alone[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded[:, -1], alone[:, 0], **TOL)
 
 
 def test_gru_gate_starts_near_the_identity():
@@ -83,18 +204,28 @@ def test_gru_gate_starts_near_the_identity():
 
 
 @pytest.mark.parametrize(
-    "args, match",
+    "kwargs, match",
     [
-        ((4, "local", 0), "window=0"),
-        ((4, "local", None), "window=None"),
-        ((4, "banded", None), "attention='banded'"),
+        (dict(attention="local", window=0), "window=0"),
+        (dict(attention="local"), "window=None"),
+        (dict(attention="banded"), "attention='banded'"),
+        (dict(attention="neighbourhood", grid=(4, 0), radius=1), r"grid=\(4, 0\)"),
+        (dict(attention="neighbourhood", grid=(4, 4), radius=-1), "radius=-1"),
+        (dict(top_k=0), "top_k=0"),
+        (dict(chunk=-1), "chunk=-1"),
     ],
 )
-def test_bad_structures_name_the_value(args, match):
+def test_bad_patterns_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        structure_mask(*args)
+        MultiHeadAttention(16, 4, **kwargs)
 
 
 def test_heads_must_divide_embedding():
     with pytest.raises(ValueError, match="embed_dim=10"):
         MultiHeadAttention(10, 4)
+
+
+def test_grid_must_match_the_token_count():
+    attn = MultiHeadAttention(16, 4, attention="neighbourhood", grid=(3, 3), radius=1)
+    with pytest.raises(ValueError, match="10 tokens"):
+        attn(torch.randn(1, 10, 16), torch.ones(1, 10, dtype=torch.bool))

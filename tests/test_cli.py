@@ -76,6 +76,7 @@ BAD_INPUTS = [
     (["--history", "4", "--extractor", "mlp"], "--history 4 does not go with --extractor mlp"),
     (["--extractor", "local-attention", "-params", "window:100"], "window=100 is invalid"),
     (["--algo", "ppo_lstm", "--extractor", "attention"], "does not go with ppo_lstm"),
+    (["--extractor", "sparse-attention", "-params", "top_k:0"], "top_k=0 is invalid"),
     (["-params", "learning_rat:0.1"], "-params key 'learning_rat' is not accepted"),
     (["-n", "0"], "--n-timesteps=0 is invalid"),
     (["--n-envs", "-2"], "--n-envs=-2 is invalid"),
@@ -114,6 +115,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     "args",
     [
         ["--algo", "a2c", "--extractor", "local-attention"],
+        ["--algo", "ppo", "--extractor", "sparse-attention"],
         ["--algo", "dqn", "--extractor", "attention", "-params", "learning_starts:64", "buffer_size:1000"],
         ["--algo", "ppo_lstm", "-params", "n_steps:64", "batch_size:64"],
         ["--algo", "ppo", "--extractor", "mlp", "--vec-env", "subproc"],

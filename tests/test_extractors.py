@@ -17,6 +17,8 @@ VARIANTS = [
     {"attention": "local", "window": 2, "n_layers": 3},
     {"gate": "residual", "position": "sinusoidal"},
     {"readout": "summary", "n_layers": 1},
+    {"attention": "local-global", "window": 2, "n_layers": 2},
+    {"top_k": 2, "n_layers": 2},
 ]
 
 
@@ -60,6 +62,25 @@ def test_gradients_reach_every_parameter(kwargs):
     extractor(batch(B=8)).square().sum().backward()
     for name, param in extractor.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_long_local_history_runs_chunked_and_matches_the_dense_path():
+    """K = 400 with a window of 8 takes the chunked path; forcing dense gives the same features."""
+    long_k = 400
+    space = spaces.Dict(
+        {"obs": spaces.Box(-1, 1, (long_k, D), np.float32), "valid": spaces.Box(0, 1, (long_k,), np.float32)}
+    )
+    extractor = HistoryAttentionExtractor(
+        space, embed_dim=16, n_heads=2, n_layers=3, attention="local-global", window=8
+    )
+    g = torch.Generator().manual_seed(0)
+    obs = {"obs": torch.rand(3, long_k, D, generator=g), "valid": torch.ones(3, long_k)}
+    obs["valid"][0, :350] = 0
+    assert extractor.blocks[0].attn._chunked(long_k, long_k)
+    chunked = extractor(obs)
+    for block in extractor.blocks:
+        block.attn.chunk = 0
+    torch.testing.assert_close(extractor(obs), chunked, rtol=1e-5, atol=1e-5)
 
 
 def test_is_stateless():
@@ -121,6 +142,8 @@ def test_unsupported_spaces_name_the_space(space, match):
         ({"attention": "local"}, "window=None"),
         ({"window": 3}, "window=3 is invalid with attention='global'"),
         ({"attention": "sparse"}, "attention='sparse'"),
+        ({"attention": "local-global"}, "window=None"),
+        ({"top_k": 0}, "top_k=0"),
         ({"n_layers": 0}, "n_layers=0"),
         ({"gate": "lstm"}, "gate='lstm'"),
         ({"readout": "mean"}, "readout='mean'"),
