@@ -108,31 +108,35 @@ def explicit_attention(
 def chunked_local_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int, chunk: int) -> Tensor:
     """Local attention in query blocks of ``chunk``: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d).
 
-    Block c's queries see at most ``chunk + window - 1`` keys, cut out with ``unfold``; work and memory
-    are Q x (chunk + window - 1), linear in the sequence length.
+    Block c's queries see at most ``span = chunk + window - 1`` keys, gathered once; work and memory
+    are Q x span, linear in the sequence length.
     """
     B, H, Q, d = q.shape
     K = k.shape[2]
-    n_chunks = -(-Q // chunk)
-    Qp = n_chunks * chunk  # queries padded at the front to whole blocks
-    span = chunk + window - 1  # keys one block can see
-    need = Qp + window - 1  # key positions K - need .. K - 1 (negative ones are padding)
-    have = min(K, need)
-    front = need - have
-    k, v, valid = k[:, :, K - have :], v[:, :, K - have :], valid[:, K - have :]
-    q = F.pad(q, (0, 0, Qp - Q, 0))
-    k, v = F.pad(k, (0, 0, front, 0)), F.pad(v, (0, 0, front, 0))
-    valid = F.pad(valid, (front, 0), value=False)
-    kb = k.unfold(2, span, chunk).transpose(-1, -2)  # (B, H, n, span, d)
-    vb = v.unfold(2, span, chunk).transpose(-1, -2)
-    valid_b = valid.unfold(1, span, chunk)  # (B, n, span)
+    n = -(-Q // chunk)
+    Qp = n * chunk  # queries padded at the front to whole blocks
+    span = chunk + window - 1
+    # slot m of block c holds key position K - Qp - window + 1 + c * chunk + m; negative ones do not exist
+    pos = (
+        (K - Qp - window + 1) + torch.arange(n, device=q.device)[:, None] * chunk + torch.arange(span, device=q.device)
+    )
+    index = pos.clamp(min=0).flatten()
+    kb = k.index_select(2, index).view(B, H, n, span, d)
+    vb = v.index_select(2, index).view(B, H, n, span, d)
+    valid_b = valid.index_select(1, index).view(B, n, span) & (pos >= 0)
+    if Qp > Q:
+        q = F.pad(q, (0, 0, Qp - Q, 0))
     j = torch.arange(chunk, device=q.device)[:, None]
     m = torch.arange(span, device=q.device)[None, :]
-    band = (m >= j) & (m <= j + window - 1)  # query j of a block sees block keys j .. j + window - 1
+    band = (m >= j) & (m <= j + window - 1)  # query j of a block sees block slots j .. j + window - 1
     own = m == j + window - 1
-    mask = ((band & valid_b[:, :, None, :]) | own)[:, None]  # (B, 1, n, chunk, span)
-    out = F.scaled_dot_product_attention(q.view(B, H, n_chunks, chunk, d), kb, vb, attn_mask=mask)
-    return out.reshape(B, H, Qp, d)[:, :, Qp - Q :]
+    mask = (band & valid_b[:, :, None, :]) | own  # (B, n, chunk, span)
+    # blocks go into the batch dimension: the fused CPU kernel takes 4-D inputs
+    qb = q.view(B, H, n, chunk, d).transpose(1, 2).reshape(B * n, H, chunk, d)
+    kb = kb.transpose(1, 2).reshape(B * n, H, span, d)
+    vb = vb.transpose(1, 2).reshape(B * n, H, span, d)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.view(B * n, 1, chunk, span))
+    return out.view(B, n, H, chunk, d).transpose(1, 2).reshape(B, H, Qp, d)[:, :, Qp - Q :]
 
 
 def tiled_neighbourhood_attention(
@@ -173,8 +177,11 @@ def tiled_neighbourhood_attention(
         (kj[None, :] - qj[:, None] - radius).abs() <= radius
     )
     own = (ki[None, :] == qi[:, None] + radius) & (kj[None, :] == qj[:, None] + radius)
-    mask = ((near & valid_b[:, :, None, :]) | own)[:, None]  # (B, 1, tiles, tile^2, span^2)
-    out = F.scaled_dot_product_attention(qg, kb, vb, attn_mask=mask)  # (B, H, tiles, tile^2, d)
+    mask = (near & valid_b[:, :, None, :]) | own  # (B, tiles, tile^2, span^2)
+    T, t2, s2 = tr * tc, tile * tile, span * span
+    fold = lambda x: x.transpose(1, 2).reshape(B * T, H, x.shape[-2], d)  # noqa: E731  (tiles into the batch)
+    out = F.scaled_dot_product_attention(fold(qg), fold(kb), fold(vb), attn_mask=mask.view(B * T, 1, t2, s2))
+    out = out.view(B, T, H, t2, d).transpose(1, 2)
     out = out.reshape(B, H, tr, tc, tile, tile, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, H, R, C, d)
     return out[:, :, :rows, :cols].reshape(B, H, N, d)
 
@@ -220,18 +227,26 @@ class MultiHeadAttention(nn.Module):
         self.radius = radius
         self.top_k = top_k
         self.chunk = chunk
+        self._structures: dict[tuple, tuple[Tensor, Tensor]] = {}  # derived from the pattern, never state
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def mask(self, valid: Tensor, n_queries: int) -> Tensor:
         """The dense (B, 1, Q, K) mask of this pattern for the newest ``n_queries`` of K = valid.shape[1]."""
         K = valid.shape[1]
-        if self.attention == "neighbourhood":
-            rows, cols = self.grid  # type: ignore[misc]
-            structure = grid_mask(rows, cols, self.radius)[K - n_queries :]  # type: ignore[arg-type]
-        else:
-            structure = structure_mask(K, self.attention, self.window, n_queries)
-        return attention_mask(structure.to(valid.device), valid)
+        key = (n_queries, K, valid.device)
+        if key not in self._structures:  # a few (Q, K) pairs recur: rollouts, minibatches, the last block
+            if self.attention == "neighbourhood":
+                rows, cols = self.grid  # type: ignore[misc]
+                structure = grid_mask(rows, cols, self.radius)[K - n_queries :]  # type: ignore[arg-type]
+            else:
+                structure = structure_mask(K, self.attention, self.window, n_queries)
+            own = torch.arange(K - n_queries, K)[:, None] == torch.arange(K)[None, :]
+            if len(self._structures) >= 64:
+                self._structures.clear()
+            self._structures[key] = (structure.to(valid.device), own.to(valid.device))
+        structure, own = self._structures[key]
+        return ((structure & valid[:, None, :]) | own)[:, None]
 
     def forward(self, x: Tensor, valid: Tensor, n_queries: int | None = None, need_weights: bool = False):
         """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and (B, H, Q, K) weights if asked."""
@@ -244,25 +259,37 @@ class MultiHeadAttention(nn.Module):
             keep = min(K, Q + self.window - 1)  # type: ignore[operator]  # older keys are out of every query's reach
             x, valid = x[:, K - keep :], valid[:, K - keep :]
             K = keep
-        q, k, v = self.qkv(x).split(E, dim=-1)
-        q = q[:, K - Q :].reshape(B, Q, self.n_heads, -1).transpose(1, 2)  # (B, H, Q, d)
+        if Q < K:  # project queries only where they are asked
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, K - Q :], weight[:E], bias[:E])
+            k, v = F.linear(x, weight[E:], bias[E:]).split(E, dim=-1)
+        else:
+            q, k, v = self.qkv(x).split(E, dim=-1)
+        q = q.reshape(B, Q, self.n_heads, -1).transpose(1, 2)  # (B, H, Q, d)
         k = k.reshape(B, K, self.n_heads, -1).transpose(1, 2)  # (B, H, K, d)
         v = v.reshape(B, K, self.n_heads, -1).transpose(1, 2)
-        weights = None
-        if need_weights or self.top_k is not None:
-            out, weights = explicit_attention(q, k, v, self.mask(valid, Q), self.top_k)
-        elif self.attention == "local" and self._chunked(Q, K):
-            out = chunked_local_attention(q, k, v, valid, self.window, self._chunk_size())  # type: ignore[arg-type]
-        elif self.attention == "neighbourhood" and Q == K and self._chunked(Q, K):
-            out = tiled_neighbourhood_attention(q, k, v, valid, self.grid, self.radius, self._chunk_size())  # type: ignore[arg-type]
-        elif self.attention == "global" and bool(valid.all()):
-            out = F.scaled_dot_product_attention(q, k, v)  # nothing to hide
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(valid, Q))
+        out, weights = self.attend(q, k, v, valid, need_weights)
         out = out.transpose(1, 2).reshape(B, Q, E)
         if weights is not None and K < full:
             weights = F.pad(weights, (full - K, 0))  # keys out of reach weigh 0
         return self.proj(out), weights if need_weights else None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, need_weights: bool = False):
+        """The pattern on split heads: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> out (B, H, Q, d), weights or None.
+
+        The queries are the newest Q of the K positions.
+        """
+        Q, K = q.shape[2], k.shape[2]
+        if need_weights or self.top_k is not None:
+            return explicit_attention(q, k, v, self.mask(valid, Q), self.top_k)
+        if self.attention == "local" and self._chunked(Q, K):
+            return chunked_local_attention(q, k, v, valid, self.window, self._chunk_size()), None  # type: ignore[arg-type]
+        if self.attention == "neighbourhood" and Q == K and self._chunked(Q, K):
+            grid, radius = self.grid, self.radius
+            return tiled_neighbourhood_attention(q, k, v, valid, grid, radius, self._chunk_size()), None  # type: ignore[arg-type]
+        if self.attention == "global" and bool(valid.all()):
+            return F.scaled_dot_product_attention(q, k, v), None  # nothing to hide
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(valid, Q)), None
 
     def _chunk_size(self) -> int:
         if self.chunk:

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -60,11 +61,12 @@ class HistoryExtractor(BaseFeaturesExtractor):
         """dict of (B, K, ...) -> steps (B, K, D), valid (B, K) bool with the newest step always valid."""
         parts = []
         for key in self.step_keys:
-            x = observations[key].float()
-            parts.append(x.flatten(2) * (self.obs_scale if key == "obs" else 1.0))
-        valid = observations["valid"] > 0.5
-        valid = torch.cat([valid[:, :-1], torch.ones_like(valid[:, -1:])], dim=1)
-        steps = torch.cat(parts, dim=-1).masked_fill(~valid[..., None], 0.0)  # padding never enters the math
+            x = observations[key].float().flatten(2)
+            parts.append(x * self.obs_scale if key == "obs" and self.obs_scale != 1.0 else x)
+        valid = observations["valid"] > 0.5  # a fresh tensor
+        valid[:, -1] = True
+        steps = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        steps = steps.masked_fill(~valid[..., None], 0.0)  # padding never enters the math
         return steps, valid
 
 
@@ -192,13 +194,20 @@ class HistoryAttentionExtractor(HistoryExtractor):
         self.blocks.apply(_init_linear)
 
     def tokens(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """dict -> tokens (B, K', E) with positions, and which are valid (B, K') (K' = K + summary token)."""
+        """dict -> tokens (B, K', E) with positions, and which are valid (B, K').
+
+        K' is K (plus the summary token) less the oldest steps that are padding in every history.
+        """
         steps, valid = self.step_features(observations)
-        x = self.embed(steps)  # (B, K, E)
+        # Steps that are padding in every history of the batch cannot change any output: drop them
+        # (early in episodes, or when K exceeds the episode length, most of the history is padding).
+        start = int(valid.any(dim=0).byte().argmax())
+        steps, valid = steps[:, start:], valid[:, start:]
+        x = self.embed(steps)  # (B, K - start, E)
         if self.summary is not None:
             x = torch.cat([x, self.summary.expand(x.shape[0], 1, -1)], dim=1)
             valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-        x = x + (self.position if self.position is not None else self.position_table)
+        x = x + (self.position if self.position is not None else self.position_table)[start:]
         return x, valid
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
@@ -210,16 +219,17 @@ class HistoryAttentionExtractor(HistoryExtractor):
 
     @torch.no_grad()
     def attention_maps(self, observations: dict[str, Tensor]) -> Tensor:
-        """What the readout attends to, per block: (B, n_layers, H, K') weights of the last query.
+        """What the readout attends to, per block: (B, n_layers, H, K + summary token) weights of the last query.
 
         Computed on the explicit path, only when asked (for TensorBoard and scoring).
         """
         x, valid = self.tokens(observations)
+        n_tokens = self.history_length + (self.summary is not None)
         maps = []
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             x, weights = block(x, valid, n_queries=1 if last else None, need_weights=True)
-            maps.append(weights[:, :, -1])
+            maps.append(F.pad(weights[:, :, -1], (n_tokens - weights.shape[-1], 0)))  # dropped padding weighs 0
         return torch.stack(maps, dim=1)
 
 

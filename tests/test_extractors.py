@@ -83,6 +83,21 @@ def test_long_local_history_runs_chunked_and_matches_the_dense_path():
     torch.testing.assert_close(extractor(obs), chunked, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", VARIANTS)
+def test_features_of_a_history_do_not_depend_on_the_rest_of_the_batch(kwargs):
+    """Steps that are padding in every history of a batch are dropped before the math: exact."""
+    extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2, **kwargs)
+    short = batch(B=3)
+    short["valid"] = torch.zeros(3, K)
+    short["valid"][:, -2:] = 1  # every history two steps long: four padding columns to drop
+    full = batch(B=1, seed=5)
+    full["valid"] = torch.ones(1, K)
+    mixed = {key: torch.cat([short[key], full[key]]) for key in short}
+    torch.testing.assert_close(extractor(short), extractor(mixed)[:3], rtol=1e-5, atol=1e-5)
+    maps = extractor.attention_maps(short)
+    assert maps.shape[-1] == K + (kwargs.get("readout") == "summary") and torch.all(maps[..., : K - 2] == 0)
+
+
 def test_is_stateless():
     extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2)
     a, b = batch(seed=1), batch(seed=2)
