@@ -5,8 +5,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -172,8 +175,95 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
     return buckets
 
 
+# Numeric algorithm keywords: (type, low, high, low allowed, None allowed). Anything the table does not
+# name is checked against the type of its default in the algorithm's signature.
+_NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
+    "learning_rate": (float, 0, None, False, False),
+    "n_steps": (int, 1, None, True, False),
+    "batch_size": (int, 1, None, True, False),
+    "n_epochs": (int, 1, None, True, False),
+    "gamma": (float, 0, 1, True, False),
+    "gae_lambda": (float, 0, 1, True, False),
+    "clip_range": (float, 0, None, False, False),
+    "clip_range_vf": (float, 0, None, False, True),
+    "ent_coef": (float, 0, None, True, False),
+    "vf_coef": (float, 0, None, True, False),
+    "max_grad_norm": (float, 0, None, False, False),
+    "target_kl": (float, 0, None, False, True),
+    "buffer_size": (int, 1, None, True, False),
+    "learning_starts": (int, 0, None, True, False),
+    "tau": (float, 0, 1, False, False),
+    "train_freq": (int, 1, None, True, False),
+    "gradient_steps": (int, -1, None, True, False),
+    "target_update_interval": (int, 1, None, True, False),
+    "exploration_fraction": (float, 0, 1, True, False),
+    "exploration_initial_eps": (float, 0, 1, True, False),
+    "exploration_final_eps": (float, 0, 1, True, False),
+    "rms_prop_eps": (float, 0, None, False, False),
+}
+
+
+def _check_algo_values(algo: str, values: dict[str, Any]) -> None:
+    """Types and ranges of algorithm keywords, so that a typo fails now and not at the first update."""
+    defaults = {name: p.default for name, p in inspect.signature(ALGO_CLASSES[algo].__init__).parameters.items()}
+    for key, value in values.items():
+        if key in _NUMBERS:
+            kind, low, high, low_ok, none_ok = _NUMBERS[key]
+            if value is None and none_ok:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            if kind is int:
+                number = number and float(value).is_integer()
+            in_range = number and (value > low or (low_ok and value == low)) and (high is None or value <= high)
+            if not in_range:
+                what = "an integer" if kind is int else "a number"
+                lower = f">= {low}" if low_ok else f"> {low}"
+                bounds = lower + (f" and <= {high}" if high is not None else "") + (", or None" if none_ok else "")
+                raise ConfigError(f"-params {key}={value!r} is invalid: must be {what} {bounds}")
+        elif isinstance(defaults.get(key), bool) and not isinstance(value, bool):
+            raise ConfigError(f"-params {key}={value!r} is invalid: must be True or False")
+
+
+def _check_writable(folder: str, flag: str) -> None:
+    """The folder exists or can be made, and files can be written in it."""
+    path = Path(folder)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {folder!r} is invalid: {existing} is a file, not a folder")
+    try:  # try it: permissions alone do not tell (root, read-only mounts, /proc)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{flag} {folder!r} is invalid: cannot write in {existing} ({error.strerror})") from None
+
+
+def check_model_file(path: str, flag: str = "-i") -> Path:
+    """A readable SB3 model zip (these hold pickled objects: load only files you trust)."""
+    file = Path(path)
+    expected = "an SB3 model .zip written by train.py"
+    if not file.is_file():
+        raise ConfigError(f"{flag} {path!r} is invalid: no such file; expected {expected}")
+    if file.suffix != ".zip":
+        raise ConfigError(f"{flag} {path!r} is invalid: not a .zip file; expected {expected}")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = set(archive.namelist())
+            broken = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise ConfigError(
+            f"{flag} {path!r} is invalid: cannot read it as a zip ({error}); expected {expected}"
+        ) from None
+    if broken is not None or not {"data", "policy.pth"} <= names:
+        raise ConfigError(f"{flag} {path!r} is invalid: a zip but not a complete SB3 model; expected {expected}")
+    return file
+
+
 def resolve(cfg: TrainConfig) -> RunPlan:
-    """Check every setting and fill in the presets; raises ConfigError with a one-line message."""
+    """Check every setting and fill in the presets; raises ConfigError with a one-line message.
+
+    Everything that needs no env is checked first; then one env is made to check the env keywords
+    and the history, and the extractor is built once on its space. No model, no vectorised envs.
+    """
     if cfg.algo not in ALGOS:
         raise ConfigError(f"--algo {cfg.algo!r} is invalid: allowed are {', '.join(ALGOS)}")
     if cfg.vec_env not in VEC_ENVS:
@@ -181,35 +271,60 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     env_id = _check_env_id(cfg.env)
     extractor = _resolve_extractor(cfg)
     _check_device(cfg.device)
-    probe = _check_env_kwargs(env_id, cfg.env_kwargs)
-    preset = preset_for(cfg.algo, cfg.env)
-    try:
-        history = _resolve_history(cfg, extractor, probe)
-        if cfg.algo != "ppo_lstm":
-            try:
-                HistoryObservation(probe, history)
-            except ValueError as error:
-                raise ConfigError(f"--env {cfg.env} cannot be given a history: {error}") from None
-    finally:
-        probe.close()
-    plan = RunPlan(
-        config=cfg,
-        extractor=extractor,
-        history=history,
-        n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else preset.n_timesteps,
-        n_envs=cfg.n_envs if cfg.n_envs is not None else preset.n_envs,
-    )
-    _check_positive("--n-timesteps", plan.n_timesteps)
-    _check_positive("--n-envs", plan.n_envs)
+    for flag, value in (("--n-timesteps", cfg.n_timesteps), ("--n-envs", cfg.n_envs), ("--history", cfg.history)):
+        if value is not None:
+            _check_positive(flag, value)
     _check_positive("--eval-episodes", cfg.eval_episodes)
     _check_positive("--eval-freq", cfg.eval_freq, allow_disabled=True)
     _check_positive("--save-freq", cfg.save_freq, allow_disabled=True)
-    plan.algo_kwargs, plan.extractor_kwargs, plan.policy_kwargs = _split_hyperparams(cfg, extractor, preset.hyperparams)
-    if extractor == "local-attention":
-        plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
-    if extractor == "sparse-attention":
-        plan.extractor_kwargs = {"top_k": min(SPARSE_TOP_K, plan.history), **plan.extractor_kwargs}
+    _check_int_flag("--seed", cfg.seed, low=0)
+    _check_int_flag("--verbose", cfg.verbose, low=0, high=2)
+    _check_writable(cfg.log_folder, "-f")
+    if cfg.tensorboard_log:
+        _check_writable(cfg.tensorboard_log, "-tb")
+    preset = preset_for(cfg.algo, cfg.env)
+    algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(cfg, extractor, preset.for_extractor(extractor))
+    _check_algo_values(cfg.algo, algo_kwargs)
+    probe = _check_env_kwargs(env_id, cfg.env_kwargs)
+    try:
+        plan = RunPlan(
+            config=cfg,
+            extractor=extractor,
+            history=_resolve_history(cfg, extractor, probe),
+            n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else preset.n_timesteps,
+            n_envs=cfg.n_envs if cfg.n_envs is not None else preset.n_envs,
+            algo_kwargs=algo_kwargs,
+            extractor_kwargs=extractor_kwargs,
+            policy_kwargs=policy_kwargs,
+        )
+        if extractor == "local-attention":
+            plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
+        if extractor == "sparse-attention":
+            plan.extractor_kwargs = {"top_k": min(SPARSE_TOP_K, plan.history), **plan.extractor_kwargs}
+        if plan.uses_history:
+            try:
+                space = HistoryObservation(probe, plan.history).observation_space
+            except ValueError as error:
+                raise ConfigError(f"--env {cfg.env} cannot be given a history: {error}") from None
+            try:
+                EXTRACTOR_CLASSES[extractor](space, **plan.extractor_kwargs)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"--extractor {extractor} on {cfg.env}: {_first_line(error)}") from None
+    finally:
+        probe.close()
     return plan
+
+
+def _check_int_flag(flag: str, value: Any, low: int, high: int | None = None) -> None:
+    try:
+        check_int(flag, value, low, high)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def local_window(plan: RunPlan) -> int:
@@ -220,8 +335,10 @@ def local_window(plan: RunPlan) -> int:
     return min(n_tokens, -(-(n_tokens - 1) // n_layers) + 1)
 
 
-def make_vec(plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = None) -> VecEnv:
-    """Monitored, history-wrapped, vectorised copies of the env."""
+def make_vec(
+    plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = None, append_monitor: bool = False
+) -> VecEnv:
+    """Monitored, history-wrapped, vectorised copies of the env (monitor files appended to on resume)."""
     cfg = plan.config
     wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
@@ -230,6 +347,7 @@ def make_vec(plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = No
         n_envs,
         seed,
         monitor_dir=monitor_dir,
+        monitor_kwargs={"override_existing": not append_monitor},
         wrapper_class=wrapper,
         vec_env_cls=vec_cls,
     )
@@ -266,9 +384,8 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
             **plan.algo_kwargs,
         )
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
-            f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {message}"
+            f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {_first_line(error)}"
         ) from None
     if isinstance(model.policy, ActorCriticPolicy) and policy_kwargs.get("ortho_init") is False:
         init_heads(model.policy)

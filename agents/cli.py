@@ -64,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     print(result.summary())
-    return 0
+    return result.exit_code

@@ -71,6 +71,12 @@ class TrainConfig:
         kv=True,
         help="overrides key:value for the algorithm or the extractor",
     )
+    trained_agent: str | None = _flag(
+        "-i",
+        "--trained-agent",
+        default=None,
+        help="resume a run from one of its model zips (final, best or checkpoint): the run's saved settings are used, -n is the total step count to reach, and its folder and TensorBoard run continue",
+    )
     n_envs: int | None = _flag("--n-envs", default=None, type=int, help="parallel envs (default: the preset)")
     vec_env: str = _flag(
         "--vec-env",

@@ -18,6 +18,11 @@ class Preset:
     """parallel envs"""
     hyperparams: dict[str, Any] = field(default_factory=dict)
     """algorithm keywords, plus extractor keywords (embed_dim, n_layers, ...)"""
+    per_extractor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """extra keywords for one extractor, over ``hyperparams``"""
+
+    def for_extractor(self, extractor: str) -> dict[str, Any]:
+        return {**self.hyperparams, **self.per_extractor.get(extractor, {})}
 
 
 _PPO_TMAZE = {
@@ -39,7 +44,8 @@ _PPO_TMAZE = {
 }
 
 PRESETS: dict[tuple[str, str], Preset] = {
-    ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE),
+    # local attention needs two blocks to be local at all: one block's window must span the whole history
+    ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE, {"local-attention": {"n_layers": 2}}),
     ("a2c", "TMaze"): Preset(
         200_000,
         8,

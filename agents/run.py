@@ -3,39 +3,69 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.logger import HParam, configure
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
 
-from agents.build import RunPlan, build_model, make_single, make_vec, resolve
-from agents.config import TrainConfig
+from agents.build import (
+    ALGO_CLASSES,
+    RunPlan,
+    _first_line,
+    build_model,
+    check_model_file,
+    make_single,
+    make_vec,
+    resolve,
+)
+from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
 from agents.presets import env_family
 from rlattn import AttentionLoggingCallback
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never share seeds with training envs
 TARGET_KEYS = {"TMaze": "cue_step"}
+REPLAY_BUFFER = "replay_buffer.pkl"
 
 
 @dataclass(frozen=True)
 class RunResult:
     folder: Path
-    evaluation: EvalResult
+    evaluation: EvalResult | None
+    """None when the run was interrupted (no final evaluation)"""
     timesteps: int
     steps_per_second: float
-    interrupted: bool
+    interrupted_by: str | None
+    """the signal's name (SIGINT, SIGTERM) when the run was interrupted"""
+    model_path: Path
 
     def summary(self) -> str:
-        stopped = " (interrupted)" if self.interrupted else ""
-        return f"done{stopped}: {self.evaluation} | {self.steps_per_second:.0f} env steps/s | run folder {self.folder}"
+        if self.interrupted_by:
+            return (
+                f"interrupted ({self.interrupted_by}) at {self.timesteps} env steps: model saved to {self.model_path}; "
+                f"resume with: python train.py -i {self.model_path}"
+            )
+        return f"done: {self.evaluation} | {self.steps_per_second:.0f} env steps/s | run folder {self.folder}"
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal's number as shells report it (130 for Ctrl-C, 143 for SIGTERM)."""
+        return 128 + int(signal.Signals[self.interrupted_by]) if self.interrupted_by else 0
 
 
 def env_name(env_id: str) -> str:
@@ -78,7 +108,76 @@ def _write_run_info(folder: Path, plan: RunPlan) -> None:
     (info_dir / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
 
 
-def _callbacks(plan: RunPlan, folder: Path, eval_env) -> list[BaseCallback]:
+def save_atomic(model: BaseAlgorithm, path: Path) -> Path:
+    """Write the model next to ``path``, then rename it into place: a crash mid-save never leaves a
+    broken file under the real name, and the last good one stays until the new one is complete."""
+    partial = path.with_name(f".{path.stem}.partial.zip")
+    try:
+        model.save(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def save_replay_atomic(model: BaseAlgorithm, folder: Path) -> Path | None:
+    """Off-policy algorithms: the replay buffer as ``replay_buffer.pkl``, atomically; else nothing."""
+    if not isinstance(model, OffPolicyAlgorithm):
+        return None
+    path = folder / REPLAY_BUFFER
+    partial = path.with_name(f".{path.stem}.partial.pkl")
+    try:
+        model.save_replay_buffer(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+class AtomicCheckpointCallback(BaseCallback):
+    """Every ``save_freq`` env steps: ``rl_model_<steps>_steps.zip`` (and the replay buffer), atomically."""
+
+    def __init__(self, save_freq: int, folder: Path, n_envs: int):
+        super().__init__()
+        self.every = max(save_freq // n_envs, 1)
+        self.folder = folder
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            save_atomic(self.model, self.folder / f"rl_model_{self.num_timesteps}_steps.zip")
+            save_replay_atomic(self.model, self.folder)
+        return True
+
+
+class SaveBestCallback(BaseCallback):
+    """Called by EvalCallback on a new best mean return: ``best_model.zip``, atomically."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+
+    def _on_step(self) -> bool:
+        save_atomic(self.model, self.folder / "best_model.zip")
+        return True
+
+
+class ResumableEvalCallback(EvalCallback):
+    """SB3's EvalCallback that can start from an earlier run's ``evaluations.npz`` (so it is extended, not overwritten)."""
+
+    def restore(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        with np.load(path) as saved:
+            self.evaluations_timesteps = [int(t) for t in saved["timesteps"]]
+            self.evaluations_results = [list(r) for r in saved["results"]]
+            self.evaluations_length = [list(n) for n in saved["ep_lengths"]]
+            if "successes" in saved:
+                self.evaluations_successes = [list(s) for s in saved["successes"]]
+        if self.evaluations_results:
+            self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
+
+
+def _callbacks(plan: RunPlan, folder: Path, eval_env, resumed: bool) -> list[BaseCallback]:
     cfg = plan.config
     hparams = {"algo": cfg.algo, "env": cfg.env, "extractor": plan.extractor, "history": plan.history, "seed": cfg.seed}
     callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
@@ -88,63 +187,197 @@ def _callbacks(plan: RunPlan, folder: Path, eval_env) -> list[BaseCallback]:
             attention = AttentionLoggingCallback(
                 make_single(plan), target_key=TARGET_KEYS.get(env_family(cfg.env)), seed=cfg.seed + EVAL_SEED_OFFSET
             )
-        callbacks.append(
-            EvalCallback(
-                eval_env,
-                callback_after_eval=attention,
-                n_eval_episodes=cfg.eval_episodes,
-                eval_freq=max(cfg.eval_freq // plan.n_envs, 1),
-                log_path=str(folder),
-                best_model_save_path=str(folder),
-                deterministic=True,
-                verbose=cfg.verbose,
-            )
+        evaluation = ResumableEvalCallback(
+            eval_env,
+            callback_on_new_best=SaveBestCallback(folder),
+            callback_after_eval=attention,
+            n_eval_episodes=cfg.eval_episodes,
+            eval_freq=max(cfg.eval_freq // plan.n_envs, 1),
+            log_path=str(folder),
+            best_model_save_path=None,
+            deterministic=True,
+            verbose=cfg.verbose,
         )
+        if resumed:
+            evaluation.restore(folder / "evaluations.npz")
+        callbacks.append(evaluation)
     if cfg.save_freq > 0:
-        callbacks.append(
-            CheckpointCallback(
-                max(cfg.save_freq // plan.n_envs, 1), str(folder), name_prefix="rl_model", verbose=cfg.verbose
-            )
-        )
+        callbacks.append(AtomicCheckpointCallback(cfg.save_freq, folder, plan.n_envs))
     return callbacks
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    """Resolve, build, train, save and evaluate. Set-up problems raise ConfigError before any training.
+class LearnedSteps(BaseCallback):
+    """The env steps the model has learned from: on-policy algorithms drop a half-collected rollout
+    when interrupted, so the saved step counter leaves it out and a resumed run collects it again."""
 
-    Ctrl-C saves the model under the final name and still evaluates it; any other error during
-    training saves it as ``crashed_model.zip`` (next to the periodic checkpoints) and re-raises.
+    def __init__(self) -> None:
+        super().__init__()
+        self.learned = 0
+
+    def _on_training_start(self) -> None:
+        self.learned = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        self.learned = self.num_timesteps
+
+    def _on_rollout_end(self) -> None:
+        self.learned = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into the same path as Ctrl-C: save, then stop."""
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[list[int]]:
+    """While training, SIGINT and SIGTERM raise in the main thread; yields the signal received."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def resume_config(cfg: TrainConfig) -> TrainConfig:
+    """The settings of the run that ``cfg.trained_agent`` belongs to, with the few a resume may change.
+
+    ``-n`` is the total to reach (default: the run's own); ``--verbose``, ``-P`` and ``--device`` may
+    change; any other flag must be left at its default.
     """
+    file = check_model_file(cfg.trained_agent or "")
+    saved_args = sorted(file.parent.glob("*/args.json"))
+    if len(saved_args) != 1:
+        raise ConfigError(
+            f"-i {cfg.trained_agent!r} is invalid: its folder holds no run settings (*/args.json); resume needs a model inside a run folder written by train.py"
+        )
+    try:
+        saved = TrainConfig(**json.loads(saved_args[0].read_text()))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"-i {cfg.trained_agent!r}: cannot read {saved_args[0]}: {error}") from None
+    defaults = TrainConfig()
+    may_change = {"trained_agent", "n_timesteps", "verbose", "progress", "device"}
+    for f in fields(TrainConfig):
+        if f.name not in may_change and getattr(cfg, f.name) != getattr(defaults, f.name):
+            flag = f.metadata["flags"][-1]
+            raise ConfigError(
+                f"{flag} cannot be changed when resuming (-i): the run's settings are in {saved_args[0]}; allowed with -i are -n, --verbose, -P, --device"
+            )
+    return replace(
+        saved,
+        trained_agent=str(file),
+        n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else saved.n_timesteps,
+        verbose=cfg.verbose,
+        progress=cfg.progress,
+        device=cfg.device,
+    )
+
+
+def _load(plan: RunPlan, file: Path, venv: VecEnv) -> BaseAlgorithm:
+    """The saved model on ``venv``, with its replay buffer where there is one."""
+    try:
+        model = ALGO_CLASSES[plan.config.algo].load(file, env=venv, device=plan.config.device)
+    except Exception as error:
+        raise ConfigError(f"-i {str(file)!r} cannot be loaded as {plan.config.algo}: {_first_line(error)}") from None
+    replay = file.parent / REPLAY_BUFFER
+    if isinstance(model, OffPolicyAlgorithm) and replay.is_file():
+        model.load_replay_buffer(replay)
+    if model.num_timesteps >= plan.n_timesteps:
+        raise ConfigError(
+            f"-n {plan.n_timesteps} is invalid: {file} has already trained {model.num_timesteps} env steps; ask for a larger total"
+        )
+    return model
+
+
+def _close(venv: VecEnv) -> None:
+    try:
+        venv.close()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # subprocess workers that an interrupt already stopped
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Resolve, build (or load, with ``-i``), train, save and evaluate.
+
+    Set-up problems raise ConfigError before any training and leave nothing behind. SIGINT (Ctrl-C)
+    and SIGTERM save the model under the final name (and the replay buffer), then stop without the
+    final evaluation; any other error during training saves ``crashed_model.zip`` and re-raises.
+    Every save is atomic.
+    """
+    resumed = cfg.trained_agent is not None
+    if resumed:
+        cfg = resume_config(cfg)
     plan = resolve(cfg)
-    folder = new_run_folder(cfg.log_folder, cfg.algo, cfg.env)
+    folder = Path(cfg.trained_agent).parent if resumed else new_run_folder(cfg.log_folder, cfg.algo, cfg.env)  # type: ignore[arg-type]
     envs: list = []
     try:
-        envs.append(make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder)))
+        envs.append(make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder), append_monitor=resumed))
         envs.append(make_vec(plan, 1, cfg.seed + EVAL_SEED_OFFSET))
-        model = build_model(plan, envs[0])
-        _write_run_info(folder, plan)
-        tb_dir = Path(cfg.tensorboard_log) / folder.relative_to(cfg.log_folder) if cfg.tensorboard_log else folder
+        if resumed:
+            model = _load(plan, Path(cfg.trained_agent), envs[0])  # type: ignore[arg-type]
+        else:
+            model = build_model(plan, envs[0])
+            _write_run_info(folder, plan)
+        tb_root = Path(cfg.tensorboard_log) / cfg.algo if cfg.tensorboard_log else None
+        tb_dir = tb_root / folder.name if tb_root else folder
+        if resumed:
+            _keep_progress(folder, model.num_timesteps)
+            with open(folder / env_name(cfg.env) / "command.txt", "a") as file:
+                file.write(shlex.join([sys.executable, *sys.argv]) + "\n")
         model.set_logger(
             configure(str(tb_dir), ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"])
         )
-        callbacks = _callbacks(plan, folder, envs[1])
+        callbacks = _callbacks(plan, folder, envs[1], resumed)
     except BaseException:
         for env in envs:
-            env.close()
-        shutil.rmtree(folder)  # a run that could not start leaves nothing behind
+            _close(env)
+        if not resumed and folder.exists():
+            shutil.rmtree(folder)  # a run that could not start leaves nothing behind
         raise
     venv, eval_env = envs
-    start, interrupted = time.perf_counter(), False
-    try:
-        model.learn(plan.n_timesteps, callback=callbacks, progress_bar=cfg.progress)
-    except KeyboardInterrupt:
-        interrupted = True
-    except BaseException:
-        model.save(folder / "crashed_model")
-        raise
-    model.save(folder / env_name(cfg.env))
+    start, started_at = time.perf_counter(), model.num_timesteps
+    learned = LearnedSteps()
+    with _signals_interrupt() as received:
+        try:
+            model.learn(
+                plan.n_timesteps - model.num_timesteps,
+                callback=[learned, *callbacks],
+                progress_bar=cfg.progress,
+                reset_num_timesteps=not resumed,
+            )
+        except KeyboardInterrupt:
+            received = received or [signal.SIGINT]
+            if not isinstance(model, OffPolicyAlgorithm):
+                model.num_timesteps = learned.learned
+        except BaseException:
+            save_atomic(model, folder / "crashed_model.zip")
+            save_replay_atomic(model, folder)
+            _close(venv)
+            raise
+        final = save_atomic(model, folder / f"{env_name(cfg.env)}.zip")
+        save_replay_atomic(model, folder)
     elapsed = time.perf_counter() - start
+    speed = (model.num_timesteps - started_at) / max(elapsed, 1e-9)
+    _close(venv)
+    if received:
+        _close(eval_env)
+        return RunResult(folder, None, model.num_timesteps, speed, signal.Signals(received[0]).name, final)
     result = evaluate(model, eval_env, cfg.eval_episodes)
-    venv.close()
-    eval_env.close()
-    return RunResult(folder, result, model.num_timesteps, model.num_timesteps / max(elapsed, 1e-9), interrupted)
+    _close(eval_env)
+    return RunResult(folder, result, model.num_timesteps, speed, None, final)
+
+
+def _keep_progress(folder: Path, timesteps: int) -> None:
+    """SB3's CSV logger starts progress.csv afresh: keep the earlier part under its step count."""
+    progress = folder / "progress.csv"
+    if progress.is_file():
+        os.replace(progress, folder / f"progress_until_{timesteps}.csv")

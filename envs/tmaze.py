@@ -58,10 +58,15 @@ class TMazeEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
     active = False
+    PARAMETERS: dict[str, tuple[int, int]] = {
+        "corridor_length": (1, MAX_CORRIDOR_LENGTH),
+        "slack": (0, MAX_CORRIDOR_LENGTH),
+    }
+    """each integer keyword's allowed range, inclusive (the fuzz tests draw from these)"""
 
     def __init__(self, corridor_length: int = 10, slack: int = 0, render_mode: str | None = None):
-        self.corridor_length = check_int("corridor_length", corridor_length, 1, MAX_CORRIDOR_LENGTH)
-        self.slack = check_int("slack", slack, 0, MAX_CORRIDOR_LENGTH)
+        self.corridor_length = check_int("corridor_length", corridor_length, *self.PARAMETERS["corridor_length"])
+        self.slack = check_int("slack", slack, *self.PARAMETERS["slack"])
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode={render_mode!r} is invalid: allowed are None, 'ansi', 'rgb_array'")
         self.render_mode = render_mode

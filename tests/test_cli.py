@@ -65,50 +65,98 @@ def test_second_run_gets_the_next_folder_and_list_envs(tmp_path):
 
 
 BAD_INPUTS = [
+    # unknown names
     (["--env", "rlattn/TMaz-v0"], "did you mean rlattn/TMaze-v0"),
+    (["--env", "ALE/Pong-v5"], "unknown env 'ALE/Pong-v5'"),
+    (["--env", "nosuchmodule:Foo-v0"], "cannot import module 'nosuchmodule'"),
     (["--algo", "sac"], "invalid choice: 'sac'"),
     (["--extractor", "cnn"], "--extractor 'cnn' is invalid"),
+    (["--vec-env", "ray"], "invalid choice: 'ray'"),
+    (["--device", "tpu9"], "--device 'tpu9' is invalid"),
+    (["--env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
+    (["-params", "learning_rat:0.1"], "-params key 'learning_rat' is not accepted"),
+    (["--extractor", "local-attention", "-params", "attention:'banded'"], "attention='banded' is invalid"),
+    # not literals, wrong types
     (["--env-kwargs", "corridor_length:abc"], "corridor_length:abc"),
     (["--env-kwargs", "corridor_length"], "'corridor_length' is invalid: expected key:value"),
-    (["--env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
+    (["--env-kwargs", "corridor_length:2.5"], "corridor_length=2.5 is invalid"),
+    (["--seed", "one"], "invalid int value: 'one'"),
+    (["--history", "2.5"], "invalid int value: '2.5'"),
+    (["-params", "target_kl:'x'"], "target_kl='x' is invalid: must be a number > 0"),
+    (["-params", "batch_size:2.5"], "batch_size=2.5 is invalid: must be an integer >= 1"),
+    (["-params", "normalize_advantage:'yes'"], "normalize_advantage='yes' is invalid: must be True or False"),
+    (["-params", "policy_kwargs:[1]"], "policy_kwargs=[1] is invalid: must be a dict literal"),
+    (["-params", "top_k:1.5", "--extractor", "sparse-attention"], "top_k=1.5 is invalid"),
+    # out of range
     (["--env-kwargs", "corridor_length:0"], "corridor_length=0 is invalid"),
+    (["--env-kwargs", "slack:-1"], "slack=-1 is invalid"),
     (["--history", "0"], "--history=0 is invalid"),
-    (["--history", "4", "--extractor", "mlp"], "--history 4 does not go with --extractor mlp"),
-    (["--extractor", "local-attention", "-params", "window:100"], "window=100 is invalid"),
-    (["--algo", "ppo_lstm", "--extractor", "attention"], "does not go with ppo_lstm"),
-    (["--extractor", "sparse-attention", "-params", "top_k:0"], "top_k=0 is invalid"),
-    (["-params", "learning_rat:0.1"], "-params key 'learning_rat' is not accepted"),
     (["-n", "0"], "--n-timesteps=0 is invalid"),
     (["--n-envs", "-2"], "--n-envs=-2 is invalid"),
-    (["--vec-env", "ray"], "invalid choice: 'ray'"),
-    (["--seed", "one"], "invalid int value: 'one'"),
-    (["--env", "Blackjack-v1"], "--env Blackjack-v1 cannot be given a history"),
-    (["--device", "tpu9"], "--device 'tpu9' is invalid"),
     (["--eval-episodes", "0"], "--eval-episodes=0 is invalid"),
+    (["--eval-freq", "0"], "--eval-freq=0 is invalid"),
+    (["--save-freq", "-5"], "--save-freq=-5 is invalid"),
+    (["--seed", "-1"], "--seed=-1 is invalid"),
+    (["--verbose", "7"], "--verbose=7 is invalid"),
+    (["-params", "learning_rate:-0.001"], "learning_rate=-0.001 is invalid: must be a number > 0"),
+    (["-params", "gamma:1.5"], "gamma=1.5 is invalid: must be a number >= 0 and <= 1"),
+    (["-params", "n_steps:0"], "n_steps=0 is invalid: must be an integer >= 1"),
+    (["--extractor", "sparse-attention", "-params", "top_k:0"], "top_k=0 is invalid"),
+    (["--extractor", "attention", "-params", "embed_dim:0"], "embed_dim=0 is invalid"),
+    (["--extractor", "local-attention", "-params", "window:100"], "window=100 is invalid"),
     (["--extractor", "attention", "-params", "n_heads:3"], "embed_dim=64 is invalid: must be divisible by n_heads=3"),
+    # incompatible combinations
+    (["--history", "4", "--extractor", "mlp"], "--history 4 does not go with --extractor mlp"),
+    (["--algo", "ppo_lstm", "--extractor", "attention"], "does not go with ppo_lstm"),
+    (["--env", "Blackjack-v1"], "--env Blackjack-v1 cannot be given a history"),
+    (["--extractor", "attention", "-params", "window:3"], "window=3 is invalid with attention='global'"),
+    # files and folders
+    (["-f", "{tmp}/afile/logs"], "is a file, not a folder"),
+    (["-f", "/proc/rlattn-logs"], "cannot write in /proc"),
+    (["-tb", "{tmp}/afile"], "-tb"),
+    (["-i", "{tmp}/missing.zip"], "no such file"),
+    (["-i", "{tmp}/afile"], "not a .zip file"),
+    (["-i", "{tmp}/corrupt.zip"], "cannot read it as a zip"),
+    (["-i", "{tmp}/other.zip"], "a zip but not a complete SB3 model"),
+    (["-i", "{tmp}/loose/model.zip"], "its folder holds no run settings"),
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A plain file, a corrupt zip, a zip that is no model, and a real model outside any run folder."""
+    import zipfile
+
+    from stable_baselines3 import PPO
+
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "afile").write_text("not a folder, not a model\n")
+    (folder / "corrupt.zip").write_bytes(b"PK\x03\x04 truncated")
+    with zipfile.ZipFile(folder / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    (folder / "loose").mkdir()
+    PPO("MlpPolicy", "CartPole-v1", n_steps=64, device="cpu").save(folder / "loose" / "model.zip")
+    return folder
+
+
 @pytest.mark.parametrize("args, expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_2(args, expected, bad_files, tmp_path, capsys):
+    args = [a.replace("{tmp}", str(bad_files)) for a in args]
+    before = sorted(p.name for p in bad_files.rglob("*"))
     try:
-        code = main([*args, "-f", str(tmp_path / "logs")])
+        code = main(["-f", str(tmp_path / "logs"), *args])
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
-    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.zip"))
+    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err, err
+    assert err.startswith("train.py: error: ")
+    assert not (tmp_path / "logs").exists()  # nothing half-written
+    assert sorted(p.name for p in bad_files.rglob("*")) == before
 
 
-def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    done = run_train(["--env", "rlattn/TMaze-v0", "--env-kwargs", "corridor_length:-3"], tmp_path)
-    assert (
-        done.returncode == 2
-        and done.stderr.strip()
-        == "train.py: error: --env-kwargs for rlattn/TMaze-v0: corridor_length=-3 is invalid: must be an integer from 1 to 100000"
-    )
-    assert not (tmp_path / "logs").exists()
+def test_bad_input_table_is_large():
+    assert len(BAD_INPUTS) >= 30
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,166 @@
+"""How far back can each policy remember? T-Maze success against corridor length, per method.
+
+    python benchmarks/memory_length.py                                  # passive L = 10, 30, 100
+    python benchmarks/memory_length.py --maze active --lengths 10 30 100
+    python benchmarks/memory_length.py --lengths 1000 --methods attention  # long, opt-in
+
+Every (maze, corridor length L, method) trains with ``train.py`` in its own process, at the same
+env-step budget and seed, with the presets ``train.py`` ships, and is evaluated every
+``--eval-freq`` steps on ``--eval-episodes`` episodes (deterministic actions, unseen seeds).
+Reported: the final evaluation's success rate, the env steps at which evaluation first reached
+0.95 success, wall time (set-up and evaluations included) and training env steps per second.
+History-based methods see a whole episode (the preset history: L + 1 steps passive, L + 3 active);
+``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
+sb3-contrib's RecurrentPPO.
+
+Results are appended to ``--results`` (JSON) after every run, so an interrupted sweep keeps what it
+measured and ``--reuse`` picks up where it stopped; the table and the PNG plot (success against L,
+one line per method) are made from the runs of this invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
+MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
+BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 1_000_000, 1000: 2_000_000}
+"""default env-step budget per corridor length (the next larger length's for lengths not listed)"""
+SUMMARY = re.compile(r"eval success (\S+) over (\d+) episodes .*\| (\d+) env steps/s \| run folder (.+)$")
+
+
+def budget_for(length: int) -> int:
+    return next((b for cap, b in sorted(BUDGETS.items()) if length <= cap), max(BUDGETS.values()))
+
+
+def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Namespace, log_folder: Path) -> dict:
+    algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
+        *("--env-kwargs", f"corridor_length:{length}", "-n", str(budget), "--seed", str(args.seed)),
+        *("--eval-freq", str(args.eval_freq or max(budget // 20, 5_000)), "--eval-episodes", str(args.eval_episodes)),
+        *("--save-freq", "-1", "--verbose", "0", "-f", str(log_folder)),
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    record = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed, "wall_s": wall}
+    match = SUMMARY.search(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
+    if done.returncode or not match:
+        lines = done.stderr.strip().splitlines()
+        return {**record, "error": lines[-1] if lines else f"exit {done.returncode}"}
+    success, _, sps, folder = match.groups()
+    evaluations = np.load(Path(folder) / "evaluations.npz")
+    rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
+    reached = [int(t) for t, rate in zip(evaluations["timesteps"], rates, strict=True) if rate >= 0.95]
+    return {
+        **record,
+        "success": float(success),
+        "steps_to_095": reached[0] if reached else None,
+        "steps_per_s": int(sps),
+        "curve": [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)],
+    }
+
+
+def print_table(records: list[dict]) -> None:
+    header = f"{'maze':<8} {'L':>5} {'method':<16} {'budget':>9} {'success':>8} {'steps to 0.95':>14} {'wall':>8} {'steps/s':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in records:
+        head = f"{r['maze']:<8} {r['length']:>5} {r['method']:<16} {r['budget']:>9}"
+        if "error" in r:
+            print(f"{head} failed: {r['error']}")
+            continue
+        reached = f"{r['steps_to_095']:,}" if r["steps_to_095"] is not None else "never"
+        wall = f"{r['wall_s'] / 60:.1f} min"
+        print(f"{head} {r['success']:>8.2f} {reached:>14} {wall:>8} {r['steps_per_s']:>8}")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mazes = sorted({r["maze"] for r in records}, key=list(MAZES).index)
+    fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
+    for ax, maze in zip(axes[0], mazes, strict=True):
+        for method in METHODS:
+            points = sorted((r["length"], r["success"]) for r in records if r["maze"] == maze and r["method"] == method and "success" in r)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("corridor length L (steps between cue and decision)")
+        ax.set_ylabel("final eval success")
+        ax.set_title(f"{maze} T-Maze")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--maze", choices=(*MAZES, "both"), default="passive")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[10, 30, 100])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: by length, see BUDGETS)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
+    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.png")
+    parser.add_argument("--reuse", action="store_true", help="reuse runs already in --results with the same settings")
+    parser.add_argument("--log-folder", type=Path, default=None, help="keep the run folders here (default: deleted)")
+    args = parser.parse_args()
+    for name in ("budget", "eval_freq"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: must be >= 1")
+    if min(args.lengths) < 1 or args.eval_episodes < 1:
+        parser.error(f"--lengths {min(args.lengths)} / --eval-episodes {args.eval_episodes} is invalid: must be >= 1")
+
+    saved: list[dict] = json.loads(args.results.read_text()) if args.results.is_file() else []
+    mazes = list(MAZES) if args.maze == "both" else [args.maze]
+    keep = tempfile.TemporaryDirectory() if args.log_folder is None else None
+    log_folder = args.log_folder or Path(keep.name)  # type: ignore[union-attr]
+    records = []
+    for maze in mazes:
+        for length in args.lengths:
+            for method in args.methods:
+                budget = args.budget or budget_for(length)
+                key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed}
+                old = [r for r in saved if all(r.get(k) == v for k, v in key.items()) and "error" not in r]
+                if args.reuse and old:
+                    records.append(old[-1])
+                    continue
+                print(f"running {maze} L={length} {method}, {budget:,} steps ...", flush=True)
+                record = run_one(maze, length, method, budget, args, log_folder)
+                records.append(record)
+                saved.append(record)
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                args.results.write_text(json.dumps(saved, indent=1) + "\n")
+    if keep is not None:
+        keep.cleanup()
+    print_table(records)
+    if any("success" in r for r in records):
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(records, args.plot)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

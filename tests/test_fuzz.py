@@ -1,0 +1,151 @@
+"""Property-based tests (hypothesis): random seeds, keywords and actions never break an env, the
+history wrapper or an extractor. Derandomized, so CI sees the same examples on every run."""
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import envs
+from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
+
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True)
+
+
+@st.composite
+def env_cases(draw):
+    env_id = draw(st.sampled_from(envs.ENV_IDS))
+    ranges = gym.spec(env_id).entry_point
+    cls = gym.envs.registration.load_env_creator(ranges) if isinstance(ranges, str) else ranges
+    kwargs = {name: draw(st.integers(low, high)) for name, (low, high) in cls.PARAMETERS.items()}
+    seed = draw(st.integers(0, 2**32 - 1))
+    actions = draw(st.lists(st.integers(0, 3), min_size=1, max_size=60))
+    return env_id, kwargs, seed, actions
+
+
+@FUZZ
+@given(env_cases())
+def test_envs_never_raise_leave_their_space_or_produce_nan(case):
+    env_id, kwargs, seed, actions = case
+    env = gym.make(env_id, **kwargs)
+    obs, info = env.reset(seed=seed)
+    assert env.observation_space.contains(obs) and np.isfinite(obs).all()
+    total = 0.0
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert env.observation_space.contains(obs) and np.isfinite(obs).all()
+        assert np.isfinite(reward)
+        total += reward
+        assert total >= -1.0 and total <= 1.0  # returns are scaled: the best episode scores 1.0
+        if terminated or truncated:
+            assert isinstance(info["is_success"], bool)
+            obs, info = env.reset()
+            total = 0.0
+            assert env.observation_space.contains(obs)
+
+
+class RandomEnv(gym.Env):
+    """Observations drawn from any space, episodes of random length."""
+
+    def __init__(self, space, horizon):
+        self.observation_space, self.action_space, self.horizon = space, spaces.Discrete(3), horizon
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(self.np_random.normal()), self.t >= self.horizon, False, {}
+
+
+observation_spaces = st.one_of(
+    st.builds(
+        lambda shape, low: spaces.Box(low, low + 5, shape, np.float32),
+        st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple),
+        st.floats(-10, 10),
+    ),
+    st.builds(
+        lambda shape: spaces.Box(0, 255, shape, np.uint8),
+        st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
+    ),
+    st.builds(spaces.Discrete, st.integers(1, 6), start=st.integers(-3, 3)),
+    st.builds(lambda nvec: spaces.MultiDiscrete(nvec), st.lists(st.integers(1, 4), min_size=1, max_size=3)),
+    st.builds(spaces.MultiBinary, st.integers(1, 5)),
+)
+
+
+@FUZZ
+@given(
+    space=observation_spaces,
+    length=st.integers(1, 8),
+    horizon=st.integers(1, 12),
+    include_action=st.booleans(),
+    include_reward=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_history_wrapper_stays_in_its_space_with_valid_suffixes(
+    space, length, horizon, include_action, include_reward, seed
+):
+    env = HistoryObservation(RandomEnv(space, horizon), length, include_action, include_reward)
+    obs, _ = env.reset(seed=seed)
+    steps_in_episode = 1
+    for _ in range(2 * horizon + 1):
+        assert env.observation_space.contains(obs)
+        assert all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in obs.values())
+        expected = np.zeros(length, np.float32)
+        expected[max(0, length - steps_in_episode) :] = 1
+        np.testing.assert_array_equal(obs["valid"], expected)
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps_in_episode += 1
+        if terminated or truncated:
+            obs, _ = env.reset()
+            steps_in_episode = 1
+
+
+EXTRACTOR_VARIANTS = [
+    {},
+    {"attention": "local", "window": 1, "n_layers": 2},
+    {"attention": "local-global", "window": 2, "n_layers": 3},
+    {"top_k": 1, "n_layers": 2},
+    {"readout": "summary", "position": "sinusoidal", "gate": "residual"},
+]
+
+
+@FUZZ
+@given(
+    length=st.integers(1, 10),
+    variant=st.sampled_from(EXTRACTOR_VARIANTS),
+    data=st.data(),
+)
+def test_extractors_are_finite_for_any_mask_pattern(length, variant, data):
+    """Any validity pattern at all (holes anywhere, nothing valid but the newest), any values in the space."""
+    space = spaces.Dict(
+        {"obs": spaces.Box(-1e3, 1e3, (length, 2), np.float32), "valid": spaces.Box(0, 1, (length,), np.float32)}
+    )
+    if variant.get("window", 0) > length:
+        variant = {**variant, "window": length}
+    batch = data.draw(st.integers(1, 4))
+    valid = data.draw(
+        st.lists(st.lists(st.booleans(), min_size=length, max_size=length), min_size=batch, max_size=batch)
+    )
+    values = data.draw(
+        st.lists(st.floats(-1e3, 1e3, width=32), min_size=batch * length * 2, max_size=batch * length * 2)
+    )
+    obs = {
+        "obs": torch.tensor(values, dtype=torch.float32).view(batch, length, 2),
+        "valid": torch.tensor(valid, dtype=torch.float32),
+    }
+    torch.manual_seed(0)
+    attention = HistoryAttentionExtractor(space, features_dim=8, embed_dim=8, n_heads=2, **variant)
+    out = attention(obs)
+    assert out.shape == (batch, 8) and torch.isfinite(out).all()
+    maps = attention.attention_maps(obs)
+    assert torch.isfinite(maps).all()
+    torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+    flat = HistoryFlattenExtractor(space, features_dim=8)(obs)
+    assert torch.isfinite(flat).all()
