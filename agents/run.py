@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -182,6 +183,8 @@ def _callbacks(plan: RunPlan, folder: Path, eval_env, resumed: bool) -> list[Bas
     hparams = {"algo": cfg.algo, "env": cfg.env, "extractor": plan.extractor, "history": plan.history, "seed": cfg.seed}
     callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
     if cfg.eval_freq > 0:
+        # evaluation runs one env in-process whatever --vec-env says; SB3 warns about the mismatch
+        warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
         attention = None
         if plan.extractor.endswith("attention"):
             attention = AttentionLoggingCallback(

@@ -7,8 +7,9 @@
 Every (maze, corridor length L, method) trains with ``train.py`` in its own process, at the same
 env-step budget and seed, with the presets ``train.py`` ships, and is evaluated every
 ``--eval-freq`` steps on ``--eval-episodes`` episodes (deterministic actions, unseen seeds).
-Reported: the final evaluation's success rate, the env steps at which evaluation first reached
-0.95 success, wall time (set-up and evaluations included) and training env steps per second.
+Reported: the final evaluation's success rate (after the whole budget), the best evaluation's, the
+env steps at which evaluation first reached 0.95 success, wall time (set-up and evaluations
+included) and training env steps per second.
 History-based methods see a whole episode (the preset history: L + 1 steps passive, L + 3 active);
 ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
 sb3-contrib's RecurrentPPO.
@@ -75,7 +76,7 @@ def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Nam
 
 
 def print_table(records: list[dict]) -> None:
-    header = f"{'maze':<8} {'L':>5} {'method':<16} {'budget':>9} {'success':>8} {'steps to 0.95':>14} {'wall':>8} {'steps/s':>8}"
+    header = f"{'maze':<8} {'L':>5} {'method':<16} {'budget':>9} {'success':>8} {'best':>6} {'steps to 0.95':>14} {'wall':>9} {'steps/s':>8}"
     print(header)
     print("-" * len(header))
     for r in records:
@@ -85,7 +86,8 @@ def print_table(records: list[dict]) -> None:
             continue
         reached = f"{r['steps_to_095']:,}" if r["steps_to_095"] is not None else "never"
         wall = f"{r['wall_s'] / 60:.1f} min"
-        print(f"{head} {r['success']:>8.2f} {reached:>14} {wall:>8} {r['steps_per_s']:>8}")
+        best = max((rate for _, rate in r["curve"]), default=float("nan"))
+        print(f"{head} {r['success']:>8.2f} {best:>6.2f} {reached:>14} {wall:>9} {r['steps_per_s']:>8}")
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -98,7 +100,11 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
     for ax, maze in zip(axes[0], mazes, strict=True):
         for method in METHODS:
-            points = sorted((r["length"], r["success"]) for r in records if r["maze"] == maze and r["method"] == method and "success" in r)
+            points = sorted(
+                (r["length"], r["success"])
+                for r in records
+                if r["maze"] == maze and r["method"] == method and "success" in r
+            )
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=method)
         ax.set_xscale("log")

@@ -39,7 +39,7 @@ def wait_for(path_glob: str, cwd: Path, timeout: float = 120) -> None:
 
 def test_sigint_saves_then_resume_reaches_the_total_and_continues_the_run(tmp_path):
     """Ctrl-C mid-run saves the model; ``-i`` continues the same folder and TensorBoard run to the total."""
-    total = 8192  # a whole number of PPO rollouts (2 envs x 128 steps)
+    total = 4096  # a whole number of PPO rollouts (2 envs x 128 steps)
     run = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
     process = start_train([*SMALL, "-n", str(total), "--eval-freq", "1024", "--save-freq", "512"], tmp_path)
     wait_for("logs/ppo/*/rl_model_1024_steps.zip", tmp_path)
