@@ -282,11 +282,13 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     _check_writable(cfg.log_folder, "-f")
     if cfg.tensorboard_log:
         _check_writable(cfg.tensorboard_log, "-tb")
-    preset = preset_for(cfg.algo, cfg.env)
-    algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(cfg, extractor, preset.for_extractor(extractor))
-    _check_algo_values(cfg.algo, algo_kwargs)
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
     try:
+        preset = preset_for(cfg.algo, cfg.env, probe)
+        algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
+            cfg, extractor, preset.for_extractor(extractor)
+        )
+        _check_algo_values(cfg.algo, algo_kwargs)
         plan = RunPlan(
             config=cfg,
             extractor=extractor,
