@@ -37,6 +37,13 @@ METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
 BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 1_000_000, 1000: 2_000_000}
 """default env-step budget per corridor length (the next larger length's for lengths not listed)"""
+STYLES: dict[str, dict] = {
+    "attention": {"marker": "o", "linestyle": "-", "linewidth": 2.5},
+    "local-attention": {"marker": "s", "linestyle": "--"},
+    "mlp-stack": {"marker": "^", "linestyle": ":"},
+    "mlp": {"marker": "v", "linestyle": "-."},
+    "ppo_lstm": {"marker": "x", "linestyle": "-"},
+}
 SUMMARY = re.compile(r"eval success (\S+) over (\d+) episodes .*\| (\d+) env steps/s \| run folder (.+)$")
 
 
@@ -90,6 +97,21 @@ def print_table(records: list[dict]) -> None:
         print(f"{head} {r['success']:>8.2f} {best:>6.2f} {reached:>14} {wall:>9} {r['steps_per_s']:>8}")
 
 
+def print_markdown(records: list[dict]) -> None:
+    print("| maze | L | method | budget | final success | best | env steps to 0.95 | wall | steps/s |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in records:
+        if "error" in r:
+            print(f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | failed: {r['error']} | | | | |")
+            continue
+        best = max((rate for _, rate in r["curve"]), default=float("nan"))
+        reached = f"{r['steps_to_095']:,}" if r["steps_to_095"] is not None else "never"
+        print(
+            f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | {r['success']:.2f} | {best:.2f} "
+            f"| {reached} | {r['wall_s'] / 60:.1f} min | {r['steps_per_s']:,} |"
+        )
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -99,18 +121,20 @@ def plot(records: list[dict], path: Path) -> None:
     mazes = sorted({r["maze"] for r in records}, key=list(MAZES).index)
     fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
     for ax, maze in zip(axes[0], mazes, strict=True):
-        for method in METHODS:
+        for i, method in enumerate(METHODS):
             points = sorted(
                 (r["length"], r["success"])
                 for r in records
                 if r["maze"] == maze and r["method"] == method and "success" in r
             )
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=method)
+                lengths, success = zip(*points, strict=True)
+                offset = 0.012 * (i - 2)  # overlapping lines stay visible
+                ax.plot(lengths, [s + offset for s in success], label=method, **STYLES[method])
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("corridor length L (steps between cue and decision)")
-        ax.set_ylabel("final eval success")
+        ax.set_ylabel("final eval success (lines offset by <= 0.024)")
         ax.set_title(f"{maze} T-Maze")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -132,6 +156,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.png")
     parser.add_argument("--reuse", action="store_true", help="reuse runs already in --results with the same settings")
     parser.add_argument("--log-folder", type=Path, default=None, help="keep the run folders here (default: deleted)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
+    parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     args = parser.parse_args()
     for name in ("budget", "eval_freq"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -150,8 +176,10 @@ def main() -> None:
                 budget = args.budget or budget_for(length)
                 key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed}
                 old = [r for r in saved if all(r.get(k) == v for k, v in key.items()) and "error" not in r]
-                if args.reuse and old:
+                if (args.reuse or args.saved_only) and old:
                     records.append(old[-1])
+                    continue
+                if args.saved_only:
                     continue
                 print(f"running {maze} L={length} {method}, {budget:,} steps ...", flush=True)
                 record = run_one(maze, length, method, budget, args, log_folder)
@@ -162,6 +190,8 @@ def main() -> None:
     if keep is not None:
         keep.cleanup()
     print_table(records)
+    if args.markdown:
+        print_markdown(records)
     if any("success" in r for r in records):
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(records, args.plot)
