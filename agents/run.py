@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -109,30 +109,28 @@ def _write_run_info(folder: Path, plan: RunPlan) -> None:
     (info_dir / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
 
 
-def save_atomic(model: BaseAlgorithm, path: Path) -> Path:
-    """Write the model next to ``path``, then rename it into place: a crash mid-save never leaves a
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` to a file beside ``path``, then rename it into place: a crash mid-write never leaves a
     broken file under the real name, and the last good one stays until the new one is complete."""
-    partial = path.with_name(f".{path.stem}.partial.zip")
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        model.save(partial)
+        write(partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def save_atomic(model: BaseAlgorithm, path: Path) -> Path:
+    """The model as ``path`` (a .zip), atomically."""
+    return _write_atomic(path, model.save)
 
 
 def save_replay_atomic(model: BaseAlgorithm, folder: Path) -> Path | None:
     """Off-policy algorithms: the replay buffer as ``replay_buffer.pkl``, atomically; else nothing."""
     if not isinstance(model, OffPolicyAlgorithm):
         return None
-    path = folder / REPLAY_BUFFER
-    partial = path.with_name(f".{path.stem}.partial.pkl")
-    try:
-        model.save_replay_buffer(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return _write_atomic(folder / REPLAY_BUFFER, model.save_replay_buffer)
 
 
 class AtomicCheckpointCallback(BaseCallback):
