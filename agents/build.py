@@ -119,9 +119,10 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device!r} is not available here (no CUDA device): use cpu or auto")
 
 
-def _check_positive(name: str, value: Any, allow_disabled: bool = False) -> None:
+def _check_int_flag(flag: str, value: Any, low: int = 1, high: int | None = None, disabled: int | None = None) -> None:
+    """``check_int`` for a command-line flag: its ValueError becomes a ConfigError."""
     try:
-        check_int(name, value, disabled=-1 if allow_disabled else None)
+        check_int(flag, value, low, high, disabled)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -139,7 +140,6 @@ def _resolve_extractor(cfg: TrainConfig) -> str:
 
 def _resolve_history(cfg: TrainConfig, extractor: str, probe: gym.Env) -> int:
     if cfg.history is not None:
-        _check_positive("--history", cfg.history)
         if extractor == "mlp" and cfg.history != 1:
             raise ConfigError(
                 f"--history {cfg.history} does not go with --extractor mlp, which sees the newest step only: use attention, local-attention or mlp-stack"
@@ -273,10 +273,10 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     _check_device(cfg.device)
     for flag, value in (("--n-timesteps", cfg.n_timesteps), ("--n-envs", cfg.n_envs), ("--history", cfg.history)):
         if value is not None:
-            _check_positive(flag, value)
-    _check_positive("--eval-episodes", cfg.eval_episodes)
-    _check_positive("--eval-freq", cfg.eval_freq, allow_disabled=True)
-    _check_positive("--save-freq", cfg.save_freq, allow_disabled=True)
+            _check_int_flag(flag, value)
+    _check_int_flag("--eval-episodes", cfg.eval_episodes)
+    _check_int_flag("--eval-freq", cfg.eval_freq, disabled=-1)
+    _check_int_flag("--save-freq", cfg.save_freq, disabled=-1)
     _check_int_flag("--seed", cfg.seed, low=0)
     _check_int_flag("--verbose", cfg.verbose, low=0, high=2)
     _check_writable(cfg.log_folder, "-f")
@@ -311,20 +311,13 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             try:
                 EXTRACTOR_CLASSES[extractor](space, **plan.extractor_kwargs)
             except (ValueError, TypeError) as error:
-                raise ConfigError(f"--extractor {extractor} on {cfg.env}: {_first_line(error)}") from None
+                raise ConfigError(f"--extractor {extractor} on {cfg.env}: {first_line(error)}") from None
     finally:
         probe.close()
     return plan
 
 
-def _check_int_flag(flag: str, value: Any, low: int, high: int | None = None) -> None:
-    try:
-        check_int(flag, value, low, high)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -387,7 +380,7 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
         )
     except Exception as error:
         raise ConfigError(
-            f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {_first_line(error)}"
+            f"cannot build {cfg.algo} with --extractor {plan.extractor} on {cfg.env}: {first_line(error)}"
         ) from None
     if isinstance(model.policy, ActorCriticPolicy) and policy_kwargs.get("ortho_init") is False:
         init_heads(model.policy)

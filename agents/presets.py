@@ -52,6 +52,12 @@ _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 LONG_MEMORY = 50
 """episode length from which a T-Maze takes the long-corridor preset"""
 
+
+def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """The same PPO settings for ppo_lstm, which has its own LSTM instead of our extractor."""
+    return {k: v for k, v in hyperparams.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")}
+
+
 PRESETS: dict[tuple[str, str], Preset] = {
     # local attention needs two blocks to be local at all: one block's window must span the whole history
     ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE, {"local-attention": {"n_layers": 2}}),
@@ -77,7 +83,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_lstm", "TMaze"): Preset(
         100_000,
         8,
-        {k: v for k, v in _PPO_TMAZE.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")},
+        _algorithm_only(_PPO_TMAZE),
     ),
     ("ppo", "*"): Preset(100_000, 8, {}),
     ("a2c", "*"): Preset(100_000, 8, {}),
@@ -85,7 +91,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_lstm", "TMaze-long"): Preset(
         300_000,
         8,
-        {k: v for k, v in _PPO_TMAZE_LONG.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")},
+        _algorithm_only(_PPO_TMAZE_LONG),
     ),
     ("ppo_lstm", "*"): Preset(100_000, 8, {}),
 }

@@ -27,9 +27,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from agents.build import (
     ALGO_CLASSES,
     RunPlan,
-    _first_line,
     build_model,
     check_model_file,
+    first_line,
     make_single,
     make_vec,
     resolve,
@@ -288,7 +288,7 @@ def _load(plan: RunPlan, file: Path, venv: VecEnv) -> BaseAlgorithm:
     try:
         model = ALGO_CLASSES[plan.config.algo].load(file, env=venv, device=plan.config.device)
     except Exception as error:
-        raise ConfigError(f"-i {str(file)!r} cannot be loaded as {plan.config.algo}: {_first_line(error)}") from None
+        raise ConfigError(f"-i {str(file)!r} cannot be loaded as {plan.config.algo}: {first_line(error)}") from None
     replay = file.parent / REPLAY_BUFFER
     if isinstance(model, OffPolicyAlgorithm) and replay.is_file():
         model.load_replay_buffer(replay)

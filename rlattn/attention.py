@@ -24,6 +24,8 @@ another query. Three computations give the same numbers (tests hold this, forwar
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,8 +86,13 @@ def attention_mask(structure: Tensor, valid: Tensor) -> Tensor:
     itself: padded queries see only themselves and valid queries never see padding.
     """
     Q, K = structure.shape
-    own = torch.arange(K - Q, K, device=valid.device)[:, None] == torch.arange(K, device=valid.device)[None, :]
-    return ((structure.to(valid.device) & valid[:, None, :]) | own)[:, None]
+    return ((structure.to(valid.device) & valid[:, None, :]) | _own_keys(Q, K, valid.device))[:, None]
+
+
+@functools.lru_cache(maxsize=64)
+def _own_keys(n_queries: int, n_keys: int, device: torch.device) -> Tensor:
+    """(Q, K) bool: each of the newest Q positions is its own key (a few shapes recur: cached, read-only)."""
+    return torch.arange(n_keys - n_queries, n_keys, device=device)[:, None] == torch.arange(n_keys, device=device)
 
 
 def explicit_attention(
@@ -227,7 +234,7 @@ class MultiHeadAttention(nn.Module):
         self.radius = radius
         self.top_k = top_k
         self.chunk = chunk
-        self._structures: dict[tuple, tuple[Tensor, Tensor]] = {}  # derived from the pattern, never state
+        self._structures: dict[tuple, Tensor] = {}  # derived from the pattern, never state
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
@@ -241,12 +248,10 @@ class MultiHeadAttention(nn.Module):
                 structure = grid_mask(rows, cols, self.radius)[K - n_queries :]  # type: ignore[arg-type]
             else:
                 structure = structure_mask(K, self.attention, self.window, n_queries)
-            own = torch.arange(K - n_queries, K)[:, None] == torch.arange(K)[None, :]
             if len(self._structures) >= 64:
                 self._structures.clear()
-            self._structures[key] = (structure.to(valid.device), own.to(valid.device))
-        structure, own = self._structures[key]
-        return ((structure & valid[:, None, :]) | own)[:, None]
+            self._structures[key] = structure.to(valid.device)
+        return attention_mask(self._structures[key], valid)
 
     def forward(self, x: Tensor, valid: Tensor, n_queries: int | None = None, need_weights: bool = False):
         """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and (B, H, Q, K) weights if asked."""

@@ -156,8 +156,6 @@ class HistoryAttentionExtractor(HistoryExtractor):
             ("n_layers", n_layers),
         ):
             check_int(name, value)
-        if top_k is not None:
-            check_int("top_k", top_k)
         n_tokens = K + (readout == "summary")
         if attention != "global" and (
             isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= n_tokens
@@ -175,7 +173,6 @@ class HistoryAttentionExtractor(HistoryExtractor):
         self.position = nn.Parameter(table * 0.1) if position == "learned" else None
         self.register_buffer("position_table", table, persistent=False)
         self.summary = nn.Parameter(torch.zeros(embed_dim)) if readout == "summary" else None
-        self.attention = attention
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 embed_dim,
