@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numbers
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -14,3 +17,11 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     if number < low or (high is not None and number > high):
         raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
     return number
+
+
+def check_choice(name: str, value: object, allowed: tuple[T, ...]) -> T:
+    """Return ``value`` if it is one of ``allowed`` (same type, equal), else raise ValueError listing them."""
+    for option in allowed:
+        if type(value) is type(option) and value == option:
+            return option
+    raise ValueError(f"{name}={value!r} is invalid: allowed are {', '.join(repr(a) for a in allowed)}")

@@ -3,33 +3,64 @@ history wrapper or an extractor. Derandomized, so CI sees the same examples on e
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import envs
 from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True)
+SEARCH_IDS = [env_id for env_id in envs.ENV_IDS if "Search" in env_id]
+
+
+def env_class(env_id):
+    creator = gym.spec(env_id).entry_point
+    return gym.envs.registration.load_env_creator(creator) if isinstance(creator, str) else creator
 
 
 @st.composite
 def env_cases(draw):
+    """Any id, every integer keyword drawn from its own range independently."""
     env_id = draw(st.sampled_from(envs.ENV_IDS))
-    ranges = gym.spec(env_id).entry_point
-    cls = gym.envs.registration.load_env_creator(ranges) if isinstance(ranges, str) else ranges
-    kwargs = {name: draw(st.integers(low, high)) for name, (low, high) in cls.PARAMETERS.items()}
-    seed = draw(st.integers(0, 2**32 - 1))
-    actions = draw(st.lists(st.integers(0, 3), min_size=1, max_size=60))
-    return env_id, kwargs, seed, actions
+    kwargs = {name: draw(st.integers(low, high)) for name, (low, high) in env_class(env_id).PARAMETERS.items()}
+    return env_id, kwargs, draw(st.integers(0, 2**32 - 1))
 
 
-@FUZZ
-@given(env_cases())
-def test_envs_never_raise_leave_their_space_or_produce_nan(case):
-    env_id, kwargs, seed, actions = case
-    env = gym.make(env_id, **kwargs)
+@st.composite
+def fitting_search_cases(draw):
+    """A visual-search id with keywords that fit together, so every one of these envs gets exercised."""
+    env_id = draw(st.sampled_from(SEARCH_IDS))
+    image_size = draw(st.integers(16, 256))
+    grid = draw(st.integers(2, min(32, image_size // 4)))
+    kwargs = {"image_size": image_size, "grid": grid, "set_size": draw(st.integers(1, grid * grid))}
+    kwargs["noise"] = draw(st.integers(0, 128))
+    parameters = env_class(env_id).PARAMETERS
+    if "delay" in parameters:
+        kwargs["delay"] = draw(st.integers(0, 20))
+    if "glimpse" in parameters:
+        kwargs["glimpse"] = 2 * draw(st.integers(0, (grid - 2) // 2)) + 1
+        kwargs["max_steps"] = draw(st.integers(1, 80))
+    return env_id, kwargs, draw(st.integers(0, 2**32 - 1))
+
+
+def make_or_skip(env_id, kwargs):
+    """Independent draws can clash (a grid too fine for the image, more items than cells): such a
+    combination must fail with one line naming a drawn keyword, and the example is skipped."""
+    try:
+        return gym.make(env_id, **kwargs)
+    except ValueError as error:
+        message = str(error)
+        if "\n" in message or not any(f"{name}=" in message for name in kwargs):
+            pytest.fail(f"{env_id} {kwargs}: unhelpful error {message!r}")
+        assume(False)
+
+
+def run_random_actions(env, seed, data):
+    """Actions drawn from the env's own action space; checks every step's outputs."""
+    actions = data.draw(st.lists(st.integers(0, env.action_space.n - 1), min_size=1, max_size=60))
     obs, info = env.reset(seed=seed)
     assert env.observation_space.contains(obs) and np.isfinite(obs).all()
     total = 0.0
@@ -39,11 +70,27 @@ def test_envs_never_raise_leave_their_space_or_produce_nan(case):
         assert np.isfinite(reward)
         total += reward
         assert total >= -1.0 and total <= 1.0  # returns are scaled: the best episode scores 1.0
+        if "target_cell" in info:
+            assert 0 <= info["target_cell"] < env.unwrapped.grid**2
         if terminated or truncated:
             assert isinstance(info["is_success"], bool)
             obs, info = env.reset()
             total = 0.0
             assert env.observation_space.contains(obs)
+
+
+@FUZZ
+@given(env_cases(), st.data())
+def test_envs_never_raise_leave_their_space_or_produce_nan(case, data):
+    env_id, kwargs, seed = case
+    run_random_actions(make_or_skip(env_id, kwargs), seed, data)
+
+
+@FUZZ
+@given(fitting_search_cases(), st.data())
+def test_search_envs_with_fitting_keywords_never_break(case, data):
+    env_id, kwargs, seed = case
+    run_random_actions(gym.make(env_id, **kwargs), seed, data)
 
 
 class RandomEnv(gym.Env):
