@@ -20,12 +20,21 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import NatureCNN
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
 import envs
 from agents.config import ALGOS, EXTRACTORS, VEC_ENVS, ConfigError, TrainConfig
-from agents.presets import default_history, preset_for
-from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
+from agents.presets import default_history, default_patch_size, preset_for
+from rlattn import (
+    HistoryAttentionExtractor,
+    HistoryFlattenExtractor,
+    HistoryObservation,
+    PatchAttentionExtractor,
+    SpatioTemporalAttentionExtractor,
+)
+from rlattn.patches import init_pointer_head
 from rlattn.validation import check_int
 
 ALGO_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "ppo_lstm": RecurrentPPO}
@@ -35,7 +44,16 @@ EXTRACTOR_CLASSES = {
     "sparse-attention": HistoryAttentionExtractor,
     "mlp": HistoryFlattenExtractor,
     "mlp-stack": HistoryFlattenExtractor,
+    "patch-attention": PatchAttentionExtractor,
+    "spatiotemporal-attention": SpatioTemporalAttentionExtractor,
+    "cnn": NatureCNN,
+    "cnn-stack": NatureCNN,
 }
+IMAGE_EXTRACTORS = ("patch-attention", "spatiotemporal-attention", "cnn", "cnn-stack")
+NATURE_CNN_MIN = 36
+"""the smallest image side NatureCNN's convolutions (8/4, 4/2, 3/1) accept"""
+SINGLE_FRAME = ("patch-attention", "cnn")
+"""extractors that see the current observation only (no history wrapper)"""
 _SET_BY_US = {
     "self",
     "policy",
@@ -67,8 +85,15 @@ class RunPlan:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def observation(self) -> str:
+        """How the policy sees the env: ``"history"`` (HistoryObservation), ``"stack"`` (stacked frames) or ``"frame"``."""
+        if self.config.algo == "ppo_lstm" or self.extractor in SINGLE_FRAME:
+            return "frame"
+        return "stack" if self.extractor == "cnn-stack" else "history"
+
+    @property
     def uses_history(self) -> bool:
-        return self.config.algo != "ppo_lstm"
+        return self.observation == "history"
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
@@ -127,25 +152,62 @@ def _check_int_flag(flag: str, value: Any, low: int = 1, high: int | None = None
         raise ConfigError(str(error)) from None
 
 
-def _resolve_extractor(cfg: TrainConfig) -> str:
-    extractor = cfg.extractor or ("mlp" if cfg.algo == "ppo_lstm" else "attention")
-    if extractor not in EXTRACTORS:
-        raise ConfigError(f"--extractor {extractor!r} is invalid: allowed are {', '.join(EXTRACTORS)}")
-    if cfg.algo == "ppo_lstm" and extractor != "mlp":
+def _check_extractor_name(cfg: TrainConfig) -> None:
+    if cfg.extractor is not None and cfg.extractor not in EXTRACTORS:
+        raise ConfigError(f"--extractor {cfg.extractor!r} is invalid: allowed are {', '.join(EXTRACTORS)}")
+
+
+def is_image(space: gym.Space) -> bool:
+    """A channel-first image Box, as SB3's CNN policies take it (uint8 0..255, any channel count)."""
+    return isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)
+
+
+def _resolve_extractor(cfg: TrainConfig, probe: gym.Env) -> str:
+    """The extractor asked for, or the default for this algorithm and kind of observation."""
+    image = is_image(probe.observation_space)
+    if cfg.extractor is None:
+        if cfg.algo == "ppo_lstm":
+            return "cnn" if image else "mlp"
+        if not image:
+            return "attention"
+        history = cfg.history if cfg.history is not None else default_history(probe)
+        return "patch-attention" if history == 1 else "spatiotemporal-attention"
+    extractor = cfg.extractor
+    lstm_extractor = "cnn" if image else "mlp"
+    if cfg.algo == "ppo_lstm" and extractor != lstm_extractor:
         raise ConfigError(
-            f"--extractor {extractor!r} does not go with ppo_lstm, which keeps its own LSTM memory: use mlp"
+            f"--extractor {extractor!r} does not go with ppo_lstm, which keeps its own LSTM memory: use {lstm_extractor}"
+        )
+    space = probe.observation_space
+    if extractor in IMAGE_EXTRACTORS and not image:
+        raise ConfigError(
+            f"--extractor {extractor} needs image observations (channel-first uint8 Box); {cfg.env} gives {space}: use attention, local-attention, sparse-attention, mlp or mlp-stack"
+        )
+    if extractor in ("cnn", "cnn-stack") and min(space.shape[-2:]) < NATURE_CNN_MIN:  # type: ignore[index]
+        raise ConfigError(
+            f"--extractor {extractor} needs images of at least {NATURE_CNN_MIN}x{NATURE_CNN_MIN} pixels (NatureCNN's three convolutions); {cfg.env} gives {space.shape}: use patch-attention or a larger image"
+        )
+    if extractor not in IMAGE_EXTRACTORS and image:
+        raise ConfigError(
+            f"--extractor {extractor} embeds vectors; {cfg.env} gives images {space}: use patch-attention, spatiotemporal-attention, cnn or cnn-stack"
         )
     return extractor
 
 
-def _resolve_history(cfg: TrainConfig, extractor: str, probe: gym.Env) -> int:
+def _resolve_history(cfg: TrainConfig, extractor: str, probe: gym.Env, preset_history: int | None) -> int:
+    single = extractor == "mlp" or extractor in SINGLE_FRAME
     if cfg.history is not None:
-        if extractor == "mlp" and cfg.history != 1:
+        if single and cfg.history != 1:
+            others = (
+                "spatiotemporal-attention or cnn-stack"
+                if extractor in SINGLE_FRAME
+                else "attention, local-attention or mlp-stack"
+            )
             raise ConfigError(
-                f"--history {cfg.history} does not go with --extractor mlp, which sees the newest step only: use attention, local-attention or mlp-stack"
+                f"--history {cfg.history} does not go with --extractor {extractor}, which sees the newest step only: use {others}"
             )
         return cfg.history
-    return 1 if extractor == "mlp" else default_history(probe)
+    return 1 if single else preset_history or default_history(probe)
 
 
 def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -269,7 +331,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     if cfg.vec_env not in VEC_ENVS:
         raise ConfigError(f"--vec-env {cfg.vec_env!r} is invalid: allowed are {', '.join(VEC_ENVS)}")
     env_id = _check_env_id(cfg.env)
-    extractor = _resolve_extractor(cfg)
+    _check_extractor_name(cfg)
     _check_device(cfg.device)
     for flag, value in (("--n-timesteps", cfg.n_timesteps), ("--n-envs", cfg.n_envs), ("--history", cfg.history)):
         if value is not None:
@@ -284,6 +346,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         _check_writable(cfg.tensorboard_log, "-tb")
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
     try:
+        extractor = _resolve_extractor(cfg, probe)
         preset = preset_for(cfg.algo, cfg.env, probe)
         algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
             cfg, extractor, preset.for_extractor(extractor)
@@ -292,7 +355,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         plan = RunPlan(
             config=cfg,
             extractor=extractor,
-            history=_resolve_history(cfg, extractor, probe),
+            history=_resolve_history(cfg, extractor, probe, preset.history),
             n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else preset.n_timesteps,
             n_envs=cfg.n_envs if cfg.n_envs is not None else preset.n_envs,
             algo_kwargs=algo_kwargs,
@@ -303,18 +366,32 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
         if extractor == "sparse-attention":
             plan.extractor_kwargs = {"top_k": min(SPARSE_TOP_K, plan.history), **plan.extractor_kwargs}
-        if plan.uses_history:
+        if extractor in ("patch-attention", "spatiotemporal-attention"):
+            plan.extractor_kwargs = {"patch_size": default_patch_size(probe), **plan.extractor_kwargs}
+        if cfg.algo != "ppo_lstm":
             try:
-                space = HistoryObservation(probe, plan.history).observation_space
-            except ValueError as error:
-                raise ConfigError(f"--env {cfg.env} cannot be given a history: {error}") from None
-            try:
-                EXTRACTOR_CLASSES[extractor](space, **plan.extractor_kwargs)
-            except (ValueError, TypeError) as error:
+                EXTRACTOR_CLASSES[extractor](_policy_space(plan, probe), **plan.extractor_kwargs)
+            except (ValueError, TypeError, AssertionError) as error:
                 raise ConfigError(f"--extractor {extractor} on {cfg.env}: {first_line(error)}") from None
     finally:
         probe.close()
     return plan
+
+
+def _policy_space(plan: RunPlan, probe: gym.Env) -> gym.Space:
+    """The observation space the policy will see: the env's, a history of it, or stacked frames."""
+    space = probe.observation_space
+    if plan.observation == "history":
+        try:
+            return HistoryObservation(probe, plan.history).observation_space
+        except ValueError as error:
+            raise ConfigError(f"--env {plan.config.env} cannot be given a history: {error}") from None
+    if plan.observation == "stack":
+        assert isinstance(space, gym.spaces.Box)
+        return gym.spaces.Box(
+            np.repeat(space.low, plan.history, axis=0), np.repeat(space.high, plan.history, axis=0), dtype=space.dtype
+        )
+    return space
 
 
 def first_line(error: BaseException) -> str:
@@ -337,7 +414,7 @@ def make_vec(
     cfg = plan.config
     wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
-    return make_vec_env(
+    venv = make_vec_env(
         partial(make_env, cfg.env, **cfg.env_kwargs),
         n_envs,
         seed,
@@ -346,6 +423,7 @@ def make_vec(
         wrapper_class=wrapper,
         vec_env_cls=vec_cls,
     )
+    return VecFrameStack(venv, plan.history, channels_order="first") if plan.observation == "stack" else venv
 
 
 def make_single(plan: RunPlan) -> gym.Env:
@@ -358,13 +436,16 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
     """The SB3 algorithm with its policy and extractor; SB3's ``ortho_init`` is set explicitly."""
     cfg = plan.config
     policy_kwargs = dict(plan.policy_kwargs)
-    if plan.uses_history:
-        policy = "MultiInputPolicy"
+    image = is_image(venv.observation_space)
+    if cfg.algo != "ppo_lstm":
+        policy = "MultiInputPolicy" if plan.uses_history else ("CnnPolicy" if image else "MlpPolicy")
         policy_kwargs["features_extractor_class"] = EXTRACTOR_CLASSES[plan.extractor]
         policy_kwargs["features_extractor_kwargs"] = plan.extractor_kwargs
         if cfg.algo in ("ppo", "a2c"):
-            # Orthogonal re-init suits the MLP baselines, not the transformer's own init.
+            # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.
             policy_kwargs.setdefault("ortho_init", not plan.extractor.endswith("attention"))
+    elif image:
+        policy = "CnnLstmPolicy"
     else:
         policy = "MlpLstmPolicy" if isinstance(venv.observation_space, gym.spaces.Box) else "MultiInputLstmPolicy"
     algo = ALGO_CLASSES[cfg.algo]
@@ -396,3 +477,4 @@ def init_heads(policy: ActorCriticPolicy) -> None:
     gains = {policy.mlp_extractor: np.sqrt(2), policy.action_net: 0.01, policy.value_net: 1.0}
     for module, gain in gains.items():
         module.apply(partial(policy.init_weights, gain=gain))
+    init_pointer_head(policy)  # a pointer readout's patches are the actions: start with policy = attention

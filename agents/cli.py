@@ -10,6 +10,7 @@ import gymnasium as gym
 
 import envs
 from agents.config import ConfigError, TrainConfig, parse_key_values
+from agents.replay import replay
 from agents.run import train
 
 
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.list_envs:
             print(list_envs())
             return 0
-        result = train(cfg)
+        result = replay(cfg) if cfg.replay is not None else train(cfg)
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     print(result.summary())
-    return result.exit_code
+    return getattr(result, "exit_code", 0)

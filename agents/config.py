@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALGOS = ("ppo", "a2c", "dqn", "ppo_lstm")
-EXTRACTORS = ("attention", "local-attention", "sparse-attention", "mlp", "mlp-stack")
+EXTRACTORS = (
+    "attention",
+    "local-attention",
+    "sparse-attention",
+    "mlp",
+    "mlp-stack",
+    "patch-attention",
+    "spatiotemporal-attention",
+    "cnn",
+    "cnn-stack",
+)
 VEC_ENVS = ("dummy", "subproc")
 
 
@@ -35,7 +45,7 @@ class TrainConfig:
     extractor: str | None = _flag(
         "--extractor",
         default=None,
-        help="feature extractor: attention (global), local-attention (windowed, linear cost), sparse-attention (top-k keys), mlp (newest step), mlp-stack (flat history); default attention, mlp for ppo_lstm",
+        help="feature extractor. Vector observations: attention (global), local-attention (windowed, linear cost), sparse-attention (top-k keys), mlp (newest step), mlp-stack (flat history). Images: patch-attention (one frame), spatiotemporal-attention (patches and frames of a history), cnn (SB3's NatureCNN), cnn-stack (NatureCNN on stacked frames). Default: attention; patch-attention, or spatiotemporal-attention when episodes are longer than one step, on images; mlp (cnn on images) for ppo_lstm",
     )
     history: int | None = _flag(
         "--history",
@@ -89,6 +99,13 @@ class TrainConfig:
     )
     device: str = _flag("--device", default="cpu", help="torch device: cpu, cuda, auto")
     verbose: int = _flag("--verbose", default=1, type=int, help="0 quiet, 1 training logs, 2 debug")
+    replay: str | None = _flag(
+        "--replay",
+        default=None,
+        help="play a trained run instead of training: a run folder (its best model, else its final one) or a model zip in one; prints success and return and writes a GIF with the attention overlay",
+    )
+    episodes: int = _flag("--episodes", default=5, type=int, help="episodes to play with --replay")
+    video: str | None = _flag("--video", default=None, help="GIF written by --replay (default: RUN_FOLDER/replay.gif)")
     list_envs: bool = _flag(
         "--list-envs", default=False, action="store_true", help="list this project's env ids and exit"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ class Preset:
     """algorithm keywords, plus extractor keywords (embed_dim, n_layers, ...)"""
     per_extractor: dict[str, dict[str, Any]] = field(default_factory=dict)
     """extra keywords for one extractor, over ``hyperparams``"""
+    history: int | None = None
+    """history length K; None: a whole episode (see :func:`default_history`)"""
 
     def for_extractor(self, extractor: str) -> dict[str, Any]:
         return {**self.hyperparams, **self.per_extractor.get(extractor, {})}
@@ -50,6 +53,24 @@ _PPO_TMAZE = {
 # policy and the value (0.00 at 140k); 512-step rollouts were as unsteady as 128.
 _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 LONG_MEMORY = 50
+
+# The answer is a cell and each patch is a cell: the attention extractors read out with a pointer
+# whose log-weights are the action logits (no hidden layer on the policy side, identity init).
+_PPO_SEARCH = {
+    "n_steps": 128,
+    "batch_size": 256,
+    "n_epochs": 4,
+    "learning_rate": 3e-4,
+    "ent_coef": 0.01,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "net_arch": [64],
+    "features_dim": 64,
+    "embed_dim": 64,
+    "n_heads": 4,
+}
+_POINTER = {"readout": "pointer", "net_arch": {"pi": [], "vf": [64]}}
+_CNN = {"features_dim": 256}
 """episode length from which a T-Maze takes the long-corridor preset"""
 
 
@@ -85,6 +106,21 @@ PRESETS: dict[tuple[str, str], Preset] = {
         8,
         _algorithm_only(_PPO_TMAZE),
     ),
+    # one-step episodes: every env step is a whole search, so a rollout of 128 x 8 is 1,024 searches
+    ("ppo", "VisualSearch"): Preset(
+        500_000, 8, _PPO_SEARCH, {"patch-attention": {**_POINTER, "n_layers": 0}, "cnn": _CNN}
+    ),
+    ("ppo", "CuedVisualSearch"): Preset(
+        500_000, 8, _PPO_SEARCH, {"spatiotemporal-attention": {**_POINTER, "spatial_layers": 0}, "cnn-stack": _CNN}
+    ),
+    # 16 glimpses of history, not the 64-step episode: SB3 keeps rollouts as float32 (64 frames would be 3 GiB)
+    ("ppo", "GlimpseSearch"): Preset(
+        1_000_000,
+        8,
+        {**_PPO_SEARCH, "n_steps": 64, "batch_size": 128},
+        {"spatiotemporal-attention": {"spatial_layers": 0}, "cnn-stack": _CNN},
+        history=16,
+    ),
     ("ppo", "*"): Preset(100_000, 8, {}),
     ("a2c", "*"): Preset(100_000, 8, {}),
     ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),
@@ -99,10 +135,13 @@ PRESETS: dict[tuple[str, str], Preset] = {
 DEFAULT_HISTORY = 16
 
 
+FAMILIES = ("TMaze", "VisualSearch", "CuedVisualSearch", "GlimpseSearch")
+
+
 def env_family(env_id: str) -> str:
     """``rlattn/TMazeActive-L30-v0`` -> ``TMaze``; envs without a preset -> ``*``."""
     name = env_id.split(":")[-1]
-    return "TMaze" if name.startswith("rlattn/TMaze") else "*"
+    return next((family for family in FAMILIES if name.startswith(f"rlattn/{family}")), "*")
 
 
 def preset_for(algo: str, env_id: str, env: gym.Env | None = None) -> Preset:
@@ -110,9 +149,19 @@ def preset_for(algo: str, env_id: str, env: gym.Env | None = None) -> Preset:
     family = env_family(env_id)
     if family == "TMaze" and env is not None and getattr(env.unwrapped, "max_steps", 0) >= LONG_MEMORY:
         return PRESETS.get((algo, "TMaze-long"), PRESETS[(algo, family)])
-    return PRESETS[(algo, family)]
+    return PRESETS.get((algo, family), PRESETS[(algo, "*")])
+
+
+def default_patch_size(env: gym.Env) -> int:
+    """Patches as large as the env's grid cells where they tile the image, else the largest that does (at most 8)."""
+    shape = env.observation_space.shape or (0,)
+    side = math.gcd(*shape[-2:]) if len(shape) >= 2 else 1
+    grid = getattr(env.unwrapped, "grid", None)
+    cell = shape[-1] // grid if isinstance(grid, int) and grid > 0 else 8
+    return max(p for p in range(1, max(1, min(cell, side)) + 1) if side % p == 0)
 
 
 def default_history(env: gym.Env) -> int:
     """A history long enough for the task: a whole episode where the env says how long that is."""
-    return int(getattr(env.unwrapped, "max_steps", DEFAULT_HISTORY))
+    env = env.unwrapped
+    return int(getattr(env, "max_steps", getattr(env, "shortest_episode", DEFAULT_HISTORY)))

@@ -40,7 +40,12 @@ from agents.presets import env_family
 from rlattn import AttentionLoggingCallback
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never share seeds with training envs
-TARGET_KEYS = {"TMaze": "cue_step"}
+TARGET_KEYS = {
+    "TMaze": "cue_step",
+    "VisualSearch": "target_box",
+    "CuedVisualSearch": "target_box",
+    "GlimpseSearch": "target_box",
+}
 REPLAY_BUFFER = "replay_buffer.pkl"
 
 
@@ -249,6 +254,30 @@ def _signals_interrupt() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
+def load_run_config(folder: Path, what: str) -> TrainConfig:
+    """The settings a run folder written by train.py was started with (its ``*/args.json``)."""
+    saved_args = sorted(folder.glob("*/args.json"))
+    if len(saved_args) != 1:
+        raise ConfigError(
+            f"{what} is invalid: {folder} holds no run settings (*/args.json); expected a run folder written by train.py"
+        )
+    try:
+        return TrainConfig(**json.loads(saved_args[0].read_text()))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{what}: cannot read {saved_args[0]}: {error}") from None
+
+
+def check_only_changes(cfg: TrainConfig, may_change: set[str], when: str) -> None:
+    """Every flag outside ``may_change`` is at its default: the run's saved settings rule."""
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name not in may_change and getattr(cfg, f.name) != getattr(defaults, f.name):
+            allowed = ", ".join(g.metadata["flags"][-1] for g in fields(TrainConfig) if g.name in may_change)
+            raise ConfigError(
+                f"{f.metadata['flags'][-1]} cannot be given when {when}: the run's saved settings are used; allowed are {allowed}"
+            )
+
+
 def resume_config(cfg: TrainConfig) -> TrainConfig:
     """The settings of the run that ``cfg.trained_agent`` belongs to, with the few a resume may change.
 
@@ -256,23 +285,8 @@ def resume_config(cfg: TrainConfig) -> TrainConfig:
     change; any other flag must be left at its default.
     """
     file = check_model_file(cfg.trained_agent or "")
-    saved_args = sorted(file.parent.glob("*/args.json"))
-    if len(saved_args) != 1:
-        raise ConfigError(
-            f"-i {cfg.trained_agent!r} is invalid: its folder holds no run settings (*/args.json); resume needs a model inside a run folder written by train.py"
-        )
-    try:
-        saved = TrainConfig(**json.loads(saved_args[0].read_text()))
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"-i {cfg.trained_agent!r}: cannot read {saved_args[0]}: {error}") from None
-    defaults = TrainConfig()
-    may_change = {"trained_agent", "n_timesteps", "verbose", "progress", "device"}
-    for f in fields(TrainConfig):
-        if f.name not in may_change and getattr(cfg, f.name) != getattr(defaults, f.name):
-            flag = f.metadata["flags"][-1]
-            raise ConfigError(
-                f"{flag} cannot be changed when resuming (-i): the run's settings are in {saved_args[0]}; allowed with -i are -n, --verbose, -P, --device"
-            )
+    saved = load_run_config(file.parent, f"-i {cfg.trained_agent!r}")
+    check_only_changes(cfg, {"trained_agent", "n_timesteps", "verbose", "progress", "device"}, "resuming (-i)")
     return replace(
         saved,
         trained_agent=str(file),

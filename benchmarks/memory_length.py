@@ -22,17 +22,11 @@ one line per method) are made from the runs of this invocation.
 from __future__ import annotations
 
 import argparse
-import json
-import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+from sweep import ROOT, Results, best, reached, train
 
-ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
 BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 1_000_000, 1000: 2_000_000}
@@ -44,7 +38,6 @@ STYLES: dict[str, dict] = {
     "mlp": {"marker": "v", "linestyle": "-."},
     "ppo_lstm": {"marker": "x", "linestyle": "-"},
 }
-SUMMARY = re.compile(r"eval success (\S+) over (\d+) episodes .*\| (\d+) env steps/s \| run folder (.+)$")
 
 
 def budget_for(length: int) -> int:
@@ -53,33 +46,14 @@ def budget_for(length: int) -> int:
 
 def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Namespace, log_folder: Path) -> dict:
     algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    arguments = [
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
         *("--env-kwargs", f"corridor_length:{length}", "-n", str(budget), "--seed", str(args.seed)),
         *("--eval-freq", str(args.eval_freq or max(budget // 20, 5_000)), "--eval-episodes", str(args.eval_episodes)),
         *("--save-freq", "-1", "--verbose", "0", "-f", str(log_folder)),
     ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    record = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed, "wall_s": wall}
-    match = SUMMARY.search(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
-    if done.returncode or not match:
-        lines = done.stderr.strip().splitlines()
-        return {**record, "error": lines[-1] if lines else f"exit {done.returncode}"}
-    success, _, sps, folder = match.groups()
-    evaluations = np.load(Path(folder) / "evaluations.npz")
-    rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
-    reached = [int(t) for t, rate in zip(evaluations["timesteps"], rates, strict=True) if rate >= 0.95]
-    return {
-        **record,
-        "success": float(success),
-        "steps_to_095": reached[0] if reached else None,
-        "steps_per_s": int(sps),
-        "curve": [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)],
-    }
+    record = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed}
+    return {**record, **train(arguments)}
 
 
 def print_table(records: list[dict]) -> None:
@@ -91,10 +65,8 @@ def print_table(records: list[dict]) -> None:
         if "error" in r:
             print(f"{head} failed: {r['error']}")
             continue
-        reached = f"{r['steps_to_095']:,}" if r["steps_to_095"] is not None else "never"
         wall = f"{r['wall_s'] / 60:.1f} min"
-        best = max((rate for _, rate in r["curve"]), default=float("nan"))
-        print(f"{head} {r['success']:>8.2f} {best:>6.2f} {reached:>14} {wall:>9} {r['steps_per_s']:>8}")
+        print(f"{head} {r['success']:>8.2f} {best(r):>6.2f} {reached(r):>14} {wall:>9} {r['steps_per_s']:>8}")
 
 
 def print_markdown(records: list[dict]) -> None:
@@ -104,11 +76,9 @@ def print_markdown(records: list[dict]) -> None:
         if "error" in r:
             print(f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | failed: {r['error']} | | | | |")
             continue
-        best = max((rate for _, rate in r["curve"]), default=float("nan"))
-        reached = f"{r['steps_to_095']:,}" if r["steps_to_095"] is not None else "never"
         print(
-            f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | {r['success']:.2f} | {best:.2f} "
-            f"| {reached} | {r['wall_s'] / 60:.1f} min | {r['steps_per_s']:,} |"
+            f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | {r['success']:.2f} | {best(r):.2f} "
+            f"| {reached(r)} | {r['wall_s'] / 60:.1f} min | {r['steps_per_s']:,} |"
         )
 
 
@@ -165,7 +135,7 @@ def main() -> None:
     if min(args.lengths) < 1 or args.eval_episodes < 1:
         parser.error(f"--lengths {min(args.lengths)} / --eval-episodes {args.eval_episodes} is invalid: must be >= 1")
 
-    saved: list[dict] = json.loads(args.results.read_text()) if args.results.is_file() else []
+    saved = Results(args.results)
     mazes = list(MAZES) if args.maze == "both" else [args.maze]
     keep = tempfile.TemporaryDirectory() if args.log_folder is None else None
     log_folder = args.log_folder or Path(keep.name)  # type: ignore[union-attr]
@@ -175,18 +145,16 @@ def main() -> None:
             for method in args.methods:
                 budget = args.budget or budget_for(length)
                 key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed}
-                old = [r for r in saved if all(r.get(k) == v for k, v in key.items()) and "error" not in r]
+                old = saved.find(key)
                 if (args.reuse or args.saved_only) and old:
-                    records.append(old[-1])
+                    records.append(old)
                     continue
                 if args.saved_only:
                     continue
                 print(f"running {maze} L={length} {method}, {budget:,} steps ...", flush=True)
                 record = run_one(maze, length, method, budget, args, log_folder)
                 records.append(record)
-                saved.append(record)
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                args.results.write_text(json.dumps(saved, indent=1) + "\n")
+                saved.add(record)
     if keep is not None:
         keep.cleanup()
     print_table(records)

@@ -4,6 +4,7 @@ from rlattn.attention import MultiHeadAttention, attention_mask, structure_mask
 from rlattn.blocks import GRUGate, TransformerBlock
 from rlattn.callbacks import AttentionLoggingCallback
 from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor
+from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
 from rlattn.wrappers import HistoryObservation
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "HistoryFlattenExtractor",
     "HistoryObservation",
     "MultiHeadAttention",
+    "PatchAttentionExtractor",
+    "SpatioTemporalAttentionExtractor",
     "TransformerBlock",
     "attention_mask",
     "structure_mask",

@@ -10,18 +10,11 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from rlattn.extractors import HistoryAttentionExtractor
+from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
+from rlattn.overlay import box_mass, colorize, overlay
 
-# Viridis anchors, dark (no attention) to yellow (all of it).
-_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
+AttentionExtractor = HistoryAttentionExtractor | PatchAttentionExtractor | SpatioTemporalAttentionExtractor
 _NOT_IMAGE = ("stdout", "log", "json", "csv")
-
-
-def colorize(values: np.ndarray) -> np.ndarray:
-    """(rows, cols) in [0, 1] -> (rows, cols, 3) uint8 colours."""
-    scaled = np.clip(values, 0.0, 1.0) * (len(_ANCHORS) - 1)
-    low = np.floor(scaled).astype(int).clip(0, len(_ANCHORS) - 2)
-    frac = (scaled - low)[..., None]
-    return ((1 - frac) * _ANCHORS[low] + frac * _ANCHORS[low + 1]).astype(np.uint8)
 
 
 def heatmap_image(weights: np.ndarray, target_counts: np.ndarray, cell: int = 12, min_width: int = 384) -> np.ndarray:
@@ -39,24 +32,44 @@ def heatmap_image(weights: np.ndarray, target_counts: np.ndarray, cell: int = 12
     return np.concatenate([body, gap, strip], axis=0)
 
 
-def find_attention_extractor(policy: BasePolicy) -> HistoryAttentionExtractor | None:
+def find_attention_extractor(policy: BasePolicy) -> AttentionExtractor | None:
     """The policy's (first) attention extractor: the actor's for PPO/A2C, the online Q-net's for DQN."""
-    return next((m for m in policy.modules() if isinstance(m, HistoryAttentionExtractor)), None)
+    kinds = (HistoryAttentionExtractor, PatchAttentionExtractor, SpatioTemporalAttentionExtractor)
+    return next((m for m in policy.modules() if isinstance(m, kinds)), None)
+
+
+def newest_frame(obs: np.ndarray | dict) -> np.ndarray:
+    """The (C, H, W) frame the agent acts on, from an image or a ``HistoryObservation`` of images."""
+    return np.asarray(obs["obs"][-1] if isinstance(obs, dict) else obs)
+
+
+def patch_weights(extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, tensor) -> np.ndarray:
+    """The readout's attention over the newest frame's patches, mean over its heads: (rows, cols)."""
+    return extractor.attention_maps(tensor)[0].mean(0).cpu().numpy()
 
 
 class AttentionLoggingCallback(BaseCallback):
     """Play a few episodes and log where the readout looked at each episode's last decision.
 
-    Logs ``attention/entropy`` (nats, last block, mean over heads), ``attention/target_mass`` (the
-    weight on the ground-truth step, last block, mean over heads; only when ``target_key`` is given and
-    the step is inside the history) and ``attention/heatmap`` (layer x head rows, history slots as
-    columns, averaged over episodes). Use it as ``EvalCallback(callback_after_eval=...)`` so it runs
-    at each evaluation, or in a callback list to run on every step.
+    Over histories of vectors (:class:`HistoryAttentionExtractor`): ``attention/entropy`` (nats, last
+    block, mean over heads), ``attention/target_mass`` (the weight on the ground-truth step, last
+    block, mean over heads; only when ``target_key`` is given and the step is inside the history) and
+    ``attention/heatmap`` (layer x head rows, history slots as columns, averaged over episodes).
 
-    :param env: one (not vectorised) env, wrapped in ``HistoryObservation`` like the training envs.
+    Over images (:class:`PatchAttentionExtractor`, :class:`SpatioTemporalAttentionExtractor`):
+    ``attention/entropy`` and ``attention/target_mass`` of the readout's weights over the patches of
+    the frame acted on (the mass on patches whose centre is inside the target's box), and
+    ``attention/overlay``: for the first few episodes, the frame beside the same frame under its
+    heatmap, the target outlined.
+
+    Use it as ``EvalCallback(callback_after_eval=...)`` so it runs at each evaluation, or in a
+    callback list to run on every step.
+
+    :param env: one (not vectorised) env, wrapped like the training envs (e.g. ``HistoryObservation``).
     :param n_episodes: episodes per logging round.
-    :param target_key: ``info`` key holding the episode step the agent should attend to (e.g.
-        ``"cue_step"``; negative means not seen yet), or None.
+    :param target_key: ``info`` key of the ground truth: for histories, the episode step the agent
+        should attend to (e.g. ``"cue_step"``; negative means not seen yet); for images, the target's
+        pixel box ``(top, left, bottom, right)`` (e.g. ``"target_box"``). None: no target mass.
     :param seed: episodes use seeds ``seed .. seed + n_episodes - 1``, the same at every round.
     """
 
@@ -71,8 +84,10 @@ class AttentionLoggingCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         extractor = find_attention_extractor(self.model.policy)
-        if extractor is not None:
+        if isinstance(extractor, HistoryAttentionExtractor):
             self.log_attention(extractor)
+        elif extractor is not None:
+            self.log_patch_attention(extractor)
         return True
 
     def _decision(self, seed: int) -> tuple[dict, int, dict]:
@@ -85,6 +100,33 @@ class AttentionLoggingCallback(BaseCallback):
             if terminated or truncated:
                 return obs, t, info
             obs, info, start, t = next_obs, next_info, np.zeros(1, dtype=bool), t + 1
+
+    def _tensor(self, obs):
+        policy = self.model.policy
+        return preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
+
+    def log_patch_attention(
+        self, extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, shown: int = 4
+    ) -> None:
+        images, masses, entropies = [], [], []
+        for i in range(self.n_episodes):
+            obs, _, info = self._decision(self.seed + i)
+            weights = patch_weights(extractor, self._tensor(obs))
+            frame = newest_frame(obs)
+            box = info.get(self.target_key) if self.target_key else None
+            if box is not None:
+                masses.append(box_mass(weights, frame.shape[-2:], box))
+            clipped = np.clip(weights, 1e-12, 1.0)
+            entropies.append(float(-(clipped * np.log(clipped)).sum()))
+            if i < shown:
+                images.append(overlay(frame, weights, box))
+        self.logger.record("attention/entropy", float(np.mean(entropies)))
+        if masses:
+            self.logger.record("attention/target_mass", float(np.mean(masses)))
+        gap = np.full((4, images[0].shape[1], 3), 255, dtype=np.uint8)
+        stacked = np.concatenate([part for image in images for part in (image, gap)][:-1], axis=0)
+        self.logger.record("attention/overlay", Image(stacked, "HWC"), exclude=_NOT_IMAGE)
+        self.logger.dump(self.num_timesteps)
 
     def log_attention(self, extractor: HistoryAttentionExtractor) -> None:
         policy = self.model.policy
@@ -111,4 +153,11 @@ class AttentionLoggingCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
 
 
-__all__ = ["AttentionLoggingCallback", "colorize", "find_attention_extractor", "heatmap_image"]
+__all__ = [
+    "AttentionLoggingCallback",
+    "colorize",
+    "find_attention_extractor",
+    "heatmap_image",
+    "newest_frame",
+    "patch_weights",
+]

@@ -54,6 +54,12 @@ class HistoryExtractor(BaseFeaturesExtractor):
         self.step_keys = [key for key in STEP_KEYS if key in observation_space.spaces]
         self.step_dim = sum(_step_size(observation_space[key]) for key in self.step_keys)
         obs_space = observation_space["obs"]
+        obs_shape = obs_space.shape or ()
+        if len(obs_shape) == 4:
+            raise ValueError(
+                f"observation steps of shape {obs_shape[1:]} are images: {type(self).__name__} embeds vectors; "
+                "use SpatioTemporalAttentionExtractor (or PatchAttentionExtractor on single frames)"
+            )
         own_scaling = obs_space.dtype == np.uint8 and not is_image_space(obs_space, check_channels=False)
         self.obs_scale = 1.0 / 255.0 if own_scaling else 1.0
 

@@ -70,7 +70,7 @@ BAD_INPUTS = [
     (["--env", "ALE/Pong-v5"], "unknown env 'ALE/Pong-v5'"),
     (["--env", "nosuchmodule:Foo-v0"], "cannot import module 'nosuchmodule'"),
     (["--algo", "sac"], "invalid choice: 'sac'"),
-    (["--extractor", "cnn"], "--extractor 'cnn' is invalid"),
+    (["--extractor", "cnnn"], "--extractor 'cnnn' is invalid"),
     (["--vec-env", "ray"], "invalid choice: 'ray'"),
     (["--device", "tpu9"], "--device 'tpu9' is invalid"),
     (["--env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
@@ -110,6 +110,32 @@ BAD_INPUTS = [
     (["--algo", "ppo_lstm", "--extractor", "attention"], "does not go with ppo_lstm"),
     (["--env", "Blackjack-v1"], "--env Blackjack-v1 cannot be given a history"),
     (["--extractor", "attention", "-params", "window:3"], "window=3 is invalid with attention='global'"),
+    # images and vectors
+    (["--extractor", "cnn"], "--extractor cnn needs image observations"),
+    (["--extractor", "patch-attention"], "--extractor patch-attention needs image observations"),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--extractor", "attention"],
+        "embeds vectors; rlattn/VisualSearch-v0 gives images",
+    ),
+    (["--env", "rlattn/VisualSearch-v0", "--extractor", "mlp-stack"], "--extractor mlp-stack embeds vectors"),
+    (["--env", "rlattn/VisualSearch-v0", "-params", "patch_size:6"], "patch_size=6 does not divide the 64x64 image"),
+    (["--env", "rlattn/VisualSearch-v0", "--env-kwargs", "grid:40"], "grid=40 does not fit image_size=64"),
+    (["--env", "rlattn/VisualSearch-v0", "--env-kwargs", "set_size:65"], "set_size=65 does not fit grid=8"),
+    (["--env", "rlattn/VisualSearch-v0", "--env-kwargs", "search:'colour'"], "search='colour' is invalid"),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--extractor", "patch-attention", "--history", "4"],
+        "--history 4 does not go with --extractor patch-attention",
+    ),
+    (["--env", "rlattn/VisualSearch-v0", "--algo", "ppo_lstm", "--extractor", "mlp"], "use cnn"),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--extractor", "cnn", "--env-kwargs", "image_size:32"],
+        "--extractor cnn needs images of at least 36x36 pixels",
+    ),
+    (["--env", "rlattn/CuedVisualSearch-v0", "-params", "readout:'max'"], "readout='max' is invalid"),
+    # replay
+    (["--replay", "{tmp}/nothing"], "--replay '{tmp}/nothing' is invalid: no such folder or file"),
+    (["--replay", "{tmp}/loose"], "holds no run settings"),
+    (["--replay", "{tmp}/corrupt.zip"], "cannot read it as a zip"),
     # files and folders
     (["-f", "{tmp}/afile/logs"], "is a file, not a folder"),
     (["-f", "/proc/rlattn-logs"], "cannot write in /proc"),
@@ -118,7 +144,7 @@ BAD_INPUTS = [
     (["-i", "{tmp}/afile"], "not a .zip file"),
     (["-i", "{tmp}/corrupt.zip"], "cannot read it as a zip"),
     (["-i", "{tmp}/other.zip"], "a zip but not a complete SB3 model"),
-    (["-i", "{tmp}/loose/model.zip"], "its folder holds no run settings"),
+    (["-i", "{tmp}/loose/model.zip"], "holds no run settings"),
 ]
 
 
@@ -142,6 +168,7 @@ def bad_files(tmp_path_factory):
 @pytest.mark.parametrize("args, expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_exit_2(args, expected, bad_files, tmp_path, capsys):
     args = [a.replace("{tmp}", str(bad_files)) for a in args]
+    expected = expected.replace("{tmp}", str(bad_files))
     before = sorted(p.name for p in bad_files.rglob("*"))
     try:
         code = main(["-f", str(tmp_path / "logs"), *args])
@@ -157,6 +184,10 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, bad_files, tmp_path, c
 
 def test_bad_input_table_is_large():
     assert len(BAD_INPUTS) >= 30
+
+
+SMALL_IMAGES = ["--env-kwargs", "image_size:32", "grid:4", "set_size:3"]
+CNN_IMAGES = ["--env-kwargs", "image_size:40", "grid:5", "set_size:3"]
 
 
 @pytest.mark.parametrize(
@@ -179,11 +210,58 @@ def test_bad_input_table_is_large():
             "-params",
             "n_steps:64",
         ],
+        ["--algo", "ppo", "--extractor", "patch-attention", "--env", "rlattn/VisualSearch-v0", *SMALL_IMAGES],
+        ["--algo", "a2c", "--extractor", "patch-attention", "--env", "rlattn/VisualSearch-v0", *SMALL_IMAGES],
+        ["--algo", "ppo", "--extractor", "cnn", "--env", "rlattn/VisualSearchConjunction-v0", *CNN_IMAGES],
+        [
+            "--algo",
+            "ppo",
+            "--extractor",
+            "spatiotemporal-attention",
+            "--env",
+            "rlattn/CuedVisualSearch-v0",
+            *SMALL_IMAGES,
+            "delay:1",
+        ],
+        ["--algo", "ppo", "--extractor", "cnn-stack", "--env", "rlattn/CuedVisualSearch-v0", *CNN_IMAGES, "delay:1"],
+        [
+            "--algo",
+            "ppo",
+            "--extractor",
+            "spatiotemporal-attention",
+            "--env",
+            "rlattn/GlimpseSearch-v0",
+            *SMALL_IMAGES,
+            "--history",
+            "4",
+        ],
+        [
+            "--algo",
+            "ppo_lstm",
+            "--env",
+            "rlattn/VisualSearch-v0",
+            *CNN_IMAGES,
+            "-params",
+            "n_steps:64",
+            "batch_size:64",
+        ],
+        [
+            "--algo",
+            "dqn",
+            "--extractor",
+            "patch-attention",
+            "--env",
+            "rlattn/VisualSearch-v0",
+            *SMALL_IMAGES,
+            "-params",
+            "learning_starts:64",
+            "buffer_size:1000",
+        ],
     ],
-    ids=lambda a: " ".join(a[:4]),
+    ids=lambda a: " ".join(a[:6]),
 )
 def test_every_algo_and_extractor_runs(args, tmp_path):
-    extra = [] if "CartPole-v1" in args else ["--env-kwargs", "corridor_length:3"]
+    extra = [] if "--env" in args else ["--env-kwargs", "corridor_length:3"]
     quiet = "-f logs -tb tb --verbose 0 --eval-episodes 2".split()
     done = run_train([*args, *extra, *quiet, *BUDGET], tmp_path)
     assert done.returncode == 0, done.stderr

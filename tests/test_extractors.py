@@ -116,11 +116,9 @@ def test_attention_maps_are_distributions_over_valid_steps():
 
 
 def test_uint8_histories_are_scaled_to_unit_range():
-    space = spaces.Dict(
-        {"obs": spaces.Box(0, 255, (K, 2, 4, 4), np.uint8), "valid": spaces.Box(0, 1, (K,), np.float32)}
-    )
+    space = spaces.Dict({"obs": spaces.Box(0, 255, (K, 8), np.uint8), "valid": spaces.Box(0, 1, (K,), np.float32)})
     extractor = HistoryFlattenExtractor(space)
-    steps, _ = extractor.step_features({"obs": torch.full((1, K, 2, 4, 4), 255.0), "valid": torch.ones(1, K)})
+    steps, _ = extractor.step_features({"obs": torch.full((1, K, 8), 255.0), "valid": torch.ones(1, K)})
     assert steps.max() == 1.0
 
 

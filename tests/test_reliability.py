@@ -124,7 +124,7 @@ def test_resume_refuses_other_settings_and_a_total_already_reached(tmp_path):
     assert done.returncode == 0, done.stderr
     model = "logs/ppo/rlattn-TMaze-v0_1/rlattn-TMaze-v0.zip"
     for args, expected in (
-        (["-i", model, "--env", "rlattn/TMaze-L30-v0"], "--env cannot be changed when resuming"),
+        (["-i", model, "--env", "rlattn/TMaze-L30-v0"], "--env cannot be given when resuming"),
         (["-i", model, "-n", "512"], "-n 512 is invalid: "),
     ):
         again = subprocess.run(

@@ -1,0 +1,173 @@
+"""``train.py --replay RUN``: play a trained run, print how it did, write a GIF of what it attended to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from PIL import Image
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
+
+from agents.build import ALGO_CLASSES, RunPlan, check_model_file, first_line, is_image, make_env, resolve
+from agents.config import ConfigError, TrainConfig
+from agents.presets import env_family
+from agents.run import TARGET_KEYS, check_only_changes, env_name, load_run_config
+from rlattn import HistoryAttentionExtractor, HistoryObservation
+from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights
+from rlattn.overlay import box_mass, frame_rgb, overlay
+
+FRAME_MS = 350
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    model_path: Path
+    returns: list[float]
+    successes: list[bool]
+    target_masses: list[float]
+    """attention on the target's patches at each episode's last decision (patch extractors only)"""
+    video: Path
+    frames: int
+
+    def summary(self) -> str:
+        rate = f"{np.mean(self.successes):.2f}" if self.successes else "n/a"
+        mass = f"{np.mean(self.target_masses):.3f}" if self.target_masses else "n/a"
+        return (
+            f"replay of {self.model_path}: success {rate} over {len(self.returns)} episodes | "
+            f"mean return {np.mean(self.returns):.3f} | target mass {mass} | {self.frames} frames written to {self.video}"
+        )
+
+
+def find_model(target: str) -> tuple[Path, Path]:
+    """(run folder, model zip) for ``--replay``: a model zip, or a run folder's best (else final) model."""
+    path = Path(target)
+    if path.is_file():
+        return path.parent, check_model_file(target, "--replay")
+    if not path.is_dir():
+        raise ConfigError(
+            f"--replay {target!r} is invalid: no such folder or file; expected a run folder written by train.py"
+        )
+    saved = load_run_config(path, f"--replay {target!r}")
+    for name in ("best_model.zip", f"{env_name(saved.env)}.zip"):
+        if (path / name).is_file():
+            return path, check_model_file(str(path / name), "--replay")
+    raise ConfigError(
+        f"--replay {target!r} is invalid: the folder holds no best_model.zip or {env_name(saved.env)}.zip"
+    )
+
+
+def _make_env(plan: RunPlan, seed: int) -> VecEnv:
+    """One env, wrapped as the policy saw it in training, that renders rgb arrays."""
+    cfg = plan.config
+
+    def make() -> gym.Env:
+        try:
+            env = make_env(cfg.env, **cfg.env_kwargs, render_mode="rgb_array")
+        except TypeError:  # an env without render modes
+            env = make_env(cfg.env, **cfg.env_kwargs)
+        return HistoryObservation(env, plan.history) if plan.uses_history else env
+
+    venv: VecEnv = DummyVecEnv([make])
+    venv.seed(seed)
+    return VecFrameStack(venv, plan.history, channels_order="first") if plan.observation == "stack" else venv
+
+
+def _picture(
+    model: BaseAlgorithm, venv: VecEnv, obs: Any, info: dict, target_key: str | None
+) -> tuple[np.ndarray, float | None]:
+    """What the agent saw and where it looked (the overlay on images, the render plus a heatmap
+    otherwise), and the attention mass on the target's box where there is one."""
+    extractor = find_attention_extractor(model.policy)
+    if is_image(venv.observation_space) or isinstance(obs, dict) and obs["obs"].ndim == 5:
+        if isinstance(obs, dict):
+            frame = obs["obs"][0, -1]
+        elif isinstance(venv, VecFrameStack):
+            frame = obs[0, -(venv.venv.observation_space.shape or (0,))[0] :]  # the newest frame's channels
+        else:
+            frame = obs[0]
+        box = info.get(target_key) if target_key else None
+        if extractor is None or isinstance(extractor, HistoryAttentionExtractor):
+            return np.repeat(np.repeat(frame_rgb(frame), 4, axis=0), 4, axis=1), None
+        weights = patch_weights(extractor, _tensor(model, obs))
+        mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
+        return overlay(frame, weights, box), mass
+    picture = np.asarray(venv.get_images()[0], dtype=np.uint8)
+    if isinstance(extractor, HistoryAttentionExtractor):
+        weights = extractor.attention_maps(_tensor(model, obs))[0, -1].cpu().numpy()  # (H, K) of the last block
+        strip = heatmap_image(weights, np.zeros(weights.shape[-1]), min_width=picture.shape[1])
+        picture = np.concatenate([_pad_width(picture, strip.shape[1]), _pad_width(strip, picture.shape[1])], axis=0)
+    return picture, None
+
+
+def _tensor(model: BaseAlgorithm, obs: Any) -> Any:
+    policy = model.policy
+    return preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
+
+
+def _pad_width(image: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(image, ((0, 0), (0, max(0, width - image.shape[1])), (0, 0)))
+
+
+def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | None):
+    """Deterministic episodes: returns, successes, attention masses on the target at the last decision
+    of each episode (where measured), and one picture per decision."""
+    obs = venv.reset()
+    info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
+    state, start = None, np.ones(1, dtype=bool)
+    returns, successes, masses, pictures, total = [], [], [], [], 0.0
+    while len(returns) < episodes:
+        picture, mass = _picture(model, venv, obs, info, target_key)
+        pictures.append(picture)
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        obs, reward, done, infos = venv.step(action)
+        total += float(reward[0])
+        start = done
+        info = infos[0]
+        if done[0]:
+            returns.append(total)
+            total = 0.0
+            if "is_success" in info:
+                successes.append(bool(info["is_success"]))
+            if mass is not None:
+                masses.append(mass)
+            info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
+    return returns, successes, masses, pictures
+
+
+def write_gif(pictures: list[np.ndarray], path: Path) -> None:
+    height = max(p.shape[0] for p in pictures)
+    width = max(p.shape[1] for p in pictures)
+    frames = [Image.fromarray(np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)))) for p in pictures]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
+
+
+def replay(cfg: TrainConfig) -> ReplayResult:
+    """Load the run's model with its saved settings, play ``--episodes`` episodes, write the GIF."""
+    folder, model_file = find_model(cfg.replay or "")
+    check_only_changes(cfg, {"replay", "episodes", "video", "seed", "device", "verbose"}, "replaying (--replay)")
+    if isinstance(cfg.episodes, bool) or not isinstance(cfg.episodes, int) or cfg.episodes < 1:
+        raise ConfigError(f"--episodes {cfg.episodes!r} is invalid: must be an integer >= 1")
+    saved = load_run_config(folder, f"--replay {cfg.replay!r}")
+    plan = resolve(replace(saved, device=cfg.device, verbose=0, log_folder=str(folder.parent)))
+    video = Path(cfg.video) if cfg.video else folder / "replay.gif"
+    if video.suffix.lower() != ".gif":
+        raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")
+    try:
+        model = ALGO_CLASSES[saved.algo].load(model_file, device=cfg.device)
+    except Exception as error:
+        raise ConfigError(
+            f"--replay {str(model_file)!r} cannot be loaded as {saved.algo}: {first_line(error)}"
+        ) from None
+    venv = _make_env(plan, cfg.seed)
+    try:
+        returns, successes, masses, pictures = play(model, venv, cfg.episodes, TARGET_KEYS.get(env_family(saved.env)))
+    finally:
+        venv.close()
+    write_gif(pictures, video)
+    return ReplayResult(model_file, returns, successes, masses, video, len(pictures))

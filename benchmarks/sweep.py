@@ -1,0 +1,76 @@
+"""Shared by the sweep benchmarks: one ``train.py`` run per case, in its own process, and a results file.
+
+Each run trains at a fixed budget and seed, evaluating every ``--eval-freq`` steps; a record holds the
+final success rate, the evaluation curve, the env steps at which evaluation first reached 0.95, wall
+time and training steps per second. Results are appended to a JSON file after every run, so an
+interrupted sweep keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY = re.compile(r"eval success (\S+) over (\d+) episodes .*\| (\d+) env steps/s \| run folder (.+)$")
+
+
+def last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def train(arguments: list[str]) -> dict:
+    """Run ``train.py ARGUMENTS``; the record of how it went, or ``{"error": ...}`` with its last line."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *arguments], capture_output=True, text=True, cwd=ROOT
+    )
+    record: dict = {"wall_s": time.perf_counter() - start}
+    match = SUMMARY.search(last_line(done.stdout))
+    if done.returncode or not match:
+        return {**record, "error": last_line(done.stderr) or f"exit {done.returncode}"}
+    success, _, sps, folder = match.groups()
+    evaluations = np.load(Path(folder) / "evaluations.npz")
+    rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
+    curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)]
+    reached = [t for t, rate in curve if rate >= 0.95]
+    return {
+        **record,
+        "success": float(success),
+        "steps_to_095": reached[0] if reached else None,
+        "steps_per_s": int(sps),
+        "curve": curve,
+        "folder": folder,
+    }
+
+
+def best(record: dict) -> float:
+    return max((rate for _, rate in record.get("curve", [])), default=float("nan"))
+
+
+def reached(record: dict) -> str:
+    return f"{record['steps_to_095']:,}" if record.get("steps_to_095") is not None else "never"
+
+
+class Results:
+    """The JSON list of records at ``path``: earlier runs can be reused, new ones are saved at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+
+    def find(self, key: dict) -> dict | None:
+        found = [r for r in self.records if all(r.get(k) == v for k, v in key.items()) and "error" not in r]
+        return found[-1] if found else None
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.records, indent=1) + "\n")

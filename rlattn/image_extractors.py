@@ -1,0 +1,215 @@
+"""SB3 feature extractors over images: attention across the patches of a frame, and across frames.
+
+Shape letters: B batch, K history length, M frames in a batch, C channels, N patches (a rows x cols
+grid), E embedding, H heads, F features. Both extractors are stateless.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import Tensor, nn
+
+from rlattn.blocks import TransformerBlock
+from rlattn.extractors import STEP_KEYS, _init_linear, history_length, sinusoidal_table
+from rlattn.patches import (
+    PatchEncoder,
+    PatchReadout,
+    check_sizes,
+    image_shape,
+    pixel_scale,
+    pointer_features,
+)
+
+
+class PatchAttentionExtractor(BaseFeaturesExtractor):
+    """Attention over the patches of one image: ``(B, C, H, W) -> (B, F)``.
+
+    Patches are embedded with their 2-D position, mixed by transformer blocks (global, or each patch
+    with its neighbourhood: linear cost in the number of patches) and read out by attention pooling
+    (one learned query; its weights say where the agent looked) or a summary token. Pixels are
+    scaled to [0, 1] here unless SB3 already did (it does for single uint8 images).
+
+    Pass ``ortho_init=False`` in PPO/A2C ``policy_kwargs`` so SB3 keeps these layers' own init.
+
+    :param observation_space: a channel-first image Box (C, H, W).
+    :param features_dim: output size F.
+    :param patch_size: patch side in pixels; must divide H and W.
+    :param embed_dim: token size E.
+    :param n_heads: heads per block (divides E).
+    :param n_layers: transformer blocks over the patches (0: the readout looks at raw patch embeddings).
+    :param attention: ``"global"`` or ``"neighbourhood"`` (each patch sees patches within ``radius``).
+    :param radius: neighbourhood radius in patches (default 1); only with ``"neighbourhood"``.
+    :param readout: ``"pool"`` (attention pooling, one head), ``"pointer"`` (the same, and its
+        log-weights over the N patches come first in the features, for tasks whose action is a patch:
+        see :func:`init_pointer_head`; the output is then N + F wide) or ``"summary"`` (a summary token).
+    :param gate: ``"gru"`` (GTrXL gating) or ``"residual"``.
+    :param mlp_ratio: feed-forward hidden size as a multiple of E.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        features_dim: int = 64,
+        patch_size: int = 8,
+        embed_dim: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 1,
+        attention: str = "global",
+        radius: int | None = None,
+        readout: str = "pool",
+        gate: str = "gru",
+        mlp_ratio: float = 2.0,
+    ):
+        image = image_shape(observation_space, "PatchAttentionExtractor")
+        check_sizes(features_dim, embed_dim, n_heads, n_layers)
+        encoder = PatchEncoder(image, patch_size, embed_dim, n_heads, n_layers, attention, radius, gate, mlp_ratio)
+        self.pointer_size = encoder.n_patches if readout == "pointer" else 0
+        super().__init__(observation_space, self.pointer_size + features_dim)
+        self.scale = pixel_scale(observation_space)
+        self.encoder = encoder
+        self.readout = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
+        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the patch grid."""
+        return self.encoder.grid
+
+    def forward(self, observations: Tensor) -> Tensor:
+        out, weights = self.readout(self.encoder(observations.float() * self.scale))
+        features = self.head(out)
+        return torch.cat([pointer_features(weights), features], dim=-1) if self.pointer_size else features
+
+    @torch.no_grad()
+    def attention_maps(self, observations: Tensor) -> Tensor:
+        """Where the readout looked: (B, H, rows, cols), each head's weights summing to 1."""
+        _, weights = self.readout(self.encoder(observations.float() * self.scale), need_weights=True)
+        return weights.reshape(weights.shape[0], weights.shape[1], *self.grid)
+
+
+class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
+    """Attention within frames and across them, over a ``HistoryObservation`` of images.
+
+    ``obs (B, K, C, H, W), valid (B, K) -> (B, F)``. Every valid frame is encoded by a shared
+    :class:`PatchEncoder` and pooled to one token; padded frames are never computed. Transformer
+    blocks over the frame tokens (tagged with their age) give a memory vector at the newest step;
+    the memory then steers a readout query over the newest frame's patches (what to look for, found
+    where). Features are the memory and that readout. ``action`` / ``reward`` history keys, when
+    present, are embedded and added to their frame's token.
+
+    :param observation_space: a ``HistoryObservation`` Dict whose ``obs`` holds (K, C, H, W) images.
+    :param features_dim: output size F.
+    :param patch_size: patch side in pixels; must divide H and W.
+    :param embed_dim: token size E.
+    :param n_heads: heads per block (divides E).
+    :param spatial_layers: blocks over each frame's patches.
+    :param temporal_layers: blocks over the frame tokens.
+    :param attention: within frames, ``"global"`` or ``"neighbourhood"``.
+    :param radius: neighbourhood radius in patches (default 1).
+    :param readout: ``"pool"`` or ``"summary"``, for frames and for the final look; or ``"pointer"``:
+        frames are pooled, and the final look's log-weights over the newest frame's N patches come
+        first in the features (N + F wide; see :func:`init_pointer_head`).
+    :param gate: ``"gru"`` or ``"residual"``.
+    :param mlp_ratio: feed-forward hidden size as a multiple of E.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        features_dim: int = 64,
+        patch_size: int = 8,
+        embed_dim: int = 64,
+        n_heads: int = 4,
+        spatial_layers: int = 1,
+        temporal_layers: int = 1,
+        attention: str = "global",
+        radius: int | None = None,
+        readout: str = "pool",
+        gate: str = "gru",
+        mlp_ratio: float = 2.0,
+    ):
+        K = history_length(observation_space)
+        frames = observation_space["obs"]
+        assert isinstance(frames, spaces.Box)
+        image = image_shape(spaces.Box(0, 255, frames.shape[1:], frames.dtype), "SpatioTemporalAttentionExtractor")
+        check_sizes(features_dim, embed_dim, n_heads, spatial_layers, temporal_layers)
+        encoder = PatchEncoder(
+            image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio
+        )
+        self.pointer_size = encoder.n_patches if readout == "pointer" else 0
+        super().__init__(observation_space, self.pointer_size + features_dim)
+        self.history_length = K
+        self.scale = 1.0 / 255.0 if frames.dtype == np.uint8 else 1.0  # SB3 leaves (K, C, H, W) unscaled
+        self.extra_keys = [key for key in STEP_KEYS[1:] if key in observation_space.spaces]
+        extra = sum(int(np.prod((observation_space[key].shape or (0,))[1:])) for key in self.extra_keys)
+        self.extra = nn.Linear(extra, embed_dim) if extra else None
+        self.encoder = encoder
+        self.frame_readout = PatchReadout(
+            "pool" if readout == "pointer" else readout, embed_dim, n_heads, gate, mlp_ratio
+        )
+        self.position = nn.Parameter(sinusoidal_table(K, embed_dim).flip(0) * 0.1)  # row i: the age of slot i
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) for _ in range(temporal_layers)
+        )
+        self.blocks.apply(_init_linear)
+        self.steer = nn.Linear(embed_dim, embed_dim)
+        nn.init.zeros_(self.steer.weight)
+        nn.init.zeros_(self.steer.bias)
+        self.look = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
+        self.head = nn.Sequential(nn.LayerNorm(2 * embed_dim), nn.Linear(2 * embed_dim, features_dim))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.encoder.grid
+
+    def _encode(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, int]:
+        """-> frame tokens (B, K', E), valid (B, K'), the newest frame's patches (B, N, E), first slot kept."""
+        valid = observations["valid"] > 0.5
+        valid[:, -1] = True
+        start = int(valid.any(dim=0).byte().argmax())  # slots that are padding everywhere: never computed
+        valid = valid[:, start:]
+        frames = observations["obs"][:, start:]
+        B, K = valid.shape
+        which = valid.flatten().nonzero().squeeze(1)
+        patches = self.encoder(frames.flatten(0, 1)[which].float() * self.scale)  # (M, N, E)
+        pooled, _ = self.frame_readout(patches)
+        tokens = pooled.new_zeros(B * K, pooled.shape[-1]).index_copy(0, which, pooled).view(B, K, -1)
+        if self.extra is not None:
+            parts = [observations[key][:, start:].float().flatten(2) for key in self.extra_keys]
+            tokens = tokens + self.extra(torch.cat(parts, dim=-1)).masked_fill(~valid[..., None], 0.0)
+        newest = patches[valid.sum(dim=1).cumsum(0) - 1]  # each history's last valid frame is its newest
+        return tokens + self.position[start:], valid, newest, start
+
+    def _memory(self, tokens: Tensor, valid: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+        maps = []
+        x = tokens
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, valid, n_queries=1 if i == len(self.blocks) - 1 else None, need_weights=need_weights)
+            maps.append(weights)
+        return x[:, -1] if self.blocks else tokens[:, -1], maps
+
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        tokens, valid, newest, _ = self._encode(observations)
+        memory, _ = self._memory(tokens, valid)
+        seen, weights = self.look(newest, self.steer(memory))
+        features = self.head(torch.cat([memory, seen], dim=-1))
+        return torch.cat([pointer_features(weights), features], dim=-1) if self.pointer_size else features
+
+    @torch.no_grad()
+    def attention_maps(self, observations: dict[str, Tensor]) -> Tensor:
+        """Where the final look went on the newest frame: (B, H, rows, cols)."""
+        tokens, valid, newest, _ = self._encode(observations)
+        memory, _ = self._memory(tokens, valid)
+        _, weights = self.look(newest, self.steer(memory), need_weights=True)
+        return weights.reshape(weights.shape[0], weights.shape[1], *self.grid)
+
+    @torch.no_grad()
+    def temporal_maps(self, observations: dict[str, Tensor]) -> Tensor:
+        """What the newest step attends to across time, per block: (B, temporal_layers, H, K)."""
+        tokens, valid, _, start = self._encode(observations)
+        _, maps = self._memory(tokens, valid, need_weights=True)
+        return torch.stack([F.pad(w[:, :, -1], (start, 0)) for w in maps], dim=1)

@@ -1,0 +1,208 @@
+"""Building blocks for attention over image patches: patch embedding with 2-D positions, attention
+pooling, readouts, and the pointer head that makes the policy the attention.
+
+Shape letters: M images in a batch, C channels, N patches (a rows x cols grid), E embedding, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from torch import Tensor, nn
+
+from rlattn.attention import explicit_attention
+from rlattn.blocks import TransformerBlock
+from rlattn.extractors import _check_choice, _init_linear, sinusoidal_table
+from rlattn.validation import check_int
+
+IMAGE_ATTENTION = ("global", "neighbourhood")
+IMAGE_READOUTS = ("pool", "pointer", "summary")
+
+
+def image_shape(space: spaces.Space, who: str) -> tuple[int, int, int]:
+    """(C, H, W) of a channel-first image Box; a one-line ValueError for anything else."""
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+        raise ValueError(
+            f"observation space {space} is not an image: {who} needs a channel-first (C, H, W) Box; "
+            "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor"
+        )
+    C, H, W = (int(n) for n in space.shape)
+    return C, H, W
+
+
+def check_patch_size(patch_size: object, height: int, width: int) -> int:
+    """``patch_size`` if it divides both sides of the image, else a one-line ValueError listing those that do."""
+    side = math.gcd(height, width)
+    allowed = [str(p) for p in range(1, side + 1) if side % p == 0]
+    ok = isinstance(patch_size, int) and not isinstance(patch_size, bool) and patch_size >= 1
+    if not ok or height % patch_size or width % patch_size:  # type: ignore[operator]
+        raise ValueError(
+            f"patch_size={patch_size!r} does not divide the {height}x{width} image: allowed are {', '.join(allowed)}"
+        )
+    return int(patch_size)  # type: ignore[call-overload]
+
+
+def pixel_scale(space: spaces.Box) -> float:
+    """1/255 for uint8 pixels that SB3 hands over unscaled (it scales only single image spaces)."""
+    return 1.0 / 255.0 if space.dtype == np.uint8 and not is_image_space(space, check_channels=False) else 1.0
+
+
+def sincos_grid(rows: int, cols: int, dim: int) -> Tensor:
+    """(rows * cols, dim) 2-D position: half the channels encode the row, half the column."""
+    half = dim // 2
+    row = sinusoidal_table(rows, half).repeat_interleave(cols, dim=0)
+    col = sinusoidal_table(cols, dim - half).repeat(rows, 1)
+    return torch.cat([row, col], dim=-1)
+
+
+class PatchEncoder(nn.Module):
+    """``(M, C, H, W)`` pixels in [0, 1] -> patch tokens ``(M, N, E)``.
+
+    A linear embedding of each patch (a strided convolution), a learned 2-D position (started from a
+    sin/cos grid) and pre-norm transformer blocks with global or neighbourhood attention.
+    """
+
+    def __init__(
+        self,
+        image: tuple[int, int, int],
+        patch_size: int,
+        embed_dim: int,
+        n_heads: int,
+        n_layers: int,
+        attention: str,
+        radius: int | None,
+        gate: str,
+        mlp_ratio: float,
+    ):
+        super().__init__()
+        C, H, W = image
+        self.patch_size = check_patch_size(patch_size, H, W)
+        self.grid = (H // patch_size, W // patch_size)
+        _check_choice("attention", attention, IMAGE_ATTENTION)
+        pattern: dict[str, Any] = {"attention": attention}
+        if attention == "neighbourhood":
+            pattern |= {"grid": self.grid, "radius": 1 if radius is None else radius}
+        elif radius is not None:
+            raise ValueError(f"radius={radius!r} is invalid with attention='global': use attention='neighbourhood'")
+        self.embed = nn.Conv2d(C, embed_dim, patch_size, stride=patch_size)
+        self.position = nn.Parameter(sincos_grid(*self.grid, embed_dim) * 0.5)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embed_dim, n_heads, mlp_ratio, gate, **pattern) for _ in range(n_layers)
+        )
+        self.blocks.apply(_init_linear)
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """(M, C, H, W) -> (M, N, E), patches in row-major order."""
+        x = self.embed(pixels).flatten(2).transpose(1, 2) + self.position  # (M, N, E)
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        for block in self.blocks:
+            x, _ = block(x, valid)
+        return x
+
+
+class AttentionPool(nn.Module):
+    """Readout: one query per head attends over the tokens: ``(M, N, E) -> (M, E)``.
+
+    The query is learned (zero at the start, so the first readout is a plain mean), plus an optional
+    per-sample offset (what memory says to look for).
+    """
+
+    def __init__(self, embed_dim: int, n_heads: int = 1):
+        super().__init__()
+        if embed_dim % n_heads:
+            raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by readout heads={n_heads}")
+        self.n_heads = n_heads
+        self.query = nn.Parameter(torch.zeros(embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.kv = nn.Linear(embed_dim, 2 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: Tensor, offset: Tensor | None = None, need_weights: bool = False):
+        """(M, N, E), offset (M, E) or None -> (M, E), and weights (M, H, N) if asked."""
+        M, N, E = x.shape
+        query = self.query.expand(M, E) if offset is None else self.query + offset
+        q = query.reshape(M, self.n_heads, 1, -1)  # (M, H, 1, d)
+        k, v = self.kv(self.norm(x)).split(E, dim=-1)
+        k = k.reshape(M, N, self.n_heads, -1).transpose(1, 2)  # (M, H, N, d)
+        v = v.reshape(M, N, self.n_heads, -1).transpose(1, 2)
+        if need_weights:
+            mask = torch.ones(M, 1, 1, N, dtype=torch.bool, device=x.device)
+            out, weights = explicit_attention(q, k, v, mask)
+        else:
+            out, weights = F.scaled_dot_product_attention(q, k, v), None
+        out = self.proj(out.reshape(M, E))
+        return out, (weights[:, :, 0] if weights is not None else None)
+
+
+class PatchReadout(nn.Module):
+    """Patch tokens -> one vector: attention pooling (``pool``, ``pointer``), or a summary token in a
+    last global block (``summary``). A pointer also hands on its weights: where it looked is the answer."""
+
+    def __init__(self, kind: str, embed_dim: int, n_heads: int, gate: str, mlp_ratio: float):
+        super().__init__()
+        _check_choice("readout", kind, IMAGE_READOUTS)
+        self.kind = kind
+        self.pool = AttentionPool(embed_dim) if kind in ("pool", "pointer") else None
+        self.summary = nn.Parameter(torch.zeros(embed_dim)) if kind == "summary" else None
+        self.block = TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) if kind == "summary" else None
+        if self.block is not None:
+            self.block.apply(_init_linear)
+
+    def forward(self, x: Tensor, offset: Tensor | None = None, need_weights: bool = False):
+        """(M, N, E), offset (M, E) or None -> (M, E), and the readout's weights over patches (M, H, N) if asked."""
+        if self.pool is not None:
+            return self.pool(x, offset, need_weights or self.kind == "pointer")
+        M, N, E = x.shape
+        summary = self.summary.expand(M, E) if self.summary is not None else x.new_zeros(M, E)
+        token = summary if offset is None else summary + offset  # (M, E)
+        x = torch.cat([x, token[:, None]], dim=1)
+        valid = torch.ones(M, N + 1, dtype=torch.bool, device=x.device)
+        out, weights = self.block(x, valid, n_queries=1, need_weights=need_weights)  # type: ignore[misc]
+        return out[:, 0], (weights[:, :, 0, :N] if weights is not None else None)
+
+
+def pointer_features(weights: Tensor) -> Tensor:
+    """(M, 1, N) pointer weights -> (M, N) log-weights: as action logits they make the policy the attention."""
+    return weights[:, 0].clamp_min(1e-30).log()
+
+
+def init_pointer_head(policy: nn.Module) -> bool:
+    """Make an SB3 actor-critic's action logits start as its extractor's pointer log-weights.
+
+    For a pointer readout (``readout="pointer"``) whose N patches are the N discrete actions (a patch
+    per cell to choose) and an actor with no hidden layers (``net_arch=dict(pi=[], vf=[...])``): the
+    action net's weights on the pointer features become the identity and the rest zero, so the
+    first policy picks each cell with the probability the readout attends to it and every policy
+    gradient step trains where to look. Returns whether it applied.
+    """
+    extractor = getattr(policy, "pi_features_extractor", getattr(policy, "features_extractor", None))
+    n_pointer = getattr(extractor, "pointer_size", 0)
+    action_net = getattr(policy, "action_net", None)
+    if not n_pointer or not isinstance(action_net, nn.Linear) or action_net.out_features != n_pointer:
+        return False
+    if action_net.in_features != extractor.features_dim:  # type: ignore[union-attr]
+        return False  # hidden layers between features and actions
+    with torch.no_grad():
+        action_net.weight.zero_()
+        action_net.weight[:, :n_pointer] = torch.eye(n_pointer)
+        action_net.bias.zero_()
+    return True
+
+
+def check_sizes(features_dim: int, embed_dim: int, n_heads: int, *layers: int) -> None:
+    for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim), ("n_heads", n_heads)):
+        check_int(name, value)
+    for value in layers:
+        check_int("layers", value, 0)
+    if embed_dim % n_heads:
+        raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by n_heads={n_heads}")

@@ -1,0 +1,100 @@
+"""Seeing it: the attention overlay in TensorBoard, and ``train.py --replay`` writing a GIF."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.replay import FRAME_MS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "-n 512 --n-envs 2 --eval-freq 256 --eval-episodes 4 --save-freq -1 --verbose 0 -f logs".split()
+SEARCH = ["--env-kwargs", "image_size:32", "grid:4", "set_size:3"]
+
+
+def gif_milliseconds(path):
+    with Image.open(path) as gif:
+        total = 0
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            total += gif.info["duration"]
+    return total
+
+
+def run(args, cwd):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    return done
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search")
+    done = run(["--env", "rlattn/VisualSearch-v0", "--extractor", "patch-attention", *SEARCH, *TINY], folder)
+    assert done.returncode == 0, done.stderr
+    return folder, folder / "logs" / "ppo" / "rlattn-VisualSearch-v0_1"
+
+
+def test_evaluations_log_the_overlay_and_the_target_mass(search_run):
+    _, run_folder = search_run
+    events = EventAccumulator(str(run_folder), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    mass = [e.value for e in events.Scalars("attention/target_mass")]
+    assert len(mass) == 2 and all(0.0 <= m <= 1.0 for m in mass)
+    assert "attention/entropy" in events.Tags()["scalars"]
+    overlays = events.Images("attention/overlay")
+    assert len(overlays) == 2
+    # four episodes, each the 32 x 32 frame and its heatmap side by side at 4x, with white gaps
+    assert (overlays[-1].width, overlays[-1].height) == (2 * 128 + 8, 4 * 128 + 3 * 4)
+
+
+def test_replay_prints_success_and_writes_a_gif(search_run):
+    cwd, run_folder = search_run
+    done = run(["--replay", str(run_folder), "--episodes", "3", "--video", "out/search.gif"], cwd)
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"replay of {run_folder / 'best_model.zip'}: success ")
+    assert "over 3 episodes" in summary and "target mass 0." in summary and "3 frames written" in summary
+    with Image.open(cwd / "out" / "search.gif") as gif:
+        assert gif.n_frames == 3 and gif.size == (2 * 128 + 8, 128)
+
+
+def test_replay_of_a_history_run_shows_every_step(tmp_path):
+    args = ["--env", "rlattn/CuedVisualSearch-v0", "--extractor", "spatiotemporal-attention", *SEARCH, "delay:2"]
+    assert run([*args, *TINY], tmp_path).returncode == 0
+    model = tmp_path / "logs" / "ppo" / "rlattn-CuedVisualSearch-v0_1" / "rlattn-CuedVisualSearch-v0.zip"
+    done = run(["--replay", str(model), "--episodes", "2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "8 frames written" in done.stdout  # cue, two blank frames, the search display; twice
+    assert gif_milliseconds(model.parent / "replay.gif") == 8 * FRAME_MS  # the GIF merges repeated frames
+
+
+def test_replay_of_a_vector_env_adds_the_history_heatmap(tmp_path):
+    args = ["--env", "rlattn/TMaze-v0", "--env-kwargs", "corridor_length:3", *TINY]
+    assert run(args, tmp_path).returncode == 0
+    folder = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
+    done = run(["--replay", str(folder), "--episodes", "2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "target mass n/a" in done.stdout
+    # corridor 3 and no slack: every episode is 4 steps, and each is a frame
+    assert "8 frames written" in done.stdout and gif_milliseconds(folder / "replay.gif") == 8 * FRAME_MS
+    with Image.open(folder / "replay.gif") as gif:
+        assert gif.size[1] > 3 * (512 // 5)  # the maze render, and the heatmap under it
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--algo", "dqn"], "--algo cannot be given when replaying (--replay)"),
+        (["--video", "out.mp4"], "--video 'out.mp4' is invalid: must end in .gif"),
+        (["--episodes", "0"], "--episodes 0 is invalid: must be an integer >= 1"),
+    ],
+)
+def test_replay_refuses_bad_flags(search_run, extra, expected):
+    cwd, run_folder = search_run
+    done = run(["--replay", str(run_folder), *extra], cwd)
+    assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
