@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -25,6 +19,14 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
 import envs
+from agents.checks import (
+    check_algo_values,
+    check_device,
+    check_env_id,
+    check_int_flag,
+    check_writable,
+    first_line,
+)
 from agents.config import ALGOS, EXTRACTORS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, default_patch_size, preset_for
 from rlattn import (
@@ -35,7 +37,6 @@ from rlattn import (
     SpatioTemporalAttentionExtractor,
 )
 from rlattn.patches import init_pointer_head
-from rlattn.validation import check_int
 
 ALGO_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "ppo_lstm": RecurrentPPO}
 EXTRACTOR_CLASSES = {
@@ -102,21 +103,6 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
-def _check_env_id(env_id: str) -> str:
-    """The registered id without any ``module:`` prefix (the module is imported first)."""
-    module, _, name = env_id.rpartition(":")
-    if module:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise ConfigError(f"--env {env_id!r}: cannot import module {module!r}") from None
-    if name in gym.registry:
-        return name
-    close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "see --list-envs"
-    raise ConfigError(f"unknown env {env_id!r}: {hint}")
-
-
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     creator = gym.spec(env_id).entry_point
     if isinstance(creator, str):
@@ -133,23 +119,6 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
         return make_env(env_id, **env_kwargs)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"--env-kwargs for {env_id}: {error}") from None
-
-
-def _check_device(device: str) -> None:
-    try:
-        kind = "cpu" if device == "auto" else torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {device!r} is invalid: allowed are cpu, cuda, cuda:N, auto") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r} is not available here (no CUDA device): use cpu or auto")
-
-
-def _check_int_flag(flag: str, value: Any, low: int = 1, high: int | None = None, disabled: int | None = None) -> None:
-    """``check_int`` for a command-line flag: its ValueError becomes a ConfigError."""
-    try:
-        check_int(flag, value, low, high, disabled)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 def _check_extractor_name(cfg: TrainConfig) -> None:
@@ -237,89 +206,6 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
     return buckets
 
 
-# Numeric algorithm keywords: (type, low, high, low allowed, None allowed). Anything the table does not
-# name is checked against the type of its default in the algorithm's signature.
-_NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
-    "learning_rate": (float, 0, None, False, False),
-    "n_steps": (int, 1, None, True, False),
-    "batch_size": (int, 1, None, True, False),
-    "n_epochs": (int, 1, None, True, False),
-    "gamma": (float, 0, 1, True, False),
-    "gae_lambda": (float, 0, 1, True, False),
-    "clip_range": (float, 0, None, False, False),
-    "clip_range_vf": (float, 0, None, False, True),
-    "ent_coef": (float, 0, None, True, False),
-    "vf_coef": (float, 0, None, True, False),
-    "max_grad_norm": (float, 0, None, False, False),
-    "target_kl": (float, 0, None, False, True),
-    "buffer_size": (int, 1, None, True, False),
-    "learning_starts": (int, 0, None, True, False),
-    "tau": (float, 0, 1, False, False),
-    "train_freq": (int, 1, None, True, False),
-    "gradient_steps": (int, -1, None, True, False),
-    "target_update_interval": (int, 1, None, True, False),
-    "exploration_fraction": (float, 0, 1, True, False),
-    "exploration_initial_eps": (float, 0, 1, True, False),
-    "exploration_final_eps": (float, 0, 1, True, False),
-    "rms_prop_eps": (float, 0, None, False, False),
-}
-
-
-def _check_algo_values(algo: str, values: dict[str, Any]) -> None:
-    """Types and ranges of algorithm keywords, so that a typo fails now and not at the first update."""
-    defaults = {name: p.default for name, p in inspect.signature(ALGO_CLASSES[algo].__init__).parameters.items()}
-    for key, value in values.items():
-        if key in _NUMBERS:
-            kind, low, high, low_ok, none_ok = _NUMBERS[key]
-            if value is None and none_ok:
-                continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-            if kind is int:
-                number = number and float(value).is_integer()
-            in_range = number and (value > low or (low_ok and value == low)) and (high is None or value <= high)
-            if not in_range:
-                what = "an integer" if kind is int else "a number"
-                lower = f">= {low}" if low_ok else f"> {low}"
-                bounds = lower + (f" and <= {high}" if high is not None else "") + (", or None" if none_ok else "")
-                raise ConfigError(f"-params {key}={value!r} is invalid: must be {what} {bounds}")
-        elif isinstance(defaults.get(key), bool) and not isinstance(value, bool):
-            raise ConfigError(f"-params {key}={value!r} is invalid: must be True or False")
-
-
-def _check_writable(folder: str, flag: str) -> None:
-    """The folder exists or can be made, and files can be written in it."""
-    path = Path(folder)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ConfigError(f"{flag} {folder!r} is invalid: {existing} is a file, not a folder")
-    try:  # try it: permissions alone do not tell (root, read-only mounts, /proc)
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{flag} {folder!r} is invalid: cannot write in {existing} ({error.strerror})") from None
-
-
-def check_model_file(path: str, flag: str = "-i") -> Path:
-    """A readable SB3 model zip (these hold pickled objects: load only files you trust)."""
-    file = Path(path)
-    expected = "an SB3 model .zip written by train.py"
-    if not file.is_file():
-        raise ConfigError(f"{flag} {path!r} is invalid: no such file; expected {expected}")
-    if file.suffix != ".zip":
-        raise ConfigError(f"{flag} {path!r} is invalid: not a .zip file; expected {expected}")
-    try:
-        with zipfile.ZipFile(file) as archive:
-            names = set(archive.namelist())
-            broken = archive.testzip()
-    except (OSError, zipfile.BadZipFile) as error:
-        raise ConfigError(
-            f"{flag} {path!r} is invalid: cannot read it as a zip ({error}); expected {expected}"
-        ) from None
-    if broken is not None or not {"data", "policy.pth"} <= names:
-        raise ConfigError(f"{flag} {path!r} is invalid: a zip but not a complete SB3 model; expected {expected}")
-    return file
-
-
 def resolve(cfg: TrainConfig) -> RunPlan:
     """Check every setting and fill in the presets; raises ConfigError with a one-line message.
 
@@ -330,20 +216,20 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         raise ConfigError(f"--algo {cfg.algo!r} is invalid: allowed are {', '.join(ALGOS)}")
     if cfg.vec_env not in VEC_ENVS:
         raise ConfigError(f"--vec-env {cfg.vec_env!r} is invalid: allowed are {', '.join(VEC_ENVS)}")
-    env_id = _check_env_id(cfg.env)
+    env_id = check_env_id(cfg.env)
     _check_extractor_name(cfg)
-    _check_device(cfg.device)
+    check_device(cfg.device)
     for flag, value in (("--n-timesteps", cfg.n_timesteps), ("--n-envs", cfg.n_envs), ("--history", cfg.history)):
         if value is not None:
-            _check_int_flag(flag, value)
-    _check_int_flag("--eval-episodes", cfg.eval_episodes)
-    _check_int_flag("--eval-freq", cfg.eval_freq, disabled=-1)
-    _check_int_flag("--save-freq", cfg.save_freq, disabled=-1)
-    _check_int_flag("--seed", cfg.seed, low=0)
-    _check_int_flag("--verbose", cfg.verbose, low=0, high=2)
-    _check_writable(cfg.log_folder, "-f")
+            check_int_flag(flag, value)
+    check_int_flag("--eval-episodes", cfg.eval_episodes)
+    check_int_flag("--eval-freq", cfg.eval_freq, disabled=-1)
+    check_int_flag("--save-freq", cfg.save_freq, disabled=-1)
+    check_int_flag("--seed", cfg.seed, low=0)
+    check_int_flag("--verbose", cfg.verbose, low=0, high=2)
+    check_writable(cfg.log_folder, "-f")
     if cfg.tensorboard_log:
-        _check_writable(cfg.tensorboard_log, "-tb")
+        check_writable(cfg.tensorboard_log, "-tb")
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
     try:
         extractor = _resolve_extractor(cfg, probe)
@@ -351,7 +237,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
             cfg, extractor, preset.for_extractor(extractor)
         )
-        _check_algo_values(cfg.algo, algo_kwargs)
+        check_algo_values(ALGO_CLASSES[cfg.algo], algo_kwargs)
         plan = RunPlan(
             config=cfg,
             extractor=extractor,
@@ -392,11 +278,6 @@ def _policy_space(plan: RunPlan, probe: gym.Env) -> gym.Space:
             np.repeat(space.low, plan.history, axis=0), np.repeat(space.high, plan.history, axis=0), dtype=space.dtype
         )
     return space
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def local_window(plan: RunPlan) -> int:

@@ -13,7 +13,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from agents.build import ALGO_CLASSES, RunPlan, check_model_file, first_line, is_image, make_env, resolve
+from agents.build import ALGO_CLASSES, RunPlan, is_image, make_env, resolve
+from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.presets import env_family
 from agents.run import TARGET_KEYS, check_only_changes, env_name, load_run_config

@@ -28,12 +28,11 @@ from agents.build import (
     ALGO_CLASSES,
     RunPlan,
     build_model,
-    check_model_file,
-    first_line,
     make_single,
     make_vec,
     resolve,
 )
+from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
 from agents.presets import env_family

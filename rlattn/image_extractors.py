@@ -30,8 +30,11 @@ class PatchAttentionExtractor(BaseFeaturesExtractor):
 
     Patches are embedded with their 2-D position, mixed by transformer blocks (global, or each patch
     with its neighbourhood: linear cost in the number of patches) and read out by attention pooling
-    (one learned query; its weights say where the agent looked) or a summary token. Pixels are
-    scaled to [0, 1] here unless SB3 already did (it does for single uint8 images).
+    (one learned query), a pointer (the pool, whose weights over the patches are also features) or
+    a summary token. A pool's weights need not point at what matters: trained to locate a target,
+    it can learn to look everywhere else and read the target's place from what is missing (we saw
+    0.01 of its weight on the target at 100% accuracy); a pointer's cannot, when the action is a
+    patch. Pixels are scaled to [0, 1] here unless SB3 already did (it does for single uint8 images).
 
     Pass ``ortho_init=False`` in PPO/A2C ``policy_kwargs`` so SB3 keeps these layers' own init.
 
@@ -65,7 +68,7 @@ class PatchAttentionExtractor(BaseFeaturesExtractor):
         mlp_ratio: float = 2.0,
     ):
         image = image_shape(observation_space, "PatchAttentionExtractor")
-        check_sizes(features_dim, embed_dim, n_heads, n_layers)
+        check_sizes(features_dim, embed_dim, n_heads, n_layers=n_layers)
         encoder = PatchEncoder(image, patch_size, embed_dim, n_heads, n_layers, attention, radius, gate, mlp_ratio)
         self.pointer_size = encoder.n_patches if readout == "pointer" else 0
         super().__init__(observation_space, self.pointer_size + features_dim)
@@ -136,7 +139,7 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
         frames = observation_space["obs"]
         assert isinstance(frames, spaces.Box)
         image = image_shape(spaces.Box(0, 255, frames.shape[1:], frames.dtype), "SpatioTemporalAttentionExtractor")
-        check_sizes(features_dim, embed_dim, n_heads, spatial_layers, temporal_layers)
+        check_sizes(features_dim, embed_dim, n_heads, spatial_layers=spatial_layers, temporal_layers=temporal_layers)
         encoder = PatchEncoder(
             image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio
         )
@@ -212,4 +215,6 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
         """What the newest step attends to across time, per block: (B, temporal_layers, H, K)."""
         tokens, valid, _, start = self._encode(observations)
         _, maps = self._memory(tokens, valid, need_weights=True)
+        if not maps:  # no temporal blocks: nothing attends across time
+            return tokens.new_zeros(tokens.shape[0], 0, 1, self.history_length)
         return torch.stack([F.pad(w[:, :, -1], (start, 0)) for w in maps], dim=1)

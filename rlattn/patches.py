@@ -199,10 +199,11 @@ def init_pointer_head(policy: nn.Module) -> bool:
     return True
 
 
-def check_sizes(features_dim: int, embed_dim: int, n_heads: int, *layers: int) -> None:
+def check_sizes(features_dim: int, embed_dim: int, n_heads: int, **layers: int) -> None:
+    """One-line ValueErrors for sizes that cannot build an extractor (layer counts may be 0)."""
     for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim), ("n_heads", n_heads)):
         check_int(name, value)
-    for value in layers:
-        check_int("layers", value, 0)
+    for name, value in layers.items():
+        check_int(name, value, 0)
     if embed_dim % n_heads:
         raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by n_heads={n_heads}")

@@ -3,7 +3,15 @@
 import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "cartpole_no_velocity.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPT = EXAMPLES / "cartpole_no_velocity.py"
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_cartpole_example_trains_and_evaluates(capsys):
@@ -15,3 +23,9 @@ def test_cartpole_example_trains_and_evaluates(capsys):
     mean_return = module.main(timesteps=2048)
     assert 8.0 <= mean_return <= 500.0
     assert "mean return over 10 episodes" in capsys.readouterr().out
+
+
+def test_visual_search_example_trains_and_evaluates(capsys):
+    rate = load(EXAMPLES / "visual_search_patches.py").main(timesteps=2048)
+    assert 0.0 <= rate <= 1.0
+    assert "success over 100 searches" in capsys.readouterr().out

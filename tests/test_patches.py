@@ -94,6 +94,15 @@ def test_spatiotemporal_encodes_only_valid_frames():
     assert seen == [int(obs["valid"].sum())]
 
 
+def test_spatiotemporal_without_temporal_blocks_reads_the_newest_frame():
+    extractor = SpatioTemporalAttentionExtractor(HISTORY, features_dim=8, embed_dim=16, n_heads=2, temporal_layers=0)
+    obs = histories()
+    changed = {**obs, "obs": obs["obs"].clone()}
+    changed["obs"][:, :-1] = 255.0  # every frame but the newest
+    torch.testing.assert_close(extractor(changed), extractor(obs))
+    assert extractor.temporal_maps(obs).shape == (4, 0, 1, K)
+
+
 def test_spatiotemporal_maps():
     extractor = SpatioTemporalAttentionExtractor(HISTORY, embed_dim=16, n_heads=2, temporal_layers=2)
     obs = histories()
