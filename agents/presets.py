@@ -111,7 +111,12 @@ PRESETS: dict[tuple[str, str], Preset] = {
         500_000, 8, _PPO_SEARCH, {"patch-attention": {**_POINTER, "n_layers": 0}, "cnn": _CNN}
     ),
     ("ppo", "CuedVisualSearch"): Preset(
-        500_000, 8, _PPO_SEARCH, {"spatiotemporal-attention": {**_POINTER, "spatial_layers": 0}, "cnn-stack": _CNN}
+        500_000,
+        8,
+        _PPO_SEARCH,
+        # a residual skip, not the GTrXL gate: the cue must reach the memory from the start (supervised
+        # check on 5k final histories, 6 epochs: 0.64 accuracy with it, 0.13 with the gate; chance 0.125)
+        {"spatiotemporal-attention": {**_POINTER, "spatial_layers": 0, "gate": "residual"}, "cnn-stack": _CNN},
     ),
     # 16 glimpses of history, not the 64-step episode: SB3 keeps rollouts as float32 (64 frames would be 3 GiB)
     ("ppo", "GlimpseSearch"): Preset(

@@ -113,9 +113,12 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
     :param temporal_layers: blocks over the frame tokens.
     :param attention: within frames, ``"global"`` or ``"neighbourhood"``.
     :param radius: neighbourhood radius in patches (default 1).
-    :param readout: ``"pool"`` or ``"summary"``, for frames and for the final look; or ``"pointer"``:
-        frames are pooled, and the final look's log-weights over the newest frame's N patches come
-        first in the features (N + F wide; see :func:`init_pointer_head`).
+    :param readout: the final look over the newest frame: ``"pool"``, ``"summary"`` or ``"pointer"``
+        (its log-weights over the N patches come first in the features, N + F wide; see
+        :func:`init_pointer_head`).
+    :param frame_readout: one token per frame: ``"max"`` (each channel's maximum over the patches),
+        ``"pool"`` or ``"summary"``. On the cued search a mean-like pool drowned the cue's 4 patches
+        in 60 empty ones and nothing was learned; with ``"max"`` a supervised fit solved it.
     :param gate: ``"gru"`` or ``"residual"``.
     :param mlp_ratio: feed-forward hidden size as a multiple of E.
     """
@@ -132,6 +135,7 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
         attention: str = "global",
         radius: int | None = None,
         readout: str = "pool",
+        frame_readout: str = "max",
         gate: str = "gru",
         mlp_ratio: float = 2.0,
     ):
@@ -151,17 +155,13 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
         extra = sum(int(np.prod((observation_space[key].shape or (0,))[1:])) for key in self.extra_keys)
         self.extra = nn.Linear(extra, embed_dim) if extra else None
         self.encoder = encoder
-        self.frame_readout = PatchReadout(
-            "pool" if readout == "pointer" else readout, embed_dim, n_heads, gate, mlp_ratio
-        )
+        self.frame_readout = PatchReadout(frame_readout, embed_dim, n_heads, gate, mlp_ratio, name="frame_readout")
         self.position = nn.Parameter(sinusoidal_table(K, embed_dim).flip(0) * 0.1)  # row i: the age of slot i
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) for _ in range(temporal_layers)
         )
         self.blocks.apply(_init_linear)
-        self.steer = nn.Linear(embed_dim, embed_dim)
-        nn.init.zeros_(self.steer.weight)
-        nn.init.zeros_(self.steer.bias)
+        self.steer = nn.Linear(embed_dim, embed_dim)  # not zero-initialised: from zero it never left the plateau
         self.look = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
         self.head = nn.Sequential(nn.LayerNorm(2 * embed_dim), nn.Linear(2 * embed_dim, features_dim))
 

@@ -23,6 +23,7 @@ from rlattn.validation import check_int
 
 IMAGE_ATTENTION = ("global", "neighbourhood")
 IMAGE_READOUTS = ("pool", "pointer", "summary")
+FRAME_READOUTS = ("max", "pool", "summary")
 
 
 def image_shape(space: spaces.Space, who: str) -> tuple[int, int, int]:
@@ -145,14 +146,17 @@ class AttentionPool(nn.Module):
 
 
 class PatchReadout(nn.Module):
-    """Patch tokens -> one vector: attention pooling (``pool``, ``pointer``), or a summary token in a
-    last global block (``summary``). A pointer also hands on its weights: where it looked is the answer."""
+    """Patch tokens -> one vector: attention pooling (``pool``, ``pointer``), a summary token in a
+    last global block (``summary``), or each channel's maximum over the patches (``max``: what is in
+    the image, however few patches hold it). A pointer also hands on its weights: where it looked is
+    the answer."""
 
-    def __init__(self, kind: str, embed_dim: int, n_heads: int, gate: str, mlp_ratio: float):
+    def __init__(self, kind: str, embed_dim: int, n_heads: int, gate: str, mlp_ratio: float, name: str = "readout"):
         super().__init__()
-        _check_choice("readout", kind, IMAGE_READOUTS)
+        _check_choice(name, kind, IMAGE_READOUTS if name == "readout" else FRAME_READOUTS)
         self.kind = kind
         self.pool = AttentionPool(embed_dim) if kind in ("pool", "pointer") else None
+        self.max = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim)) if kind == "max" else None
         self.summary = nn.Parameter(torch.zeros(embed_dim)) if kind == "summary" else None
         self.block = TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) if kind == "summary" else None
         if self.block is not None:
@@ -162,6 +166,9 @@ class PatchReadout(nn.Module):
         """(M, N, E), offset (M, E) or None -> (M, E), and the readout's weights over patches (M, H, N) if asked."""
         if self.pool is not None:
             return self.pool(x, offset, need_weights or self.kind == "pointer")
+        if self.max is not None:
+            norm, project = self.max
+            return project(norm(x).amax(dim=1) if offset is None else norm(x).amax(dim=1) + offset), None
         M, N, E = x.shape
         summary = self.summary.expand(M, E) if self.summary is not None else x.new_zeros(M, E)
         token = summary if offset is None else summary + offset  # (M, E)

@@ -85,6 +85,17 @@ def test_spatiotemporal_ignores_padding_and_the_rest_of_the_batch():
         torch.testing.assert_close(alone, out[i : i + 1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("frame_readout", ["max", "pool", "summary"])
+def test_every_frame_readout_sees_a_lone_item(frame_readout):
+    """One lit patch among 15 dark ones changes the frame token, whichever readout makes it."""
+    extractor = SpatioTemporalAttentionExtractor(HISTORY, embed_dim=16, n_heads=2, frame_readout=frame_readout)
+    frames = torch.zeros(2, 3, 32, 32)
+    frames[1, 0, 8:16, 8:16] = 1.0
+    patches = extractor.encoder(frames)
+    tokens, _ = extractor.frame_readout(patches)
+    assert tokens.shape == (2, 16) and not torch.allclose(tokens[0], tokens[1])
+
+
 def test_spatiotemporal_encodes_only_valid_frames():
     extractor = SpatioTemporalAttentionExtractor(HISTORY, embed_dim=16, n_heads=2)
     seen = []
@@ -173,6 +184,10 @@ def test_a_pointer_learns_to_look_at_the_target(n_layers):
         (lambda: PatchAttentionExtractor(IMAGE, radius=2), "radius=2 is invalid with attention='global'"),
         (lambda: PatchAttentionExtractor(IMAGE, embed_dim=30, n_heads=4), "embed_dim=30 is invalid"),
         (lambda: SpatioTemporalAttentionExtractor(IMAGE), "expected a Dict with 'obs'"),
+        (
+            lambda: SpatioTemporalAttentionExtractor(HISTORY, frame_readout="mean"),
+            "frame_readout='mean' is invalid: allowed are max, pool, summary",
+        ),
         (lambda: HistoryAttentionExtractor(HISTORY), "are images: HistoryAttentionExtractor embeds vectors"),
         (lambda: HistoryFlattenExtractor(HISTORY), "are images: HistoryFlattenExtractor embeds vectors"),
     ],
