@@ -98,20 +98,28 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for method in METHODS:
-        points = sorted((r["set_size"], r["success"]) for r in records if r["method"] == method and "success" in r)
-        if points:
-            sizes, success = zip(*points, strict=True)
-            ax.plot(sizes, success, label=method, **STYLES[method])
-    searches = sorted({r["search"] for r in records})
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("set size (items in the 8 x 8 grid)")
-    ax.set_ylabel("final eval success")
-    ax.set_title(f"VisualSearch, {'/'.join(searches)} search, {records[0]['budget']:,} steps")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        done = sorted((r["set_size"], r) for r in records if r["method"] == method and "success" in r)
+        if done:
+            sizes = [size for size, _ in done]
+            left.plot(sizes, [r["success"] for _, r in done], label=method, **STYLES[method])
+            reached = [(size, r["steps_to_095"]) for size, r in done if r["steps_to_095"] is not None]
+            if reached:
+                right.plot(*zip(*reached, strict=True), label=method, **STYLES[method])
+    searches = "/".join(sorted({r["search"] for r in records}))
+    left.set_ylim(-0.05, 1.05)
+    left.set_ylabel("final eval success")
+    right.set_yscale("log")
+    right.set_ylabel("env steps to first reach 0.95 success")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("set size (items in the 8 x 8 grid)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(
+        f"VisualSearch, {searches} search, {records[0]['budget']:,} env steps per run, seed {records[0]['seed']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
