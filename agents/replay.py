@@ -10,7 +10,6 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from agents.build import ALGO_CLASSES, RunPlan, is_image, make_env, resolve
@@ -19,7 +18,7 @@ from agents.config import ConfigError, TrainConfig
 from agents.presets import env_family
 from agents.run import TARGET_KEYS, check_only_changes, env_name, load_run_config
 from rlattn import HistoryAttentionExtractor, HistoryObservation
-from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights
+from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
 
 FRAME_MS = 350
@@ -94,20 +93,17 @@ def _picture(
         box = info.get(target_key) if target_key else None
         if extractor is None or isinstance(extractor, HistoryAttentionExtractor):
             return np.repeat(np.repeat(frame_rgb(frame), 4, axis=0), 4, axis=1), None
-        weights = patch_weights(extractor, _tensor(model, obs))
+        weights = patch_weights(extractor, policy_input(model.policy, obs))
         mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
         return overlay(frame, weights, box), mass
     picture = np.asarray(venv.get_images()[0], dtype=np.uint8)
     if isinstance(extractor, HistoryAttentionExtractor):
-        weights = extractor.attention_maps(_tensor(model, obs))[0, -1].cpu().numpy()  # (H, K) of the last block
+        weights = (
+            extractor.attention_maps(policy_input(model.policy, obs))[0, -1].cpu().numpy()
+        )  # (H, K) of the last block
         strip = heatmap_image(weights, np.zeros(weights.shape[-1]), min_width=picture.shape[1])
         picture = np.concatenate([_pad_width(picture, strip.shape[1]), _pad_width(strip, picture.shape[1])], axis=0)
     return picture, None
-
-
-def _tensor(model: BaseAlgorithm, obs: Any) -> Any:
-    policy = model.policy
-    return preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
 
 
 def _pad_width(image: np.ndarray, width: int) -> np.ndarray:

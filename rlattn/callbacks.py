@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 from stable_baselines3.common.policies import BasePolicy
@@ -36,6 +37,11 @@ def find_attention_extractor(policy: BasePolicy) -> AttentionExtractor | None:
     """The policy's (first) attention extractor: the actor's for PPO/A2C, the online Q-net's for DQN."""
     kinds = (HistoryAttentionExtractor, PatchAttentionExtractor, SpatioTemporalAttentionExtractor)
     return next((m for m in policy.modules() if isinstance(m, kinds)), None)
+
+
+def policy_input(policy: BasePolicy, obs: np.ndarray | dict) -> torch.Tensor | dict[str, torch.Tensor]:
+    """An observation (one env's, or a VecEnv's) as the policy hands it to its extractor: a batch, scaled."""
+    return preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
 
 
 def newest_frame(obs: np.ndarray | dict) -> np.ndarray:
@@ -101,17 +107,13 @@ class AttentionLoggingCallback(BaseCallback):
                 return obs, t, info
             obs, info, start, t = next_obs, next_info, np.zeros(1, dtype=bool), t + 1
 
-    def _tensor(self, obs):
-        policy = self.model.policy
-        return preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
-
     def log_patch_attention(
         self, extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, shown: int = 4
     ) -> None:
         images, masses, entropies = [], [], []
         for i in range(self.n_episodes):
             obs, _, info = self._decision(self.seed + i)
-            weights = patch_weights(extractor, self._tensor(obs))
+            weights = patch_weights(extractor, policy_input(self.model.policy, obs))
             frame = newest_frame(obs)
             box = info.get(self.target_key) if self.target_key else None
             if box is not None:
@@ -129,12 +131,11 @@ class AttentionLoggingCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
 
     def log_attention(self, extractor: HistoryAttentionExtractor) -> None:
-        policy = self.model.policy
         K = extractor.history_length
         maps, counts, masses = [], np.zeros(K + (extractor.readout == "summary")), []
         for i in range(self.n_episodes):
             obs, t, info = self._decision(self.seed + i)
-            tensor = preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
+            tensor = policy_input(self.model.policy, obs)
             assert isinstance(tensor, dict)
             weights = extractor.attention_maps(tensor)[0].cpu().numpy()  # (layers, H, K')
             maps.append(weights)
@@ -160,4 +161,5 @@ __all__ = [
     "heatmap_image",
     "newest_frame",
     "patch_weights",
+    "policy_input",
 ]
