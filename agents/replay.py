@@ -98,9 +98,8 @@ def _picture(
         return overlay(frame, weights, box), mass
     picture = np.asarray(venv.get_images()[0], dtype=np.uint8)
     if isinstance(extractor, HistoryAttentionExtractor):
-        weights = (
-            extractor.attention_maps(policy_input(model.policy, obs))[0, -1].cpu().numpy()
-        )  # (H, K) of the last block
+        maps = extractor.attention_maps(policy_input(model.policy, obs))  # (1, layers, H, K)
+        weights = maps[0, -1].cpu().numpy()  # the last block's
         strip = heatmap_image(weights, np.zeros(weights.shape[-1]), min_width=picture.shape[1])
         picture = np.concatenate([_pad_width(picture, strip.shape[1]), _pad_width(strip, picture.shape[1])], axis=0)
     return picture, None
