@@ -22,10 +22,10 @@ one line per method) are made from the runs of this invocation.
 from __future__ import annotations
 
 import argparse
-import tempfile
+from functools import partial
 from pathlib import Path
 
-from sweep import ROOT, Results, best, reached, train
+from sweep import ROOT, best, reached, run_cases, save_plot, train
 
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
@@ -45,6 +45,7 @@ def budget_for(length: int) -> int:
 
 
 def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Namespace, log_folder: Path) -> dict:
+    """One training run's measurements (the sweep adds the settings)."""
     algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
     arguments = [
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
@@ -52,8 +53,7 @@ def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Nam
         *("--eval-freq", str(args.eval_freq or max(budget // 20, 5_000)), "--eval-episodes", str(args.eval_episodes)),
         *("--save-freq", "-1", "--verbose", "0", "-f", str(log_folder)),
     ]
-    record = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed}
-    return {**record, **train(arguments)}
+    return train(arguments)
 
 
 def print_table(records: list[dict]) -> None:
@@ -135,35 +135,23 @@ def main() -> None:
     if min(args.lengths) < 1 or args.eval_episodes < 1:
         parser.error(f"--lengths {min(args.lengths)} / --eval-episodes {args.eval_episodes} is invalid: must be >= 1")
 
-    saved = Results(args.results)
     mazes = list(MAZES) if args.maze == "both" else [args.maze]
-    keep = tempfile.TemporaryDirectory() if args.log_folder is None else None
-    log_folder = args.log_folder or Path(keep.name)  # type: ignore[union-attr]
-    records = []
-    for maze in mazes:
-        for length in args.lengths:
-            for method in args.methods:
-                budget = args.budget or budget_for(length)
-                key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed}
-                old = saved.find(key)
-                if (args.reuse or args.saved_only) and old:
-                    records.append(old)
-                    continue
-                if args.saved_only:
-                    continue
-                print(f"running {maze} L={length} {method}, {budget:,} steps ...", flush=True)
-                record = run_one(maze, length, method, budget, args, log_folder)
-                records.append(record)
-                saved.add(record)
-    if keep is not None:
-        keep.cleanup()
+    cases = [
+        (
+            {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed},
+            f"{maze} L={length} {method}, {budget:,} steps",
+            partial(run_one, maze, length, method, budget, args),
+        )
+        for maze in mazes
+        for length in args.lengths
+        for method in args.methods
+        for budget in [args.budget or budget_for(length)]
+    ]
+    records = run_cases(cases, args)
     print_table(records)
     if args.markdown:
         print_markdown(records)
-    if any("success" in r for r in records):
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot(records, args.plot)
-        print(f"plot: {args.plot}")
+    save_plot(records, args.plot, plot)
 
 
 if __name__ == "__main__":

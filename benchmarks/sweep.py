@@ -8,11 +8,14 @@ interrupted sweep keeps what it measured.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +77,41 @@ class Results:
         self.records.append(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.records, indent=1) + "\n")
+
+
+Case = tuple[dict, str, Callable[[Path], dict]]
+"""(the settings that identify a run, a label to print, a function that runs it in a log folder)"""
+
+
+def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
+    """Run each case, or reuse its saved record (``args.reuse``, ``args.saved_only``); save each new one.
+
+    Run folders go to ``args.log_folder``, or to a temporary folder deleted at the end.
+    """
+    saved = Results(args.results)
+    keep = tempfile.TemporaryDirectory() if args.log_folder is None else None
+    log_folder = args.log_folder or Path(keep.name)  # type: ignore[union-attr]
+    records = []
+    try:
+        for key, label, run in cases:
+            old = saved.find(key)
+            if (args.reuse or args.saved_only) and old:
+                records.append(old)
+                continue
+            if args.saved_only:
+                continue
+            print(f"running {label} ...", flush=True)
+            record = {**key, **run(log_folder)}
+            records.append(record)
+            saved.add(record)
+    finally:
+        if keep is not None:
+            keep.cleanup()
+    return records
+
+
+def save_plot(records: list[dict], path: Path, plot: Callable[[list[dict], Path], None]) -> None:
+    if any("success" in r for r in records):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(records, path)
+        print(f"plot: {path}")
