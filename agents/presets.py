@@ -53,6 +53,7 @@ _PPO_TMAZE = {
 # policy and the value (0.00 at 140k); 512-step rollouts were as unsteady as 128.
 _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 LONG_MEMORY = 50
+"""episode length from which a T-Maze takes the long-corridor preset"""
 
 # The answer is a cell and each patch is a cell: the attention extractors read out with a pointer
 # whose log-weights are the action logits (no hidden layer on the policy side, identity init).
@@ -71,7 +72,6 @@ _PPO_SEARCH = {
 }
 _POINTER = {"readout": "pointer", "net_arch": {"pi": [], "vf": [64]}}
 _CNN = {"features_dim": 256}
-"""episode length from which a T-Maze takes the long-corridor preset"""
 
 
 def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
