@@ -20,6 +20,10 @@ another query. Three computations give the same numbers (tests hold this, forwar
   Chosen automatically when it does less work than dense.
 - **explicit**: softmax written out, returning the weights (for TensorBoard, only when asked) and
   supporting top-k sparsity: each query keeps only its ``top_k`` highest-scoring allowed keys.
+
+One query (the readout of a history's last block) has a cheaper form of the same numbers:
+:func:`single_query_attention` folds the key and value projections into the query's side, so the K
+keys are never projected (cost K x E x H instead of K x E x 2E).
 """
 
 from __future__ import annotations
@@ -110,6 +114,35 @@ def explicit_attention(
         scores = scores.masked_fill(~kept, float("-inf"))
     weights = scores.softmax(dim=-1)
     return weights @ v, weights
+
+
+def single_query_attention(
+    x: Tensor, allowed: Tensor, weight: Tensor, bias: Tensor, n_heads: int
+) -> tuple[Tensor, Tensor]:
+    """Attention of the newest token only, with the qkv projection folded in: x (B, K, E), allowed (B, K) bool.
+
+    ``weight`` (3E, E) and ``bias`` (3E,) are the fused q, k, v projection. Returns the attended
+    values (B, E), heads concatenated as the unfused path makes them, and the weights (B, H, K).
+    Exact algebra, not an approximation: with q = W_q x_K + b_q per head,
+
+    - scores:  q . (W_k x_j + b_k) = x_j . (W_k^T q) + q . b_k  (the last term is the same for every key),
+    - output:  sum_j w_j (W_v x_j + b_v) = W_v (sum_j w_j x_j) + b_v  (the weights sum to 1),
+
+    so the K keys are touched by two batched products with H columns instead of a 2E-wide projection.
+    """
+    B, K, E = x.shape
+    H = n_heads
+    d = E // H
+    w_q, w_k, w_v = weight.view(3, H, d, E).unbind(0)
+    b_q, b_k, b_v = bias.view(3, H, d).unbind(0)
+    q = (torch.einsum("be,hde->bhd", x[:, -1], w_q) + b_q) * d**-0.5  # (B, H, d)
+    key_side = torch.einsum("bhd,hde->bhe", q, w_k)  # (B, H, E): W_k^T q per head
+    scores = torch.bmm(key_side, x.transpose(1, 2)) + (q * b_k).sum(-1, keepdim=True)  # (B, H, K)
+    scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
+    weights = scores.softmax(dim=-1)
+    mixed = torch.bmm(weights, x)  # (B, H, E): each head's weighted mean of the inputs
+    out = torch.einsum("bhe,hde->bhd", mixed, w_v) + b_v
+    return out.reshape(B, E), weights
 
 
 def chunked_local_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int, chunk: int) -> Tensor:
@@ -264,6 +297,12 @@ class MultiHeadAttention(nn.Module):
             keep = min(K, Q + self.window - 1)  # type: ignore[operator]  # older keys are out of every query's reach
             x, valid = x[:, K - keep :], valid[:, K - keep :]
             K = keep
+        if Q == 1 and not need_weights and self.top_k is None and self.attention != "neighbourhood":
+            # the readout of a history: the window (if any) is already cut, so every valid key is allowed
+            allowed = valid.clone()
+            allowed[:, -1] = True
+            out, _ = single_query_attention(x, allowed, self.qkv.weight, self.qkv.bias, self.n_heads)
+            return self.proj(out[:, None]), None
         if Q < K:  # project queries only where they are asked
             weight, bias = self.qkv.weight, self.qkv.bias
             q = F.linear(x[:, K - Q :], weight[:E], bias[:E])
