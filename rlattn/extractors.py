@@ -23,6 +23,9 @@ HISTORY_ATTENTION = ("global", "local", "local-global")
 POSITIONS = ("learned", "sinusoidal")
 READOUTS = ("newest", "summary")
 STEP_KEYS = ("obs", "action", "reward")
+LENGTH_GROUP_SIZE = 64
+"""batches of at least twice this many histories are sorted by valid length and run in groups"""
+MAX_LENGTH_GROUPS = 4
 
 
 def history_length(observation_space: spaces.Space) -> int:
@@ -214,6 +217,21 @@ class HistoryAttentionExtractor(HistoryExtractor):
         return x, valid
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        n_groups = len(next(iter(observations.values()))) // LENGTH_GROUP_SIZE
+        if n_groups < 2:
+            return self._forward(observations)
+        # PPO minibatches mix early and late episode steps: histories of similar length go through
+        # together, each group cut to its own longest (less padding, same numbers: rows are independent)
+        order = observations["valid"].sum(dim=1).argsort()
+        out = None
+        for group in order.tensor_split(min(n_groups, MAX_LENGTH_GROUPS)):
+            part = self._forward({key: value.index_select(0, group) for key, value in observations.items()})
+            out = part.new_empty(len(order), part.shape[-1]) if out is None else out
+            out = out.index_copy(0, group, part)
+        assert out is not None
+        return out
+
+    def _forward(self, observations: dict[str, Tensor]) -> Tensor:
         x, valid = self.tokens(observations)
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
