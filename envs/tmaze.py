@@ -47,6 +47,10 @@ class TMazeEnv(gym.Env):
     ## Arguments
     - ``corridor_length`` (int, 1 .. 100000): steps from the start to the junction.
     - ``slack`` (int, >= 0): extra steps allowed beyond a shortest episode.
+    - ``min_corridor_length`` (int, 1 .. ``corridor_length``, or None): if given, every episode draws
+      its corridor length log-uniformly from ``min_corridor_length .. corridor_length`` (training on
+      a mix of lengths; evaluate with it None). Spaces, ``max_steps`` and ``step_penalty`` are those
+      of the longest corridor, so a history wrapper sized for it fits every episode.
     - ``render_mode``: ``None``, ``"ansi"`` (text) or ``"rgb_array"`` (3 x cells grid, HWC uint8).
 
     ``info`` holds ``cue_step`` (the episode step at which the cue was last observed, -1 before it
@@ -64,9 +68,19 @@ class TMazeEnv(gym.Env):
     }
     """each integer keyword's allowed range, inclusive (the fuzz tests draw from these)"""
 
-    def __init__(self, corridor_length: int = 10, slack: int = 0, render_mode: str | None = None):
+    def __init__(
+        self,
+        corridor_length: int = 10,
+        slack: int = 0,
+        min_corridor_length: int | None = None,
+        render_mode: str | None = None,
+    ):
         self.corridor_length = check_int("corridor_length", corridor_length, *self.PARAMETERS["corridor_length"])
         self.slack = check_int("slack", slack, *self.PARAMETERS["slack"])
+        if min_corridor_length is not None:
+            min_corridor_length = check_int("min_corridor_length", min_corridor_length, 1, self.corridor_length)
+        self.min_corridor_length = min_corridor_length
+        self.longest_corridor = self.corridor_length
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode={render_mode!r} is invalid: allowed are None, 'ansi', 'rgb_array'")
         self.render_mode = render_mode
@@ -81,6 +95,7 @@ class TMazeEnv(gym.Env):
         self._goal = 0
         self._t = 0
         self._cue_step = -1
+        self._time_limit = self.max_steps
 
     @property
     def shortest_episode(self) -> int:
@@ -106,6 +121,12 @@ class TMazeEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if self.min_corridor_length is not None:
+            low, high = math.log(self.min_corridor_length), math.log(self.longest_corridor + 1)
+            length = int(math.exp(self.np_random.uniform(low, high)))
+            self.corridor_length = min(max(length, self.min_corridor_length), self.longest_corridor)
+            self.junction = self.start + self.corridor_length
+            self._time_limit = self.shortest_episode + self.slack
         self._position, self._t, self._cue_step = self.start, 0, -1
         self._goal = int(self.np_random.integers(2))
         return self._observe(), self._info()
@@ -128,7 +149,7 @@ class TMazeEnv(gym.Env):
         reward = 0.0 if self._steps_to_go() < before else -self.step_penalty
         obs = self._observe()
         info = self._info()
-        out_of_time = self._t >= self.max_steps
+        out_of_time = self._t >= self._time_limit
         if out_of_time:
             info["is_success"] = False
         return obs, reward, out_of_time, False, info

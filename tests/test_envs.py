@@ -147,6 +147,8 @@ def test_long_corridor():
         ({"corridor_length": True}, "corridor_length=True"),
         ({"corridor_length": 10**9}, "corridor_length=1000000000"),
         ({"slack": -1}, "slack=-1"),
+        ({"min_corridor_length": 0}, "min_corridor_length=0"),
+        ({"corridor_length": 10, "min_corridor_length": 11}, "min_corridor_length=11"),
         ({"render_mode": "video"}, "render_mode='video'"),
     ],
 )
@@ -164,3 +166,27 @@ def test_all_penalty_episode_is_never_below_minus_one(length):
     env = gym.make("rlattn/TMaze-v0", corridor_length=length)
     total, _ = play(env, lambda obs: LEFT, seed=0)
     assert -1.0 <= total < -0.5
+
+
+@pytest.mark.parametrize("env_id", ["rlattn/TMaze-v0", "rlattn/TMazeActive-v0"])
+def test_mixed_corridor_lengths_are_log_uniform_and_solvable(env_id):
+    env = gym.make(env_id, corridor_length=200, min_corridor_length=2, slack=3)
+    maze = env.unwrapped
+    longest_steps, space = maze.max_steps, env.observation_space
+    lengths = []
+    for seed in range(300):
+        oracle = envs.oracle_for(env)
+        total, infos = play(env, oracle.act, seed=seed)
+        lengths.append(maze.corridor_length)
+        assert total == pytest.approx(1.0) and len(infos) - 1 == maze.shortest_episode
+    assert min(lengths) >= 2 and max(lengths) <= 200 and len(set(lengths)) > 50
+    assert np.median(lengths) < 40  # log-uniform: the median is near sqrt(2 * 200) = 20, not 100
+    assert maze.max_steps == longest_steps and env.observation_space == space  # sized for the longest
+
+
+def test_mixed_lengths_time_out_after_their_own_episode():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=100, min_corridor_length=5, slack=2)
+    for seed in range(5):
+        total, infos = play(env, lambda obs: LEFT, seed=seed)
+        assert len(infos) - 1 == env.unwrapped.corridor_length + 1 + 2 and infos[-1]["is_success"] is False
+        assert -1.0 <= total < 0.0
