@@ -103,7 +103,12 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
-def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+def eval_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The env keywords of evaluation (and replay) envs: ``--env-kwargs`` updated by ``--eval-env-kwargs``."""
+    return {**cfg.env_kwargs, **cfg.eval_env_kwargs}
+
+
+def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
     creator = gym.spec(env_id).entry_point
     if isinstance(creator, str):
         creator = gym.envs.registration.load_env_creator(creator)
@@ -118,7 +123,7 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     try:
         return make_env(env_id, **env_kwargs)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"--env-kwargs for {env_id}: {error}") from None
+        raise ConfigError(f"{flag} for {env_id}: {error}") from None
 
 
 def _check_extractor_name(cfg: TrainConfig) -> None:
@@ -231,6 +236,15 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     if cfg.tensorboard_log:
         check_writable(cfg.tensorboard_log, "-tb")
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
+    if cfg.eval_env_kwargs:
+        eval_probe = _check_env_kwargs(env_id, eval_kwargs(cfg), "--eval-env-kwargs")
+        if eval_probe.observation_space != probe.observation_space or eval_probe.action_space != probe.action_space:
+            raise ConfigError(
+                f"--eval-env-kwargs {cfg.eval_env_kwargs} is invalid: the evaluation env's spaces "
+                f"({eval_probe.observation_space}, {eval_probe.action_space}) differ from the training env's "
+                f"({probe.observation_space}, {probe.action_space})"
+            )
+        eval_probe.close()
     try:
         extractor = _resolve_extractor(cfg, probe)
         preset = preset_for(cfg.algo, cfg.env, probe)
@@ -289,14 +303,23 @@ def local_window(plan: RunPlan) -> int:
 
 
 def make_vec(
-    plan: RunPlan, n_envs: int, seed: int, monitor_dir: str | None = None, append_monitor: bool = False
+    plan: RunPlan,
+    n_envs: int,
+    seed: int,
+    monitor_dir: str | None = None,
+    append_monitor: bool = False,
+    evaluation: bool = False,
 ) -> VecEnv:
-    """Monitored, history-wrapped, vectorised copies of the env (monitor files appended to on resume)."""
+    """Monitored, history-wrapped, vectorised copies of the env (monitor files appended to on resume).
+
+    ``evaluation``: with the evaluation env keywords (``--eval-env-kwargs`` over ``--env-kwargs``).
+    """
     cfg = plan.config
+    env_kwargs = eval_kwargs(cfg) if evaluation else cfg.env_kwargs
     wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
     venv = make_vec_env(
-        partial(make_env, cfg.env, **cfg.env_kwargs),
+        partial(make_env, cfg.env, **env_kwargs),
         n_envs,
         seed,
         monitor_dir=monitor_dir,

@@ -73,6 +73,13 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = _flag(
         "--env-kwargs", default_factory=dict, nargs="*", kv=True, help="env keywords as key:value literals"
     )
+    eval_env_kwargs: dict[str, Any] = _flag(
+        "--eval-env-kwargs",
+        default_factory=dict,
+        nargs="*",
+        kv=True,
+        help="env keywords for evaluation and replay only, over --env-kwargs (e.g. train on mixed corridor lengths, evaluate on the longest: min_corridor_length:None)",
+    )
     hyperparams: dict[str, Any] = _flag(
         "-params",
         "--hyperparams",

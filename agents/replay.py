@@ -12,7 +12,7 @@ from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from agents.build import ALGO_CLASSES, RunPlan, is_image, make_env, resolve
+from agents.build import ALGO_CLASSES, RunPlan, is_image, eval_kwargs, make_env, resolve
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.presets import env_family
@@ -64,12 +64,13 @@ def find_model(target: str) -> tuple[Path, Path]:
 def _make_env(plan: RunPlan, seed: int) -> VecEnv:
     """One env, wrapped as the policy saw it in training, that renders rgb arrays."""
     cfg = plan.config
+    env_kwargs = eval_kwargs(cfg)  # replay plays the evaluation task
 
     def make() -> gym.Env:
         try:
-            env = make_env(cfg.env, **cfg.env_kwargs, render_mode="rgb_array")
+            env = make_env(cfg.env, **env_kwargs, render_mode="rgb_array")
         except TypeError:  # an env without render modes
-            env = make_env(cfg.env, **cfg.env_kwargs)
+            env = make_env(cfg.env, **env_kwargs)
         return HistoryObservation(env, plan.history) if plan.uses_history else env
 
     venv: VecEnv = DummyVecEnv([make])

@@ -335,7 +335,7 @@ def train(cfg: TrainConfig) -> RunResult:
     envs: list = []
     try:
         envs.append(make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder), append_monitor=resumed))
-        envs.append(make_vec(plan, 1, cfg.seed + EVAL_SEED_OFFSET))
+        envs.append(make_vec(plan, 1, cfg.seed + EVAL_SEED_OFFSET, evaluation=True))
         if resumed:
             model = _load(plan, Path(cfg.trained_agent), envs[0])  # type: ignore[arg-type]
         else:

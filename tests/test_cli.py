@@ -56,6 +56,18 @@ def test_tiny_run_writes_the_zoo_layout_and_tensorboard(tmp_path):
     assert len(heatmap) == 2 and heatmap[-1].width > 0 and heatmap[-1].height > 0
 
 
+def test_evaluation_runs_on_its_own_env_keywords(tmp_path):
+    """Training on corridors of mixed length, evaluating on the longest: every eval episode is 21 steps."""
+    mixed = ["--env-kwargs", "corridor_length:20", "min_corridor_length:2", "slack:5"]
+    fixed = ["--eval-env-kwargs", "min_corridor_length:None", "slack:0"]
+    done = run_train(["--extractor", "attention", "-f", "logs", *mixed, *fixed, *BUDGET, "--eval-episodes", "6"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
+    assert (np.load(run / "evaluations.npz")["ep_lengths"] == 21).all()  # the turn or the time-out, both at step 21
+    lengths = np.loadtxt(run / "0.monitor.csv", delimiter=",", skiprows=2, usecols=1, ndmin=1)
+    assert len(set(lengths.tolist())) > 1  # training episodes vary
+
+
 def test_second_run_gets_the_next_folder_and_list_envs(tmp_path):
     for _ in range(2):
         assert run_train(["--extractor", "mlp-stack", "-f", "logs", "--verbose", "0", *TINY], tmp_path).returncode == 0
@@ -90,6 +102,9 @@ BAD_INPUTS = [
     # out of range
     (["--env-kwargs", "corridor_length:0"], "corridor_length=0 is invalid"),
     (["--env-kwargs", "slack:-1"], "slack=-1 is invalid"),
+    (["--env-kwargs", "min_corridor_length:11"], "min_corridor_length=11 is invalid"),
+    (["--eval-env-kwargs", "min_corridor_length:0"], "--eval-env-kwargs for rlattn/TMaze-v0: min_corridor_length=0"),
+    (["--eval-env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
     (["--history", "0"], "--history=0 is invalid"),
     (["-n", "0"], "--n-timesteps=0 is invalid"),
     (["--n-envs", "-2"], "--n-envs=-2 is invalid"),
