@@ -2,7 +2,7 @@
 
     python benchmarks/memory_length.py                                  # passive L = 10, 30, 100
     python benchmarks/memory_length.py --maze active --lengths 10 30 100
-    python benchmarks/memory_length.py --lengths 1000 --methods attention  # long, opt-in
+    python benchmarks/memory_length.py --lengths 300 1000 --train-from 10  # long, opt-in
 
 Every (maze, corridor length L, method) trains with ``train.py`` in its own process, at the same
 env-step budget and seed, with the presets ``train.py`` ships, and is evaluated every
@@ -13,6 +13,11 @@ included) and training env steps per second.
 History-based methods see a whole episode (the preset history: L + 1 steps passive, L + 3 active);
 ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
 sb3-contrib's RecurrentPPO.
+
+With ``--train-from MIN``, training episodes draw their corridor length log-uniformly from MIN..L
+and get L/10 steps of slack; evaluation is still the plain L-step maze without slack. See the
+README: from L = 300 on, PPO on the plain maze must walk the corridor without a wasted step before
+it ever reaches the junction, and by then turning there has a probability of 1e-5.
 
 Results are appended to ``--results`` (JSON) after every run, so an interrupted sweep keeps what it
 measured and ``--reuse`` picks up where it stopped; the table and the PNG plot (success against L,
@@ -44,24 +49,42 @@ def budget_for(length: int) -> int:
     return next((b for cap, b in sorted(BUDGETS.items()) if length <= cap), max(BUDGETS.values()))
 
 
+def training_env(length: int, train_from: int | None) -> tuple[list[str], list[str]]:
+    """``--env-kwargs`` and ``--eval-env-kwargs`` values: the plain maze, or mixed lengths in training."""
+    if train_from is None or train_from >= length:
+        return [f"corridor_length:{length}"], []
+    mixed = [f"corridor_length:{length}", f"min_corridor_length:{train_from}", f"slack:{-(-length // 10)}"]
+    return mixed, ["min_corridor_length:None", "slack:0"]
+
+
 def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Namespace, log_folder: Path) -> dict:
     """One training run's measurements (the sweep adds the settings)."""
     algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
+    env_kwargs, eval_env_kwargs = training_env(length, args.train_from)
     arguments = [
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
-        *("--env-kwargs", f"corridor_length:{length}", "-n", str(budget), "--seed", str(args.seed)),
+        *("--env-kwargs", *env_kwargs, "-n", str(budget), "--seed", str(args.seed)),
+        *(("--eval-env-kwargs", *eval_env_kwargs) if eval_env_kwargs else ()),
         *("--eval-freq", str(args.eval_freq or max(budget // 20, 5_000)), "--eval-episodes", str(args.eval_episodes)),
         *("--save-freq", "-1", "--verbose", "0", "-f", str(log_folder)),
     ]
     return train(arguments)
 
 
+def trained_on(record: dict) -> str:
+    """The corridor lengths a run trained on: ``L``, or ``MIN..L +S`` for mixed lengths with slack."""
+    train_from, length = record.get("train_from"), record["length"]
+    if train_from is None or train_from >= length:
+        return str(length)
+    return f"{train_from}..{length} +{-(-length // 10)}"
+
+
 def print_table(records: list[dict]) -> None:
-    header = f"{'maze':<8} {'L':>5} {'method':<16} {'budget':>9} {'success':>8} {'best':>6} {'steps to 0.95':>14} {'wall':>9} {'steps/s':>8}"
+    header = f"{'maze':<8} {'L':>5} {'trained on':>14} {'method':<16} {'budget':>9} {'success':>8} {'best':>6} {'steps to 0.95':>14} {'wall':>9} {'steps/s':>8}"
     print(header)
     print("-" * len(header))
     for r in records:
-        head = f"{r['maze']:<8} {r['length']:>5} {r['method']:<16} {r['budget']:>9}"
+        head = f"{r['maze']:<8} {r['length']:>5} {trained_on(r):>14} {r['method']:<16} {r['budget']:>9}"
         if "error" in r:
             print(f"{head} failed: {r['error']}")
             continue
@@ -70,14 +93,15 @@ def print_table(records: list[dict]) -> None:
 
 
 def print_markdown(records: list[dict]) -> None:
-    print("| maze | L | method | budget | final success | best | env steps to 0.95 | wall | steps/s |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| maze | L | trained on | method | budget | final success | best | env steps to 0.95 | wall | steps/s |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in records:
+        head = f"| {r['maze']} | {r['length']} | {trained_on(r)} | {r['method']} | {r['budget']:,}"
         if "error" in r:
-            print(f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | failed: {r['error']} | | | | |")
+            print(f"{head} | failed: {r['error']} | | | | |")
             continue
         print(
-            f"| {r['maze']} | {r['length']} | {r['method']} | {r['budget']:,} | {r['success']:.2f} | {best(r):.2f} "
+            f"{head} | {r['success']:.2f} | {best(r):.2f} "
             f"| {reached(r)} | {r['wall_s'] / 60:.1f} min | {r['steps_per_s']:,} |"
         )
 
@@ -92,15 +116,22 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
     for ax, maze in zip(axes[0], mazes, strict=True):
         for i, method in enumerate(METHODS):
-            points = sorted(
-                (r["length"], r["success"])
-                for r in records
-                if r["maze"] == maze and r["method"] == method and "success" in r
-            )
-            if points:
+            for mixed in (False, True):
+                points = sorted(
+                    (r["length"], r["success"])
+                    for r in records
+                    if r["maze"] == maze
+                    and r["method"] == method
+                    and "success" in r
+                    and (r.get("train_from") is not None) == mixed
+                )
+                if not points:
+                    continue
                 lengths, success = zip(*points, strict=True)
                 offset = 0.012 * (i - 2)  # overlapping lines stay visible
-                ax.plot(lengths, [s + offset for s in success], label=method, **STYLES[method])
+                style = {**STYLES[method], **({"markerfacecolor": "none", "linestyle": ":"} if mixed else {})}
+                label = f"{method}, trained on mixed lengths" if mixed else method
+                ax.plot(lengths, [s + offset for s in success], label=label, **style)
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("corridor length L (steps between cue and decision)")
@@ -120,6 +151,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: by length, see BUDGETS)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-from",
+        type=int,
+        default=None,
+        metavar="MIN",
+        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack; evaluate on L without slack",
+    )
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.json")
@@ -129,7 +167,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     args = parser.parse_args()
-    for name in ("budget", "eval_freq"):
+    for name in ("budget", "eval_freq", "train_from"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: must be >= 1")
     if min(args.lengths) < 1 or args.eval_episodes < 1:
@@ -138,8 +176,16 @@ def main() -> None:
     mazes = list(MAZES) if args.maze == "both" else [args.maze]
     cases = [
         (
-            {"maze": maze, "length": length, "method": method, "budget": budget, "seed": args.seed},
-            f"{maze} L={length} {method}, {budget:,} steps",
+            {
+                "maze": maze,
+                "length": length,
+                "method": method,
+                "budget": budget,
+                "seed": args.seed,
+                "train_from": args.train_from if args.train_from is not None and args.train_from < length else None,
+            },
+            f"{maze} L={length} {method}, {budget:,} steps"
+            + (f", trained on {args.train_from}..{length}" if args.train_from and args.train_from < length else ""),
             partial(run_one, maze, length, method, budget, args),
         )
         for maze in mazes
