@@ -12,7 +12,7 @@ from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from agents.build import ALGO_CLASSES, RunPlan, is_image, eval_kwargs, make_env, resolve
+from agents.build import ALGO_CLASSES, RunPlan, eval_kwargs, is_image, make_env, resolve
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.presets import env_family

@@ -60,7 +60,9 @@ def test_evaluation_runs_on_its_own_env_keywords(tmp_path):
     """Training on corridors of mixed length, evaluating on the longest: every eval episode is 21 steps."""
     mixed = ["--env-kwargs", "corridor_length:20", "min_corridor_length:2", "slack:5"]
     fixed = ["--eval-env-kwargs", "min_corridor_length:None", "slack:0"]
-    done = run_train(["--extractor", "attention", "-f", "logs", *mixed, *fixed, *BUDGET, "--eval-episodes", "6"], tmp_path)
+    done = run_train(
+        ["--extractor", "attention", "-f", "logs", *mixed, *fixed, *BUDGET, "--eval-episodes", "6"], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     run = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
     assert (np.load(run / "evaluations.npz")["ep_lengths"] == 21).all()  # the turn or the time-out, both at step 21
