@@ -84,6 +84,10 @@ class RunPlan:
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     extractor_kwargs: dict[str, Any] = field(default_factory=dict)
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """the training envs' keywords: ``--env-kwargs``, plus the preset's training-only ones"""
+    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """evaluation, attention logging and replay: ``--env-kwargs`` updated by ``--eval-env-kwargs``"""
 
     @property
     def observation(self) -> str:
@@ -101,11 +105,6 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make`` with this project's ids registered (also inside subprocess workers)."""
     assert envs.NAMESPACE  # importing envs registered the ids
     return gym.make(env_id, **kwargs)
-
-
-def eval_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """The env keywords of evaluation (and replay) envs: ``--env-kwargs`` updated by ``--eval-env-kwargs``."""
-    return {**cfg.env_kwargs, **cfg.eval_env_kwargs}
 
 
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
@@ -236,8 +235,9 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     if cfg.tensorboard_log:
         check_writable(cfg.tensorboard_log, "-tb")
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
+    eval_env_kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs}
     if cfg.eval_env_kwargs:
-        eval_probe = _check_env_kwargs(env_id, eval_kwargs(cfg), "--eval-env-kwargs")
+        eval_probe = _check_env_kwargs(env_id, eval_env_kwargs, "--eval-env-kwargs")
         if eval_probe.observation_space != probe.observation_space or eval_probe.action_space != probe.action_space:
             raise ConfigError(
                 f"--eval-env-kwargs {cfg.eval_env_kwargs} is invalid: the evaluation env's spaces "
@@ -245,9 +245,16 @@ def resolve(cfg: TrainConfig) -> RunPlan:
                 f"({probe.observation_space}, {probe.action_space})"
             )
         eval_probe.close()
+    preset = preset_for(cfg.algo, cfg.env, probe)
+    env_kwargs = dict(cfg.env_kwargs)
+    if preset.train_env is not None and not cfg.eval_env_kwargs:
+        extra = preset.train_env(probe)
+        if not set(extra) & set(cfg.env_kwargs):  # the user's own keywords switch the preset's off
+            env_kwargs.update(extra)
+            probe.close()
+            probe = _check_env_kwargs(env_id, env_kwargs)
     try:
         extractor = _resolve_extractor(cfg, probe)
-        preset = preset_for(cfg.algo, cfg.env, probe)
         algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
             cfg, extractor, preset.for_extractor(extractor)
         )
@@ -261,6 +268,8 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             algo_kwargs=algo_kwargs,
             extractor_kwargs=extractor_kwargs,
             policy_kwargs=policy_kwargs,
+            env_kwargs=env_kwargs,
+            eval_env_kwargs=eval_env_kwargs,
         )
         if extractor == "local-attention":
             plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
@@ -315,7 +324,7 @@ def make_vec(
     ``evaluation``: with the evaluation env keywords (``--eval-env-kwargs`` over ``--env-kwargs``).
     """
     cfg = plan.config
-    env_kwargs = eval_kwargs(cfg) if evaluation else cfg.env_kwargs
+    env_kwargs = plan.eval_env_kwargs if evaluation else plan.env_kwargs
     wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
     venv = make_vec_env(
@@ -331,8 +340,8 @@ def make_vec(
 
 
 def make_single(plan: RunPlan) -> gym.Env:
-    """One env as the policy sees it, for inspection."""
-    env = make_env(plan.config.env, **plan.config.env_kwargs)
+    """One evaluation env as the policy sees it, for inspection (attention logging)."""
+    env = make_env(plan.config.env, **plan.eval_env_kwargs)
     return HistoryObservation(env, plan.history) if plan.uses_history else env
 
 

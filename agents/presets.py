@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ class Preset:
     """extra keywords for one extractor, over ``hyperparams``"""
     history: int | None = None
     """history length K; None: a whole episode (see :func:`default_history`)"""
+    train_env: Callable[[gym.Env], dict[str, Any]] | None = None
+    """env keywords for the training envs only, from the env as given (evaluation keeps that env);
+    skipped when ``--env-kwargs`` names any of them or ``--eval-env-kwargs`` is given"""
 
     def for_extractor(self, extractor: str) -> dict[str, Any]:
         return {**self.hyperparams, **self.per_extractor.get(extractor, {})}
@@ -55,6 +59,22 @@ _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 LONG_MEMORY = 50
 """episode length from which a T-Maze takes the long-corridor preset"""
 
+# From corridor 300 on, PPO on the plain maze never tries a turn: it must walk the whole corridor
+# without a wasted step before it reaches the junction, and by then turning there had probability
+# 1.5e-5 (corridor 300, seed 0: eval success 0.00 over 340k steps; entropy 0.03 and 0.1 collapsed the
+# same way, and so did mixed lengths without slack). Training episodes of mixed length (10 .. L,
+# log-uniform) with L/10 steps of slack reach the junction early, while turning is still likely;
+# evaluation stays on the plain maze (corridor 300: eval success 1.00 from 200k steps).
+MIXED_LENGTHS = 300
+"""corridor length from which a T-Maze trains on mixed lengths with slack"""
+SHORTEST_TRAINING_CORRIDOR = 10
+
+
+def _mixed_lengths(env: gym.Env) -> dict[str, Any]:
+    length = int(env.unwrapped.corridor_length)  # type: ignore[attr-defined]
+    return {"min_corridor_length": min(SHORTEST_TRAINING_CORRIDOR, length), "slack": -(-length // 10)}
+
+
 # The answer is a cell and each patch is a cell: the attention extractors read out with a pointer
 # whose log-weights are the action logits (no hidden layer on the policy side, identity init).
 _PPO_SEARCH = {
@@ -83,6 +103,12 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # local attention needs two blocks to be local at all: one block's window must span the whole history
     ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE, {"local-attention": {"n_layers": 2}}),
     ("ppo", "TMaze-long"): Preset(300_000, 8, _PPO_TMAZE_LONG, {"local-attention": {"n_layers": 2}}),
+    ("ppo", "TMaze-300"): Preset(
+        500_000, 8, _PPO_TMAZE_LONG, {"local-attention": {"n_layers": 2}}, train_env=_mixed_lengths
+    ),
+    ("ppo", "TMaze-1000"): Preset(
+        2_000_000, 8, _PPO_TMAZE_LONG, {"local-attention": {"n_layers": 2}}, train_env=_mixed_lengths
+    ),
     ("a2c", "TMaze"): Preset(
         200_000,
         8,
@@ -134,6 +160,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
         8,
         _algorithm_only(_PPO_TMAZE_LONG),
     ),
+    ("ppo_lstm", "TMaze-300"): Preset(500_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths),
+    ("ppo_lstm", "TMaze-1000"): Preset(2_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths),
     ("ppo_lstm", "*"): Preset(100_000, 8, {}),
 }
 
@@ -149,11 +177,21 @@ def env_family(env_id: str) -> str:
     return next((family for family in FAMILIES if name.startswith(f"rlattn/{family}")), "*")
 
 
+TMAZE_TIERS = ((1000, "TMaze-1000"), (MIXED_LENGTHS, "TMaze-300"))
+"""corridor lengths from which a T-Maze takes a longer preset (the longest that applies and exists)"""
+
+
 def preset_for(algo: str, env_id: str, env: gym.Env | None = None) -> Preset:
-    """The preset for this algorithm and env; T-Mazes whose episodes are long get their own where there is one."""
+    """The preset for this algorithm and env; long T-Mazes get their own where there is one."""
     family = env_family(env_id)
-    if family == "TMaze" and env is not None and getattr(env.unwrapped, "max_steps", 0) >= LONG_MEMORY:
-        return PRESETS.get((algo, "TMaze-long"), PRESETS[(algo, family)])
+    if family == "TMaze" and env is not None:
+        maze = env.unwrapped
+        corridor = getattr(maze, "longest_corridor", getattr(maze, "corridor_length", 0))
+        for length, tier in TMAZE_TIERS:
+            if corridor >= length and (algo, tier) in PRESETS:
+                return PRESETS[(algo, tier)]
+        if getattr(maze, "max_steps", 0) >= LONG_MEMORY:
+            return PRESETS.get((algo, "TMaze-long"), PRESETS[(algo, family)])
     return PRESETS.get((algo, family), PRESETS[(algo, "*")])
 
 

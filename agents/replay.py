@@ -12,7 +12,7 @@ from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from agents.build import ALGO_CLASSES, RunPlan, eval_kwargs, is_image, make_env, resolve
+from agents.build import ALGO_CLASSES, RunPlan, is_image, make_env, resolve
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.presets import env_family
@@ -64,7 +64,7 @@ def find_model(target: str) -> tuple[Path, Path]:
 def _make_env(plan: RunPlan, seed: int) -> VecEnv:
     """One env, wrapped as the policy saw it in training, that renders rgb arrays."""
     cfg = plan.config
-    env_kwargs = eval_kwargs(cfg)  # replay plays the evaluation task
+    env_kwargs = plan.eval_env_kwargs  # replay plays the evaluation task
 
     def make() -> gym.Env:
         try:

@@ -331,6 +331,8 @@ def train(cfg: TrainConfig) -> RunResult:
     if resumed:
         cfg = resume_config(cfg)
     plan = resolve(cfg)
+    if cfg.verbose and plan.env_kwargs != plan.eval_env_kwargs:
+        print(f"training envs: {plan.env_kwargs}; evaluation envs: {plan.eval_env_kwargs}", flush=True)
     folder = Path(cfg.trained_agent).parent if resumed else new_run_folder(cfg.log_folder, cfg.algo, cfg.env)  # type: ignore[arg-type]
     envs: list = []
     try:

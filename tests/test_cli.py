@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.build import resolve
 from agents.cli import main
+from agents.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = "-n 512 --n-envs 2 --eval-freq 256".split()
@@ -287,3 +289,18 @@ def test_every_algo_and_extractor_runs(args, tmp_path):
     (run,) = (tmp_path / "logs" / algo).iterdir()
     assert (run / f"{run.name.rsplit('_', 1)[0]}.zip").is_file() and (run / "evaluations.npz").is_file()
     assert list((tmp_path / "tb" / algo / run.name).glob("events.out.tfevents.*"))
+
+
+def test_long_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
+    """The corridor-300+ preset trains on corridors 10..L with slack; evaluation is the env as given."""
+    plan = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", verbose=0))
+    assert plan.env_kwargs == {"min_corridor_length": 10, "slack": 30} and plan.eval_env_kwargs == {}
+    assert plan.history == 331 and plan.n_timesteps == 500_000  # the history holds the longest training episode
+    lstm = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 1000}, verbose=0))
+    assert lstm.env_kwargs == {"corridor_length": 1000, "min_corridor_length": 10, "slack": 100}
+    # any keyword of the user's own, or evaluation keywords, switch it off
+    own = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", env_kwargs={"slack": 0}, verbose=0))
+    assert own.env_kwargs == own.eval_env_kwargs == {"slack": 0} and own.history == 301
+    told = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", eval_env_kwargs={"slack": 0}, verbose=0))
+    assert told.env_kwargs == {} and told.eval_env_kwargs == {"slack": 0}
+    assert resolve(TrainConfig(env="rlattn/TMaze-L100-v0", verbose=0)).env_kwargs == {}
