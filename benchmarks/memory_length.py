@@ -2,7 +2,7 @@
 
     python benchmarks/memory_length.py                                  # passive L = 10, 30, 100
     python benchmarks/memory_length.py --maze active --lengths 10 30 100
-    python benchmarks/memory_length.py --lengths 300 1000 --train-from 10  # long, opt-in
+    python benchmarks/memory_length.py --lengths 300 1000 --methods attention  # long, opt-in
 
 Every (maze, corridor length L, method) trains with ``train.py`` in its own process, at the same
 env-step budget and seed, with the presets ``train.py`` ships, and is evaluated every
@@ -14,10 +14,11 @@ History-based methods see a whole episode (the preset history: L + 1 steps passi
 ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
 sb3-contrib's RecurrentPPO.
 
-With ``--train-from MIN``, training episodes draw their corridor length log-uniformly from MIN..L
-and get L/10 steps of slack; evaluation is still the plain L-step maze without slack. See the
-README: from L = 300 on, PPO on the plain maze must walk the corridor without a wasted step before
-it ever reaches the junction, and by then turning there has a probability of 1e-5.
+From L = 300 on, as the presets do, training episodes draw their corridor length log-uniformly from
+``--train-from`` (default 10) to L and get L/10 steps of slack; evaluation is always the plain L-step
+maze without slack (``--plain`` trains on that too). Why, in the README: on the plain maze PPO must
+walk the whole corridor without a wasted step before it ever reaches the junction, and by then a turn
+there has probability 1e-5.
 
 Results are appended to ``--results`` (JSON) after every run, so an interrupted sweep keeps what it
 measured and ``--reuse`` picks up where it stopped; the table and the PNG plot (success against L,
@@ -32,9 +33,11 @@ from pathlib import Path
 
 from sweep import ROOT, best, reached, run_cases, save_plot, train
 
+from agents.presets import MIXED_LENGTHS, SHORTEST_TRAINING_CORRIDOR
+
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
-BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 1_000_000, 1000: 2_000_000}
+BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 500_000, 1000: 2_000_000}
 """default env-step budget per corridor length (the next larger length's for lengths not listed)"""
 STYLES: dict[str, dict] = {
     "attention": {"marker": "o", "linestyle": "-", "linewidth": 2.5},
@@ -49,10 +52,21 @@ def budget_for(length: int) -> int:
     return next((b for cap, b in sorted(BUDGETS.items()) if length <= cap), max(BUDGETS.values()))
 
 
+def train_from_for(length: int, args: argparse.Namespace) -> int | None:
+    """The shortest training corridor of a run at ``length``, or None for the plain maze (as the presets do by default)."""
+    if args.plain:
+        return None
+    train_from = args.train_from if args.train_from is not None else SHORTEST_TRAINING_CORRIDOR
+    return train_from if length >= MIXED_LENGTHS and train_from < length else None
+
+
 def training_env(length: int, train_from: int | None) -> tuple[list[str], list[str]]:
-    """``--env-kwargs`` and ``--eval-env-kwargs`` values: the plain maze, or mixed lengths in training."""
-    if train_from is None or train_from >= length:
-        return [f"corridor_length:{length}"], []
+    """``--env-kwargs`` and ``--eval-env-kwargs`` values: the plain maze, or mixed lengths in training.
+
+    Both are spelled out, so the preset's own choice (mixed lengths from corridor 300 on) never applies.
+    """
+    if train_from is None:
+        return [f"corridor_length:{length}", "min_corridor_length:None"], []
     mixed = [f"corridor_length:{length}", f"min_corridor_length:{train_from}", f"slack:{-(-length // 10)}"]
     return mixed, ["min_corridor_length:None", "slack:0"]
 
@@ -60,7 +74,7 @@ def training_env(length: int, train_from: int | None) -> tuple[list[str], list[s
 def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Namespace, log_folder: Path) -> dict:
     """One training run's measurements (the sweep adds the settings)."""
     algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
-    env_kwargs, eval_env_kwargs = training_env(length, args.train_from)
+    env_kwargs, eval_env_kwargs = training_env(length, train_from_for(length, args))
     arguments = [
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
         *("--env-kwargs", *env_kwargs, "-n", str(budget), "--seed", str(args.seed)),
@@ -156,8 +170,9 @@ def main() -> None:
         type=int,
         default=None,
         metavar="MIN",
-        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack; evaluate on L without slack",
+        help=f"from L = {MIXED_LENGTHS} on, train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default {SHORTEST_TRAINING_CORRIDOR})",
     )
+    parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.json")
@@ -182,10 +197,10 @@ def main() -> None:
                 "method": method,
                 "budget": budget,
                 "seed": args.seed,
-                "train_from": args.train_from if args.train_from is not None and args.train_from < length else None,
+                "train_from": train_from_for(length, args),
             },
             f"{maze} L={length} {method}, {budget:,} steps"
-            + (f", trained on {args.train_from}..{length}" if args.train_from and args.train_from < length else ""),
+            + (f", trained on {train_from_for(length, args)}..{length}" if train_from_for(length, args) else ""),
             partial(run_one, maze, length, method, budget, args),
         )
         for maze in mazes
