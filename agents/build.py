@@ -339,12 +339,6 @@ def make_vec(
     return VecFrameStack(venv, plan.history, channels_order="first") if plan.observation == "stack" else venv
 
 
-def make_single(plan: RunPlan) -> gym.Env:
-    """One evaluation env as the policy sees it, for inspection (attention logging)."""
-    env = make_env(plan.config.env, **plan.eval_env_kwargs)
-    return HistoryObservation(env, plan.history) if plan.uses_history else env
-
-
 def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
     """The SB3 algorithm with its policy and extractor; SB3's ``ortho_init`` is set explicitly."""
     cfg = plan.config

@@ -28,7 +28,6 @@ from agents.build import (
     ALGO_CLASSES,
     RunPlan,
     build_model,
-    make_single,
     make_vec,
     resolve,
 )
@@ -39,6 +38,17 @@ from agents.presets import env_family
 from rlattn import AttentionLoggingCallback
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never share seeds with training envs
+MAX_EVAL_ENVS = 32
+"""evaluation episodes run side by side in up to this many envs, the policy acting on them in one batch"""
+ATTENTION_EPISODES = 8
+"""episodes (side by side) behind each evaluation's attention/ views"""
+
+
+def eval_envs(episodes: int) -> int:
+    """Envs for ``episodes`` evaluation episodes: one each, up to :data:`MAX_EVAL_ENVS`."""
+    return max(1, min(episodes, MAX_EVAL_ENVS))
+
+
 TARGET_KEYS = {
     "TMaze": "cue_step",
     "VisualSearch": "target_box",
@@ -185,12 +195,15 @@ def _callbacks(plan: RunPlan, folder: Path, eval_env, resumed: bool) -> list[Bas
     hparams = {"algo": cfg.algo, "env": cfg.env, "extractor": plan.extractor, "history": plan.history, "seed": cfg.seed}
     callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
     if cfg.eval_freq > 0:
-        # evaluation runs one env in-process whatever --vec-env says; SB3 warns about the mismatch
+        # evaluation runs its envs in-process whatever --vec-env says; SB3 warns about the mismatch
         warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
         attention = None
         if plan.extractor.endswith("attention"):
             attention = AttentionLoggingCallback(
-                make_single(plan), target_key=TARGET_KEYS.get(env_family(cfg.env)), seed=cfg.seed + EVAL_SEED_OFFSET
+                make_vec(plan, ATTENTION_EPISODES, cfg.seed + EVAL_SEED_OFFSET, evaluation=True),
+                n_episodes=ATTENTION_EPISODES,
+                target_key=TARGET_KEYS.get(env_family(cfg.env)),
+                seed=cfg.seed + EVAL_SEED_OFFSET,
             )
         evaluation = ResumableEvalCallback(
             eval_env,
@@ -337,7 +350,7 @@ def train(cfg: TrainConfig) -> RunResult:
     envs: list = []
     try:
         envs.append(make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder), append_monitor=resumed))
-        envs.append(make_vec(plan, 1, cfg.seed + EVAL_SEED_OFFSET, evaluation=True))
+        envs.append(make_vec(plan, eval_envs(cfg.eval_episodes), cfg.seed + EVAL_SEED_OFFSET, evaluation=True))
         if resumed:
             model = _load(plan, Path(cfg.trained_agent), envs[0])  # type: ignore[arg-type]
         else:

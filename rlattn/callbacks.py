@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -9,6 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from rlattn.extractors import HistoryAttentionExtractor
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
@@ -71,7 +74,9 @@ class AttentionLoggingCallback(BaseCallback):
     Use it as ``EvalCallback(callback_after_eval=...)`` so it runs at each evaluation, or in a
     callback list to run on every step.
 
-    :param env: one (not vectorised) env, wrapped like the training envs (e.g. ``HistoryObservation``).
+    :param env: an env wrapped like the training envs (e.g. ``HistoryObservation``), or a VecEnv of
+        them: its envs play their episodes side by side, the policy acting on all of them in one batch
+        (a round of long episodes then costs one episode's worth of policy calls, not ``n_episodes``).
     :param n_episodes: episodes per logging round.
     :param target_key: ``info`` key of the ground truth: for histories, the episode step the agent
         should attend to (e.g. ``"cue_step"``; negative means not seen yet); for images, the target's
@@ -80,10 +85,10 @@ class AttentionLoggingCallback(BaseCallback):
     """
 
     def __init__(
-        self, env: gym.Env, n_episodes: int = 8, target_key: str | None = None, seed: int = 0, verbose: int = 0
+        self, env: gym.Env | VecEnv, n_episodes: int = 8, target_key: str | None = None, seed: int = 0, verbose: int = 0
     ):
         super().__init__(verbose)
-        self.env = env
+        self.env: VecEnv = env if isinstance(env, VecEnv) else DummyVecEnv([lambda: env])
         self.n_episodes = n_episodes
         self.target_key = target_key
         self.seed = seed
@@ -96,23 +101,34 @@ class AttentionLoggingCallback(BaseCallback):
             self.log_patch_attention(extractor)
         return True
 
-    def _decision(self, seed: int) -> tuple[dict, int, dict]:
-        """Play one episode; return the last observation acted on, its episode step and its info."""
-        obs, info = self.env.reset(seed=seed)
-        state, start, t = None, np.ones(1, dtype=bool), 0
-        while True:
-            action, state = self.model.predict(obs, state=state, episode_start=start, deterministic=True)
-            next_obs, _, terminated, truncated, next_info = self.env.step(action)
-            if terminated or truncated:
-                return obs, t, info
-            obs, info, start, t = next_obs, next_info, np.zeros(1, dtype=bool), t + 1
+    def _decisions(self) -> list[tuple[np.ndarray | dict, int, dict]]:
+        """Play the round's episodes; for each, the last observation acted on, its episode step and its info.
+
+        Episode ``i`` has seed ``seed + i``: the VecEnv's envs play them ``num_envs`` at a time.
+        """
+        found: list[tuple[np.ndarray | dict, int, dict]] = []
+        m = self.env.num_envs
+        for first in range(0, self.n_episodes, m):
+            self.env.seed(self.seed + first)
+            obs: Any = self.env.reset()  # an array or a dict of arrays: SB3's VecEnvObs, never a tuple here
+            infos = list(self.env.reset_infos)
+            decisions: list = [None] * min(m, self.n_episodes - first)
+            state, starts, t = None, np.ones(m, dtype=bool), 0
+            while any(d is None for d in decisions):
+                action, state = self.model.predict(obs, state=state, episode_start=starts, deterministic=True)
+                next_obs, _, dones, next_infos = self.env.step(action)
+                for j, decision in enumerate(decisions):
+                    if dones[j] and decision is None:
+                        decisions[j] = (_one_env(obs, j), t, infos[j])
+                obs, infos, starts, t = next_obs, next_infos, dones, t + 1
+            found.extend(decisions)
+        return found
 
     def log_patch_attention(
         self, extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, shown: int = 4
     ) -> None:
         images, masses, entropies = [], [], []
-        for i in range(self.n_episodes):
-            obs, _, info = self._decision(self.seed + i)
+        for i, (obs, _, info) in enumerate(self._decisions()):
             weights = patch_weights(extractor, policy_input(self.model.policy, obs))
             frame = newest_frame(obs)
             box = info.get(self.target_key) if self.target_key else None
@@ -133,8 +149,7 @@ class AttentionLoggingCallback(BaseCallback):
     def log_attention(self, extractor: HistoryAttentionExtractor) -> None:
         K = extractor.history_length
         maps, counts, masses = [], np.zeros(K + (extractor.readout == "summary")), []
-        for i in range(self.n_episodes):
-            obs, t, info = self._decision(self.seed + i)
+        for obs, t, info in self._decisions():
             tensor = policy_input(self.model.policy, obs)
             assert isinstance(tensor, dict)
             weights = extractor.attention_maps(tensor)[0].cpu().numpy()  # (layers, H, K')
@@ -152,6 +167,11 @@ class AttentionLoggingCallback(BaseCallback):
         image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
         self.logger.record("attention/heatmap", Image(image, "HWC"), exclude=_NOT_IMAGE)
         self.logger.dump(self.num_timesteps)
+
+
+def _one_env(obs: np.ndarray | dict, j: int) -> np.ndarray | dict:
+    """Env ``j``'s observation out of a VecEnv's batch (a copy: the VecEnv reuses its buffers)."""
+    return {key: value[j].copy() for key, value in obs.items()} if isinstance(obs, dict) else obs[j].copy()
 
 
 __all__ = [
