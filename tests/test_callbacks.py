@@ -1,0 +1,49 @@
+"""AttentionLoggingCallback: episodes played side by side in a VecEnv are the episodes played one at a time."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import envs  # noqa: F401  (registers the rlattn/ ids)
+from rlattn import AttentionLoggingCallback, HistoryAttentionExtractor, HistoryObservation
+
+
+def maze() -> gym.Env:
+    # mixed corridor lengths with slack: episodes of different lengths, so envs finish at different steps
+    return HistoryObservation(gym.make("rlattn/TMaze-v0", corridor_length=6, min_corridor_length=1, slack=3), 10)
+
+
+@pytest.fixture(scope="module")
+def model():
+    policy_kwargs = dict(
+        features_extractor_class=HistoryAttentionExtractor,
+        features_extractor_kwargs=dict(features_dim=16, embed_dim=16, n_heads=2, n_layers=1),
+        ortho_init=False,
+    )
+    return PPO("MultiInputPolicy", DummyVecEnv([maze]), n_steps=16, batch_size=16, policy_kwargs=policy_kwargs, seed=0)
+
+
+def decisions(model, env, n_episodes: int) -> list:
+    callback = AttentionLoggingCallback(env, n_episodes=n_episodes, target_key="cue_step", seed=7)
+    callback.init_callback(model)
+    return callback._decisions()
+
+
+@pytest.mark.parametrize("n_envs", [3, 8])
+def test_side_by_side_episodes_are_the_one_at_a_time_episodes(model, n_envs):
+    alone = decisions(model, maze(), 8)
+    together = decisions(model, DummyVecEnv([maze] * n_envs), 8)
+    assert len(alone) == len(together) == 8
+    assert len({t for _, t, _ in alone}) > 1  # the episodes differ in length
+    for (obs_a, t_a, info_a), (obs_b, t_b, info_b) in zip(alone, together, strict=True):
+        assert t_a == t_b and info_a["cue_step"] == info_b["cue_step"] and info_a["goal"] == info_b["goal"]
+        for key in obs_a:
+            np.testing.assert_array_equal(obs_a[key], obs_b[key])
+
+
+def test_each_round_replays_the_same_episodes(model):
+    env = DummyVecEnv([maze] * 4)
+    first, second = decisions(model, env, 6), decisions(model, env, 6)
+    assert [(t, info["goal"]) for _, t, info in first] == [(t, info["goal"]) for _, t, info in second]
