@@ -37,7 +37,7 @@ from agents.presets import MIXED_LENGTHS, SHORTEST_TRAINING_CORRIDOR
 
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
-BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 500_000, 1000: 2_000_000}
+BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 500_000, 1000: 500_000}
 """default env-step budget per corridor length (the next larger length's for lengths not listed)"""
 STYLES: dict[str, dict] = {
     "attention": {"marker": "o", "linestyle": "-", "linewidth": 2.5},
