@@ -321,12 +321,13 @@ def make_vec(
 ) -> VecEnv:
     """Monitored, history-wrapped, vectorised copies of the env (monitor files appended to on resume).
 
-    ``evaluation``: with the evaluation env keywords (``--eval-env-kwargs`` over ``--env-kwargs``).
+    ``evaluation``: with the evaluation env keywords (``--eval-env-kwargs`` over ``--env-kwargs``), in-process.
     """
     cfg = plan.config
     env_kwargs = plan.eval_env_kwargs if evaluation else plan.env_kwargs
     wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
-    vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 else DummyVecEnv
+    # evaluation envs stay in-process: their episodes are cheap beside the batched policy call
+    vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 and not evaluation else DummyVecEnv
     venv = make_vec_env(
         partial(make_env, cfg.env, **env_kwargs),
         n_envs,
