@@ -50,7 +50,9 @@ def test_sigint_saves_then_resume_reaches_the_total_and_continues_the_run(tmp_pa
     assert out.strip().splitlines()[-1].startswith("interrupted (SIGINT) at ")
     assert f"resume with: python train.py -i {model_file.relative_to(tmp_path)}" in out
     stopped_at = PPO.load(model_file, device="cpu").num_timesteps
-    assert 1024 <= stopped_at < total and stopped_at % 256 == 0  # a half-collected rollout is not counted
+    # the 1024-step checkpoint is written on the last step of the 4th rollout, which the signal may beat to
+    # its update (then 768); a half-collected rollout is never counted
+    assert 768 <= stopped_at < total and stopped_at % 256 == 0
     assert "Traceback" not in err and not list(run.glob(".*partial*"))
 
     resumed = subprocess.run(
