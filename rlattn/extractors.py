@@ -26,6 +26,9 @@ STEP_KEYS = ("obs", "action", "reward")
 LENGTH_GROUP_SIZE = 64
 """batches of at least twice this many histories are sorted by valid length and run in groups"""
 MAX_LENGTH_GROUPS = 4
+LENGTH_GROUP_MIN_STEPS = 64
+"""... when the longest holds at least this many valid steps. PPO steps/s with groups against without:
+1.38x at corridor 300 (K = 301), 1.04x at 100, 0.87x at 10 and 30 (there the passes cost more than the padding)"""
 
 
 def history_length(observation_space: spaces.Space) -> int:
@@ -220,9 +223,12 @@ class HistoryAttentionExtractor(HistoryExtractor):
         n_groups = len(next(iter(observations.values()))) // LENGTH_GROUP_SIZE
         if n_groups < 2:
             return self._forward(observations)
+        lengths = observations["valid"].sum(dim=1)
+        if int(lengths.max()) < LENGTH_GROUP_MIN_STEPS:
+            return self._forward(observations)
         # PPO minibatches mix early and late episode steps: histories of similar length go through
         # together, each group cut to its own longest (less padding, same numbers: rows are independent)
-        order = observations["valid"].sum(dim=1).argsort()
+        order = lengths.argsort()
         out = None
         for group in order.tensor_split(min(n_groups, MAX_LENGTH_GROUPS)):
             part = self._forward({key: value.index_select(0, group) for key, value in observations.items()})

@@ -8,7 +8,7 @@ from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
 
 import envs  # noqa: F401  (registers the ids)
-from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation
+from rlattn import HistoryAttentionExtractor, HistoryFlattenExtractor, HistoryObservation, extractors
 
 K, D = 6, 3
 SPACE = spaces.Dict({"obs": spaces.Box(-1, 1, (K, D), np.float32), "valid": spaces.Box(0, 1, (K,), np.float32)})
@@ -99,11 +99,15 @@ def test_features_of_a_history_do_not_depend_on_the_rest_of_the_batch(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS)
-def test_large_batches_in_length_groups_give_the_same_features_and_gradients(kwargs):
-    """Batches of 128+ histories run sorted by valid length, in groups: same numbers as one pass."""
+def test_large_batches_in_length_groups_give_the_same_features_and_gradients(kwargs, monkeypatch):
+    """Batches of 128+ long histories run sorted by valid length, in groups: same numbers as one pass."""
+    monkeypatch.setattr(extractors, "LENGTH_GROUP_MIN_STEPS", 2)
     extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2, **kwargs)
     observations = batch(B=200, seed=3)
-    grouped, whole = extractor(observations), extractor._forward(observations)
+    passes = count_passes(extractor)
+    grouped = extractor(observations)
+    assert len(passes) == 3  # 200 histories: three groups
+    whole = extractor._forward(observations)
     torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-5)
     probe = torch.randn_like(whole)
     params = [p for p in extractor.parameters() if p.requires_grad]
@@ -116,6 +120,36 @@ def test_large_batches_in_length_groups_give_the_same_features_and_gradients(kwa
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def count_passes(extractor: HistoryAttentionExtractor) -> list[int]:
+    """The batch size of every pass through the blocks, recorded as the extractor runs."""
+    passes: list[int] = []
+    inner = extractor._forward
+
+    def recorded(observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        passes.append(len(observations["valid"]))
+        return inner(observations)
+
+    extractor._forward = recorded  # type: ignore[method-assign]
+    return passes
+
+
+def test_short_histories_run_in_one_pass_however_large_the_batch():
+    """Grouping costs more passes than it saves padding below LENGTH_GROUP_MIN_STEPS valid steps."""
+    long_space = spaces.Dict(
+        {"obs": spaces.Box(-1, 1, (80, D), np.float32), "valid": spaces.Box(0, 1, (80,), np.float32)}
+    )
+    extractor = HistoryAttentionExtractor(long_space, embed_dim=16, n_heads=2)
+    passes = count_passes(extractor)
+    observations = {key: torch.rand((256, *s.shape)) for key, s in long_space.spaces.items()}
+    observations["valid"] = torch.zeros(256, 80)
+    observations["valid"][:, -(extractors.LENGTH_GROUP_MIN_STEPS - 1) :] = 1
+    extractor(observations)
+    assert passes == [256]
+    observations["valid"][0, -extractors.LENGTH_GROUP_MIN_STEPS :] = 1  # one history long enough
+    extractor(observations)
+    assert passes[1:] == [64, 64, 64, 64]
 
 
 def test_is_stateless():
