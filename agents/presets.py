@@ -59,20 +59,29 @@ _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 LONG_MEMORY = 50
 """episode length from which a T-Maze takes the long-corridor preset"""
 
-# From corridor 300 on, PPO on the plain maze never tries a turn: it must walk the whole corridor
-# without a wasted step before it reaches the junction, and by then turning there had probability
-# 1.5e-5 (corridor 300, seed 0: eval success 0.00 over 340k steps; entropy 0.03 and 0.1 collapsed the
-# same way, and so did mixed lengths without slack). Training episodes of mixed length (10 .. L,
-# log-uniform) with L/10 steps of slack reach the junction early, while turning is still likely;
-# evaluation stays on the plain maze (corridor 300: eval success 1.00 from 200k steps).
-MIXED_LENGTHS = 300
-"""corridor length from which a T-Maze trains on mixed lengths with slack"""
+# Every T-Maze trains on episodes of mixed length, with slack, and is evaluated on the plain maze.
+# On the plain maze a policy must walk the whole corridor without a wasted step before it ever
+# reaches the junction, and by then it has learnt "always right" there too: PPO with attention at
+# corridor 300 (seed 0) stayed at eval success 0.00 over 340k steps (turning had probability 1.5e-5;
+# entropy 0.03 and 0.1 collapsed the same way, and so did mixed lengths without slack), and
+# RecurrentPPO never turned even at corridor 10 (0.00 over 100k steps, with LSTM width 64 or 256,
+# with or without orthogonal init, ent_coef 0.03 or 0.05). Training corridors drawn log-uniformly from
+# a tenth of L (at most 10) to L, with L/10 steps of slack, reach the junction early, while turning is
+# still likely: corridor 300 with attention, eval success 1.00 from 200k steps; corridor 10 with
+# RecurrentPPO (1..10, slack 1), 1.00 from 50k.
 SHORTEST_TRAINING_CORRIDOR = 10
+"""the longest shortest training corridor (see :func:`training_corridors`)"""
+
+
+def training_corridors(length: int) -> tuple[int, int]:
+    """``(min_corridor_length, slack)`` of the training episodes of a T-Maze with this corridor length."""
+    tenth = -(-length // 10)
+    return min(SHORTEST_TRAINING_CORRIDOR, tenth), tenth
 
 
 def _mixed_lengths(env: gym.Env) -> dict[str, Any]:
-    length = int(env.unwrapped.corridor_length)  # type: ignore[attr-defined]
-    return {"min_corridor_length": min(SHORTEST_TRAINING_CORRIDOR, length), "slack": -(-length // 10)}
+    shortest, slack = training_corridors(int(env.unwrapped.corridor_length))  # type: ignore[attr-defined]
+    return {"min_corridor_length": shortest, "slack": slack}
 
 
 # The answer is a cell and each patch is a cell: the attention extractors read out with a pointer
@@ -101,8 +110,10 @@ def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
 
 PRESETS: dict[tuple[str, str], Preset] = {
     # local attention needs two blocks to be local at all: one block's window must span the whole history
-    ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE, {"local-attention": {"n_layers": 2}}),
-    ("ppo", "TMaze-long"): Preset(300_000, 8, _PPO_TMAZE_LONG, {"local-attention": {"n_layers": 2}}),
+    ("ppo", "TMaze"): Preset(100_000, 8, _PPO_TMAZE, {"local-attention": {"n_layers": 2}}, train_env=_mixed_lengths),
+    ("ppo", "TMaze-long"): Preset(
+        300_000, 8, _PPO_TMAZE_LONG, {"local-attention": {"n_layers": 2}}, train_env=_mixed_lengths
+    ),
     ("ppo", "TMaze-300"): Preset(
         500_000, 8, _PPO_TMAZE_LONG, {"local-attention": {"n_layers": 2}}, train_env=_mixed_lengths
     ),
@@ -114,6 +125,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
         200_000,
         8,
         {"n_steps": 16, "learning_rate": 7e-4, "ent_coef": 0.01, "net_arch": [64], "features_dim": 64, "n_layers": 1},
+        train_env=_mixed_lengths,
     ),
     ("dqn", "TMaze"): Preset(
         200_000,
@@ -127,12 +139,9 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "features_dim": 64,
             "n_layers": 1,
         },
+        train_env=_mixed_lengths,
     ),
-    ("ppo_lstm", "TMaze"): Preset(
-        100_000,
-        8,
-        _algorithm_only(_PPO_TMAZE),
-    ),
+    ("ppo_lstm", "TMaze"): Preset(100_000, 8, _algorithm_only(_PPO_TMAZE), train_env=_mixed_lengths),
     # one-step episodes: every env step is a whole search, so a rollout of 128 x 8 is 1,024 searches
     ("ppo", "VisualSearch"): Preset(
         500_000, 8, _PPO_SEARCH, {"patch-attention": {**_POINTER, "n_layers": 0}, "cnn": _CNN}
@@ -156,11 +165,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo", "*"): Preset(100_000, 8, {}),
     ("a2c", "*"): Preset(100_000, 8, {}),
     ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),
-    ("ppo_lstm", "TMaze-long"): Preset(
-        300_000,
-        8,
-        _algorithm_only(_PPO_TMAZE_LONG),
-    ),
+    ("ppo_lstm", "TMaze-long"): Preset(300_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths),
     ("ppo_lstm", "TMaze-300"): Preset(500_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths),
     ("ppo_lstm", "TMaze-1000"): Preset(1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths),
     ("ppo_lstm", "*"): Preset(100_000, 8, {}),
@@ -178,7 +183,7 @@ def env_family(env_id: str) -> str:
     return next((family for family in FAMILIES if name.startswith(f"rlattn/{family}")), "*")
 
 
-TMAZE_TIERS = ((1000, "TMaze-1000"), (MIXED_LENGTHS, "TMaze-300"))
+TMAZE_TIERS = ((1000, "TMaze-1000"), (300, "TMaze-300"))
 """corridor lengths from which a T-Maze takes a longer preset (the longest that applies and exists)"""
 
 

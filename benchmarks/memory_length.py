@@ -14,11 +14,11 @@ History-based methods see a whole episode (the preset history: L + 1 steps passi
 ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
 sb3-contrib's RecurrentPPO.
 
-From L = 300 on, as the presets do, training episodes draw their corridor length log-uniformly from
-``--train-from`` (default 10) to L and get L/10 steps of slack; evaluation is always the plain L-step
-maze without slack (``--plain`` trains on that too). Why, in the README: on the plain maze PPO must
-walk the whole corridor without a wasted step before it ever reaches the junction, and by then a turn
-there has probability 1e-5.
+As the presets do, training episodes draw their corridor length log-uniformly from ``--train-from``
+(default a tenth of L, at most 10) to L and get L/10 steps of slack; evaluation is always the plain
+L-step maze without slack (``--plain`` trains on that too). Why, in the README: on the plain maze a
+policy must walk the whole corridor without a wasted step before it ever reaches the junction, and
+by then it has learnt to walk on there too (RecurrentPPO never turns, even at L = 10).
 
 Results are appended to ``--results`` (JSON) after every run, so an interrupted sweep keeps what it
 measured and ``--reuse`` picks up where it stopped; the table and the PNG plot (success against L,
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from sweep import ROOT, best, reached, run_cases, save_plot, train
 
-from agents.presets import MIXED_LENGTHS, SHORTEST_TRAINING_CORRIDOR
+from agents.presets import training_corridors
 
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
@@ -53,21 +53,21 @@ def budget_for(length: int) -> int:
 
 
 def train_from_for(length: int, args: argparse.Namespace) -> int | None:
-    """The shortest training corridor of a run at ``length``, or None for the plain maze (as the presets do by default)."""
+    """The shortest training corridor of a run at ``length`` (as the presets choose by default), or None for the plain maze."""
     if args.plain:
         return None
-    train_from = args.train_from if args.train_from is not None else SHORTEST_TRAINING_CORRIDOR
-    return train_from if length >= MIXED_LENGTHS and train_from < length else None
+    train_from = args.train_from if args.train_from is not None else training_corridors(length)[0]
+    return train_from if train_from < length else None
 
 
 def training_env(length: int, train_from: int | None) -> tuple[list[str], list[str]]:
     """``--env-kwargs`` and ``--eval-env-kwargs`` values: the plain maze, or mixed lengths in training.
 
-    Both are spelled out, so the preset's own choice (mixed lengths from corridor 300 on) never applies.
+    Both are spelled out, so the preset's own choice never applies.
     """
     if train_from is None:
         return [f"corridor_length:{length}", "min_corridor_length:None"], []
-    mixed = [f"corridor_length:{length}", f"min_corridor_length:{train_from}", f"slack:{-(-length // 10)}"]
+    mixed = [f"corridor_length:{length}", f"min_corridor_length:{train_from}", f"slack:{training_corridors(length)[1]}"]
     return mixed, ["min_corridor_length:None", "slack:0"]
 
 
@@ -90,7 +90,7 @@ def trained_on(record: dict) -> str:
     train_from, length = record.get("train_from"), record["length"]
     if train_from is None or train_from >= length:
         return str(length)
-    return f"{train_from}..{length} +{-(-length // 10)}"
+    return f"{train_from}..{length} +{training_corridors(length)[1]}"
 
 
 def print_table(records: list[dict]) -> None:
@@ -170,7 +170,7 @@ def main() -> None:
         type=int,
         default=None,
         metavar="MIN",
-        help=f"from L = {MIXED_LENGTHS} on, train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default {SHORTEST_TRAINING_CORRIDOR})",
+        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: a tenth of L, at most 10)",
     )
     parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")

@@ -291,16 +291,21 @@ def test_every_algo_and_extractor_runs(args, tmp_path):
     assert list((tmp_path / "tb" / algo / run.name).glob("events.out.tfevents.*"))
 
 
-def test_long_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
-    """The corridor-300+ preset trains on corridors 10..L with slack; evaluation is the env as given."""
+def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
+    """T-Maze presets train on corridors L/10 (at most 10) .. L with L/10 slack; evaluation is the env as given."""
     plan = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", verbose=0))
     assert plan.env_kwargs == {"min_corridor_length": 10, "slack": 30} and plan.eval_env_kwargs == {}
     assert plan.history == 331 and plan.n_timesteps == 500_000  # the history holds the longest training episode
     lstm = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 1000}, verbose=0))
     assert lstm.env_kwargs == {"corridor_length": 1000, "min_corridor_length": 10, "slack": 100}
+    short = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0))
+    assert short.env_kwargs == {"min_corridor_length": 1, "slack": 1}
+    active = resolve(TrainConfig(env="rlattn/TMazeActive-L30-v0", verbose=0))
+    assert active.env_kwargs == {"min_corridor_length": 3, "slack": 3} and active.history == 36
     # any keyword of the user's own, or evaluation keywords, switch it off
     own = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", env_kwargs={"slack": 0}, verbose=0))
     assert own.env_kwargs == own.eval_env_kwargs == {"slack": 0} and own.history == 301
     told = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", eval_env_kwargs={"slack": 0}, verbose=0))
     assert told.env_kwargs == {} and told.eval_env_kwargs == {"slack": 0}
-    assert resolve(TrainConfig(env="rlattn/TMaze-L100-v0", verbose=0)).env_kwargs == {}
+    # other envs have no training-only keywords
+    assert resolve(TrainConfig(env="CartPole-v1", verbose=0)).env_kwargs == {}
