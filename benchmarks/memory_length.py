@@ -127,6 +127,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     mazes = sorted({r["maze"] for r in records}, key=list(MAZES).index)
+    both = len({r.get("train_from") is not None for r in records}) == 2  # plain and mixed runs: tell them apart
     fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
     for ax, maze in zip(axes[0], mazes, strict=True):
         for i, method in enumerate(METHODS):
@@ -143,8 +144,8 @@ def plot(records: list[dict], path: Path) -> None:
                     continue
                 lengths, success = zip(*points, strict=True)
                 offset = 0.012 * (i - 2)  # overlapping lines stay visible
-                style = {**STYLES[method], **({"markerfacecolor": "none", "linestyle": ":"} if mixed else {})}
-                label = f"{method}, trained on mixed lengths" if mixed else method
+                style = {**STYLES[method], **({"markerfacecolor": "none", "linestyle": ":"} if both and mixed else {})}
+                label = f"{method}, trained on {'mixed lengths' if mixed else 'the plain maze'}" if both else method
                 ax.plot(lengths, [s + offset for s in success], label=label, **style)
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.05)
