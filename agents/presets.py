@@ -64,11 +64,11 @@ LONG_MEMORY = 50
 # reaches the junction, and by then it has learnt "always right" there too: PPO with attention at
 # corridor 300 (seed 0) stayed at eval success 0.00 over 340k steps (turning had probability 1.5e-5;
 # entropy 0.03 and 0.1 collapsed the same way, and so did mixed lengths without slack), and
-# RecurrentPPO never turned even at corridor 10 (0.00 over 100k steps, with LSTM width 64 or 256,
-# with or without orthogonal init, ent_coef 0.03 or 0.05). Training corridors drawn log-uniformly from
-# a tenth of L (at most 10) to L, with L/10 steps of slack, reach the junction early, while turning is
+# RecurrentPPO never turned even at corridor 10 (0.00 over 100k steps; over 60k also with LSTM width
+# 64, without orthogonal init, or with ent_coef 0.05). Training corridors drawn log-uniformly from a
+# tenth of L (at most 10) to L, with L/10 steps of slack, reach the junction early, while turning is
 # still likely: corridor 300 with attention, eval success 1.00 from 200k steps; corridor 10 with
-# RecurrentPPO (1..10, slack 1), 1.00 from 50k.
+# RecurrentPPO (1..10, slack 1), 1.00 from 45k.
 SHORTEST_TRAINING_CORRIDOR = 10
 """the longest shortest training corridor (see :func:`training_corridors`)"""
 
