@@ -27,7 +27,7 @@ from agents.checks import (
     check_writable,
     first_line,
 )
-from agents.config import ALGOS, EXTRACTORS, VEC_ENVS, ConfigError, TrainConfig
+from agents.config import ALGOS, EXTRACTORS, HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, default_patch_size, preset_for
 from rlattn import (
     HistoryAttentionExtractor,
@@ -88,17 +88,32 @@ class RunPlan:
     """the training envs' keywords: ``--env-kwargs``, plus the preset's training-only ones"""
     eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
     """evaluation, attention logging and replay: ``--env-kwargs`` updated by ``--eval-env-kwargs``"""
+    history_inputs: tuple[str, ...] = ()
+    """what each observed step holds besides the observation: ``"action"``, ``"reward"``"""
 
     @property
     def observation(self) -> str:
-        """How the policy sees the env: ``"history"`` (HistoryObservation), ``"stack"`` (stacked frames) or ``"frame"``."""
-        if self.config.algo == "ppo_lstm" or self.extractor in SINGLE_FRAME:
+        """How the policy sees the env: ``"history"`` (HistoryObservation), ``"stack"`` (stacked frames) or ``"frame"``.
+
+        ppo_lstm keeps its own memory and sees one step: the bare frame, or a one-step history when
+        that step also holds the previous action or reward.
+        """
+        if (self.config.algo == "ppo_lstm" and not self.history_inputs) or self.extractor in SINGLE_FRAME:
             return "frame"
         return "stack" if self.extractor == "cnn-stack" else "history"
 
     @property
     def uses_history(self) -> bool:
         return self.observation == "history"
+
+    def wrap(self, env: gym.Env) -> gym.Env:
+        """The env as the policy sees it: in a ``HistoryObservation`` where the plan has one (stacking is a VecEnv wrapper)."""
+        if not self.uses_history:
+            return env
+        inputs = self.history_inputs
+        return HistoryObservation(
+            env, self.history, include_action="action" in inputs, include_reward="reward" in inputs
+        )
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
@@ -181,6 +196,27 @@ def _resolve_history(cfg: TrainConfig, extractor: str, probe: gym.Env, preset_hi
             )
         return cfg.history
     return 1 if single else preset_history or default_history(probe)
+
+
+def _resolve_history_inputs(
+    cfg: TrainConfig, extractor: str, image: bool, preset_inputs: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--history-inputs``, else the preset's (only where the policy sees steps that can hold them)."""
+    frames_alone = extractor in SINGLE_FRAME or extractor == "cnn-stack" or (cfg.algo == "ppo_lstm" and image)
+    if cfg.history_inputs is None:
+        return () if frames_alone else tuple(value for value in HISTORY_INPUTS if value in preset_inputs)
+    for value in cfg.history_inputs:
+        if value not in HISTORY_INPUTS:
+            raise ConfigError(f"--history-inputs {value!r} is invalid: allowed are {', '.join(HISTORY_INPUTS)}")
+    inputs = tuple(value for value in HISTORY_INPUTS if value in cfg.history_inputs)  # fixed order, once each
+    if inputs and frames_alone:
+        sees = f"ppo_lstm on images ({cfg.env})" if cfg.algo == "ppo_lstm" else f"--extractor {extractor}"
+        use = "--algo ppo with " if cfg.algo == "ppo_lstm" else ""
+        raise ConfigError(
+            f"--history-inputs {' '.join(inputs)} does not go with {sees}, which sees image frames alone: "
+            f"use {use}--extractor spatiotemporal-attention, or no --history-inputs"
+        )
+    return inputs
 
 
 def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict]:
@@ -270,6 +306,12 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             policy_kwargs=policy_kwargs,
             env_kwargs=env_kwargs,
             eval_env_kwargs=eval_env_kwargs,
+            history_inputs=_resolve_history_inputs(
+                cfg,
+                extractor,
+                is_image(probe.observation_space),
+                preset.history_inputs(probe) if preset.history_inputs is not None else (),
+            ),
         )
         if extractor == "local-attention":
             plan.extractor_kwargs = {"attention": "local", "window": local_window(plan), **plan.extractor_kwargs}
@@ -282,6 +324,8 @@ def resolve(cfg: TrainConfig) -> RunPlan:
                 EXTRACTOR_CLASSES[extractor](_policy_space(plan, probe), **plan.extractor_kwargs)
             except (ValueError, TypeError, AssertionError) as error:
                 raise ConfigError(f"--extractor {extractor} on {cfg.env}: {first_line(error)}") from None
+        elif plan.uses_history:
+            _policy_space(plan, probe)  # the previous action or reward must fit a history step
     finally:
         probe.close()
     return plan
@@ -292,7 +336,7 @@ def _policy_space(plan: RunPlan, probe: gym.Env) -> gym.Space:
     space = probe.observation_space
     if plan.observation == "history":
         try:
-            return HistoryObservation(probe, plan.history).observation_space
+            return plan.wrap(probe).observation_space
         except ValueError as error:
             raise ConfigError(f"--env {plan.config.env} cannot be given a history: {error}") from None
     if plan.observation == "stack":
@@ -325,7 +369,7 @@ def make_vec(
     """
     cfg = plan.config
     env_kwargs = plan.eval_env_kwargs if evaluation else plan.env_kwargs
-    wrapper = partial(HistoryObservation, length=plan.history) if plan.uses_history else None
+    wrapper = plan.wrap if plan.uses_history else None
     # evaluation envs stay in-process: their episodes are cheap beside the batched policy call
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and n_envs > 1 and not evaluation else DummyVecEnv
     venv = make_vec_env(

@@ -19,6 +19,8 @@ EXTRACTORS = (
     "cnn-stack",
 )
 VEC_ENVS = ("dummy", "subproc")
+HISTORY_INPUTS = ("action", "reward")
+"""what a history step can hold besides the observation (``HistoryObservation``'s include_action, include_reward)"""
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,13 @@ class TrainConfig:
         default=None,
         type=int,
         help="history length K in steps (default: the preset, e.g. the T-Maze's episode length)",
+    )
+    history_inputs: list[str] | None = _flag(
+        "--history-inputs",
+        default=None,
+        nargs="*",
+        choices=HISTORY_INPUTS,
+        help="what each observed step holds besides the observation: action (the one that led to it; one-hot if discrete, zeros on the first step), reward (received on arriving); none at all for the observation only. With ppo_lstm or mlp the newest step's. Default: the preset (action on the Active T-Maze, else none)",
     )
     n_timesteps: int | None = _flag(
         "-n", "--n-timesteps", default=None, type=int, help="env steps to train for (default: the preset)"

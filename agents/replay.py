@@ -17,7 +17,7 @@ from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.presets import env_family
 from agents.run import TARGET_KEYS, check_only_changes, env_name, load_run_config
-from rlattn import HistoryAttentionExtractor, HistoryObservation
+from rlattn import HistoryAttentionExtractor
 from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
 
@@ -71,7 +71,7 @@ def _make_env(plan: RunPlan, seed: int) -> VecEnv:
             env = make_env(cfg.env, **env_kwargs, render_mode="rgb_array")
         except TypeError:  # an env without render modes
             env = make_env(cfg.env, **env_kwargs)
-        return HistoryObservation(env, plan.history) if plan.uses_history else env
+        return plan.wrap(env)
 
     venv: VecEnv = DummyVecEnv([make])
     venv.seed(seed)

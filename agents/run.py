@@ -192,7 +192,14 @@ class ResumableEvalCallback(EvalCallback):
 
 def _callbacks(plan: RunPlan, folder: Path, eval_env, resumed: bool) -> list[BaseCallback]:
     cfg = plan.config
-    hparams = {"algo": cfg.algo, "env": cfg.env, "extractor": plan.extractor, "history": plan.history, "seed": cfg.seed}
+    hparams = {
+        "algo": cfg.algo,
+        "env": cfg.env,
+        "extractor": plan.extractor,
+        "history": plan.history,
+        "history_inputs": " ".join(plan.history_inputs) or "none",
+        "seed": cfg.seed,
+    }
     callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
     if cfg.eval_freq > 0:
         # evaluation runs its envs in-process whatever --vec-env says; SB3 warns about the mismatch
@@ -274,8 +281,15 @@ def load_run_config(folder: Path, what: str) -> TrainConfig:
             f"{what} is invalid: {folder} holds no run settings (*/args.json); expected a run folder written by train.py"
         )
     try:
-        return TrainConfig(**json.loads(saved_args[0].read_text()))
-    except (ValueError, TypeError) as error:
+        args = json.loads(saved_args[0].read_text())
+        if isinstance(args, dict) and args.get("history_inputs") is None:
+            # what the run's steps held, as resolved when it started (runs from before the flag: nothing)
+            resolved = saved_args[0].with_name("config.json")
+            args["history_inputs"] = (
+                list(json.loads(resolved.read_text()).get("history_inputs", [])) if resolved.is_file() else []
+            )
+        return TrainConfig(**args)
+    except (ValueError, TypeError, AttributeError) as error:
         raise ConfigError(f"{what}: cannot read {saved_args[0]}: {error}") from None
 
 

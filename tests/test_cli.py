@@ -146,6 +146,15 @@ BAD_INPUTS = [
         "--history 4 does not go with --extractor patch-attention",
     ),
     (["--env", "rlattn/VisualSearch-v0", "--algo", "ppo_lstm", "--extractor", "mlp"], "use cnn"),
+    (["--history-inputs", "actions"], "argument --history-inputs: invalid choice: 'actions'"),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--extractor", "cnn", "--history-inputs", "action"],
+        "--history-inputs action does not go with --extractor cnn, which sees image frames alone",
+    ),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--algo", "ppo_lstm", "--history-inputs", "reward"],
+        "--history-inputs reward does not go with ppo_lstm on images",
+    ),
     (
         ["--env", "rlattn/VisualSearch-v0", "--extractor", "cnn", "--env-kwargs", "image_size:32"],
         "--extractor cnn needs images of at least 36x36 pixels",
@@ -216,6 +225,8 @@ CNN_IMAGES = ["--env-kwargs", "image_size:40", "grid:5", "set_size:3"]
         ["--algo", "ppo", "--extractor", "sparse-attention"],
         ["--algo", "dqn", "--extractor", "attention", "-params", "learning_starts:64", "buffer_size:1000"],
         ["--algo", "ppo_lstm", "-params", "n_steps:64", "batch_size:64"],
+        # the previous action and reward with the observation: a one-step history for the LSTM
+        ["--algo", "ppo_lstm", "--history-inputs", "action", "reward", "-params", "n_steps:64", "batch_size:64"],
         ["--algo", "ppo", "--extractor", "mlp", "--vec-env", "subproc"],
         [
             "--algo",
@@ -309,3 +320,29 @@ def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
     assert told.env_kwargs == {} and told.eval_env_kwargs == {"slack": 0}
     # other envs have no training-only keywords
     assert resolve(TrainConfig(env="CartPole-v1", verbose=0)).env_kwargs == {}
+
+
+def test_active_mazes_see_the_previous_action():
+    """Active T-Maze presets add the previous action to each step, for every method; passive ones do not."""
+    from agents.build import make_vec
+
+    active = resolve(TrainConfig(env="rlattn/TMazeActive-L30-v0", verbose=0))
+    assert active.history_inputs == ("action",)
+    venv = make_vec(active, 1, seed=0)
+    first = venv.reset()
+    assert first["action"].shape == (1, 36, 4) and not first["action"].any()  # nothing led to the first step
+    after, *_ = venv.step(np.array([1]))  # left, onto the cue
+    assert after["action"][0, -1].tolist() == [0.0, 1.0, 0.0, 0.0] and after["obs"][0, -1, :2].sum() == 1.0
+    lstm = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMazeActive-v0", verbose=0))
+    assert lstm.history_inputs == ("action",) and lstm.observation == "history" and lstm.history == 1
+    for method in ({}, {"extractor": "mlp-stack"}, {"extractor": "mlp"}, {"algo": "a2c"}, {"algo": "dqn"}):
+        assert resolve(TrainConfig(env="rlattn/TMazeActive-v0", verbose=0, **method)).history_inputs == ("action",)
+    passive = resolve(TrainConfig(env="rlattn/TMaze-L30-v0", verbose=0))
+    assert passive.history_inputs == () and "action" not in make_vec(passive, 1, seed=0).observation_space.spaces
+    assert resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0)).observation == "frame"
+    # the flag overrides the preset: none at all, or both in a fixed order whatever the order given
+    assert resolve(TrainConfig(env="rlattn/TMazeActive-v0", history_inputs=[], verbose=0)).history_inputs == ()
+    both = resolve(TrainConfig(env="rlattn/TMaze-v0", history_inputs=["reward", "action", "reward"], verbose=0))
+    assert both.history_inputs == ("action", "reward")
+    assert set(make_vec(both, 1, seed=0).observation_space.spaces) == {"obs", "action", "reward", "valid"}
+    assert resolve(TrainConfig(env="CartPole-v1", verbose=0)).history_inputs == ()

@@ -178,3 +178,21 @@ def test_the_same_seed_gives_the_same_run(extractor, tmp_path):
     assert summary_a == summary_b
     config = json.loads((tmp_path / "a" / "ppo" / "rlattn-TMaze-v0_1" / "rlattn-TMaze-v0" / "args.json").read_text())
     assert config["seed"] == 3
+
+
+def test_a_run_keeps_the_history_inputs_it_was_trained_with(tmp_path):
+    """Resume and replay rebuild the steps a run saw, whatever the presets say now: the preset's
+    choice is pinned from the run's resolved settings, and runs saved before the flag saw the observation alone."""
+    from agents.run import load_run_config
+
+    folder = tmp_path / "run"
+    (folder / "rlattn-TMazeActive-v0").mkdir(parents=True)
+    args = folder / "rlattn-TMazeActive-v0" / "args.json"
+    resolved = args.with_name("config.json")
+    args.write_text(json.dumps({"env": "rlattn/TMazeActive-v0", "history_inputs": None}))
+    resolved.write_text(json.dumps({"history": 13, "history_inputs": ["action"]}))
+    assert load_run_config(folder, "-i").history_inputs == ["action"]
+    resolved.write_text(json.dumps({"history": 13}))  # written before the flag existed
+    assert load_run_config(folder, "-i").history_inputs == []
+    args.write_text(json.dumps({"env": "rlattn/TMazeActive-v0", "history_inputs": ["reward"]}))
+    assert load_run_config(folder, "-i").history_inputs == ["reward"]  # asked for on the command line
