@@ -12,7 +12,9 @@ env steps at which evaluation first reached 0.95 success, wall time (set-up and 
 included) and training env steps per second.
 History-based methods see a whole episode (the preset history: L + 1 steps passive, L + 3 active);
 ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
-sb3-contrib's RecurrentPPO.
+sb3-contrib's RecurrentPPO. On the active maze every method's steps also hold the previous action,
+as the presets give it ("sees" ``obs+action``; zeros on the first step, which is how a policy can
+tell the start, where it must step back for the cue, from the corridor, which looks the same).
 
 As the presets do, training episodes draw their corridor length log-uniformly from ``--train-from``
 (default a tenth of L, at most 10) to L and get L/10 steps of slack; evaluation is always the plain
@@ -31,9 +33,11 @@ import argparse
 from functools import partial
 from pathlib import Path
 
+import gymnasium as gym
 from sweep import ROOT, best, reached, run_cases, save_plot, train
 
-from agents.presets import training_corridors
+import envs  # noqa: F401  (registers the maze ids)
+from agents.presets import preset_for, training_corridors
 
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
@@ -46,6 +50,15 @@ STYLES: dict[str, dict] = {
     "mlp": {"marker": "v", "linestyle": "-."},
     "ppo_lstm": {"marker": "x", "linestyle": "-"},
 }
+
+
+def history_inputs(maze: str) -> str | None:
+    """What each observed step holds besides the observation, as the presets choose for this maze: ``"action"`` or None."""
+    env = gym.make(MAZES[maze])
+    choose = preset_for("ppo", MAZES[maze], env).history_inputs
+    inputs = choose(env) if choose is not None else ()
+    env.close()
+    return " ".join(inputs) or None
 
 
 def budget_for(length: int) -> int:
@@ -93,12 +106,19 @@ def trained_on(record: dict) -> str:
     return f"{train_from}..{length} +{training_corridors(length)[1]}"
 
 
+def observed(record: dict) -> str:
+    """What each observed step held: ``obs``, or ``obs+action`` (the previous action too)."""
+    return "+".join(["obs", *(record.get("inputs") or "").split()])
+
+
 def print_table(records: list[dict]) -> None:
-    header = f"{'maze':<8} {'L':>5} {'trained on':>14} {'method':<16} {'budget':>9} {'success':>8} {'best':>6} {'steps to 0.95':>14} {'wall':>9} {'steps/s':>8}"
+    header = f"{'maze':<8} {'L':>5} {'trained on':>14} {'sees':>10} {'method':<16} {'budget':>9} {'success':>8} {'best':>6} {'steps to 0.95':>14} {'wall':>9} {'steps/s':>8}"
     print(header)
     print("-" * len(header))
     for r in records:
-        head = f"{r['maze']:<8} {r['length']:>5} {trained_on(r):>14} {r['method']:<16} {r['budget']:>9}"
+        head = (
+            f"{r['maze']:<8} {r['length']:>5} {trained_on(r):>14} {observed(r):>10} {r['method']:<16} {r['budget']:>9}"
+        )
         if "error" in r:
             print(f"{head} failed: {r['error']}")
             continue
@@ -107,10 +127,12 @@ def print_table(records: list[dict]) -> None:
 
 
 def print_markdown(records: list[dict]) -> None:
-    print("| maze | L | trained on | method | budget | final success | best | env steps to 0.95 | wall | steps/s |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| maze | L | trained on | sees | method | budget | final success | best | env steps to 0.95 | wall | steps/s |"
+    )
+    print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in records:
-        head = f"| {r['maze']} | {r['length']} | {trained_on(r)} | {r['method']} | {r['budget']:,}"
+        head = f"| {r['maze']} | {r['length']} | {trained_on(r)} | {observed(r)} | {r['method']} | {r['budget']:,}"
         if "error" in r:
             print(f"{head} | failed: {r['error']} | | | | |")
             continue
@@ -199,6 +221,7 @@ def main() -> None:
                 "budget": budget,
                 "seed": args.seed,
                 "train_from": train_from_for(length, args),
+                "inputs": history_inputs(maze),
             },
             f"{maze} L={length} {method}, {budget:,} steps"
             + (f", trained on {train_from_for(length, args)}..{length}" if train_from_for(length, args) else ""),
