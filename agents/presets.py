@@ -120,49 +120,35 @@ def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hyperparams.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")}
 
 
+def _tmaze(
+    n_timesteps: int, n_envs: int, hyperparams: dict[str, Any], per_extractor: dict[str, dict[str, Any]] | None = None
+) -> Preset:
+    """A T-Maze preset: mixed corridor lengths in training, and the previous action on the active maze."""
+    return Preset(
+        n_timesteps,
+        n_envs,
+        hyperparams,
+        per_extractor or {},
+        train_env=_mixed_lengths,
+        history_inputs=_action_if_active,
+    )
+
+
+# local attention needs two blocks to be local at all: one block's window must span the whole history
+_TWO_LOCAL_BLOCKS = {"local-attention": {"n_layers": 2}}
+
 PRESETS: dict[tuple[str, str], Preset] = {
-    # local attention needs two blocks to be local at all: one block's window must span the whole history
-    ("ppo", "TMaze"): Preset(
-        100_000,
-        8,
-        _PPO_TMAZE,
-        {"local-attention": {"n_layers": 2}},
-        train_env=_mixed_lengths,
-        history_inputs=_action_if_active,
-    ),
-    ("ppo", "TMaze-long"): Preset(
-        300_000,
-        8,
-        _PPO_TMAZE_LONG,
-        {"local-attention": {"n_layers": 2}},
-        train_env=_mixed_lengths,
-        history_inputs=_action_if_active,
-    ),
-    ("ppo", "TMaze-300"): Preset(
-        500_000,
-        8,
-        _PPO_TMAZE_LONG,
-        {"local-attention": {"n_layers": 2}},
-        train_env=_mixed_lengths,
-        history_inputs=_action_if_active,
-    ),
+    ("ppo", "TMaze"): _tmaze(100_000, 8, _PPO_TMAZE, _TWO_LOCAL_BLOCKS),
+    ("ppo", "TMaze-long"): _tmaze(300_000, 8, _PPO_TMAZE_LONG, _TWO_LOCAL_BLOCKS),
+    ("ppo", "TMaze-300"): _tmaze(500_000, 8, _PPO_TMAZE_LONG, _TWO_LOCAL_BLOCKS),
     # corridor 1000, seed 0: eval success 1.00 from 200k steps on (~390 env steps/s on 2 cores); 1M leaves room
-    ("ppo", "TMaze-1000"): Preset(
-        1_000_000,
-        8,
-        _PPO_TMAZE_LONG,
-        {"local-attention": {"n_layers": 2}},
-        train_env=_mixed_lengths,
-        history_inputs=_action_if_active,
-    ),
-    ("a2c", "TMaze"): Preset(
+    ("ppo", "TMaze-1000"): _tmaze(1_000_000, 8, _PPO_TMAZE_LONG, _TWO_LOCAL_BLOCKS),
+    ("a2c", "TMaze"): _tmaze(
         200_000,
         8,
         {"n_steps": 16, "learning_rate": 7e-4, "ent_coef": 0.01, "net_arch": [64], "features_dim": 64, "n_layers": 1},
-        train_env=_mixed_lengths,
-        history_inputs=_action_if_active,
     ),
-    ("dqn", "TMaze"): Preset(
+    ("dqn", "TMaze"): _tmaze(
         200_000,
         4,
         {
@@ -174,12 +160,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "features_dim": 64,
             "n_layers": 1,
         },
-        train_env=_mixed_lengths,
-        history_inputs=_action_if_active,
     ),
-    ("ppo_lstm", "TMaze"): Preset(
-        100_000, 8, _algorithm_only(_PPO_TMAZE), train_env=_mixed_lengths, history_inputs=_action_if_active
-    ),
+    ("ppo_lstm", "TMaze"): _tmaze(100_000, 8, _algorithm_only(_PPO_TMAZE)),
     # one-step episodes: every env step is a whole search, so a rollout of 128 x 8 is 1,024 searches
     ("ppo", "VisualSearch"): Preset(
         500_000, 8, _PPO_SEARCH, {"patch-attention": {**_POINTER, "n_layers": 0}, "cnn": _CNN}
@@ -203,15 +185,9 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo", "*"): Preset(100_000, 8, {}),
     ("a2c", "*"): Preset(100_000, 8, {}),
     ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),
-    ("ppo_lstm", "TMaze-long"): Preset(
-        300_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths, history_inputs=_action_if_active
-    ),
-    ("ppo_lstm", "TMaze-300"): Preset(
-        500_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths, history_inputs=_action_if_active
-    ),
-    ("ppo_lstm", "TMaze-1000"): Preset(
-        1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG), train_env=_mixed_lengths, history_inputs=_action_if_active
-    ),
+    ("ppo_lstm", "TMaze-long"): _tmaze(300_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
+    ("ppo_lstm", "TMaze-300"): _tmaze(500_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
+    ("ppo_lstm", "TMaze-1000"): _tmaze(1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "*"): Preset(100_000, 8, {}),
 }
 

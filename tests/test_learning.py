@@ -18,22 +18,27 @@ from agents import TrainConfig, train
 ACTIVE_BUDGET = 100_000
 
 
-@pytest.mark.slow
-def test_ppo_attention_solves_the_passive_tmaze(tmp_path):
+def train_attention(tmp_path, env: str, n_timesteps: int, **kwargs):
+    """PPO with attention and the shipped preset, seed 0, evaluated once at the end on 100 episodes."""
     cfg = TrainConfig(
         algo="ppo",
-        env="rlattn/TMaze-v0",
+        env=env,
         extractor="attention",
-        env_kwargs={"corridor_length": 10},
-        n_timesteps=90_000,
+        n_timesteps=n_timesteps,
         seed=0,
         eval_freq=-1,
         save_freq=-1,
         eval_episodes=100,
         verbose=0,
         log_folder=str(tmp_path),
+        **kwargs,
     )
-    result = train(cfg)
+    return train(cfg)
+
+
+@pytest.mark.slow
+def test_ppo_attention_solves_the_passive_tmaze(tmp_path):
+    result = train_attention(tmp_path, "rlattn/TMaze-v0", 90_000, env_kwargs={"corridor_length": 10})
     assert result.evaluation.success_rate is not None and result.evaluation.success_rate >= 0.9
     assert (result.folder / "rlattn-TMaze-v0.zip").is_file()
 
@@ -41,18 +46,6 @@ def test_ppo_attention_solves_the_passive_tmaze(tmp_path):
 @pytest.mark.slow
 def test_ppo_attention_steps_back_for_the_cue_on_the_active_tmaze(tmp_path):
     """The Active T-Maze's preset adds the previous action to each step (see the module docstring for the budget)."""
-    cfg = TrainConfig(
-        algo="ppo",
-        env="rlattn/TMazeActive-v0",
-        extractor="attention",
-        n_timesteps=ACTIVE_BUDGET,
-        seed=0,
-        eval_freq=-1,
-        save_freq=-1,
-        eval_episodes=100,
-        verbose=0,
-        log_folder=str(tmp_path),
-    )
-    result = train(cfg)
+    result = train_attention(tmp_path, "rlattn/TMazeActive-v0", ACTIVE_BUDGET)
     # a policy that walks on and guesses scores about 0.5: this one must step back and read the cue
     assert result.evaluation.success_rate is not None and result.evaluation.success_rate >= 0.9
