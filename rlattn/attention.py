@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlattn.validation import check_choice, check_int
+
 ATTENTION_KINDS = ("global", "local", "neighbourhood")
 SEQUENCE_KINDS = ("global", "local")
 
@@ -46,21 +48,22 @@ def check_pattern(
     top_k: int | None = None,
 ) -> None:
     """One-line ValueError for a pattern that cannot be built."""
-    if kind not in ATTENTION_KINDS:
-        raise ValueError(f"attention={kind!r} is invalid: allowed are {', '.join(ATTENTION_KINDS)}")
-    if kind == "local" and not _is_int(window, 1):
-        raise ValueError(f"window={window!r} is invalid for local attention: must be an integer >= 1")
+    check_choice("attention", kind, ATTENTION_KINDS)
+    if kind == "local":
+        check_int("window", window)
     if kind == "neighbourhood":
-        if grid is None or len(grid) != 2 or not all(_is_int(n, 1) for n in grid):
-            raise ValueError(f"grid={grid!r} is invalid for neighbourhood attention: must be (rows, cols), each >= 1")
-        if not _is_int(radius, 0):
-            raise ValueError(f"radius={radius!r} is invalid for neighbourhood attention: must be an integer >= 0")
-    if top_k is not None and not _is_int(top_k, 1):
-        raise ValueError(f"top_k={top_k!r} is invalid: must be an integer >= 1, or None for no sparsity")
-
-
-def _is_int(value: object, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+        try:
+            if not isinstance(grid, (tuple, list)) or len(grid) != 2:
+                raise ValueError
+            for n in grid:
+                check_int("grid", n)
+        except ValueError:
+            raise ValueError(
+                f"grid={grid!r} is invalid for neighbourhood attention: must be (rows, cols), each an integer >= 1"
+            ) from None
+        check_int("radius", radius, 0)
+    if top_k is not None:
+        check_int("top_k", top_k)
 
 
 def structure_mask(
@@ -68,8 +71,7 @@ def structure_mask(
 ) -> Tensor:
     """Which key each of the newest ``n_queries`` (default all) steps may see, ignoring validity: (Q, K) bool."""
     check_pattern(kind, window)
-    if kind not in SEQUENCE_KINDS:
-        raise ValueError(f"attention={kind!r} is invalid for a sequence: allowed are {', '.join(SEQUENCE_KINDS)}")
+    check_choice("attention", kind, SEQUENCE_KINDS)
     n_queries = n_keys if n_queries is None else n_queries
     if kind == "global":
         return torch.ones(n_queries, n_keys, dtype=torch.bool)
@@ -258,8 +260,8 @@ class MultiHeadAttention(nn.Module):
         if embed_dim % n_heads:
             raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by n_heads={n_heads}")
         check_pattern(attention, window, grid, radius, top_k)
-        if chunk is not None and not _is_int(chunk, 0):
-            raise ValueError(f"chunk={chunk!r} is invalid: must be an integer >= 1, 0 for dense, or None")
+        if chunk is not None:
+            check_int("chunk", chunk, 0)
         self.n_heads = n_heads
         self.attention = attention
         self.window = window

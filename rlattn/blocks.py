@@ -13,8 +13,27 @@ import torch
 from torch import Tensor, nn
 
 from rlattn.attention import MultiHeadAttention
+from rlattn.validation import check_choice
 
 GATES = ("residual", "gru")
+
+
+def sinusoidal_table(length: int, dim: int) -> Tensor:
+    """(length, dim) sin/cos encoding of 0 .. length-1 (Vaswani et al. 2017, section 3.5)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10_000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+def init_linear(module: nn.Module) -> None:
+    """The transformer's own init for a Linear layer (``module.apply(init_linear)``): N(0, 0.02), zero bias."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class FeedForward(nn.Module):
@@ -72,8 +91,7 @@ class TransformerBlock(nn.Module):
         self, embed_dim: int, n_heads: int, mlp_ratio: float = 2.0, gate: str = "residual", **attention_kwargs: Any
     ):
         super().__init__()
-        if gate not in GATES:
-            raise ValueError(f"gate={gate!r} is invalid: allowed are {', '.join(GATES)}")
+        check_choice("gate", gate, GATES)
         self.norm1 = nn.LayerNorm(embed_dim)
         self.attn = MultiHeadAttention(embed_dim, n_heads, **attention_kwargs)
         self.norm2 = nn.LayerNorm(embed_dim)

@@ -148,7 +148,7 @@ class AttentionLoggingCallback(BaseCallback):
 
     def log_attention(self, extractor: HistoryAttentionExtractor) -> None:
         K = extractor.history_length
-        maps, counts, masses = [], np.zeros(K + (extractor.readout == "summary")), []
+        maps, counts, masses = [], np.zeros(K), []
         for obs, t, info in self._decisions():
             tensor = policy_input(self.model.policy, obs)
             assert isinstance(tensor, dict)

@@ -6,23 +6,15 @@ grid), E embedding, H heads, F features. Both extractors are stateless.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from rlattn.blocks import TransformerBlock
-from rlattn.extractors import STEP_KEYS, _init_linear, history_length, sinusoidal_table
-from rlattn.patches import (
-    PatchEncoder,
-    PatchReadout,
-    check_sizes,
-    image_shape,
-    pixel_scale,
-    pointer_features,
-)
+from rlattn.blocks import TransformerBlock, init_linear, sinusoidal_table
+from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
+from rlattn.patches import PatchEncoder, PatchReadout, check_sizes, image_shape, pointer_features
 
 
 class PatchAttentionExtractor(BaseFeaturesExtractor):
@@ -150,9 +142,9 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
         self.pointer_size = encoder.n_patches if readout == "pointer" else 0
         super().__init__(observation_space, self.pointer_size + features_dim)
         self.history_length = K
-        self.scale = 1.0 / 255.0 if frames.dtype == np.uint8 else 1.0  # SB3 leaves (K, C, H, W) unscaled
+        self.scale = pixel_scale(frames)
         self.extra_keys = [key for key in STEP_KEYS[1:] if key in observation_space.spaces]
-        extra = sum(int(np.prod((observation_space[key].shape or (0,))[1:])) for key in self.extra_keys)
+        extra = sum(step_size(observation_space[key]) for key in self.extra_keys)
         self.extra = nn.Linear(extra, embed_dim) if extra else None
         self.encoder = encoder
         self.frame_readout = PatchReadout(frame_readout, embed_dim, n_heads, gate, mlp_ratio, name="frame_readout")
@@ -160,7 +152,7 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) for _ in range(temporal_layers)
         )
-        self.blocks.apply(_init_linear)
+        self.blocks.apply(init_linear)
         self.steer = nn.Linear(embed_dim, embed_dim)  # not zero-initialised: from zero it never left the plateau
         self.look = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
         self.head = nn.Sequential(nn.LayerNorm(2 * embed_dim), nn.Linear(2 * embed_dim, features_dim))
@@ -171,9 +163,8 @@ class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
 
     def _encode(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, int]:
         """-> frame tokens (B, K', E), valid (B, K'), the newest frame's patches (B, N, E), first slot kept."""
-        valid = observations["valid"] > 0.5
-        valid[:, -1] = True
-        start = int(valid.any(dim=0).byte().argmax())  # slots that are padding everywhere: never computed
+        valid = valid_steps(observations)
+        start = first_kept(valid)  # slots that are padding everywhere: never computed
         valid = valid[:, start:]
         frames = observations["obs"][:, start:]
         B, K = valid.shape

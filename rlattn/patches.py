@@ -9,17 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import is_image_space
 from torch import Tensor, nn
 
 from rlattn.attention import explicit_attention
-from rlattn.blocks import TransformerBlock
-from rlattn.extractors import _check_choice, _init_linear, sinusoidal_table
-from rlattn.validation import check_int
+from rlattn.blocks import TransformerBlock, init_linear, sinusoidal_table
+from rlattn.validation import check_choice, check_int
 
 IMAGE_ATTENTION = ("global", "neighbourhood")
 IMAGE_READOUTS = ("pool", "pointer", "summary")
@@ -41,17 +38,16 @@ def check_patch_size(patch_size: object, height: int, width: int) -> int:
     """``patch_size`` if it divides both sides of the image, else a one-line ValueError listing those that do."""
     side = math.gcd(height, width)
     allowed = [str(p) for p in range(1, side + 1) if side % p == 0]
-    ok = isinstance(patch_size, int) and not isinstance(patch_size, bool) and patch_size >= 1
-    if not ok or height % patch_size or width % patch_size:  # type: ignore[operator]
+    try:
+        check_int("patch_size", patch_size)
+        fits = height % patch_size == 0 and width % patch_size == 0  # type: ignore[operator]
+    except ValueError:
+        fits = False
+    if not fits:
         raise ValueError(
             f"patch_size={patch_size!r} does not divide the {height}x{width} image: allowed are {', '.join(allowed)}"
         )
     return int(patch_size)  # type: ignore[call-overload]
-
-
-def pixel_scale(space: spaces.Box) -> float:
-    """1/255 for uint8 pixels that SB3 hands over unscaled (it scales only single image spaces)."""
-    return 1.0 / 255.0 if space.dtype == np.uint8 and not is_image_space(space, check_channels=False) else 1.0
 
 
 def sincos_grid(rows: int, cols: int, dim: int) -> Tensor:
@@ -85,7 +81,7 @@ class PatchEncoder(nn.Module):
         C, H, W = image
         self.patch_size = check_patch_size(patch_size, H, W)
         self.grid = (H // patch_size, W // patch_size)
-        _check_choice("attention", attention, IMAGE_ATTENTION)
+        check_choice("attention", attention, IMAGE_ATTENTION)
         pattern: dict[str, Any] = {"attention": attention}
         if attention == "neighbourhood":
             pattern |= {"grid": self.grid, "radius": 1 if radius is None else radius}
@@ -96,7 +92,7 @@ class PatchEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_heads, mlp_ratio, gate, **pattern) for _ in range(n_layers)
         )
-        self.blocks.apply(_init_linear)
+        self.blocks.apply(init_linear)
 
     @property
     def n_patches(self) -> int:
@@ -153,14 +149,14 @@ class PatchReadout(nn.Module):
 
     def __init__(self, kind: str, embed_dim: int, n_heads: int, gate: str, mlp_ratio: float, name: str = "readout"):
         super().__init__()
-        _check_choice(name, kind, IMAGE_READOUTS if name == "readout" else FRAME_READOUTS)
+        check_choice(name, kind, IMAGE_READOUTS if name == "readout" else FRAME_READOUTS)
         self.kind = kind
         self.pool = AttentionPool(embed_dim) if kind in ("pool", "pointer") else None
         self.max = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim)) if kind == "max" else None
         self.summary = nn.Parameter(torch.zeros(embed_dim)) if kind == "summary" else None
         self.block = TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) if kind == "summary" else None
         if self.block is not None:
-            self.block.apply(_init_linear)
+            self.block.apply(init_linear)
 
     def forward(self, x: Tensor, offset: Tensor | None = None, need_weights: bool = False):
         """(M, N, E), offset (M, E) or None -> (M, E), and the readout's weights over patches (M, H, N) if asked."""

@@ -1,11 +1,13 @@
 """Argument checks that fail with one line naming the bad value and what is allowed.
 
-envs/validation.py holds the same check for the envs: neither package may import the other.
+Every rlattn module checks its arguments with these two; envs/validation.py holds the same integer
+check for the envs (neither package may import the other).
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 
 def check_int(name: str, value: object, low: int = 1, high: int | None = None, disabled: int | None = None) -> int:
@@ -21,3 +23,10 @@ def check_int(name: str, value: object, low: int = 1, high: int | None = None, d
     if number < low or (high is not None and number > high):
         raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
     return number
+
+
+def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of ``allowed``, else a one-line ValueError listing them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is invalid: allowed are {', '.join(allowed)}")
+    return value

@@ -157,9 +157,9 @@ def test_history_wrapper_stays_in_its_space_with_valid_suffixes(
 EXTRACTOR_VARIANTS = [
     {},
     {"attention": "local", "window": 1, "n_layers": 2},
-    {"attention": "local-global", "window": 2, "n_layers": 3},
+    {"attention": "local", "window": 2, "n_layers": 3},
     {"top_k": 1, "n_layers": 2},
-    {"readout": "summary", "position": "sinusoidal", "gate": "residual"},
+    {"gate": "residual"},
 ]
 
 

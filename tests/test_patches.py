@@ -11,8 +11,9 @@ from rlattn import (
     PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
 )
+from rlattn.history import pixel_scale
 from rlattn.overlay import box_mass, overlay
-from rlattn.patches import pixel_scale, sincos_grid
+from rlattn.patches import sincos_grid
 
 IMAGE = spaces.Box(0, 255, (3, 32, 32), np.uint8)
 K = 5

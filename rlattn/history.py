@@ -1,0 +1,57 @@
+"""Reading a ``HistoryObservation`` batch: its space, its valid steps, and pixel scaling.
+
+Shape letters: B batch, K history length. Every history extractor parses its input through these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from torch import Tensor
+
+STEP_KEYS = ("obs", "action", "reward")
+"""what a history step can hold, in the order the extractors concatenate them"""
+
+
+def history_length(observation_space: spaces.Space) -> int:
+    """K of a ``HistoryObservation`` space; a one-line ValueError for any other space."""
+    expected = "a Dict with 'obs' (K, ...) and 'valid' (K,) Boxes, as made by rlattn.HistoryObservation"
+    if not isinstance(observation_space, spaces.Dict) or not {"obs", "valid"} <= set(observation_space.spaces):
+        raise ValueError(f"observation space {observation_space} is not supported: expected {expected}")
+    unknown = set(observation_space.spaces) - {*STEP_KEYS, "valid"}
+    if unknown:
+        raise ValueError(f"observation keys {sorted(unknown)} are not supported: allowed are {STEP_KEYS + ('valid',)}")
+    valid_shape = observation_space["valid"].shape or (0,)
+    length = int(valid_shape[0])
+    for key, space in observation_space.spaces.items():
+        if not isinstance(space, spaces.Box) or len(space.shape) < 1 or space.shape[0] != length:
+            raise ValueError(f"observation key {key!r} has space {space}: expected {expected}")
+    return length
+
+
+def step_size(space: spaces.Space) -> int:
+    """Numbers per step of a (K, ...) history entry."""
+    shape = space.shape or (0,)
+    return int(np.prod(shape[1:]))
+
+
+def pixel_scale(space: spaces.Space) -> float:
+    """1/255 for uint8 values that SB3 hands over unscaled (it scales only single image spaces), else 1."""
+    return 1.0 / 255.0 if space.dtype == np.uint8 and not is_image_space(space, check_channels=False) else 1.0
+
+
+def valid_steps(observations: dict[str, Tensor]) -> Tensor:
+    """(B, K) bool of the real steps of a batch of histories; the newest always counts."""
+    valid = observations["valid"] > 0.5  # a fresh tensor
+    valid[:, -1] = True
+    return valid
+
+
+def first_kept(valid: Tensor) -> int:
+    """The first slot worth computing: slots before it are padding in every history of the batch.
+
+    They cannot change any output (early in episodes, or when K exceeds the episode length, most of
+    the history is such padding), so extractors drop them before any math.
+    """
+    return int(valid.any(dim=0).byte().argmax())
