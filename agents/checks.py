@@ -80,7 +80,7 @@ _NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
 
 def check_algo_values(algo: type, values: dict[str, Any]) -> None:
     """Types and ranges of algorithm keywords, so that a typo fails now and not at the first update."""
-    defaults = {name: p.default for name, p in inspect.signature(algo.__init__).parameters.items()}
+    defaults = {name: p.default for name, p in inspect.signature(algo).parameters.items()}
     for key, value in values.items():
         if key in _NUMBERS:
             kind, low, high, low_ok, none_ok = _NUMBERS[key]

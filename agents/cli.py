@@ -10,6 +10,7 @@ import gymnasium as gym
 
 import envs
 from agents.config import ConfigError, TrainConfig, parse_key_values
+from agents.registry import ALGOS, algo_help, extractor_help
 from agents.replay import replay
 from agents.run import train
 
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         meta = dict(f.metadata)
         flags = meta.pop("flags")
         meta.pop("kv", None)
-        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        kind = meta.pop("registry", None)
+        if kind == "algos":  # read at parse time: entries registered after import count
+            meta.update(choices=list(ALGOS), help=algo_help())
+        elif kind == "extractors":
+            meta["help"] = f"feature extractor. {extractor_help()}"
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc,operator]
         parser.add_argument(*flags, dest=f.name, default=default, **meta)
     return parser
 

@@ -6,18 +6,6 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGOS = ("ppo", "a2c", "dqn", "ppo_lstm")
-EXTRACTORS = (
-    "attention",
-    "local-attention",
-    "sparse-attention",
-    "mlp",
-    "mlp-stack",
-    "patch-attention",
-    "spatiotemporal-attention",
-    "cnn",
-    "cnn-stack",
-)
 VEC_ENVS = ("dummy", "subproc")
 HISTORY_INPUTS = ("action", "reward")
 """what a history step can hold besides the observation (``HistoryObservation``'s include_action, include_reward)"""
@@ -40,14 +28,10 @@ def _flag(*flags: str, help: str, **kwargs: Any) -> Any:
 class TrainConfig:
     """One training run. ``None`` means "take the preset for this algo and env"."""
 
-    algo: str = _flag(
-        "--algo", default="ppo", choices=ALGOS, help="RL algorithm; ppo_lstm is sb3-contrib's RecurrentPPO"
-    )
+    algo: str = _flag("--algo", default="ppo", registry="algos", help="RL algorithm (choices: the registry's)")
     env: str = _flag("--env", default="rlattn/TMaze-v0", help="Gymnasium env id (see --list-envs)")
     extractor: str | None = _flag(
-        "--extractor",
-        default=None,
-        help="feature extractor. Vector observations: attention (global), local-attention (windowed, linear cost), sparse-attention (top-k keys), mlp (newest step), mlp-stack (flat history). Images: patch-attention (one frame), spatiotemporal-attention (patches and frames of a history), cnn (SB3's NatureCNN), cnn-stack (NatureCNN on stacked frames). Default: attention; patch-attention, or spatiotemporal-attention when episodes are longer than one step, on images; mlp (cnn on images) for ppo_lstm",
+        "--extractor", default=None, registry="extractors", help="feature extractor (the registry's, listed in --help)"
     )
     history: int | None = _flag(
         "--history",

@@ -32,9 +32,9 @@ def evaluate(model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic:
         if locals_["done"] and "is_success" in locals_["info"]:
             successes.append(bool(locals_["info"]["is_success"]))
 
-    returns, _ = evaluate_policy(
+    episode_returns, _ = evaluate_policy(
         model, venv, n_episodes, deterministic=deterministic, return_episode_rewards=True, callback=record
     )
-    returns = np.asarray(returns, dtype=np.float64)
+    returns = np.asarray(episode_returns, dtype=np.float64)
     rate = float(np.mean(successes)) if successes else None
     return EvalResult(len(returns), float(returns.mean()), float(returns.std()), rate)

@@ -53,25 +53,12 @@ _PPO_TMAZE = {
     "n_layers": 1,
 }
 
-# Long corridors (measured at corridor 100, seed 0, 300k steps): with the short preset evaluation reached
-# 1.00 at 140k, then fell back to 0.40-0.55 (the policy stopped reading the cue; its entropy went to
-# ~0.002); with ent_coef 0.01 and target_kl 0.01 it reached 1.00 at 140k and held it to 300k. Two other
-# changes were slower, not steadier: learning rate 1e-4 (0.00 at 100k), separate extractors for the
-# policy and the value (0.00 at 140k); 512-step rollouts were as unsteady as 128.
+# long corridors: the short preset reached 1.00 at L = 100, then fell back (README, "what made it work")
 _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 LONG_MEMORY = 50
 """episode length from which a T-Maze takes the long-corridor preset"""
 
-# Every T-Maze trains on episodes of mixed length, with slack, and is evaluated on the plain maze.
-# On the plain maze a policy must walk the whole corridor without a wasted step before it ever
-# reaches the junction, and by then it has learnt "always right" there too: PPO with attention at
-# corridor 300 (seed 0) stayed at eval success 0.00 over 340k steps (turning had probability 1.5e-5;
-# entropy 0.03 and 0.1 collapsed the same way, and so did mixed lengths without slack), and
-# RecurrentPPO never turned even at corridor 10 (0.00 over 100k steps; over 60k also with LSTM width
-# 64, without orthogonal init, or with ent_coef 0.05). Training corridors drawn log-uniformly from a
-# tenth of L (at most 10) to L, with L/10 steps of slack, reach the junction early, while turning is
-# still likely: corridor 300 with attention, eval success 1.00 from 200k steps; corridor 10 with
-# RecurrentPPO (1..10, slack 1), 1.00 from 45k.
+# every T-Maze trains on mixed corridor lengths with slack: on the plain maze no method learnt to turn (README)
 SHORTEST_TRAINING_CORRIDOR = 10
 """the longest shortest training corridor (see :func:`training_corridors`)"""
 
@@ -87,11 +74,7 @@ def _mixed_lengths(env: gym.Env) -> dict[str, Any]:
     return {"min_corridor_length": shortest, "slack": slack}
 
 
-# On the Active T-Maze the start cell and the corridor look the same, so the observation alone cannot
-# say "step back for the cue" only at the start. With it alone, PPO with attention (corridor 10, seed
-# 0, 100k steps) walked on and guessed: eval success 0.45, p(left) at the start 0.014, though its value
-# did read the cue. With the previous action in each step (zeros on the first) it reached 1.00 by 70k
-# steps, and at corridor 30 by 82k. The passive maze has nothing to gain from it and goes without.
+# the active maze's start and corridor look alike: the previous action tells them apart (README)
 def _action_if_active(env: gym.Env) -> tuple[str, ...]:
     return ("action",) if getattr(env.unwrapped, "active", False) else ()
 
@@ -170,8 +153,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
         500_000,
         8,
         _PPO_SEARCH,
-        # a residual skip, not the GTrXL gate: the cue must reach the memory from the start (supervised
-        # check on 5k final histories, 6 epochs: 0.64 accuracy with it, 0.13 with the gate; chance 0.125)
+        # a residual skip, not the GTrXL gate: the cue must reach the memory from the start (README)
         {"spatiotemporal-attention": {**_POINTER, "spatial_layers": 0, "gate": "residual"}, "cnn-stack": _CNN},
     ),
     # 16 glimpses of history, not the 64-step episode: SB3 keeps rollouts as float32 (64 frames would be 3 GiB)
@@ -190,6 +172,9 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_lstm", "TMaze-1000"): _tmaze(1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "*"): Preset(100_000, 8, {}),
 }
+
+FALLBACK = Preset(100_000, 8, {})
+"""an algorithm without presets of its own: its defaults, 8 envs, 100k env steps"""
 
 DEFAULT_HISTORY = 16
 
@@ -216,9 +201,9 @@ def preset_for(algo: str, env_id: str, env: gym.Env | None = None) -> Preset:
         for length, tier in TMAZE_TIERS:
             if corridor >= length and (algo, tier) in PRESETS:
                 return PRESETS[(algo, tier)]
-        if getattr(maze, "max_steps", 0) >= LONG_MEMORY:
-            return PRESETS.get((algo, "TMaze-long"), PRESETS[(algo, family)])
-    return PRESETS.get((algo, family), PRESETS[(algo, "*")])
+        if getattr(maze, "max_steps", 0) >= LONG_MEMORY and (algo, "TMaze-long") in PRESETS:
+            return PRESETS[(algo, "TMaze-long")]
+    return PRESETS.get((algo, family), PRESETS.get((algo, "*"), FALLBACK))
 
 
 def default_patch_size(env: gym.Env) -> int:

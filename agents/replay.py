@@ -1,7 +1,8 @@
-"""``train.py --replay RUN``: play a trained run, print how it did, write a GIF of what it attended to."""
+"""``train.py --replay RUN``: play a trained run, print how it did, write a GIF of what it attended to and a JSON of the numbers."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from agents.build import ALGO_CLASSES, RunPlan, is_image, make_env, resolve
-from agents.checks import check_model_file, first_line
+from agents.callbacks import TARGET_KEYS
+from agents.checks import first_line
 from agents.config import ConfigError, TrainConfig
+from agents.plan import RunPlan, make_env, resolve
 from agents.presets import env_family
-from agents.run import TARGET_KEYS, check_only_changes, env_name, load_run_config
+from agents.registry import ALGOS, is_image
+from agents.run import check_only_changes
+from agents.runfolder import find_model, load_run_config
 from rlattn import HistoryAttentionExtractor
 from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
@@ -34,6 +38,19 @@ class ReplayResult:
     video: Path
     frames: int
 
+    def record(self) -> dict[str, Any]:
+        """What the JSON beside the GIF holds (for benchmarks: nothing parses stdout)."""
+        return {
+            "model": str(self.model_path),
+            "episodes": len(self.returns),
+            "returns": self.returns,
+            "success_rate": float(np.mean(self.successes)) if self.successes else None,
+            "target_mass": float(np.mean(self.target_masses)) if self.target_masses else None,
+            "target_masses": self.target_masses,
+            "video": str(self.video),
+            "frames": self.frames,
+        }
+
     def summary(self) -> str:
         rate = f"{np.mean(self.successes):.2f}" if self.successes else "n/a"
         mass = f"{np.mean(self.target_masses):.3f}" if self.target_masses else "n/a"
@@ -41,24 +58,6 @@ class ReplayResult:
             f"replay of {self.model_path}: success {rate} over {len(self.returns)} episodes | "
             f"mean return {np.mean(self.returns):.3f} | target mass {mass} | {self.frames} frames written to {self.video}"
         )
-
-
-def find_model(target: str) -> tuple[Path, Path]:
-    """(run folder, model zip) for ``--replay``: a model zip, or a run folder's best (else final) model."""
-    path = Path(target)
-    if path.is_file():
-        return path.parent, check_model_file(target, "--replay")
-    if not path.is_dir():
-        raise ConfigError(
-            f"--replay {target!r} is invalid: no such folder or file; expected a run folder written by train.py"
-        )
-    saved = load_run_config(path, f"--replay {target!r}")
-    for name in ("best_model.zip", f"{env_name(saved.env)}.zip"):
-        if (path / name).is_file():
-            return path, check_model_file(str(path / name), "--replay")
-    raise ConfigError(
-        f"--replay {target!r} is invalid: the folder holds no best_model.zip or {env_name(saved.env)}.zip"
-    )
 
 
 def _make_env(plan: RunPlan, seed: int) -> VecEnv:
@@ -99,7 +98,9 @@ def _picture(
         return overlay(frame, weights, box), mass
     picture = np.asarray(venv.get_images()[0], dtype=np.uint8)
     if isinstance(extractor, HistoryAttentionExtractor):
-        maps = extractor.attention_maps(policy_input(model.policy, obs))  # (1, layers, H, K)
+        history = policy_input(model.policy, obs)
+        assert isinstance(history, dict)  # the history extractor reads HistoryObservation dicts
+        maps = extractor.attention_maps(history)  # (1, layers, H, K)
         weights = maps[0, -1].cpu().numpy()  # the last block's
         strip = heatmap_image(weights, np.zeros(weights.shape[-1]), min_width=picture.shape[1])
         picture = np.concatenate([_pad_width(picture, strip.shape[1]), _pad_width(strip, picture.shape[1])], axis=0)
@@ -116,11 +117,15 @@ def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | No
     obs = venv.reset()
     info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
     state, start = None, np.ones(1, dtype=bool)
-    returns, successes, masses, pictures, total = [], [], [], [], 0.0
+    returns: list[float] = []
+    successes: list[bool] = []
+    masses: list[float] = []
+    pictures: list[np.ndarray] = []
+    total = 0.0
     while len(returns) < episodes:
         picture, mass = _picture(model, venv, obs, info, target_key)
         pictures.append(picture)
-        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)  # type: ignore[arg-type]
         obs, reward, done, infos = venv.step(action)
         total += float(reward[0])
         start = done
@@ -156,7 +161,7 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     if video.suffix.lower() != ".gif":
         raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")
     try:
-        model = ALGO_CLASSES[saved.algo].load(model_file, device=cfg.device)
+        model = ALGOS[saved.algo].cls.load(model_file, device=cfg.device)
     except Exception as error:
         raise ConfigError(
             f"--replay {str(model_file)!r} cannot be loaded as {saved.algo}: {first_line(error)}"
@@ -167,4 +172,6 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     finally:
         venv.close()
     write_gif(pictures, video)
-    return ReplayResult(model_file, returns, successes, masses, video, len(pictures))
+    result = ReplayResult(model_file, returns, successes, masses, video, len(pictures))
+    video.with_suffix(".json").write_text(json.dumps(result.record(), indent=2) + "\n")
+    return result

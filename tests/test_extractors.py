@@ -68,9 +68,7 @@ def test_long_local_history_runs_chunked_and_matches_the_dense_path():
     space = spaces.Dict(
         {"obs": spaces.Box(-1, 1, (long_k, D), np.float32), "valid": spaces.Box(0, 1, (long_k,), np.float32)}
     )
-    extractor = HistoryAttentionExtractor(
-        space, embed_dim=16, n_heads=2, n_layers=3, attention="local", window=8
-    )
+    extractor = HistoryAttentionExtractor(space, embed_dim=16, n_heads=2, n_layers=3, attention="local", window=8)
     g = torch.Generator().manual_seed(0)
     obs = {"obs": torch.rand(3, long_k, D, generator=g), "valid": torch.ones(3, long_k)}
     obs["valid"][0, :350] = 0

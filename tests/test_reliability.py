@@ -13,7 +13,7 @@ import torch
 from stable_baselines3 import DQN, PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.run import save_atomic
+from agents.runfolder import save_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--env-kwargs", "corridor_length:3", "--n-envs", "2", "--eval-episodes", "2", "-f", "logs"]
@@ -183,7 +183,7 @@ def test_the_same_seed_gives_the_same_run(extractor, tmp_path):
 def test_a_run_keeps_the_history_inputs_it_was_trained_with(tmp_path):
     """Resume and replay rebuild the steps a run saw, whatever the presets say now: the preset's
     choice is pinned from the run's resolved settings, and runs saved before the flag saw the observation alone."""
-    from agents.run import load_run_config
+    from agents.runfolder import load_run_config
 
     folder = tmp_path / "run"
     (folder / "rlattn-TMazeActive-v0").mkdir(parents=True)

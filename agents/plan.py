@@ -1,0 +1,316 @@
+"""From a ``TrainConfig`` to a checked ``RunPlan``: presets filled in, every setting resolved, nothing built."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs
+from agents.checks import check_algo_values, check_device, check_env_id, check_int_flag, check_writable, first_line
+from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
+from agents.presets import default_history, preset_for
+from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
+from rlattn import HistoryObservation
+
+_SET_BY_US = {
+    "self",
+    "policy",
+    "env",
+    "seed",
+    "device",
+    "verbose",
+    "tensorboard_log",
+    "policy_kwargs",
+    "_init_setup_model",
+    "observation_space",
+}
+_POLICY_KEYS = {"net_arch", "policy_kwargs"}
+
+
+@dataclass
+class RunPlan:
+    """Every setting resolved from the config and the presets, checked before anything is trained."""
+
+    config: TrainConfig
+    extractor: str
+    history: int
+    n_timesteps: int
+    n_envs: int
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    extractor_kwargs: dict[str, Any] = field(default_factory=dict)
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """the training envs' keywords: ``--env-kwargs``, plus the preset's training-only ones"""
+    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """evaluation, attention logging and replay: ``--env-kwargs`` updated by ``--eval-env-kwargs``"""
+    history_inputs: tuple[str, ...] = ()
+    """what each observed step holds besides the observation: ``"action"``, ``"reward"``"""
+
+    @property
+    def algo_entry(self) -> AlgoEntry:
+        return ALGOS[self.config.algo]
+
+    @property
+    def extractor_entry(self) -> ExtractorEntry:
+        return EXTRACTORS[self.extractor]
+
+    @property
+    def observation(self) -> str:
+        """How the policy sees the env: ``"history"`` (HistoryObservation), ``"stack"`` (stacked frames) or ``"frame"``.
+
+        A recurrent algorithm keeps its own memory and sees one step: the bare frame, or a one-step
+        history when that step also holds the previous action or reward.
+        """
+        view = self.extractor_entry.view
+        if view == "frame" or (self.algo_entry.memory == "recurrent" and not self.history_inputs):
+            return "frame"
+        return "stack" if view == "stack" else "history"
+
+    @property
+    def uses_history(self) -> bool:
+        return self.observation == "history"
+
+    def wrap(self, env: gym.Env) -> gym.Env:
+        """The env as the policy sees it: in a ``HistoryObservation`` where the plan has one (stacking is a VecEnv wrapper)."""
+        if not self.uses_history:
+            return env
+        inputs = self.history_inputs
+        return HistoryObservation(
+            env, self.history, include_action="action" in inputs, include_reward="reward" in inputs
+        )
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` with this project's ids registered (also inside subprocess workers)."""
+    assert envs.NAMESPACE  # importing envs registered the ids
+    return gym.make(env_id, **kwargs)
+
+
+def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
+    entry_point = gym.spec(env_id).entry_point
+    creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    params = inspect.signature(creator).parameters  # type: ignore[arg-type]
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [name for name in params if name not in ("self", "render_mode")]
+        for key in env_kwargs:
+            if key not in allowed:
+                raise ConfigError(
+                    f"env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}"
+                )
+    try:
+        return make_env(env_id, **env_kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{flag} for {env_id}: {error}") from None
+
+
+def _resolve_extractor(cfg: TrainConfig, probe: gym.Env) -> str:
+    """The extractor asked for, or the default for this algorithm and kind of observation."""
+    image = is_image(probe.observation_space)
+    algo = ALGOS[cfg.algo]
+    if cfg.extractor is None:
+        history = cfg.history if cfg.history is not None else default_history(probe)
+        return default_extractor(algo, image, history)
+    name = cfg.extractor
+    kind = "image" if image else "vector"
+    if algo.own_extractors and name != algo.own_extractors[kind]:
+        raise ConfigError(
+            f"--extractor {name!r} does not go with {cfg.algo}, which keeps its own memory: use {algo.own_extractors[kind]}"
+        )
+    entry, space = EXTRACTORS[name], probe.observation_space
+    if entry.inputs == "image" and not image:
+        raise ConfigError(
+            f"--extractor {name} needs image observations (channel-first uint8 Box); {cfg.env} gives {space}: use {listed(names(EXTRACTORS, inputs='vector'))}"
+        )
+    if entry.inputs == "vector" and image:
+        raise ConfigError(
+            f"--extractor {name} embeds vectors; {cfg.env} gives images {space}: use {listed(names(EXTRACTORS, inputs='image'))}"
+        )
+    side = entry.min_image_side
+    if image and min(space.shape[-2:]) < side:  # type: ignore[index]
+        smaller = [e.name for e in EXTRACTORS.values() if e.inputs == "image" and e.min_image_side < side]
+        raise ConfigError(
+            f"--extractor {name} needs images of at least {side}x{side} pixels; {cfg.env} gives {space.shape}: use {listed(smaller)} or a larger image"
+        )
+    return name
+
+
+def _resolve_history(cfg: TrainConfig, entry: ExtractorEntry, probe: gym.Env, preset_history: int | None) -> int:
+    single = entry.view in ("newest", "frame")
+    if cfg.history is not None:
+        if single and cfg.history != 1:
+            others = listed(
+                names(EXTRACTORS, inputs=entry.inputs, view="history")
+                + names(EXTRACTORS, inputs=entry.inputs, view="stack")
+            )
+            raise ConfigError(
+                f"--history {cfg.history} does not go with --extractor {entry.name}, which sees the newest step only: use {others}"
+            )
+        return cfg.history
+    return 1 if single else preset_history or default_history(probe)
+
+
+def _resolve_history_inputs(
+    cfg: TrainConfig, entry: ExtractorEntry, image: bool, preset_inputs: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--history-inputs``, else the preset's (only where the policy sees steps that can hold them)."""
+    recurrent = ALGOS[cfg.algo].memory == "recurrent"
+    frames_alone = (entry.inputs == "image" and entry.view != "history") or (recurrent and image)
+    if cfg.history_inputs is None:
+        return () if frames_alone else tuple(value for value in HISTORY_INPUTS if value in preset_inputs)
+    for value in cfg.history_inputs:
+        if value not in HISTORY_INPUTS:
+            raise ConfigError(f"--history-inputs {value!r} is invalid: allowed are {', '.join(HISTORY_INPUTS)}")
+    inputs = tuple(value for value in HISTORY_INPUTS if value in cfg.history_inputs)  # fixed order, once each
+    if inputs and frames_alone:
+        sees = f"{cfg.algo} on images ({cfg.env})" if recurrent else f"--extractor {entry.name}"
+        use = f"--algo {names(ALGOS, memory='observation')[0]} with " if recurrent else ""
+        history_images = listed(names(EXTRACTORS, inputs="image", view="history"))
+        raise ConfigError(
+            f"--history-inputs {' '.join(inputs)} does not go with {sees}, which sees image frames alone: "
+            f"use {use}--extractor {history_images}, or no --history-inputs"
+        )
+    return inputs
+
+
+def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Sort preset and user overrides into algorithm, extractor and policy keywords."""
+    algo = ALGOS[cfg.algo]
+    algo_keys = set(inspect.signature(algo.cls).parameters) - _SET_BY_US
+    extractor_keys = set(inspect.signature(EXTRACTORS[extractor].cls).parameters) - _SET_BY_US
+    if algo.own_extractors:
+        extractor_keys = set()
+    buckets: tuple[dict, dict, dict] = ({}, {}, {})
+    for source, values in (("preset", preset), ("user", cfg.hyperparams)):
+        for key, value in values.items():
+            if key in algo_keys:
+                buckets[0][key] = value
+            elif key in extractor_keys:
+                buckets[1][key] = value
+            elif key == "policy_kwargs" and not isinstance(value, dict):
+                raise ConfigError(
+                    f"-params policy_kwargs={value!r} is invalid: must be a dict literal, e.g. policy_kwargs:{{'net_arch':[64]}}"
+                )
+            elif key in _POLICY_KEYS:
+                buckets[2].update(value if key == "policy_kwargs" else {key: value})
+            elif source == "user":
+                allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS)
+                raise ConfigError(
+                    f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}"
+                )
+    return buckets
+
+
+def _check_flags(cfg: TrainConfig) -> str:
+    """Everything that needs no env; returns the env id without its ``module:`` prefix."""
+    if cfg.algo not in ALGOS:
+        raise ConfigError(f"--algo {cfg.algo!r} is invalid: allowed are {', '.join(ALGOS)}")
+    if cfg.vec_env not in VEC_ENVS:
+        raise ConfigError(f"--vec-env {cfg.vec_env!r} is invalid: allowed are {', '.join(VEC_ENVS)}")
+    env_id = check_env_id(cfg.env)
+    if cfg.extractor is not None and cfg.extractor not in EXTRACTORS:
+        raise ConfigError(f"--extractor {cfg.extractor!r} is invalid: allowed are {', '.join(EXTRACTORS)}")
+    check_device(cfg.device)
+    for flag, value in (("--n-timesteps", cfg.n_timesteps), ("--n-envs", cfg.n_envs), ("--history", cfg.history)):
+        if value is not None:
+            check_int_flag(flag, value)
+    check_int_flag("--eval-episodes", cfg.eval_episodes)
+    check_int_flag("--eval-freq", cfg.eval_freq, disabled=-1)
+    check_int_flag("--save-freq", cfg.save_freq, disabled=-1)
+    check_int_flag("--seed", cfg.seed, low=0)
+    check_int_flag("--verbose", cfg.verbose, low=0, high=2)
+    check_writable(cfg.log_folder, "-f")
+    if cfg.tensorboard_log:
+        check_writable(cfg.tensorboard_log, "-tb")
+    return env_id
+
+
+def _check_eval_env(env_id: str, cfg: TrainConfig, probe: gym.Env, eval_env_kwargs: dict[str, Any]) -> None:
+    eval_probe = _check_env_kwargs(env_id, eval_env_kwargs, "--eval-env-kwargs")
+    if eval_probe.observation_space != probe.observation_space or eval_probe.action_space != probe.action_space:
+        raise ConfigError(
+            f"--eval-env-kwargs {cfg.eval_env_kwargs} is invalid: the evaluation env's spaces "
+            f"({eval_probe.observation_space}, {eval_probe.action_space}) differ from the training env's "
+            f"({probe.observation_space}, {probe.action_space})"
+        )
+    eval_probe.close()
+
+
+def resolve(cfg: TrainConfig) -> RunPlan:
+    """Check every setting and fill in the presets; raises ConfigError with a one-line message.
+
+    Everything that needs no env is checked first; then one env is made to check the env keywords
+    and the history, and the extractor is built once on its space. No model, no vectorised envs.
+    """
+    env_id = _check_flags(cfg)
+    probe = _check_env_kwargs(env_id, cfg.env_kwargs)
+    eval_env_kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs}
+    if cfg.eval_env_kwargs:
+        _check_eval_env(env_id, cfg, probe, eval_env_kwargs)
+    preset = preset_for(cfg.algo, cfg.env, probe)
+    env_kwargs = dict(cfg.env_kwargs)
+    if preset.train_env is not None and not cfg.eval_env_kwargs:
+        extra = preset.train_env(probe)
+        if not set(extra) & set(cfg.env_kwargs):  # the user's own keywords switch the preset's off
+            env_kwargs.update(extra)
+            probe.close()
+            probe = _check_env_kwargs(env_id, env_kwargs)
+    try:
+        extractor = _resolve_extractor(cfg, probe)
+        entry = EXTRACTORS[extractor]
+        algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
+            cfg, extractor, preset.for_extractor(extractor)
+        )
+        check_algo_values(ALGOS[cfg.algo].cls, algo_kwargs)
+        preset_inputs = preset.history_inputs(probe) if preset.history_inputs is not None else ()
+        plan = RunPlan(
+            config=cfg,
+            extractor=extractor,
+            history=_resolve_history(cfg, entry, probe, preset.history),
+            n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else preset.n_timesteps,
+            n_envs=cfg.n_envs if cfg.n_envs is not None else preset.n_envs,
+            algo_kwargs=algo_kwargs,
+            extractor_kwargs=extractor_kwargs,
+            policy_kwargs=policy_kwargs,
+            env_kwargs=env_kwargs,
+            eval_env_kwargs=eval_env_kwargs,
+            history_inputs=_resolve_history_inputs(cfg, entry, is_image(probe.observation_space), preset_inputs),
+        )
+        _check_extractor(plan, probe)
+    finally:
+        probe.close()
+    return plan
+
+
+def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
+    """Fill in the extractor's defaults and build it once on the policy's space."""
+    entry = plan.extractor_entry
+    if plan.algo_entry.own_extractors:
+        if plan.uses_history:
+            policy_space(plan, probe)  # the previous action or reward must fit a history step
+        return
+    if entry.defaults is not None:
+        plan.extractor_kwargs = {**entry.defaults(plan, probe), **plan.extractor_kwargs}
+    try:
+        entry.cls(policy_space(plan, probe), **plan.extractor_kwargs)
+    except (ValueError, TypeError, AssertionError) as error:
+        raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None
+
+
+def policy_space(plan: RunPlan, probe: gym.Env) -> gym.Space:
+    """The observation space the policy will see: the env's, a history of it, or stacked frames."""
+    space = probe.observation_space
+    if plan.observation == "history":
+        try:
+            return plan.wrap(probe).observation_space
+        except ValueError as error:
+            raise ConfigError(f"--env {plan.config.env} cannot be given a history: {error}") from None
+    if plan.observation == "stack":
+        assert isinstance(space, gym.spaces.Box)
+        return gym.spaces.Box(
+            np.repeat(space.low, plan.history, axis=0), np.repeat(space.high, plan.history, axis=0), dtype=space.dtype
+        )
+    return space

@@ -1,0 +1,244 @@
+"""One registry of feature extractors and algorithms: adding one is an entry here plus its class.
+
+Everything else reads the entries: ``--help``, the ``--algo`` choices, every "allowed are ..." message,
+the default extractor, which observation wrapper a run uses, SB3's ``ortho_init``, attention logging.
+A project of your own registers more with :func:`register_extractor` and :func:`register_algo` before
+calling ``agents.cli.main``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import NatureCNN
+
+from agents.presets import default_patch_size
+from rlattn import (
+    HistoryAttentionExtractor,
+    HistoryFlattenExtractor,
+    PatchAttentionExtractor,
+    SpatioTemporalAttentionExtractor,
+)
+
+if TYPE_CHECKING:
+    from agents.plan import RunPlan
+
+INPUTS = ("vector", "image")
+VIEWS = ("history", "newest", "frame", "stack")
+MEMORIES = ("observation", "recurrent")
+
+
+@dataclass(frozen=True)
+class ExtractorEntry:
+    """A feature extractor as ``--extractor NAME`` selects it."""
+
+    name: str
+    cls: type
+    """the SB3 ``BaseFeaturesExtractor`` class"""
+    inputs: str
+    """what it embeds: ``"vector"`` steps or ``"image"`` frames"""
+    view: str
+    """how the policy sees the env: ``"history"`` (``HistoryObservation`` of ``--history`` steps), ``"newest"``
+    (a one-step history), ``"frame"`` (the observation as it is) or ``"stack"`` (frames stacked by SB3's VecFrameStack)"""
+    help: str
+    """one phrase for ``--help``"""
+    ortho_init: bool = False
+    """whether SB3's orthogonal re-initialisation applies (True for the MLP and CNN baselines; the
+    transformers keep their own init)"""
+    logs_attention: bool = False
+    """whether runs log ``attention/`` views (the class then has ``attention_maps``)"""
+    defaults: Callable[[RunPlan, gym.Env], dict[str, Any]] | None = None
+    """keyword defaults from the resolved plan and one env (the user's ``-params`` override them)"""
+    min_image_side: int = 1
+    """the smallest image side it accepts (images only)"""
+
+    def __post_init__(self) -> None:
+        if self.inputs not in INPUTS or self.view not in VIEWS:
+            raise ValueError(f"extractor {self.name!r}: inputs must be one of {INPUTS}, view one of {VIEWS}")
+
+
+@dataclass(frozen=True)
+class AlgoEntry:
+    """An algorithm as ``--algo NAME`` selects it."""
+
+    name: str
+    cls: type[BaseAlgorithm]
+    help: str
+    memory: str = "observation"
+    """``"observation"``: stateless, any memory is the history the extractor sees; ``"recurrent"``: carries
+    its own state between steps and sees one step (a one-step history when steps also hold the previous
+    action or reward), with the per-step encoder in ``own_extractors``"""
+    own_extractors: dict[str, str] = field(default_factory=dict)
+    """``{"vector": name, "image": name}``: the only extractor it takes for each kind of observation
+    (empty: any stateless extractor, chosen by ``--extractor``)"""
+    policies: dict[str, str] = field(
+        default_factory=lambda: {"vector": "MlpPolicy", "image": "CnnPolicy", "dict": "MultiInputPolicy"}
+    )
+    """SB3 policy name for ``"vector"``, ``"image"`` and ``"dict"`` observations as the policy sees them"""
+
+    @property
+    def actor_critic(self) -> bool:
+        """Its policy takes SB3's ``ortho_init`` (PPO, A2C and their kin)."""
+        return "ortho_init" in inspect.signature(self.policy_class("vector")).parameters
+
+    def policy_class(self, kind: str) -> type:
+        return self.cls.policy_aliases[self.policies[kind]]  # type: ignore[return-value]
+
+
+EXTRACTORS: dict[str, ExtractorEntry] = {}
+ALGOS: dict[str, AlgoEntry] = {}
+
+
+def register_extractor(entry: ExtractorEntry) -> ExtractorEntry:
+    """Make ``--extractor entry.name`` select ``entry`` (replacing an entry of that name)."""
+    EXTRACTORS[entry.name] = entry
+    return entry
+
+
+def register_algo(entry: AlgoEntry) -> AlgoEntry:
+    """Make ``--algo entry.name`` select ``entry`` (replacing an entry of that name)."""
+    if entry.memory not in MEMORIES:
+        raise ValueError(f"algorithm {entry.name!r}: memory={entry.memory!r} is invalid: allowed are {MEMORIES}")
+    ALGOS[entry.name] = entry
+    return entry
+
+
+def names(entries: dict[str, Any], **where: Any) -> list[str]:
+    """Names of the entries whose attributes equal ``where`` (all of them by default), in registration order."""
+    return [name for name, entry in entries.items() if all(getattr(entry, k) == v for k, v in where.items())]
+
+
+def listed(items: list[str]) -> str:
+    """``a, b or c`` for messages."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def is_image(space: gym.Space) -> bool:
+    """A channel-first image Box, as SB3's CNN policies take it (uint8 0..255, any channel count)."""
+    return isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)
+
+
+def default_extractor(algo: AlgoEntry, image: bool, history: int) -> str:
+    """The extractor a run takes when ``--extractor`` is not given."""
+    kind = "image" if image else "vector"
+    if kind in algo.own_extractors:
+        return algo.own_extractors[kind]
+    if not image:
+        return "attention"
+    return "patch-attention" if history == 1 else "spatiotemporal-attention"
+
+
+def extractor_help() -> str:
+    """The ``--extractor`` help text, from the entries."""
+    parts = [
+        f"{kind.capitalize()}s: " + ", ".join(f"{e.name} ({e.help})" for e in EXTRACTORS.values() if e.inputs == kind)
+        for kind in INPUTS
+    ]
+    own = "; ".join(
+        f"{a.name} takes only {listed(list(a.own_extractors.values()))}" for a in ALGOS.values() if a.own_extractors
+    )
+    default = "Default: attention on vectors; patch-attention on images, spatiotemporal-attention when episodes are longer than one step"
+    return ". ".join([*parts, default + (f"; {own}" if own else "")])
+
+
+def algo_help() -> str:
+    return "RL algorithm: " + ", ".join(f"{a.name} ({a.help})" for a in ALGOS.values())
+
+
+NATURE_CNN_MIN = 36
+"""the smallest image side NatureCNN's convolutions (8/4, 4/2, 3/1) accept"""
+SPARSE_TOP_K = 8
+"""keys each query keeps with --extractor sparse-attention (override with -params top_k:N)"""
+
+
+def local_window(plan: RunPlan, env: gym.Env | None = None) -> dict[str, Any]:
+    """Local attention whose window is just wide enough for the stacked blocks to reach the oldest step."""
+    default_layers = inspect.signature(HistoryAttentionExtractor).parameters["n_layers"].default
+    n_layers = int(plan.extractor_kwargs.get("n_layers", default_layers))
+    return {"attention": "local", "window": min(plan.history, -(-(plan.history - 1) // n_layers) + 1)}
+
+
+def _sparse(plan: RunPlan, env: gym.Env | None = None) -> dict[str, Any]:
+    return {"top_k": min(SPARSE_TOP_K, plan.history)}
+
+
+def _patches(plan: RunPlan, env: gym.Env) -> dict[str, Any]:
+    return {"patch_size": default_patch_size(env)}
+
+
+for _entry in (
+    ExtractorEntry("attention", HistoryAttentionExtractor, "vector", "history", "global", logs_attention=True),
+    ExtractorEntry(
+        "local-attention",
+        HistoryAttentionExtractor,
+        "vector",
+        "history",
+        "windowed, cost linear in K",
+        logs_attention=True,
+        defaults=local_window,
+    ),
+    ExtractorEntry(
+        "sparse-attention",
+        HistoryAttentionExtractor,
+        "vector",
+        "history",
+        f"each query keeps its {SPARSE_TOP_K} strongest keys",
+        logs_attention=True,
+        defaults=_sparse,
+    ),
+    ExtractorEntry("mlp", HistoryFlattenExtractor, "vector", "newest", "newest step only", ortho_init=True),
+    ExtractorEntry("mlp-stack", HistoryFlattenExtractor, "vector", "history", "flattened history", ortho_init=True),
+    ExtractorEntry(
+        "patch-attention",
+        PatchAttentionExtractor,
+        "image",
+        "frame",
+        "one frame",
+        logs_attention=True,
+        defaults=_patches,
+    ),
+    ExtractorEntry(
+        "spatiotemporal-attention",
+        SpatioTemporalAttentionExtractor,
+        "image",
+        "history",
+        "patches within frames, attention across a history of frames",
+        logs_attention=True,
+        defaults=_patches,
+    ),
+    ExtractorEntry(
+        "cnn", NatureCNN, "image", "frame", "SB3's NatureCNN", ortho_init=True, min_image_side=NATURE_CNN_MIN
+    ),
+    ExtractorEntry(
+        "cnn-stack",
+        NatureCNN,
+        "image",
+        "stack",
+        "NatureCNN on the last K frames stacked",
+        ortho_init=True,
+        min_image_side=NATURE_CNN_MIN,
+    ),
+):
+    register_extractor(_entry)
+
+register_algo(AlgoEntry("ppo", PPO, "PPO"))
+register_algo(AlgoEntry("a2c", A2C, "A2C"))
+register_algo(AlgoEntry("dqn", DQN, "DQN"))
+register_algo(
+    AlgoEntry(
+        "ppo_lstm",
+        RecurrentPPO,
+        "sb3-contrib's RecurrentPPO, the LSTM baseline",
+        memory="recurrent",
+        own_extractors={"vector": "mlp", "image": "cnn"},
+        policies={"vector": "MlpLstmPolicy", "image": "CnnLstmPolicy", "dict": "MultiInputLstmPolicy"},
+    )
+)
