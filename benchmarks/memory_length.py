@@ -93,9 +93,9 @@ def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Nam
         *("--env-kwargs", *env_kwargs, "-n", str(budget), "--seed", str(args.seed)),
         *(("--eval-env-kwargs", *eval_env_kwargs) if eval_env_kwargs else ()),
         *("--eval-freq", str(args.eval_freq or max(budget // 20, 5_000)), "--eval-episodes", str(args.eval_episodes)),
-        *("--save-freq", "-1", "--verbose", "0", "-f", str(log_folder)),
+        *("--save-freq", "-1", "--verbose", "0"),
     ]
-    return train(arguments)
+    return train(arguments, log_folder)
 
 
 def trained_on(record: dict) -> str:

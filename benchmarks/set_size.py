@@ -19,12 +19,13 @@ the runs of this invocation.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
-from sweep import ROOT, best, last_line, reached, run_cases, save_plot, train
+from sweep import ROOT, best, reached, run_cases, save_plot, train
 
 METHODS = ("patch-attention", "cnn")
 ENV = "rlattn/VisualSearch-v0"
@@ -36,11 +37,9 @@ def target_mass(folder: str, episodes: int, seed: int) -> float | None:
     gif = Path(folder) / "replay.gif"
     command = [sys.executable, str(ROOT / "train.py"), "--replay", folder, "--episodes", str(episodes)]
     done = subprocess.run([*command, "--seed", str(seed), "--video", str(gif)], capture_output=True, text=True)
-    line = last_line(done.stdout)
-    if done.returncode or "target mass" not in line:
+    if done.returncode:
         return None
-    value = line.split("target mass ")[1].split(" ")[0]
-    return None if value == "n/a" else float(value)
+    return json.loads(gif.with_suffix(".json").read_text())["target_mass"]
 
 
 def run_one(set_size: int, method: str, args: argparse.Namespace, log_folder: Path) -> dict:
@@ -50,9 +49,9 @@ def run_one(set_size: int, method: str, args: argparse.Namespace, log_folder: Pa
         *("--env-kwargs", f"set_size:{set_size}", f"search:'{args.search}'"),
         *("-n", str(args.budget), "--seed", str(args.seed)),
         *("--eval-freq", str(args.eval_freq), "--eval-episodes", str(args.eval_episodes)),
-        *("--save-freq", "-1", "--verbose", "0", "-f", str(log_folder)),
+        *("--save-freq", "-1", "--verbose", "0"),
     ]
-    record = train(arguments)
+    record = train(arguments, log_folder)
     if method == "patch-attention" and "folder" in record:
         record["target_mass"] = target_mass(record["folder"], args.mass_episodes, args.seed + 20_000)
     return record

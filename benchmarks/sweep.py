@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SUMMARY = re.compile(r"eval success (\S+) over (\d+) episodes .*\| (\d+) env steps/s \| run folder (.+)$")
 
 
 def last_line(text: str) -> str:
@@ -29,28 +27,34 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def train(arguments: list[str]) -> dict:
-    """Run ``train.py ARGUMENTS``; the record of how it went, or ``{"error": ...}`` with its last line."""
+def train(arguments: list[str], log_folder: Path) -> dict:
+    """Run ``train.py ARGUMENTS`` in a new folder under ``log_folder``; the record of how it went, read
+    from the run's ``result.json`` and ``evaluations.npz``, or ``{"error": ...}`` with stderr's last line."""
+    log_folder.mkdir(parents=True, exist_ok=True)
+    own = Path(tempfile.mkdtemp(prefix="run_", dir=log_folder))
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *arguments], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, str(ROOT / "train.py"), *arguments, "-f", str(own)], capture_output=True, text=True, cwd=ROOT
     )
     record: dict = {"wall_s": time.perf_counter() - start}
-    match = SUMMARY.search(last_line(done.stdout))
-    if done.returncode or not match:
+    results = sorted(own.glob("*/*/result.json"))
+    if done.returncode or len(results) != 1:
         return {**record, "error": last_line(done.stderr) or f"exit {done.returncode}"}
-    success, _, sps, folder = match.groups()
-    evaluations = np.load(Path(folder) / "evaluations.npz")
+    folder = results[0].parent
+    result = json.loads(results[0].read_text())
+    evaluations = np.load(folder / "evaluations.npz")
     rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
     curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)]
     reached = [t for t, rate in curve if rate >= 0.95]
+    final = result["evaluation"] or {}
     return {
         **record,
-        "success": float(success),
+        "success": final.get("success_rate"),
+        "mean_return": final.get("mean_return"),
         "steps_to_095": reached[0] if reached else None,
-        "steps_per_s": int(sps),
+        "steps_per_s": int(result["steps_per_second"]),
         "curve": curve,
-        "folder": folder,
+        "folder": str(folder),
     }
 
 

@@ -20,13 +20,18 @@ import torch
 from agents.build import build_model, make_vec, resolve
 from agents.config import TrainConfig
 
-METHODS = ("mlp", "mlp-stack", "attention", "local-attention", "sparse-attention", "ppo_lstm")
+METHODS = ("mlp", "mlp-stack", "attention", "attention-residual", "local-attention", "sparse-attention", "ppo_lstm")
+VARIANTS = {"attention-residual": ("attention", {"gate": "residual"})}
+"""methods that are an extractor with other keywords: the GTrXL gate's cost against a plain residual"""
 
 
 def steps_per_second(method: str, args: argparse.Namespace) -> float:
-    algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
+    extractor, params = VARIANTS.get(method, (method, {}))
+    algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", extractor)
     history = None if method in ("mlp", "ppo_lstm") else args.history
-    cfg = TrainConfig(algo=algo, env=args.env, extractor=extractor, history=history, seed=args.seed, verbose=0)
+    cfg = TrainConfig(
+        algo=algo, env=args.env, extractor=extractor, history=history, seed=args.seed, verbose=0, hyperparams=params
+    )
     plan = resolve(cfg)
     venv = make_vec(plan, plan.n_envs, args.seed)
     model = build_model(plan, venv)
