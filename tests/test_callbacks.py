@@ -37,6 +37,8 @@ def test_side_by_side_episodes_are_the_one_at_a_time_episodes(model, n_envs):
     together = decisions(model, DummyVecEnv([maze] * n_envs), 8)
     assert len(alone) == len(together) == 8
     assert len({t for _, t, _ in alone}) > 1  # the episodes differ in length
+    for obs, t, info in alone:  # the last observation acted on, not the one after the reset
+        assert obs["valid"].sum() == min(t + 1, 10) and info["cue_step"] == 0
     for (obs_a, t_a, info_a), (obs_b, t_b, info_b) in zip(alone, together, strict=True):
         assert t_a == t_b and info_a["cue_step"] == info_b["cue_step"] and info_a["goal"] == info_b["goal"]
         for key in obs_a:
@@ -47,3 +49,26 @@ def test_each_round_replays_the_same_episodes(model):
     env = DummyVecEnv([maze] * 4)
     first, second = decisions(model, env, 6), decisions(model, env, 6)
     assert [(t, info["goal"]) for _, t, info in first] == [(t, info["goal"]) for _, t, info in second]
+
+
+def test_target_mass_is_the_readouts_weight_on_the_cue_step(model):
+    """On the passive maze the cue is the episode's first step: the oldest valid slot of a short history."""
+    from stable_baselines3.common.logger import Logger
+
+    from rlattn.callbacks import find_attention_extractor, policy_input
+
+    recorded: dict = {}
+    logger = Logger(None, [])
+    logger.record = lambda key, value, exclude=None: recorded.__setitem__(key, value)  # type: ignore[method-assign]
+    model.set_logger(logger)
+    callback = AttentionLoggingCallback(maze(), n_episodes=4, target_key="cue_step", seed=7)
+    callback.init_callback(model)
+    extractor = find_attention_extractor(model.policy)
+    expected = []
+    for obs, _, _ in callback._decisions():
+        first_valid = int(np.flatnonzero(obs["valid"])[0])
+        maps = extractor.attention_maps(policy_input(model.policy, obs))[0]  # (layers, H, K)
+        expected.append(float(maps[-1, :, first_valid].mean()))
+    callback._on_step()
+    assert recorded["attention/target_mass"] == pytest.approx(np.mean(expected))
+    assert 0.0 < recorded["attention/target_mass"] < 1.0 and "attention/heatmap" in recorded

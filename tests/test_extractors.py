@@ -60,6 +60,9 @@ def test_gradients_reach_every_parameter(kwargs):
     extractor(batch(B=8)).square().sum().backward()
     for name, param in extractor.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+    for block in extractor.blocks:  # queries, keys and values each take part (not only the values)
+        for part in block.attn.qkv.weight.grad.chunk(3):
+            assert part.abs().sum() > 0
 
 
 def test_long_local_history_runs_chunked_and_matches_the_dense_path():
@@ -146,6 +149,21 @@ def test_short_histories_run_in_one_pass_however_large_the_batch():
     observations["valid"][0, -extractors.LENGTH_GROUP_MIN_STEPS :] = 1  # one history long enough
     extractor(observations)
     assert passes[1:] == [64, 64, 64, 64]
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+def test_an_older_valid_step_changes_the_features(kwargs):
+    """The history is read: changing one older real step changes that history's output, and no other."""
+    extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2, **kwargs)
+    obs = batch()
+    obs["valid"][0] = 1.0  # history 0 is full; its oldest step is at most ``window`` - 1 blocks away
+    changed = {**obs, "obs": obs["obs"].clone()}
+    changed["obs"][0, -2] += 10.0
+    out, new = extractor(obs), extractor(changed)
+    assert (out[0] - new[0]).abs().max() > 1e-5  # exactly 0 if steps saw only themselves
+    torch.testing.assert_close(out[1:], new[1:])
+    maps = extractor.attention_maps(obs)
+    assert maps[0, -1, :, : K - 1].sum() > 0  # the readout puts weight on past steps
 
 
 def test_is_stateless():

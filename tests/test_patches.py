@@ -115,6 +115,19 @@ def test_spatiotemporal_without_temporal_blocks_reads_the_newest_frame():
     assert extractor.temporal_maps(obs).shape == (4, 0, 1, K)
 
 
+def test_spatiotemporal_reads_older_frames_through_its_temporal_blocks():
+    extractor = SpatioTemporalAttentionExtractor(
+        HISTORY, features_dim=8, embed_dim=16, n_heads=2, temporal_layers=1, gate="residual"
+    )
+    obs = histories()
+    obs["valid"][0] = 1.0
+    changed = {**obs, "obs": obs["obs"].clone()}
+    changed["obs"][0, 0] = 255.0 - changed["obs"][0, 0]  # the oldest frame of history 0
+    out, new = extractor(obs), extractor(changed)
+    assert (out[0] - new[0]).abs().max() > 1e-5  # exactly 0 if frames were read alone
+    torch.testing.assert_close(out[1:], new[1:])
+
+
 def test_spatiotemporal_maps():
     extractor = SpatioTemporalAttentionExtractor(HISTORY, embed_dim=16, n_heads=2, temporal_layers=2)
     obs = histories()

@@ -176,8 +176,17 @@ def test_the_same_seed_gives_the_same_run(extractor, tmp_path):
     for key in weights_a:
         assert torch.equal(weights_a[key], weights_b[key]), key
     assert summary_a == summary_b
-    config = json.loads((tmp_path / "a" / "ppo" / "rlattn-TMaze-v0_1" / "rlattn-TMaze-v0" / "args.json").read_text())
-    assert config["seed"] == 3
+    other = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *SMALL[:-1], "c", "--extractor", extractor, "-n", "1024"]
+        + ["--eval-freq", "-1", "--seed", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert other.returncode == 0, other.stderr
+    weights_c = PPO.load(tmp_path / "c" / "ppo" / "rlattn-TMaze-v0_1" / "rlattn-TMaze-v0.zip").policy.state_dict()
+    assert any(not torch.equal(weights_a[key], weights_c[key]) for key in weights_a)  # the seed is used
 
 
 def test_a_run_keeps_the_history_inputs_it_was_trained_with(tmp_path):

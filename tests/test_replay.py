@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -82,8 +83,12 @@ def test_replay_of_a_vector_env_adds_the_history_heatmap(tmp_path):
     assert "target mass n/a" in done.stdout
     # corridor 3 and no slack: every episode is 4 steps, and each is a frame
     assert "8 frames written" in done.stdout and gif_milliseconds(folder / "replay.gif") == 8 * FRAME_MS
+    maze = gym.make("rlattn/TMaze-v0", corridor_length=3, render_mode="rgb_array")
+    maze.reset(seed=0)
+    render_height = maze.render().shape[0]
     with Image.open(folder / "replay.gif") as gif:
-        assert gif.size[1] > 3 * (512 // 5)  # the maze render, and the heatmap under it
+        # the maze render, and under it the heatmap: one 12-pixel row per head (the preset's 4), a gap, the strip
+        assert gif.size[1] == render_height + 4 * 12 + 2 + 6
 
 
 @pytest.mark.parametrize(
