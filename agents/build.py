@@ -65,6 +65,7 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
     if algo.actor_critic:
         # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.
         policy_kwargs.setdefault("ortho_init", entry.ortho_init)
+    own = algo.plan_kwargs(plan) if algo.plan_kwargs is not None else {}
     try:
         model = algo.cls(
             _policy_name(plan, venv.observation_space),
@@ -73,6 +74,7 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
             device=cfg.device,
             verbose=cfg.verbose,
             policy_kwargs=policy_kwargs,
+            **own,
             **plan.algo_kwargs,
         )
     except Exception as error:

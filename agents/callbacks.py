@@ -124,7 +124,7 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         # evaluation runs its envs in-process whatever --vec-env says; SB3 warns about the mismatch
         warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
         attention = None
-        if plan.extractor_entry.logs_attention:
+        if plan.extractor_entry.logs_attention or plan.algo_entry.logs_attention:
             attention = AttentionLoggingCallback(
                 make_vec(plan, ATTENTION_EPISODES, cfg.seed + EVAL_SEED_OFFSET, evaluation=True),
                 n_episodes=ATTENTION_EPISODES,

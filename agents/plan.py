@@ -65,8 +65,8 @@ class RunPlan:
         A recurrent algorithm keeps its own memory and sees one step: the bare frame, or a one-step
         history when that step also holds the previous action or reward.
         """
-        view = self.extractor_entry.view
-        if view == "frame" or (self.algo_entry.memory == "recurrent" and not self.history_inputs):
+        view, memory = self.extractor_entry.view, self.algo_entry.memory
+        if view == "frame" or memory == "episodic" or (memory == "recurrent" and not self.history_inputs):
             return "frame"
         return "stack" if view == "stack" else "history"
 
@@ -139,7 +139,8 @@ def _resolve_extractor(cfg: TrainConfig, probe: gym.Env) -> str:
 
 
 def _resolve_history(cfg: TrainConfig, entry: ExtractorEntry, probe: gym.Env, preset_history: int | None) -> int:
-    single = entry.view in ("newest", "frame")
+    """K: the steps a decision can see (an episodic algorithm's memory window W)."""
+    single = entry.view in ("newest", "frame") and ALGOS[cfg.algo].memory != "episodic"
     if cfg.history is not None:
         if single and cfg.history != 1:
             others = listed(
@@ -157,8 +158,11 @@ def _resolve_history_inputs(
     cfg: TrainConfig, entry: ExtractorEntry, image: bool, preset_inputs: tuple[str, ...]
 ) -> tuple[str, ...]:
     """``--history-inputs``, else the preset's (only where the policy sees steps that can hold them)."""
-    recurrent = ALGOS[cfg.algo].memory == "recurrent"
-    frames_alone = (entry.inputs == "image" and entry.view != "history") or (recurrent and image)
+    memory = ALGOS[cfg.algo].memory
+    recurrent = memory == "recurrent"
+    frames_alone = memory != "episodic" and (
+        (entry.inputs == "image" and entry.view != "history") or (recurrent and image)
+    )
     if cfg.history_inputs is None:
         return () if frames_alone else tuple(value for value in HISTORY_INPUTS if value in preset_inputs)
     for value in cfg.history_inputs:
@@ -179,10 +183,12 @@ def _resolve_history_inputs(
 def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict]:
     """Sort preset and user overrides into algorithm, extractor and policy keywords."""
     algo = ALGOS[cfg.algo]
-    algo_keys = set(inspect.signature(algo.cls).parameters) - _SET_BY_US
+    algo_keys = algo.keywords() - _SET_BY_US - {*algo.memory_keys, "memory_kwargs"}
+    if algo.plan_kwargs is not None:  # set from the plan (--history, --history-inputs), not -params
+        algo_keys -= {"memory", "include_action", "include_reward"}
     extractor_keys = set(inspect.signature(EXTRACTORS[extractor].cls).parameters) - _SET_BY_US
     if algo.own_extractors:
-        extractor_keys = set()
+        extractor_keys = set(algo.memory_keys)
     buckets: tuple[dict, dict, dict] = ({}, {}, {})
     for source, values in (("preset", preset), ("user", cfg.hyperparams)):
         for key, value in values.items():

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 INPUTS = ("vector", "image")
 VIEWS = ("history", "newest", "frame", "stack")
-MEMORIES = ("observation", "recurrent")
+MEMORIES = ("observation", "recurrent", "episodic")
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,18 @@ class AlgoEntry:
     memory: str = "observation"
     """``"observation"``: stateless, any memory is the history the extractor sees; ``"recurrent"``: carries
     its own state between steps and sees one step (a one-step history when steps also hold the previous
-    action or reward), with the per-step encoder in ``own_extractors``"""
+    action or reward), with the per-step encoder in ``own_extractors``; ``"episodic"``: keeps the last
+    ``--history`` steps of the episode itself, sees the env as it is and takes the previous action or
+    reward as keywords (``plan_kwargs``)"""
     own_extractors: dict[str, str] = field(default_factory=dict)
     """``{"vector": name, "image": name}``: the only extractor it takes for each kind of observation
     (empty: any stateless extractor, chosen by ``--extractor``)"""
+    memory_keys: tuple[str, ...] = ()
+    """``-params`` keys of its own memory (an episodic algorithm's transformer), passed as ``memory_kwargs``"""
+    logs_attention: bool = False
+    """whether runs log ``attention/`` views of its memory (the class then has ``attention_maps``)"""
+    plan_kwargs: Callable[[RunPlan], dict[str, Any]] | None = None
+    """keywords the algorithm takes from the resolved plan (an episodic memory's window and inputs)"""
     policies: dict[str, str] = field(
         default_factory=lambda: {"vector": "MlpPolicy", "image": "CnnPolicy", "dict": "MultiInputPolicy"}
     )
@@ -88,6 +96,18 @@ class AlgoEntry:
     def actor_critic(self) -> bool:
         """Its policy takes SB3's ``ortho_init`` (PPO, A2C and their kin)."""
         return "ortho_init" in inspect.signature(self.policy_class("vector")).parameters
+
+    def keywords(self) -> set[str]:
+        """Its constructor's keywords, and those of the classes it hands ``**kwargs`` on to."""
+        names: set[str] = set()
+        for cls in self.cls.__mro__:
+            if "__init__" not in vars(cls):
+                continue
+            params = inspect.signature(cls).parameters
+            names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                break
+        return names
 
     def policy_class(self, kind: str) -> type:
         return self.cls.policy_aliases[self.policies[kind]]  # type: ignore[return-value]

@@ -77,11 +77,27 @@ def _make_env(plan: RunPlan, seed: int) -> VecEnv:
     return VecFrameStack(venv, plan.history, channels_order="first") if plan.observation == "stack" else venv
 
 
+def _history_weights(model: BaseAlgorithm, obs: Any, state: Any) -> np.ndarray | None:
+    """The last block's attention over the steps a decision saw, oldest first: (H, K), or None."""
+    if callable(getattr(model, "attention_maps", None)):  # an episodic memory: the weights are in its state
+        weights, positions = model.attention_maps(state)  # type: ignore[attr-defined]
+        order = np.argsort(positions[0].cpu().numpy(), kind="stable")
+        seen = order[positions[0].cpu().numpy()[order] >= 0]
+        return weights[0, -1].cpu().numpy()[:, seen]
+    extractor = find_attention_extractor(model.policy)
+    if not isinstance(extractor, HistoryAttentionExtractor):
+        return None
+    history = policy_input(model.policy, obs)
+    assert isinstance(history, dict)  # the history extractor reads HistoryObservation dicts
+    return extractor.attention_maps(history)[0, -1].cpu().numpy()  # (1, layers, H, K) -> the last block's
+
+
 def _picture(
-    model: BaseAlgorithm, venv: VecEnv, obs: Any, info: dict, target_key: str | None
+    model: BaseAlgorithm, venv: VecEnv, obs: Any, info: dict, target_key: str | None, state: Any = None
 ) -> tuple[np.ndarray, float | None]:
     """What the agent saw and where it looked (the overlay on images, the render plus a heatmap
-    otherwise), and the attention mass on the target's box where there is one."""
+    otherwise), and the attention mass on the target's box where there is one. ``state``: what
+    ``predict`` returned for this observation."""
     extractor = find_attention_extractor(model.policy)
     if is_image(venv.observation_space) or isinstance(obs, dict) and obs["obs"].ndim == 5:
         if isinstance(obs, dict):
@@ -97,12 +113,9 @@ def _picture(
         mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
         return overlay(frame, weights, box), mass
     picture = np.asarray(venv.get_images()[0], dtype=np.uint8)
-    if isinstance(extractor, HistoryAttentionExtractor):
-        history = policy_input(model.policy, obs)
-        assert isinstance(history, dict)  # the history extractor reads HistoryObservation dicts
-        maps = extractor.attention_maps(history)  # (1, layers, H, K)
-        weights = maps[0, -1].cpu().numpy()  # the last block's
-        strip = heatmap_image(weights, np.zeros(weights.shape[-1]), min_width=picture.shape[1])
+    history_weights = _history_weights(model, obs, state)
+    if history_weights is not None:
+        strip = heatmap_image(history_weights, np.zeros(history_weights.shape[-1]), min_width=picture.shape[1])
         picture = np.concatenate([_pad_width(picture, strip.shape[1]), _pad_width(strip, picture.shape[1])], axis=0)
     return picture, None
 
@@ -123,9 +136,9 @@ def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | No
     pictures: list[np.ndarray] = []
     total = 0.0
     while len(returns) < episodes:
-        picture, mass = _picture(model, venv, obs, info, target_key)
-        pictures.append(picture)
         action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)  # type: ignore[arg-type]
+        picture, mass = _picture(model, venv, obs, info, target_key, state)
+        pictures.append(picture)
         obs, reward, done, infos = venv.step(action)
         total += float(reward[0])
         start = done

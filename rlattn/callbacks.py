@@ -94,6 +94,9 @@ class AttentionLoggingCallback(BaseCallback):
         self.seed = seed
 
     def _on_step(self) -> bool:
+        if callable(getattr(self.model, "attention_maps", None)):  # an episodic memory (AttentionPPO)
+            self.log_memory_attention()
+            return True
         extractor = find_attention_extractor(self.model.policy)
         if isinstance(extractor, HistoryAttentionExtractor):
             self.log_attention(extractor)
@@ -107,12 +110,14 @@ class AttentionLoggingCallback(BaseCallback):
         Episode ``i`` has seed ``seed + i``: the VecEnv's envs play them ``num_envs`` at a time.
         """
         found: list[tuple[np.ndarray | dict, int, dict]] = []
+        self._memories: list[Any] = []  # an episodic model's memory at each decision, for its attention
         m = self.env.num_envs
         for first in range(0, self.n_episodes, m):
             self.env.seed(self.seed + first)
             obs: Any = self.env.reset()  # an array or a dict of arrays: SB3's VecEnvObs, never a tuple here
             infos = list(self.env.reset_infos)
             decisions: list = [None] * min(m, self.n_episodes - first)
+            memories: list = [None] * len(decisions)
             state, starts, t = None, np.ones(m, dtype=bool), 0
             while any(d is None for d in decisions):
                 action, state = self.model.predict(obs, state=state, episode_start=starts, deterministic=True)
@@ -120,9 +125,44 @@ class AttentionLoggingCallback(BaseCallback):
                 for j, decision in enumerate(decisions):
                     if dones[j] and decision is None:
                         decisions[j] = (_one_env(obs, j), t, infos[j])
+                        memories[j] = state.select([j]) if hasattr(state, "select") else None  # type: ignore[union-attr]
                 obs, infos, starts, t = next_obs, next_infos, dones, t + 1
             found.extend(decisions)
+            self._memories.extend(memories)
         return found
+
+    def log_memory_attention(self) -> None:
+        """The views of :meth:`log_attention` for a model whose memory holds the episode (``attention_maps``).
+
+        Columns are ages (the oldest step any decision could see on the left, the decision's own step
+        on the right); the target mass is the last layer's weight on the slots holding the target step.
+        """
+        decisions = self._decisions()
+        span = max(t for _, t, _ in decisions) + 1
+        maps, counts, masses, entropies = [], np.zeros(span), [], []
+        for (_, t, info), memory in zip(decisions, self._memories, strict=True):
+            weights, positions = self.model.attention_maps(memory)  # type: ignore[attr-defined]  # (1, L, H, W), (1, W)
+            w, position = weights[0].cpu().numpy(), positions[0].cpu().numpy()
+            seen = position >= 0
+            by_age = np.zeros((*w.shape[:2], span))
+            by_age[..., span - 1 - (t - position[seen])] = w[..., seen]
+            maps.append(by_age)
+            last = np.clip(w[-1][:, seen], 1e-12, 1.0)
+            entropies.append(float(-(last * np.log(last)).sum(-1).mean()))
+            step = info.get(self.target_key, -1) if self.target_key else -1
+            if step >= 0 and bool((position == step).any()):
+                counts[span - 1 - (t - step)] += 1
+                masses.append(float(w[-1][:, position == step].sum(-1).mean()))
+        self._record(np.mean(maps, axis=0), counts, masses, float(np.mean(entropies)))
+
+    def _record(self, mean: np.ndarray, counts: np.ndarray, masses: list[float], entropy: float) -> None:
+        """Log entropy, target mass and the heatmap of (layers, H, slots) mean weights."""
+        self.logger.record("attention/entropy", entropy)
+        if masses:
+            self.logger.record("attention/target_mass", float(np.mean(masses)))
+        image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
+        self.logger.record("attention/heatmap", Image(image, "HWC"), exclude=_NOT_IMAGE)
+        self.logger.dump(self.num_timesteps)
 
     def log_patch_attention(
         self, extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, shown: int = 4
@@ -159,14 +199,8 @@ class AttentionLoggingCallback(BaseCallback):
                 slot = K - 1 - (t - step)
                 counts[slot] += 1
                 masses.append(float(weights[-1, :, slot].mean()))
-        mean = np.mean(maps, axis=0)  # (layers, H, K')
         last = np.clip(np.stack(maps)[:, -1], 1e-12, 1.0)
-        self.logger.record("attention/entropy", float(-(last * np.log(last)).sum(-1).mean()))
-        if masses:
-            self.logger.record("attention/target_mass", float(np.mean(masses)))
-        image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
-        self.logger.record("attention/heatmap", Image(image, "HWC"), exclude=_NOT_IMAGE)
-        self.logger.dump(self.num_timesteps)
+        self._record(np.mean(maps, axis=0), counts, masses, float(-(last * np.log(last)).sum(-1).mean()))
 
 
 def _one_env(obs: np.ndarray | dict, j: int) -> np.ndarray | dict:
