@@ -1,14 +1,19 @@
 """rlattn: attention feature extractors and history observations for Stable-Baselines3."""
 
 from rlattn.attention import MultiHeadAttention, attention_mask, structure_mask
+from rlattn.attention_ppo import AttentionPPO
 from rlattn.blocks import GRUGate, TransformerBlock
 from rlattn.callbacks import AttentionLoggingCallback
+from rlattn.episodic import EpisodicMemory, EpisodicTransformer
 from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
 from rlattn.wrappers import HistoryObservation
 
 __all__ = [
+    "AttentionPPO",
     "AttentionLoggingCallback",
+    "EpisodicMemory",
+    "EpisodicTransformer",
     "GRUGate",
     "HistoryAttentionExtractor",
     "HistoryFlattenExtractor",

@@ -24,6 +24,12 @@ another query. Three computations give the same numbers (tests hold this, forwar
 One query (the readout of a history's last block) has a cheaper form of the same numbers:
 :func:`single_query_attention` folds the key and value projections into the query's side, so the K
 keys are never projected (cost K x E x H instead of K x E x 2E).
+
+Positions can enter inside attention instead of being added to the tokens: with ``positions``,
+queries and keys are rotated by their positions (rotary embeddings, RoPE: Su et al. 2021,
+https://arxiv.org/abs/2104.09864, section 3.2), so a score depends only on the difference of the two
+positions. A key rotated once by its step's absolute position stays valid as the step ages, which is
+what lets :meth:`MultiHeadAttention.step` attend to a cache of keys.
 """
 
 from __future__ import annotations
@@ -99,6 +105,36 @@ def attention_mask(structure: Tensor, valid: Tensor) -> Tensor:
 def _own_keys(n_queries: int, n_keys: int, device: torch.device) -> Tensor:
     """(Q, K) bool: each of the newest Q positions is its own key (a few shapes recur: cached, read-only)."""
     return torch.arange(n_keys - n_queries, n_keys, device=device)[:, None] == torch.arange(n_keys, device=device)
+
+
+ROTARY_BASE = 10_000.0
+_ROTARY_TABLES: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+"""(N, 2, d/2) cos and sin of positions 0 .. N-1 per head size, device and dtype: derived values, never state"""
+
+
+def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles: integer positions (...) -> (..., d/2) each.
+
+    The angles are computed in float64 and cast (at position 10^5 float32 angles would be off by
+    ~0.004 rad), once per position: a table grown by doubling, then looked up (fewer ops per step).
+    """
+    key = (head_dim, positions.device, dtype)
+    table = _ROTARY_TABLES.get(key)
+    needed = int(positions.max()) + 1 if positions.numel() else 1
+    if table is None or len(table) < needed:
+        size = max(1024, 1 << (needed - 1).bit_length())
+        half = head_dim // 2
+        freq = ROTARY_BASE ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+        angles = torch.arange(size, dtype=torch.float64, device=positions.device)[:, None] * freq
+        table = _ROTARY_TABLES[key] = torch.stack([angles.cos(), angles.sin()], dim=1).to(dtype)
+    cos, sin = table[positions].unbind(-2)
+    return cos, sin
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}) by the angles: x (..., d), cos and sin broadcastable to (..., d/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 def explicit_attention(
@@ -288,18 +324,33 @@ class MultiHeadAttention(nn.Module):
             self._structures[key] = structure.to(valid.device)
         return attention_mask(self._structures[key], valid)
 
-    def forward(self, x: Tensor, valid: Tensor, n_queries: int | None = None, need_weights: bool = False):
-        """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and (B, H, Q, K) weights if asked."""
+    def forward(
+        self,
+        x: Tensor,
+        valid: Tensor,
+        n_queries: int | None = None,
+        need_weights: bool = False,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+    ):
+        """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and (B, H, Q, K) weights if asked.
+
+        ``positions`` (K,) or (B, K) integers: rotate queries and keys by them (rotary positions).
+        ``mask`` (B, 1, Q, K) bool: who may see whom, replacing the pattern (episodic sequences,
+        where episode boundaries and ages decide); every row must allow at least one key.
+        """
         B, K, E = x.shape
         full = K
         Q = K if n_queries is None else n_queries
         if self.attention == "neighbourhood" and (self.grid[0] * self.grid[1] != K):  # type: ignore[index]
             raise ValueError(f"{K} tokens do not fill grid={self.grid}: expected rows * cols tokens")
-        if self.attention == "local":
+        if self.attention == "local" and mask is None:
             keep = min(K, Q + self.window - 1)  # type: ignore[operator]  # older keys are out of every query's reach
             x, valid = x[:, K - keep :], valid[:, K - keep :]
+            positions = positions[..., K - keep :] if positions is not None else None
             K = keep
-        if Q == 1 and not need_weights and self.top_k is None and self.attention != "neighbourhood":
+        plain = positions is None and mask is None  # the folded single query cannot rotate or take a mask
+        if Q == 1 and plain and not need_weights and self.top_k is None and self.attention != "neighbourhood":
             # the readout of a history: the window (if any) is already cut, so every valid key is allowed
             allowed = valid.clone()
             allowed[:, -1] = True
@@ -314,18 +365,61 @@ class MultiHeadAttention(nn.Module):
         q = q.reshape(B, Q, self.n_heads, -1).transpose(1, 2)  # (B, H, Q, d)
         k = k.reshape(B, K, self.n_heads, -1).transpose(1, 2)  # (B, H, K, d)
         v = v.reshape(B, K, self.n_heads, -1).transpose(1, 2)
-        out, weights = self.attend(q, k, v, valid, need_weights)
+        if positions is not None:
+            cos, sin = rotary_tables(positions, q.shape[-1], q.dtype)  # (K, d/2) or (B, K, d/2)
+            if positions.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, K, d/2): the same angles for every head
+            q, k = rotate(q, cos[..., K - Q :, :], sin[..., K - Q :, :]), rotate(k, cos, sin)
+        out, weights = self.attend(q, k, v, valid, need_weights, mask)
         out = out.transpose(1, 2).reshape(B, Q, E)
         if weights is not None and K < full:
             weights = F.pad(weights, (full - K, 0))  # keys out of reach weigh 0
         return self.proj(out), weights if need_weights else None
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, need_weights: bool = False):
+    def step(
+        self,
+        x: Tensor,
+        position: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        slot: Tensor,
+        valid: Tensor,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One new token per sequence against a key/value cache: x (B, E) -> (B, E), and (B, H, W) weights if asked.
+
+        ``keys`` and ``values`` (B, H, W, d) hold W cached steps, keys rotated by their own positions;
+        the token's rotated key and value are written into ``slot`` (B,) first (in place: it attends
+        to itself), then its query, rotated by ``position`` (B,), attends to the slots ``valid`` (B, W)
+        allows, which must include ``slot``.
+        """
+        B, E = x.shape
+        H = self.n_heads
+        qkv = self.qkv(x).view(B, 3 * H, E // H)
+        cos, sin = rotary_tables(position, E // H, x.dtype)
+        q, k = rotate(qkv[:, : 2 * H], cos[:, None], sin[:, None]).split(H, dim=1)  # (B, H, d) each
+        rows = torch.arange(B, device=x.device)
+        keys[rows, :, slot] = k
+        values[rows, :, slot] = qkv[:, 2 * H :]
+        mask = valid[:, None, None, :]  # (B, 1, 1, W)
+        if need_weights:
+            out, weights = explicit_attention(q[:, :, None], keys, values, mask)
+            return self.proj(out.reshape(B, E)), weights[:, :, 0]
+        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)
+        return self.proj(out.reshape(B, E)), None
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, need_weights: bool = False, mask: Tensor | None = None
+    ):
         """The pattern on split heads: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> out (B, H, Q, d), weights or None.
 
-        The queries are the newest Q of the K positions.
+        The queries are the newest Q of the K positions. A given ``mask`` (B, 1, Q, K) replaces the pattern.
         """
         Q, K = q.shape[2], k.shape[2]
+        if mask is not None:
+            if need_weights or self.top_k is not None:
+                return explicit_attention(q, k, v, mask, self.top_k)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
         if need_weights or self.top_k is not None:
             return explicit_attention(q, k, v, self.mask(valid, Q), self.top_k)
         if self.attention == "local" and self._chunked(Q, K):

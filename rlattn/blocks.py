@@ -100,12 +100,43 @@ class TransformerBlock(nn.Module):
         self.skip1 = GRUGate(embed_dim) if self.gated else Residual()
         self.skip2 = GRUGate(embed_dim) if self.gated else Residual()
 
-    def forward(self, x: Tensor, valid: Tensor, n_queries: int | None = None, need_weights: bool = False):
-        """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and weights if asked."""
-        y, weights = self.attn(self.norm1(x), valid, n_queries, need_weights)
+    def forward(
+        self,
+        x: Tensor,
+        valid: Tensor,
+        n_queries: int | None = None,
+        need_weights: bool = False,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+    ):
+        """(B, K, E), valid (B, K) bool -> (B, Q, E) for the newest Q steps, and weights if asked.
+
+        ``positions`` and ``mask`` as in :meth:`~rlattn.attention.MultiHeadAttention.forward`.
+        """
+        y, weights = self.attn(self.norm1(x), valid, n_queries, need_weights, positions, mask)
         if n_queries is not None:
             x = x[:, -n_queries:]
+        return self.finish(x, y), weights
+
+    def step(
+        self,
+        x: Tensor,
+        position: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        slot: Tensor,
+        valid: Tensor,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One new token against this block's key/value cache: x (B, E) -> (B, E), weights (B, H, W) if asked.
+
+        See :meth:`~rlattn.attention.MultiHeadAttention.step` (writes the token into the cache).
+        """
+        y, weights = self.attn.step(self.norm1(x), position, keys, values, slot, valid, need_weights)
+        return self.finish(x, y), weights
+
+    def finish(self, x: Tensor, y: Tensor) -> Tensor:
+        """The block after its attention: skip over the attention output ``y``, then the MLP. (..., E) -> (..., E)."""
         x = self.skip1(x, torch.relu(y) if self.gated else y)
         y = self.mlp(self.norm2(x))
-        x = self.skip2(x, torch.relu(y) if self.gated else y)
-        return x, weights
+        return self.skip2(x, torch.relu(y) if self.gated else y)

@@ -17,6 +17,7 @@ from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, s
 from rlattn.validation import check_choice, check_int
 
 HISTORY_ATTENTION = ("global", "local")
+POSITIONS = ("learned", "rotary")
 MLP_RATIO = 2.0
 """feed-forward hidden size as a multiple of E"""
 LENGTH_GROUP_SIZE = 64
@@ -102,6 +103,10 @@ class HistoryAttentionExtractor(HistoryExtractor):
     :param top_k: sparse attention: each query keeps its ``top_k`` strongest keys; None keeps all.
     :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"`` (faster: see the
         README's throughput table).
+    :param position: ``"learned"`` (a vector per age added to each token) or ``"rotary"`` (no added
+        vector: queries and keys rotated by their slot inside attention, so scores depend only on
+        the age difference; the same numbers as :class:`~rlattn.episodic.EpisodicTransformer` with
+        the same weights, whose parameter names these match; the head size E/H must be even).
     """
 
     def __init__(
@@ -115,10 +120,12 @@ class HistoryAttentionExtractor(HistoryExtractor):
         window: int | None = None,
         top_k: int | None = None,
         gate: str = "gru",
+        position: str = "learned",
     ):
         super().__init__(observation_space, features_dim)
         K = self.history_length
         check_choice("attention", attention, HISTORY_ATTENTION)
+        self.rotary = check_choice("position", position, POSITIONS) == "rotary"
         for name, value in (
             ("features_dim", features_dim),
             ("embed_dim", embed_dim),
@@ -137,8 +144,15 @@ class HistoryAttentionExtractor(HistoryExtractor):
             raise ValueError(
                 f"window={window!r} is invalid with attention='global': use attention='local' or no window"
             )
+        if self.rotary and (embed_dim % n_heads or (embed_dim // n_heads) % 2):
+            raise ValueError(
+                f"embed_dim={embed_dim} is invalid with position='rotary' and n_heads={n_heads}: "
+                "each head's size embed_dim / n_heads must be an even integer"
+            )
         self.embed = nn.Sequential(nn.Linear(self.step_dim, embed_dim), nn.ReLU())
-        self.position = nn.Parameter(sinusoidal_table(K, embed_dim).flip(0) * 0.1)  # row i holds the age of slot i
+        self.position: nn.Parameter | None = None
+        if not self.rotary:
+            self.position = nn.Parameter(sinusoidal_table(K, embed_dim).flip(0) * 0.1)  # row i holds the age of slot i
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate, attention=attention, window=window, top_k=top_k)
             for _ in range(n_layers)
@@ -147,14 +161,20 @@ class HistoryAttentionExtractor(HistoryExtractor):
         self.blocks.apply(init_linear)
 
     def tokens(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """dict -> tokens (B, K', E) with positions, and which are valid (B, K').
+        """dict -> tokens (B, K', E) with learned positions (none if rotary), and which are valid (B, K').
 
         K' is K less the oldest steps that are padding in every history (:func:`first_kept`).
         """
         steps, valid = self.step_features(observations)
         start = first_kept(valid)
         steps, valid = steps[:, start:], valid[:, start:]
+        if self.position is None:
+            return self.embed(steps), valid
         return self.embed(steps) + self.position[start:], valid  # (B, K - start, E)
+
+    def slots(self, x: Tensor) -> Tensor | None:
+        """Rotary positions of the tokens x (B, K', E): their slot indices (K',); None with learned positions."""
+        return torch.arange(x.shape[1], device=x.device) if self.rotary else None
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         n_groups = len(next(iter(observations.values()))) // LENGTH_GROUP_SIZE
@@ -176,9 +196,10 @@ class HistoryAttentionExtractor(HistoryExtractor):
 
     def _forward(self, observations: dict[str, Tensor]) -> Tensor:
         x, valid = self.tokens(observations)
+        positions = self.slots(x)
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            x, _ = block(x, valid, n_queries=1 if last else None)
+            x, _ = block(x, valid, n_queries=1 if last else None, positions=positions)
         return self.head(x[:, -1])
 
     @torch.no_grad()
@@ -188,10 +209,11 @@ class HistoryAttentionExtractor(HistoryExtractor):
         Computed on the explicit path, only when asked (for TensorBoard and scoring).
         """
         x, valid = self.tokens(observations)
+        positions = self.slots(x)
         n_tokens = self.history_length
         maps = []
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            x, weights = block(x, valid, n_queries=1 if last else None, need_weights=True)
+            x, weights = block(x, valid, n_queries=1 if last else None, need_weights=True, positions=positions)
             maps.append(F.pad(weights[:, :, -1], (n_tokens - weights.shape[-1], 0)))  # dropped padding weighs 0
         return torch.stack(maps, dim=1)

@@ -1,0 +1,221 @@
+"""Episodic memory: each step is encoded once, and a transformer attends over the episode's last W steps.
+
+Shape letters: B envs (sequences), T steps, P carried-in steps, W memory window, L layers, D input
+size, E embedding, H heads, d = E/H per head, F features, X extra inputs per step.
+
+Positions are rotary (see :mod:`rlattn.attention`): a key is rotated once by its step's absolute
+position in the episode and stays valid as the step ages. Two computations give the same numbers
+(tests hold this, and that both equal :class:`~rlattn.extractors.HistoryAttentionExtractor` with
+``position="rotary"`` and the same weights while the episode fits in the window):
+
+- **step** (rollouts, ``predict``): per env and layer a ring buffer of the last W steps (their layer
+  inputs, rotated keys, values); a new step is one query per layer against it.
+- **sequence** (training): an env's rollout as one causal sequence behind the memory carried in from
+  before it; every query sees only steps of its own episode with ages 0 .. W-1.
+
+Each cached step keeps its layer outputs from when it was newest (as Transformer-XL's memory does), so
+beyond the window a deeper layer reaches further back than a stateless history of W steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from rlattn.blocks import TransformerBlock, init_linear
+from rlattn.extractors import MLP_RATIO
+from rlattn.validation import check_int
+
+
+@dataclass
+class EpisodicMemory:
+    """The live memory of B envs: what ``predict`` takes and returns as ``state``.
+
+    Ring slot ``p % W`` holds the step at episode position p. Updated in place by
+    :meth:`EpisodicTransformer.step`; never saved with a model.
+    """
+
+    hidden: Tensor
+    """(L, B, W, E) each layer's input for the cached steps"""
+    keys: Tensor
+    """(L, B, H, W, d) keys, rotated by their steps' positions"""
+    values: Tensor
+    """(L, B, H, W, d)"""
+    position: Tensor
+    """(B, W) int64 episode position of each slot's step"""
+    valid: Tensor
+    """(B, W) bool: the slot holds a step of the current episode"""
+    t: Tensor
+    """(B,) int64 the next step's episode position"""
+    extras: Tensor
+    """(B, X) the next step's extra inputs (previous action, previous reward); zeros at an episode's start"""
+
+    @property
+    def n_envs(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def window(self) -> int:
+        return self.valid.shape[1]
+
+    def reset(self, starts: Tensor) -> None:
+        """Forget the envs where ``starts`` (B,) bool is True: their next step begins an episode."""
+        if bool(starts.any()):
+            self.valid &= ~starts[:, None]
+            self.t = torch.where(starts, 0, self.t)
+            self.extras = self.extras.masked_fill(starts[:, None], 0.0)
+
+    def select(self, envs: Tensor | list[int]) -> EpisodicMemory:
+        """A copy holding only the given envs."""
+        index = torch.as_tensor(envs, dtype=torch.long, device=self.t.device)
+        dims = {"hidden": 1, "keys": 1, "values": 1}
+        return EpisodicMemory(
+            **{f.name: getattr(self, f.name).index_select(dims.get(f.name, 0), index) for f in fields(self)}
+        )
+
+    def clone(self) -> EpisodicMemory:
+        return EpisodicMemory(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+
+    def carried(self) -> CarriedMemory:
+        """What a rollout starting now needs from before it: a copy of the layer inputs, positions and validity."""
+        return CarriedMemory(self.hidden.clone(), self.position.clone(), self.valid.clone())
+
+
+@dataclass
+class CarriedMemory:
+    """The memory carried into a rollout, for training: its keys and values are recomputed with current weights."""
+
+    hidden: Tensor
+    """(L, B, P, E) each layer's input for the carried steps (no gradient flows into them)"""
+    position: Tensor
+    """(B, P) int64"""
+    valid: Tensor
+    """(B, P) bool"""
+
+    def select(self, envs: Tensor) -> CarriedMemory:
+        """Only the given envs, and only the slots valid in any of them (the others change nothing)."""
+        valid = self.valid.index_select(0, envs)
+        keep = valid.any(dim=0).nonzero().flatten()
+        hidden = self.hidden.index_select(1, envs).index_select(2, keep)
+        return CarriedMemory(hidden, self.position.index_select(0, envs)[:, keep], valid[:, keep])
+
+
+class EpisodicTransformer(nn.Module):
+    """Transformer over each env's episode so far, the last ``window`` steps, one new step at a time.
+
+    ``(B, D) + memory -> (B, F)`` in rollouts, ``(B, T, D) + carried memory -> (B, T, F)`` in training.
+    Layers as in :class:`~rlattn.extractors.HistoryAttentionExtractor` (and the same parameter
+    names: ``embed``, ``blocks``, ``head``): embed (Linear, ReLU), pre-norm blocks with global
+    attention over the window and rotary positions, read out through LayerNorm and Linear.
+
+    :param input_dim: per-step input size D (encoded observation plus extra inputs).
+    :param window: memory W in steps, including the current one (ages 0 .. W-1).
+    :param features_dim: output size F.
+    :param embed_dim: token size E.
+    :param n_heads: attention heads (E/H must be even: rotary positions rotate pairs).
+    :param n_layers: transformer blocks L.
+    :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        window: int,
+        features_dim: int = 128,
+        embed_dim: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        gate: str = "gru",
+    ):
+        super().__init__()
+        for name, value in (
+            ("input_dim", input_dim),
+            ("memory", window),
+            ("features_dim", features_dim),
+            ("embed_dim", embed_dim),
+            ("n_heads", n_heads),
+            ("n_layers", n_layers),
+        ):
+            check_int(name, value)
+        if embed_dim % n_heads or (embed_dim // n_heads) % 2:
+            raise ValueError(
+                f"embed_dim={embed_dim} is invalid with n_heads={n_heads}: "
+                "each head's size embed_dim / n_heads must be an even integer (rotary positions)"
+            )
+        self.window, self.embed_dim, self.n_heads, self.features_dim = window, embed_dim, n_heads, features_dim
+        self.embed = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU())
+        self.blocks = nn.ModuleList(TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate) for _ in range(n_layers))
+        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))
+        self.blocks.apply(init_linear)
+
+    def initial_memory(self, n_envs: int, extras_dim: int = 0, device: torch.device | str = "cpu") -> EpisodicMemory:
+        """An empty memory for ``n_envs`` envs."""
+        L, W, E, H = len(self.blocks), self.window, self.embed_dim, self.n_heads
+        return EpisodicMemory(
+            hidden=torch.zeros(L, n_envs, W, E, device=device),
+            keys=torch.zeros(L, n_envs, H, W, E // H, device=device),
+            values=torch.zeros(L, n_envs, H, W, E // H, device=device),
+            position=torch.zeros(n_envs, W, dtype=torch.long, device=device),
+            valid=torch.zeros(n_envs, W, dtype=torch.bool, device=device),
+            t=torch.zeros(n_envs, dtype=torch.long, device=device),
+            extras=torch.zeros(n_envs, extras_dim, device=device),
+        )
+
+    def step(self, x: Tensor, memory: EpisodicMemory) -> Tensor:
+        """Encode one new step per env and remember it: x (B, D) -> (B, F). Updates ``memory`` in place."""
+        h, _ = self._step(self.embed(x), memory, need_weights=False)
+        return self.head(h)
+
+    def _step(self, h: Tensor, memory: EpisodicMemory, need_weights: bool) -> tuple[Tensor, list[Tensor | None]]:
+        """Layer inputs h (B, E) of a new step through every block, writing its slot: -> (B, E), weights."""
+        rows = torch.arange(h.shape[0], device=h.device)
+        slot = memory.t % self.window  # the oldest slot: its step is now out of reach (age W)
+        memory.position[rows, slot] = memory.t
+        memory.valid[rows, slot] = True
+        maps = []
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, TransformerBlock)
+            memory.hidden[i, rows, slot] = h
+            h, weights = block.step(h, memory.t, memory.keys[i], memory.values[i], slot, memory.valid, need_weights)
+            maps.append(weights)
+        memory.t = memory.t + 1
+        return h, maps
+
+    def sequence(self, x: Tensor, positions: Tensor, episode_starts: Tensor, carried: CarriedMemory) -> Tensor:
+        """Encode whole rollouts: x (B, T, D), positions (B, T), episode_starts (B, T) bool -> (B, T, F).
+
+        Step i sees step j (a carried one or an earlier one of the rollout) if both belong to the same
+        episode and 0 <= positions[i] - positions[j] < W. The carried layer inputs are a fixed prefix:
+        keys and values are recomputed from them with the current weights, no gradient flows into them.
+        """
+        T = x.shape[1]
+        episode = episode_starts.long().cumsum(dim=1)  # (B, T): 0 continues the carried episode
+        key_episode = torch.cat([torch.where(carried.valid, 0, -1), episode], dim=1)  # (B, P + T)
+        key_position = torch.cat([carried.position, positions], dim=1)
+        age = positions[:, :, None] - key_position[:, None, :]  # (B, T, P + T)
+        mask = (episode[:, :, None] == key_episode[:, None, :]) & (age >= 0) & (age < self.window)
+        key_valid = key_episode >= 0
+        h = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            tokens = torch.cat([carried.hidden[i].detach(), h], dim=1)  # (B, P + T, E)
+            h, _ = block(tokens, key_valid, n_queries=T, positions=key_position, mask=mask[:, None])
+        return self.head(h)
+
+    @torch.no_grad()
+    def attention_maps(self, memory: EpisodicMemory) -> tuple[Tensor, Tensor]:
+        """What the newest step's query attended to: weights (B, L, H, W) and each slot's episode position (B, W).
+
+        Positions of slots outside the current episode are -1 (their weights are 0). Recomputed on
+        the explicit path from the cached layer inputs, only when asked; ``memory`` is not changed.
+        Needs at least one step in every env's memory.
+        """
+        if not bool(memory.valid.any(dim=1).all()):
+            raise ValueError("memory holds no step for some env: call attention_maps after a step or predict")
+        copy = memory.clone()
+        copy.t = copy.t - 1
+        rows = torch.arange(copy.n_envs, device=copy.t.device)
+        _, maps = self._step(copy.hidden[0, rows, copy.t % self.window], copy, need_weights=True)
+        positions = memory.position.masked_fill(~memory.valid, -1)
+        return torch.stack(maps, dim=1), positions  # type: ignore[arg-type]
