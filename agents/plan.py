@@ -169,6 +169,11 @@ def _resolve_history_inputs(
         if value not in HISTORY_INPUTS:
             raise ConfigError(f"--history-inputs {value!r} is invalid: allowed are {', '.join(HISTORY_INPUTS)}")
     inputs = tuple(value for value in HISTORY_INPUTS if value in cfg.history_inputs)  # fixed order, once each
+    unsupported = [value for value in inputs if value not in ALGOS[cfg.algo].history_inputs]
+    if unsupported:
+        raise ConfigError(
+            f"--history-inputs {' '.join(unsupported)} does not go with {cfg.algo}: allowed are {', '.join(ALGOS[cfg.algo].history_inputs)}"
+        )
     if inputs and frames_alone:
         sees = f"{cfg.algo} on images ({cfg.env})" if recurrent else f"--extractor {entry.name}"
         use = f"--algo {names(ALGOS, memory='observation')[0]} with " if recurrent else ""

@@ -171,6 +171,11 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_lstm", "TMaze-300"): _tmaze(500_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "TMaze-1000"): _tmaze(1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "*"): Preset(100_000, 8, {}),
+    # the episodic-memory PPO takes the attention agent's settings (minibatches of 256 = two env rollouts)
+    ("ppo_attention", "TMaze"): _tmaze(100_000, 8, _PPO_TMAZE),
+    ("ppo_attention", "TMaze-long"): _tmaze(300_000, 8, _PPO_TMAZE_LONG),
+    ("ppo_attention", "TMaze-300"): _tmaze(500_000, 8, _PPO_TMAZE_LONG),
+    ("ppo_attention", "TMaze-1000"): _tmaze(1_000_000, 8, _PPO_TMAZE_LONG),
 }
 
 FALLBACK = Preset(100_000, 8, {})

@@ -22,11 +22,13 @@ from stable_baselines3.common.torch_layers import NatureCNN
 
 from agents.presets import default_patch_size
 from rlattn import (
+    AttentionPPO,
     HistoryAttentionExtractor,
     HistoryFlattenExtractor,
     PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
 )
+from rlattn.episodic_policy import MEMORY_KEYS
 
 if TYPE_CHECKING:
     from agents.plan import RunPlan
@@ -87,6 +89,8 @@ class AlgoEntry:
     """whether runs log ``attention/`` views of its memory (the class then has ``attention_maps``)"""
     plan_kwargs: Callable[[RunPlan], dict[str, Any]] | None = None
     """keywords the algorithm takes from the resolved plan (an episodic memory's window and inputs)"""
+    history_inputs: tuple[str, ...] = ("action", "reward")
+    """what its steps can hold besides the observation (``--history-inputs``)"""
     policies: dict[str, str] = field(
         default_factory=lambda: {"vector": "MlpPolicy", "image": "CnnPolicy", "dict": "MultiInputPolicy"}
     )
@@ -252,6 +256,33 @@ for _entry in (
 register_algo(AlgoEntry("ppo", PPO, "PPO"))
 register_algo(AlgoEntry("a2c", A2C, "A2C"))
 register_algo(AlgoEntry("dqn", DQN, "DQN"))
+
+
+def _episodic(plan: RunPlan) -> dict[str, Any]:
+    """AttentionPPO's window is --history, its step inputs --history-inputs, its transformer the memory keys."""
+    inputs = plan.history_inputs
+    return {
+        "memory": plan.history,
+        "include_action": "action" in inputs,
+        "include_reward": "reward" in inputs,
+        "memory_kwargs": dict(plan.extractor_kwargs),
+    }
+
+
+register_algo(
+    AlgoEntry(
+        "ppo_attention",
+        AttentionPPO,
+        "rlattn's AttentionPPO: episodic memory, each step encoded once, attention over the last --history steps",
+        memory="episodic",
+        own_extractors={"vector": "mlp", "image": "cnn"},
+        memory_keys=MEMORY_KEYS,
+        logs_attention=True,
+        plan_kwargs=_episodic,
+        # evaluate_policy cannot hand predict() the rewards: the previous action only
+        history_inputs=("action",),
+    )
+)
 register_algo(
     AlgoEntry(
         "ppo_lstm",

@@ -44,8 +44,9 @@ class AttentionPPO(PPO):
     ``policy_kwargs["features_extractor_class"]`` to change it), then attends over the last
     ``memory`` steps of its episode (itself included) through a transformer with rotary positions.
 
-    **Minibatches are whole env rollouts**: ``batch_size`` must be a multiple of ``n_steps`` that
-    divides ``n_steps * n_envs``; each minibatch re-encodes ``batch_size / n_steps`` envs' rollouts
+    **Minibatches are whole env rollouts**: each re-encodes about ``batch_size / n_steps`` envs' rollouts
+    (rounded, at least one; the last group of an epoch takes what is left when that does not divide
+    ``n_envs``)
     as causal sequences. Gradients flow through every step of the rollout exactly as in the rollout
     (same keys, same masks); the memory carried in from before the rollout is a fixed prefix whose
     layer inputs get no gradient, while its keys and values are recomputed with the current weights.
@@ -121,21 +122,14 @@ class AttentionPPO(PPO):
             _init_setup_model=False,
             **kwargs,
         )  # fmt: skip  (PPO's own batch check does not know whole-rollout minibatches: ours follows)
-        self.batch_size = n_steps if batch_size is None else batch_size
-        if self.env is not None:
-            self._check_batch_size()
+        self.batch_size = check_int("batch_size", n_steps if batch_size is None else batch_size)
         if _init_setup_model:
             self._setup_model()
 
-    def _check_batch_size(self) -> None:
-        """Minibatches are whole env rollouts: a one-line ValueError otherwise."""
-        total = self.n_steps * self.n_envs
-        allowed = [self.n_steps * k for k in range(1, self.n_envs + 1) if self.n_envs % k == 0]
-        if self.batch_size not in allowed:
-            raise ValueError(
-                f"batch_size={self.batch_size} is invalid: minibatches are whole env rollouts, so it must be a "
-                f"multiple of n_steps={self.n_steps} dividing n_steps * n_envs = {total}; allowed are {allowed}"
-            )
+    def env_groups(self) -> list[np.ndarray]:
+        """One epoch's minibatches: the envs shuffled into groups of about ``batch_size / n_steps``."""
+        per_batch = min(self.n_envs, max(1, round(self.batch_size / self.n_steps)))  # type: ignore[operator]
+        return np.array_split(np.random.permutation(self.n_envs), -(-self.n_envs // per_batch))
 
     def _setup_model(self) -> None:
         self.rollout_buffer_class = (
@@ -209,12 +203,11 @@ class AttentionPPO(PPO):
             "value_loss": [],
             "clip_fraction": [],
         }
-        envs_per_batch = self.batch_size // self.n_steps  # type: ignore[operator]
         loss = torch.zeros(())
         for epoch in range(self.n_epochs):
             approx_kls: list[float] = []
             stop = False
-            for envs in np.random.permutation(self.n_envs).reshape(-1, envs_per_batch):
+            for envs in self.env_groups():
                 loss, approx_kl = self._loss(self.rollout_buffer.sequences(envs), clip_range, clip_range_vf, logs)
                 approx_kls.append(approx_kl)
                 if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
@@ -297,7 +290,6 @@ class AttentionPPO(PPO):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfAttentionPPO:
-        self._check_batch_size()  # the env may have changed since construction (load, set_env)
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:

@@ -163,7 +163,7 @@ def test_buffer_stores_one_observation_per_step():
     "kwargs, match",
     [
         ({"memory": 0}, "memory=0"),
-        ({"batch_size": 24}, r"batch_size=24 is invalid: minibatches are whole env rollouts.*allowed are \[16\]"),
+        ({"batch_size": 0}, "batch_size=0 is invalid"),
         ({"n_steps": 0}, "n_steps=0"),
         ({"use_sde": True}, "use_sde=True"),
         ({"memory_kwargs": {"width": 3}}, r"memory_kwargs keys \['width'\]"),
@@ -224,3 +224,14 @@ def test_attention_ppo_solves_the_passive_tmaze():
         obs, _, starts, infos = eval_env.step(action)
         successes += [info["is_success"] for info, done in zip(infos, starts, strict=True) if done]
     assert np.mean(successes) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "n_envs, batch_size, sizes",
+    [(8, 256, [2, 2, 2, 2]), (3, 256, [2, 1]), (2, 1000, [2]), (4, 10, [1, 1, 1, 1]), (5, 128, [1, 1, 1, 1, 1])],
+)
+def test_minibatches_are_groups_of_whole_env_rollouts(n_envs, batch_size, sizes):
+    """About batch_size / n_steps envs per minibatch (n_steps 128), every env once per epoch."""
+    model = AttentionPPO("MlpPolicy", make_vec_env(lambda: tmaze(), n_envs=n_envs), n_steps=128, batch_size=batch_size)
+    groups = model.env_groups()
+    assert sorted(len(g) for g in groups) == sorted(sizes) and sorted(np.concatenate(groups)) == list(range(n_envs))

@@ -1,0 +1,83 @@
+"""train.py --algo ppo_attention as a user runs it: train, evaluate, log attention, resume, replay, refuse bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.cli import main
+from agents.config import TrainConfig
+from agents.plan import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--algo", "ppo_attention", "--env-kwargs", "corridor_length:3", "--n-envs", "2", "-f", "logs"]
+TINY += ["--eval-freq", "256", "--eval-episodes", "4", "--save-freq", "256", "-params", "n_steps:64"]
+
+
+def run_train(args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_trains_logs_attention_resumes_and_replays(tmp_path):
+    done = run_train([*TINY, "-n", "512"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "logs" / "ppo_attention" / "rlattn-TMaze-v0_1"
+    result = json.loads((run / "result.json").read_text())
+    assert result["env_steps"] == 512 and result["settings"]["history"] == 5  # the episode: corridor 3 + slack 1 + 1
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    masses = [e.value for e in events.Scalars("attention/target_mass")]
+    assert len(masses) == 2 and all(0.0 < m <= 1.0 for m in masses)
+    assert len(events.Images("attention/heatmap")) == 2
+    resumed = run_train(["-i", str(run / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "result.json").read_text())["env_steps"] == 768
+    assert np.load(run / "evaluations.npz")["timesteps"].tolist()[-1] == 768
+    replay = run_train(["--replay", str(run), "--episodes", "2"], tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    record = json.loads((run / "replay.json").read_text())
+    assert record["episodes"] == 2 and record["frames"] == 8  # corridor 3 without slack: 4 steps an episode
+
+
+def test_history_inputs_and_memory_settings_reach_the_model(tmp_path):
+    cfg = TrainConfig(
+        algo="ppo_attention", env="rlattn/TMazeActive-v0", history=7, hyperparams={"n_layers": 2, "gate": "residual"}
+    )
+    plan = resolve(cfg)
+    assert plan.observation == "frame" and plan.history_inputs == ("action",)  # the active maze's preset
+    from agents.build import build_model, make_vec
+
+    model = build_model(plan, make_vec(plan, plan.n_envs, 0))
+    assert model.memory == 7 and model.include_action and not model.include_reward
+    assert len(model.policy.memory_net.blocks) == 2 and not model.policy.memory_net.blocks[0].gated
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--history", "0"], "--history=0 is invalid"),
+        (["--extractor", "attention"], "--extractor 'attention' does not go with ppo_attention"),
+        (["--env", "rlattn/VisualSearch-v0", "--extractor", "mlp"], "does not go with ppo_attention"),
+        (["-params", "window:4"], "-params key 'window' is not accepted by ppo_attention"),
+        (["-params", "memory:8"], "-params key 'memory' is not accepted by ppo_attention"),
+        (["--history-inputs", "reward"], "--history-inputs reward does not go with ppo_attention: allowed are action"),
+        (["-params", "n_heads:3"], "cannot build ppo_attention"),
+        (["-params", "batch_size:0"], "batch_size=0 is invalid"),
+    ],
+)
+def test_bad_input_is_one_line(args, expected, tmp_path, capsys):
+    assert main(["--algo", "ppo_attention", "-f", str(tmp_path), "-n", "256", *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1
+    assert not list(tmp_path.glob("*/*")), "a run that cannot start leaves nothing behind"
+
+
+def test_stateless_options_refuse_the_memory_keywords(tmp_path, capsys):
+    assert main(["--algo", "ppo", "-f", str(tmp_path), "-params", "memory:8"]) == 2
+    assert "-params key 'memory' is not accepted by ppo" in capsys.readouterr().err
