@@ -133,6 +133,14 @@ def check_model_file(path: str, flag: str = "-i") -> Path:
     return file
 
 
+def check_optimize_flags(optimize: bool, given: dict[str, Any], n_trials: int) -> None:
+    """``--n-trials`` >= 1; the search's own flags (``given``: flag -> whether set) only with ``--optimize``."""
+    check_int_flag("--n-trials", n_trials)
+    for flag, is_set in given.items():
+        if is_set and not optimize:
+            raise ConfigError(f"{flag} is only for --optimize: add --optimize, or leave {flag} out")
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

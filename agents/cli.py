@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING, fields
+from typing import Any
 
 import gymnasium as gym
 
 import envs
+from agents.checks import check_optimize_flags
 from agents.config import ConfigError, TrainConfig, parse_key_values
 from agents.registry import ALGOS, algo_help, extractor_help
 from agents.replay import replay
@@ -60,13 +62,31 @@ def list_envs() -> str:
     return "\n".join(lines)
 
 
+def optimize_flags(cfg: TrainConfig) -> dict[str, bool]:
+    """Which of the search's own flags were given (``--n-trials`` away from its default counts)."""
+    defaults = TrainConfig()
+    return {
+        "--n-trials": cfg.n_trials != defaults.n_trials,
+        "--storage": cfg.storage is not None,
+        "--study-name": cfg.study_name is not None,
+        "--search-space": bool(cfg.search_space),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    result: Any
     try:
         cfg = config_from_args(argv)
         if cfg.list_envs:
             print(list_envs())
             return 0
-        result = replay(cfg) if cfg.replay is not None else train(cfg)
+        check_optimize_flags(cfg.optimize, optimize_flags(cfg), cfg.n_trials)
+        if cfg.optimize:
+            from agents.tune import optimize  # Optuna and Ray load only when tuning
+
+            result = optimize(cfg)
+        else:
+            result = replay(cfg) if cfg.replay is not None else train(cfg)
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2

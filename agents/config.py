@@ -37,7 +37,7 @@ class TrainConfig:
         "--history",
         default=None,
         type=int,
-        help="history length K in steps (default: the preset, e.g. the T-Maze's episode length)",
+        help="how many past steps a decision can see, its own included: the history K of the stateless extractors, the memory window W of ppo_attention (longer than the env's episodes is fine). Default: the preset, else a whole episode where the env says how long that is, else 16",
     )
     history_inputs: list[str] | None = _flag(
         "--history-inputs",
@@ -108,6 +108,27 @@ class TrainConfig:
     video: str | None = _flag("--video", default=None, help="GIF written by --replay (default: RUN_FOLDER/replay.gif)")
     list_envs: bool = _flag(
         "--list-envs", default=False, action="store_true", help="list this project's env ids and exit"
+    )
+    optimize: bool = _flag(
+        "--optimize",
+        default=False,
+        action="store_true",
+        help="tune the hyperparameters with Optuna (TPE sampler, median pruner on evaluation success, else mean return) instead of training once: trials run on Ray Tune, one per core, or with --storage in a shared Optuna study; writes best_params.json and prints the train.py command that reuses the best settings",
+    )
+    n_trials: int = _flag("--n-trials", default=10, type=int, help="trials to run with --optimize")
+    storage: str | None = _flag(
+        "--storage",
+        default=None,
+        help="with --optimize: an Optuna RDB URL (e.g. sqlite:///study.db) holding a study that several processes or machines join, each running its trials in turn; default: a search on Ray Tune",
+    )
+    study_name: str | None = _flag(
+        "--study-name", default=None, help="with --optimize: the study's name (default: ALGO-EXTRACTOR-ENV)"
+    )
+    search_space: list[str] = _flag(
+        "--search-space",
+        default_factory=list,
+        nargs="*",
+        help="with --optimize: search only these keys, as KEY (its default range), KEY:LOW:HIGH or KEY:[V1,V2,...] (default: every key the algorithm and extractor take, of learning_rate n_steps batch_size ent_coef gamma gae_lambda n_epochs clip_range exploration_fraction target_update_interval embed_dim n_layers n_heads)",
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
@@ -175,13 +176,13 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
     return folder, model, envs[0], envs[1], callbacks
 
 
-def train(cfg: TrainConfig) -> RunResult:
+def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> RunResult:
     """Resolve, build (or load, with ``-i``), train, save, evaluate and write ``result.json``.
 
     Set-up problems raise ConfigError before any training and leave nothing behind. SIGINT (Ctrl-C)
     and SIGTERM save the model under the final name (and the replay buffer), then stop without the
     final evaluation; any other error during training saves ``crashed_model.zip`` and re-raises.
-    Every save is atomic.
+    Every save is atomic. ``extra_callbacks`` run after the run's own (evaluation among them).
     """
     resumed = cfg.trained_agent is not None
     if resumed:
@@ -196,7 +197,7 @@ def train(cfg: TrainConfig) -> RunResult:
         try:
             model.learn(
                 plan.n_timesteps - model.num_timesteps,
-                callback=[learned, *callbacks],
+                callback=[learned, *callbacks, *extra_callbacks],
                 progress_bar=cfg.progress,
                 reset_num_timesteps=not resumed,
             )

@@ -4,8 +4,8 @@
     python benchmarks/memory_length.py --maze active --lengths 10 30 100
     python benchmarks/memory_length.py --lengths 300 1000 --methods attention  # long, opt-in
 
-Every (maze, corridor length L, method) trains with ``train.py`` in its own process, at the same
-env-step budget and seed, with the presets ``train.py`` ships, and is evaluated every
+Every (maze, corridor length L, method, seed) is one Ray Tune trial (``sweep.py``: ``--workers`` at
+a time, ``--address`` for a cluster) training through the package at the same env-step budget, with the presets ``train.py`` ships, and is evaluated every
 ``--eval-freq`` steps on ``--eval-episodes`` episodes (deterministic actions, unseen seeds).
 Reported: the final evaluation's success rate (after the whole budget), the best evaluation's, the
 env steps at which evaluation first reached 0.95 success, wall time (set-up and evaluations
@@ -22,21 +22,37 @@ L-step maze without slack (``--plain`` trains on that too). Why, in the README: 
 policy must walk the whole corridor without a wasted step before it ever reaches the junction, and
 by then it has learnt to walk on there too (RecurrentPPO never turns, even at L = 10).
 
-Results are appended to ``--results`` (JSON) after every run, so an interrupted sweep keeps what it
-measured and ``--reuse`` picks up where it stopped; the table and the PNG plot (success against L,
-one line per method) are made from the runs of this invocation.
+Each run's folder is named by its settings, so a rerun of an interrupted sweep reads the finished
+runs instead of training them; records are also appended to ``--results`` (JSON). The table (IQM
+over ``--seeds`` with a 95% bootstrap CI, and the per-seed values) and the PNG plot (success against
+L, one line and CI band per method) are made from the runs of this invocation.
 """
 
 from __future__ import annotations
 
 import argparse
-from functools import partial
+import sys
 from pathlib import Path
 
 import gymnasium as gym
-from sweep import ROOT, best, reached, run_cases, save_plot, train
+from sweep import (
+    ROOT,
+    Case,
+    Cell,
+    add_arguments,
+    best,
+    cells,
+    check_arguments,
+    run_cases,
+    save_plot,
+    seeds,
+    steps_text,
+    success_text,
+)
 
 import envs  # noqa: F401  (registers the maze ids)
+from agents.cli import OneLineParser
+from agents.config import ConfigError
 from agents.presets import preset_for, training_corridors
 
 METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
@@ -84,18 +100,17 @@ def training_env(length: int, train_from: int | None) -> tuple[list[str], list[s
     return mixed, ["min_corridor_length:None", "slack:0"]
 
 
-def run_one(maze: str, length: int, method: str, budget: int, args: argparse.Namespace, log_folder: Path) -> dict:
-    """One training run's measurements (the sweep adds the settings)."""
+def arguments_for(maze: str, length: int, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple:
+    """The ``train.py`` arguments of one run."""
     algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
     env_kwargs, eval_env_kwargs = training_env(length, train_from_for(length, args))
-    arguments = [
+    return (
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
-        *("--env-kwargs", *env_kwargs, "-n", str(budget), "--seed", str(args.seed)),
+        *("--env-kwargs", *env_kwargs, "-n", str(budget), "--seed", str(seed)),
         *(("--eval-env-kwargs", *eval_env_kwargs) if eval_env_kwargs else ()),
         *("--eval-freq", str(args.eval_freq or max(budget // 20, 5_000)), "--eval-episodes", str(args.eval_episodes)),
         *("--save-freq", "-1", "--verbose", "0"),
-    ]
-    return train(arguments, log_folder)
+    )
 
 
 def trained_on(record: dict) -> str:
@@ -111,69 +126,98 @@ def observed(record: dict) -> str:
     return "+".join(["obs", *(record.get("inputs") or "").split()])
 
 
-def print_table(records: list[dict]) -> None:
-    header = f"{'maze':<8} {'L':>5} {'trained on':>14} {'sees':>10} {'method':<16} {'budget':>9} {'success':>8} {'best':>6} {'steps to 0.95':>14} {'wall':>9} {'steps/s':>8}"
-    print(header)
-    print("-" * len(header))
-    for r in records:
-        head = (
-            f"{r['maze']:<8} {r['length']:>5} {trained_on(r):>14} {observed(r):>10} {r['method']:<16} {r['budget']:>9}"
-        )
-        if "error" in r:
-            print(f"{head} failed: {r['error']}")
-            continue
-        wall = f"{r['wall_s'] / 60:.1f} min"
-        print(f"{head} {r['success']:>8.2f} {best(r):>6.2f} {reached(r):>14} {wall:>9} {r['steps_per_s']:>8}")
+KEY_FIELDS = ("maze", "length", "method", "budget", "train_from", "inputs")
+"""what identifies a cell of the table (a run adds its seed)"""
+COLUMNS = (
+    "maze",
+    "L",
+    "trained on",
+    "sees",
+    "method",
+    "budget",
+    "seeds",
+    "final success IQM [95% CI]",
+    "per seed",
+    "best (mean)",
+    "env steps to 0.95 IQM [95% CI]",
+    "per seed",
+    "wall (mean)",
+    "steps/s (mean)",
+)
 
 
-def print_markdown(records: list[dict]) -> None:
-    print(
-        "| maze | L | trained on | sees | method | budget | final success | best | env steps to 0.95 | wall | steps/s |"
-    )
-    print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in records:
-        head = f"| {r['maze']} | {r['length']} | {trained_on(r)} | {observed(r)} | {r['method']} | {r['budget']:,}"
-        if "error" in r:
-            print(f"{head} | failed: {r['error']} | | | | |")
-            continue
-        print(
-            f"{head} | {r['success']:.2f} | {best(r):.2f} "
-            f"| {reached(r)} | {r['wall_s'] / 60:.1f} min | {r['steps_per_s']:,} |"
-        )
+def row(cell: Cell) -> list[str]:
+    """One table row: the cell's settings, IQM and CI over seeds, the per-seed values."""
+    s = cell.settings
+    head = [
+        s["maze"],
+        str(s["length"]),
+        trained_on(s),
+        observed(s),
+        s["method"],
+        f"{s['budget']:,}",
+        str(len(cell.runs)),
+    ]
+    if not cell.done:
+        return [*head, *success_text(cell), "", "", "", "", ""]
+    bests = sum(best(r) for r in cell.done) / len(cell.done)
+    wall, speed = f"{cell.mean('wall_s') / 60:.1f} min", f"{cell.mean('steps_per_s'):,.0f}"
+    return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed]
 
 
-def plot(records: list[dict], path: Path) -> None:
+def print_table(table: list[Cell], markdown: bool = False) -> None:
+    rows = [row(cell) for cell in table]
+    if markdown:
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---:|---:|")
+        for values in rows:
+            print("| " + " | ".join(values) + " |")
+        return
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
+    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
+    for values in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
+
+
+def series(table: list[Cell], maze: str, method: str, mixed: bool) -> list[tuple[int, float, float, float]]:
+    """(L, IQM, CI low, CI high) of final success, by corridor length, for one line of the plot."""
+    points = [
+        (cell.settings["length"], cell.success.iqm, cell.success.low, cell.success.high)
+        for cell in table
+        if cell.success is not None
+        and cell.settings["maze"] == maze
+        and cell.settings["method"] == method
+        and (cell.settings.get("train_from") is not None) == mixed
+    ]
+    return sorted(points)
+
+
+def plot(table: list[Cell], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mazes = sorted({r["maze"] for r in records}, key=list(MAZES).index)
-    both = len({r.get("train_from") is not None for r in records}) == 2  # plain and mixed runs: tell them apart
+    mazes = sorted({c.settings["maze"] for c in table}, key=list(MAZES).index)
+    both = len({c.settings.get("train_from") is not None for c in table}) == 2  # plain and mixed runs: tell them apart
     fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
     for ax, maze in zip(axes[0], mazes, strict=True):
         for i, method in enumerate(METHODS):
             for mixed in (False, True):
-                points = sorted(
-                    (r["length"], r["success"])
-                    for r in records
-                    if r["maze"] == maze
-                    and r["method"] == method
-                    and "success" in r
-                    and (r.get("train_from") is not None) == mixed
-                )
+                points = series(table, maze, method, mixed)
                 if not points:
                     continue
-                lengths, success = zip(*points, strict=True)
+                lengths, iqm, low, high = zip(*points, strict=True)
                 offset = 0.012 * (i - 2)  # overlapping lines stay visible
                 style = {**STYLES[method], **({"markerfacecolor": "none", "linestyle": ":"} if both and mixed else {})}
                 label = f"{method}, trained on {'mixed lengths' if mixed else 'the plain maze'}" if both else method
-                ax.plot(lengths, [s + offset for s in success], label=label, **style)
+                line = ax.plot(lengths, [v + offset for v in iqm], label=label, **style)[0]
+                ax.fill_between(lengths, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("corridor length L (steps between cue and decision)")
-        ax.set_ylabel("final eval success (lines offset by <= 0.024)")
-        ax.set_title(f"{maze} T-Maze")
+        ax.set_ylabel("final eval success: IQM over seeds, 95% CI band")
+        ax.set_title(f"{maze} T-Maze (lines offset by <= 0.024)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -181,13 +225,30 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def make_cases(args: argparse.Namespace) -> list[Case]:
+    """One case per (maze, length, method, seed)."""
+    mazes = list(MAZES) if args.maze == "both" else [args.maze]
+    cases = []
+    for maze in mazes:
+        inputs = history_inputs(maze)
+        for length in args.lengths:
+            budget, train_from = args.budget or budget_for(length), train_from_for(length, args)
+            trained = f", trained on {train_from}..{length}" if train_from else ""
+            for method in args.methods:
+                for seed in seeds(args):
+                    key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": seed}
+                    key.update(train_from=train_from, inputs=inputs)
+                    label = f"{maze} L={length} {method} seed {seed}, {budget:,} steps{trained}"
+                    cases.append(Case(key, label, arguments_for(maze, length, method, budget, seed, args)))
+    return cases
+
+
+def parse_args() -> argparse.Namespace:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--maze", choices=(*MAZES, "both"), default="passive")
     parser.add_argument("--lengths", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: by length, see BUDGETS)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--train-from",
         type=int,
@@ -198,46 +259,33 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.png")
-    parser.add_argument("--reuse", action="store_true", help="reuse runs already in --results with the same settings")
-    parser.add_argument("--log-folder", type=Path, default=None, help="keep the run folders here (default: deleted)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
-    parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
+    add_arguments(parser, "memory_length")
     args = parser.parse_args()
+    check_arguments(parser, args)
     for name in ("budget", "eval_freq", "train_from"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: must be >= 1")
     if min(args.lengths) < 1 or args.eval_episodes < 1:
         parser.error(f"--lengths {min(args.lengths)} / --eval-episodes {args.eval_episodes} is invalid: must be >= 1")
+    return args
 
-    mazes = list(MAZES) if args.maze == "both" else [args.maze]
-    cases = [
-        (
-            {
-                "maze": maze,
-                "length": length,
-                "method": method,
-                "budget": budget,
-                "seed": args.seed,
-                "train_from": train_from_for(length, args),
-                "inputs": history_inputs(maze),
-            },
-            f"{maze} L={length} {method}, {budget:,} steps"
-            + (f", trained on {train_from_for(length, args)}..{length}" if train_from_for(length, args) else ""),
-            partial(run_one, maze, length, method, budget, args),
-        )
-        for maze in mazes
-        for length in args.lengths
-        for method in args.methods
-        for budget in [args.budget or budget_for(length)]
-    ]
-    records = run_cases(cases, args)
-    print_table(records)
+
+def main() -> int:
+    args = parse_args()
+    try:
+        records = run_cases(make_cases(args), args)
+    except ConfigError as error:
+        print(f"memory_length.py: error: {error}", file=sys.stderr)
+        return 2
+    table = cells(records, KEY_FIELDS)
+    print_table(table)
     if args.markdown:
-        print_markdown(records)
-    save_plot(records, args.plot, plot)
+        print_table(table, markdown=True)
+    save_plot(table, args.plot, plot)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

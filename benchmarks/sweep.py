@@ -1,69 +1,132 @@
-"""Shared by the sweep benchmarks: one ``train.py`` run per case, in its own process, and a results file.
+"""Shared by the sweep benchmarks: each case (settings and seed) is one Ray Tune trial training through the
+package, in a run folder whose path is a pure function of the case's settings; a results file.
 
-Each run trains at a fixed budget and seed, evaluating every ``--eval-freq`` steps; a record holds the
+A trial's record is read from its run's ``result.json`` (and the curve from ``evaluations.npz``): the
 final success rate, the evaluation curve, the env steps at which evaluation first reached 0.95, wall
-time and training steps per second. Results are appended to a JSON file after every run, so an
-interrupted sweep keeps what it measured.
+time and training steps per second. A case whose run folder already holds a finished ``result.json``
+is read, not rerun, so an interrupted sweep rerun with the same command redoes no finished trial.
+Trials run on a local Ray (one per core, one torch thread each) or, with ``--address``, on a Ray
+cluster whose nodes hold this repository at the same path. Records are also appended to a JSON file
+as trials finish (``--reuse`` and ``--saved-only`` read it).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import subprocess
-import sys
-import tempfile
+import re
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from ray import tune
+from stats import Interval, iqm_interval, per_seed, steps_interval
+
+from agents.checks import first_line
+from agents.cli import OneLineParser, config_from_args
+from agents.cluster import cores, start_ray
+from agents.config import ConfigError
+from agents.run import train
+from agents.runfolder import RESULT
 
 ROOT = Path(__file__).resolve().parent.parent
+CASE_FILE = "case.json"
+"""in each case's folder: its settings, arguments and wall time (set-up and evaluations included)"""
 
 
-def last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else ""
+@dataclass(frozen=True)
+class Case:
+    key: dict[str, Any]
+    """the settings that identify the run, seed included"""
+    label: str
+    arguments: tuple[str, ...]
+    """``train.py`` arguments (the log folder is the case's own)"""
+    after: Callable[[dict], dict] | None = None
+    """further measurements of the finished run, from its record (must reuse what it wrote before)"""
 
 
-def train(arguments: list[str], log_folder: Path) -> dict:
-    """Run ``train.py ARGUMENTS`` in a new folder under ``log_folder``; the record of how it went, read
-    from the run's ``result.json`` and ``evaluations.npz``, or ``{"error": ...}`` with stderr's last line."""
-    log_folder.mkdir(parents=True, exist_ok=True)
-    own = Path(tempfile.mkdtemp(prefix="run_", dir=log_folder))
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *arguments, "-f", str(own)], capture_output=True, text=True, cwd=ROOT
-    )
-    record: dict = {"wall_s": time.perf_counter() - start}
-    results = sorted(own.glob("*/*/result.json"))
-    if done.returncode or len(results) != 1:
-        return {**record, "error": last_line(done.stderr) or f"exit {done.returncode}"}
-    folder = results[0].parent
-    result = json.loads(results[0].read_text())
-    evaluations = np.load(folder / "evaluations.npz")
+def case_folder(log_folder: Path, case: Case) -> Path:
+    """The case's folder under ``log_folder``: a pure function of its key and arguments."""
+    text = json.dumps([case.key, list(case.arguments)], sort_keys=True, default=str)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    readable = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)) for value in case.key.values())
+    return log_folder / f"{readable}_{digest}"
+
+
+def finished_run(folder: Path) -> Path | None:
+    """The run folder under a case's folder whose ``result.json`` says it finished (not interrupted)."""
+    for result in sorted(folder.glob(f"*/*/{RESULT}")):
+        record = json.loads(result.read_text())
+        if record.get("interrupted_by") is None and record.get("evaluation") is not None:
+            return result.parent
+    return None
+
+
+def read_record(run: Path) -> dict:
+    """A finished run's measurements, from its ``result.json`` and ``evaluations.npz``."""
+    result = json.loads((run / RESULT).read_text())
+    evaluations = np.load(run / "evaluations.npz")
     rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
     curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)]
     reached = [t for t, rate in curve if rate >= 0.95]
-    final = result["evaluation"] or {}
+    final = result["evaluation"]
+    case = json.loads((run.parent.parent / CASE_FILE).read_text()) if (run.parent.parent / CASE_FILE).is_file() else {}
     return {
-        **record,
+        "wall_s": case.get("wall_s", result["wall_seconds"]),
         "success": final.get("success_rate"),
         "mean_return": final.get("mean_return"),
         "steps_to_095": reached[0] if reached else None,
         "steps_per_s": int(result["steps_per_second"]),
         "curve": curve,
-        "folder": str(folder),
+        "folder": str(run),
     }
 
 
-def best(record: dict) -> float:
-    return max((rate for _, rate in record.get("curve", [])), default=float("nan"))
+def _train_case(case: Case, folder: Path) -> str | None:
+    """Train the case afresh in ``folder``; None, or the one-line error that stopped it."""
+    shutil.rmtree(folder, ignore_errors=True)  # an unfinished attempt leaves nothing to reuse
+    start = time.perf_counter()
+    try:
+        train(config_from_args([*case.arguments, "-f", str(folder)]))
+    except ConfigError as error:
+        return str(error)
+    except SystemExit:
+        return f"train.py rejected the arguments {' '.join(case.arguments)}"
+    info = {"key": case.key, "arguments": list(case.arguments), "wall_s": time.perf_counter() - start}
+    (folder / CASE_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
+    return None
 
 
-def reached(record: dict) -> str:
-    return f"{record['steps_to_095']:,}" if record.get("steps_to_095") is not None else "never"
+def run_case(case: Case, log_folder: Path) -> dict:
+    """The case's record: read from its run folder if that finished, else trained there first."""
+    folder = case_folder(log_folder, case)
+    run = finished_run(folder)
+    if run is None:
+        error = _train_case(case, folder)
+        run = finished_run(folder)
+        if run is None:
+            return {**case.key, "error": error or "the run did not finish"}
+    record = read_record(run)
+    if case.after is not None:
+        record.update(case.after(record))
+    return {**case.key, **record}
+
+
+class CaseTrial(tune.Trainable):
+    """One case as a Ray Tune trial: the whole run in one step (the actor's main thread, where signals work)."""
+
+    def setup(self, config: dict, cases: list[Case], log_folder: Path) -> None:  # type: ignore[override]
+        torch.set_num_threads(1)  # one trial per core
+        self.case, self.log_folder = cases[config["index"]], log_folder
+
+    def step(self) -> dict:
+        return {"record": json.dumps(run_case(self.case, self.log_folder), default=str)}
 
 
 class Results:
@@ -83,39 +146,160 @@ class Results:
         self.path.write_text(json.dumps(self.records, indent=1) + "\n")
 
 
-Case = tuple[dict, str, Callable[[Path], dict]]
-"""(the settings that identify a run, a label to print, a function that runs it in a log folder)"""
+class _Collect(tune.Callback):
+    """Each trial's record as it finishes: kept by case index and saved to the results file at once."""
+
+    def __init__(self, saved: Results):
+        self.saved = saved
+        self.records: dict[int, dict] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        record = json.loads(result["record"])
+        self.records[trial.config["index"]] = record
+        if "error" not in record:
+            self.saved.add(record)
+
+
+def start(address: str | None, workers: int) -> None:
+    """Ray for the sweep: ``workers`` CPUs locally (at least the cores), or the cluster at ``address``."""
+    start_ray(address, max(cores(), workers), paths=[Path(__file__).resolve().parent])
+
+
+def run_on_ray(cases: list[Case], log_folder: Path, workers: int, saved: Results) -> list[dict]:
+    """Every case as a Ray Tune trial, ``workers`` at a time; their records in case order."""
+    collect = _Collect(saved)
+    trainable = tune.with_parameters(CaseTrial, cases=cases, log_folder=log_folder.resolve())
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"index": tune.grid_search(list(range(len(cases))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=False),
+        run_config=tune.RunConfig(
+            storage_path=str(log_folder.resolve() / "tune"),
+            stop={"training_iteration": 1},
+            verbose=0,
+            callbacks=[collect],
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+        ),
+    )
+    grid = tuner.fit()
+    failed = {r.config["index"]: first_line(r.error) for r in grid if r.error is not None}
+    return [collect.records.get(i) or {**case.key, "error": failed.get(i, "no result")} for i, case in enumerate(cases)]
 
 
 def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
-    """Run each case, or reuse its saved record (``args.reuse``, ``args.saved_only``); save each new one.
+    """Each case's record: from ``--results`` (``--reuse``, ``--saved-only``), from its finished run folder,
+    or from a new Ray Tune trial; prints the sweep's wall time."""
+    start_time, saved, cases = time.perf_counter(), Results(args.results), list(cases)
+    records: dict[int, dict] = {}
+    pending: list[int] = []
+    for i, case in enumerate(cases):
+        old = saved.find(case.key) if args.reuse or args.saved_only else None
+        if old is not None:
+            records[i] = old
+        elif not args.saved_only and finished_run(case_folder(args.log_folder, case)) is not None:
+            records[i] = run_case(case, args.log_folder)  # finished before: read, not rerun
+        elif not args.saved_only:
+            pending.append(i)
+    if pending:
+        start(args.address, args.workers)
+        print(f"running {len(pending)} trials, {args.workers} at a time: " + "; ".join(cases[i].label for i in pending))
+        new = run_on_ray([cases[i] for i in pending], args.log_folder, args.workers, saved)
+        records.update(zip(pending, new, strict=True))
+    elapsed = time.perf_counter() - start_time
+    print(
+        f"sweep wall time {elapsed:.1f} s: {len(pending)} trials run ({args.workers} workers), "
+        f"{len(records) - len(pending)} read from run folders or --results"
+    )
+    return [records[i] for i in sorted(records)]
 
-    Run folders go to ``args.log_folder``, or to a temporary folder deleted at the end.
-    """
-    saved = Results(args.results)
-    keep = tempfile.TemporaryDirectory() if args.log_folder is None else None
-    log_folder = args.log_folder or Path(keep.name)  # type: ignore[union-attr]
-    records = []
-    try:
-        for key, label, run in cases:
-            old = saved.find(key)
-            if (args.reuse or args.saved_only) and old:
-                records.append(old)
-                continue
-            if args.saved_only:
-                continue
-            print(f"running {label} ...", flush=True)
-            record = {**key, **run(log_folder)}
-            records.append(record)
-            saved.add(record)
-    finally:
-        if keep is not None:
-            keep.cleanup()
-    return records
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flags every sweep shares: seeds, workers, cluster address, where runs and results go."""
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per case: SEED .. SEED+N-1")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--workers", type=int, default=cores(), help="trials at once (default: the cores)")
+    parser.add_argument(
+        "--address", default=None, help="join this Ray cluster (HOST:PORT or auto) instead of a local Ray"
+    )
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
+    parser.add_argument("--reuse", action="store_true", help="reuse runs already in --results with the same settings")
+    parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
+    parser.add_argument(
+        "--log-folder",
+        type=Path,
+        default=ROOT / "logs" / "sweeps" / name,
+        help="one folder per case, named by its settings: a rerun reads finished cases instead of training them",
+    )
 
 
-def save_plot(records: list[dict], path: Path, plot: Callable[[list[dict], Path], None]) -> None:
-    if any("success" in r for r in records):
+def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
+    """``--seeds``, ``--workers`` and ``--seed`` in range (one line, exit 2)."""
+    for flag, value, low in (("--seeds", args.seeds, 1), ("--workers", args.workers, 1), ("--seed", args.seed, 0)):
+        if value < low:
+            parser.error(f"{flag} {value} is invalid: must be >= {low}")
+
+
+def seeds(args: argparse.Namespace) -> range:
+    return range(args.seed, args.seed + args.seeds)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a table: the runs of the same settings over seeds, and their statistics."""
+
+    settings: dict
+    runs: list[dict]
+    """by seed; a failed run holds ``error``"""
+    success: Interval | None
+    """IQM and 95% CI of the final success over the seeds that ran"""
+    steps: Interval | None
+    """IQM and 95% CI of env steps to 0.95, where every seed reached it"""
+
+    @property
+    def done(self) -> list[dict]:
+        return [r for r in self.runs if "success" in r]
+
+    def mean(self, name: str) -> float:
+        return float(np.mean([r[name] for r in self.done])) if self.done else float("nan")
+
+
+def cells(records: list[dict], fields: Sequence[str]) -> list[Cell]:
+    """Records grouped by ``fields`` (the settings but the seed), in first-seen order, with their statistics."""
+    groups: dict[str, tuple[dict, list[dict]]] = {}
+    for record in records:
+        settings = {k: record.get(k) for k in fields}
+        groups.setdefault(json.dumps(settings, sort_keys=True, default=str), (settings, []))[1].append(record)
+    out = []
+    for settings, group in groups.values():
+        runs = sorted(group, key=lambda r: r.get("seed", 0))
+        done = [r for r in runs if "success" in r]
+        success = iqm_interval([r["success"] for r in done]) if done else None
+        steps = steps_interval([r["steps_to_095"] for r in done])
+        out.append(Cell(settings, runs, success, steps))
+    return out
+
+
+def success_text(cell: Cell) -> tuple[str, str]:
+    """(IQM [CI] of final success, per-seed values) for a table."""
+    if cell.success is None:
+        return f"failed: {cell.runs[0].get('error', '?')}", ""
+    return str(cell.success), per_seed([r.get("success") for r in cell.runs])
+
+
+def steps_text(cell: Cell) -> tuple[str, str]:
+    """(IQM [CI] of env steps to 0.95, or how many seeds never reached it; per-seed values)."""
+    values = [r.get("steps_to_095") for r in cell.done]
+    never = sum(v is None for v in values)
+    summary = cell.steps.steps() if cell.steps else f"never in {never}/{len(values)}" if values else "-"
+    return summary, per_seed(values, steps=True)
+
+
+def best(record: dict) -> float:
+    return max((rate for _, rate in record.get("curve", [])), default=float("nan"))
+
+
+def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], None]) -> None:
+    if any(cell.success is not None for cell in table):
         path.parent.mkdir(parents=True, exist_ok=True)
-        plot(records, path)
+        plot(table, path)
         print(f"plot: {path}")

@@ -173,6 +173,20 @@ BAD_INPUTS = [
     (["-i", "{tmp}/corrupt.zip"], "cannot read it as a zip"),
     (["-i", "{tmp}/other.zip"], "a zip but not a complete SB3 model"),
     (["-i", "{tmp}/loose/model.zip"], "holds no run settings"),
+    # tuning (--optimize)
+    (["--optimize", "--n-trials", "0"], "--n-trials=0 is invalid"),
+    (["--optimize", "--storage", "nosuch://x"], "--storage 'nosuch://x' cannot be opened"),
+    (["--optimize", "--storage", "sqlite:///{tmp}/no/such/folder/study.db"], "cannot be opened"),
+    (
+        ["--optimize", "--search-space", "learning_rat"],
+        "--search-space key 'learning_rat' is not searchable for ppo with --extractor attention: allowed are learning_rate",
+    ),
+    (["--optimize", "--extractor", "mlp", "--search-space", "n_heads"], "'n_heads' is not searchable"),
+    (["--optimize", "--search-space", "gamma:0.9:1.5"], "--search-space 'gamma:0.9:1.5' is invalid: gamma=1.5"),
+    (["--optimize", "--search-space", "learning_rate:1e-3"], "--search-space 'learning_rate:1e-3' is invalid"),
+    (["--optimize", "--search-space", "n_steps:[]"], "--search-space 'n_steps:[]' is invalid"),
+    (["--storage", "sqlite:///study.db"], "--storage is only for --optimize"),
+    (["--n-trials", "3"], "--n-trials is only for --optimize"),
 ]
 
 

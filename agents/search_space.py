@@ -1,0 +1,106 @@
+"""What ``train.py --optimize`` searches: Optuna distributions per algorithm and extractor keyword, and
+``--search-space`` restricting or overriding them (an allow-list: only keys the run accepts)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from agents.checks import check_algo_values
+from agents.config import ConfigError
+from agents.plan import RunPlan
+
+SPACE: dict[str, BaseDistribution] = {
+    "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
+    "n_steps": CategoricalDistribution([64, 128, 256, 512, 1024, 2048]),
+    "batch_size": CategoricalDistribution([32, 64, 128, 256]),
+    "ent_coef": FloatDistribution(1e-4, 0.1, log=True),
+    "gamma": FloatDistribution(0.9, 0.9999),
+    "gae_lambda": FloatDistribution(0.8, 1.0),
+    "n_epochs": IntDistribution(3, 20),
+    "clip_range": FloatDistribution(0.1, 0.4),
+    "exploration_fraction": FloatDistribution(0.05, 0.5),
+    "target_update_interval": CategoricalDistribution([1_000, 5_000, 10_000]),
+    "embed_dim": CategoricalDistribution([32, 64, 128]),
+    "n_layers": IntDistribution(1, 3),
+    "n_heads": CategoricalDistribution([1, 2, 4]),
+}
+"""every searchable keyword and its default range; a run searches those its algorithm or extractor accepts"""
+EXTRACTOR_KEYS = ("embed_dim", "n_layers", "n_heads")
+"""searched for attention extractors only (those that take ``n_heads``)"""
+USAGE = "expected KEY (its default range), KEY:LOW:HIGH (numbers, LOW < HIGH) or KEY:[V1,V2,...] (choices)"
+
+
+def default_space(plan: RunPlan) -> dict[str, BaseDistribution]:
+    """The keys of :data:`SPACE` this run's algorithm (or attention extractor) takes, with their default ranges."""
+    algo_keys = set(inspect.signature(plan.algo_entry.cls).parameters)
+    extractor_keys: set[str] = set()
+    if not plan.algo_entry.own_extractors:
+        extractor_keys = set(inspect.signature(plan.extractor_entry.cls).parameters)
+    attention = "n_heads" in extractor_keys
+    return {
+        key: dist
+        for key, dist in SPACE.items()
+        if (key in EXTRACTOR_KEYS and attention and key in extractor_keys)
+        or (key not in EXTRACTOR_KEYS and key in algo_keys)
+    }
+
+
+def search_space(plan: RunPlan, items: list[str]) -> dict[str, BaseDistribution]:
+    """The run's default space, or only the ``--search-space`` keys, each with its default or given range."""
+    allowed = default_space(plan)
+    if not items:
+        return allowed
+    space = {}
+    for item in items:
+        key, _, rest = item.partition(":")
+        if key not in allowed:
+            where = f"{plan.config.algo} with --extractor {plan.extractor}"
+            raise ConfigError(
+                f"--search-space key {key!r} is not searchable for {where}: allowed are {', '.join(allowed)}"
+            )
+        space[key] = _override(item, rest, allowed[key]) if rest else allowed[key]
+        if key not in EXTRACTOR_KEYS:
+            _check_bounds(item, plan, key, space[key])
+    return space
+
+
+def _literal(item: str, text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--search-space {item!r} is invalid: {text!r} is not a Python literal; {USAGE}") from None
+
+
+def _override(item: str, rest: str, default: BaseDistribution) -> BaseDistribution:
+    """``[v1, v2]`` -> choices; ``low:high`` -> a range, integer and log-scaled like the default where it can be."""
+    if rest.startswith("["):
+        values = _literal(item, rest)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"--search-space {item!r} is invalid: {USAGE}")
+        return CategoricalDistribution(values)
+    low_text, sep, high_text = rest.partition(":")
+    low, high = _literal(item, low_text), _literal(item, high_text) if sep else None
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if not numbers or not low < high:  # type: ignore[operator]
+        raise ConfigError(f"--search-space {item!r} is invalid: {USAGE}")
+    integer = isinstance(default, IntDistribution) or (
+        isinstance(default, CategoricalDistribution) and all(isinstance(c, int) for c in default.choices)
+    )
+    log = bool(getattr(default, "log", False)) and low > 0  # type: ignore[operator]
+    if integer and isinstance(low, int) and isinstance(high, int):
+        return IntDistribution(low, high, log=log)
+    return FloatDistribution(float(low), float(high), log=log)  # type: ignore[arg-type]
+
+
+def _check_bounds(item: str, plan: RunPlan, key: str, dist: BaseDistribution) -> None:
+    """The range's ends (or every choice) are values the algorithm accepts, so no trial fails on them."""
+    values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)  # type: ignore[attr-defined]
+    try:
+        for value in values:
+            check_algo_values(plan.algo_entry.cls, {key: value})
+    except ConfigError as error:
+        raise ConfigError(f"--search-space {item!r} is invalid: {str(error).removeprefix('-params ')}") from None

@@ -1,0 +1,156 @@
+"""One tuning trial: a training run with sampled settings that reports each evaluation and stops when pruned.
+
+Both ways of running trials use it: a Ray Tune trial (:class:`TuneTrial`, the median rule kept by one
+:class:`MedianRule` actor) or a trial of a shared Optuna study (the study's own pruner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import ray
+import torch
+from optuna.trial import TrialState
+from ray import tune
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+
+from agents.config import TrainConfig
+from agents.evaluate import EvalResult
+from agents.run import train
+
+Report = Callable[[int, float], bool]
+"""(env steps, evaluation score) -> whether to prune the run now"""
+TUNE_FIELDS = ("optimize", "n_trials", "storage", "study_name", "search_space")
+"""the flags of the search itself, not of a run"""
+
+
+def median_pruner() -> optuna.pruners.MedianPruner:
+    """Prune a trial whose evaluation falls below the median of earlier trials' at the same step (after 5 trials)."""
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+
+
+def _walk(callback: BaseCallback) -> Iterator[BaseCallback]:
+    yield callback
+    if isinstance(callback, CallbackList):
+        for child in callback.callbacks:
+            yield from _walk(child)
+
+
+class ReportEvaluations(BaseCallback):
+    """After each evaluation of the run, report its success rate (else its mean return); stop when told to prune."""
+
+    def __init__(self, report: Report):
+        super().__init__()
+        self.report = report
+        self.pruned = False
+        self.evaluation: EvalCallback | None = None
+        self.seen = 0
+
+    def _on_training_start(self) -> None:
+        # SB3 passes learn()'s locals: its CallbackList holds the run's EvalCallback, which this one follows
+        found = [c for c in _walk(self.locals["callback"]) if isinstance(c, EvalCallback)]
+        self.evaluation = found[0] if found else None
+
+    def _on_step(self) -> bool:
+        evaluation = self.evaluation
+        if evaluation is None or len(evaluation.evaluations_results) == self.seen:
+            return True
+        self.seen = len(evaluation.evaluations_results)
+        scores = evaluation.evaluations_successes[-1] if evaluation.evaluations_successes else None
+        value = float(np.mean(scores if scores else evaluation.evaluations_results[-1]))
+        self.pruned = self.report(self.num_timesteps, value)
+        return not self.pruned
+
+
+def objective(evaluation: EvalResult | None) -> tuple[float, str]:
+    """(score, what it is): the final evaluation's success rate, else its mean return."""
+    if evaluation is None:
+        raise KeyboardInterrupt("the trial's run was interrupted")
+    if evaluation.success_rate is not None:
+        return evaluation.success_rate, "eval success"
+    return evaluation.mean_return, "mean return"
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any], folder: Path) -> TrainConfig:
+    """``base`` with the sampled settings over its ``-params``, quiet, no checkpoints, in ``folder``."""
+    defaults = TrainConfig()
+    search = {name: getattr(defaults, name) for name in TUNE_FIELDS}
+    hyperparams = {**base.hyperparams, **params}
+    return replace(base, **search, hyperparams=hyperparams, log_folder=str(folder), verbose=0, save_freq=-1)
+
+
+def run_trial(base: TrainConfig, params: dict[str, Any], folder: Path, report: Report) -> dict[str, Any]:
+    """Train with ``params``; the score, what it measures, and whether the run was pruned."""
+    reporter = ReportEvaluations(report)
+    result = train(trial_config(base, params, folder), extra_callbacks=[reporter])
+    score, metric = objective(result.evaluation)
+    return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
+
+
+def report_to_trial(trial: optuna.Trial, step: int, value: float) -> bool:
+    """An Optuna trial's report: record the value at ``step``, ask its study's pruner."""
+    trial.report(value, step)
+    return trial.should_prune()
+
+
+class MedianRule:
+    """Optuna's median pruner for the trials of one Ray Tune search: every trial reports to this one actor."""
+
+    def __init__(self) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction="maximize", pruner=median_pruner())
+        self.trials: dict[str, optuna.Trial] = {}
+
+    def report(self, name: str, step: int, value: float) -> bool:
+        if name not in self.trials:
+            self.trials[name] = self.study.ask()
+        return report_to_trial(self.trials[name], step, value)
+
+    def finish(self, name: str, value: float, pruned: bool) -> None:
+        trial = self.trials.pop(name, None)
+        if trial is not None:
+            state = TrialState.PRUNED if pruned else TrialState.COMPLETE
+            self.study.tell(trial, None if pruned else value, state=state)
+
+
+def _ask_rule(rule: Any, name: str, step: int, value: float) -> bool:
+    return ray.get(rule.report.remote(name, step, value))
+
+
+class TuneTrial(tune.Trainable):
+    """A Ray Tune trial: one whole training run in one step (in the actor's main thread, where signals work)."""
+
+    def setup(self, config: dict[str, Any], base: TrainConfig, folder: Path, rule: Any) -> None:  # type: ignore[override]
+        torch.set_num_threads(1)  # one trial per core
+        self.params, self.base, self.folder, self.rule = dict(config), base, folder, rule
+
+    def step(self) -> dict[str, Any]:
+        name = self.trial_id
+        outcome = run_trial(self.base, self.params, self.folder / f"trial_{name}", partial(_ask_rule, self.rule, name))
+        ray.get(self.rule.finish.remote(name, outcome["score"], outcome["pruned"]))
+        return outcome
+
+
+def config_flags(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
+    """The ``train.py`` flags that give ``cfg`` (those away from their defaults), without the fields in ``skip``."""
+    defaults, flags = TrainConfig(), []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name in skip or value == getattr(defaults, f.name):
+            continue
+        flag = f.metadata["flags"][0]
+        if isinstance(value, bool):
+            flags.append(flag)
+        elif isinstance(value, dict):
+            flags += [flag, *(f"{k}:{v!r}" for k, v in value.items())]
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags

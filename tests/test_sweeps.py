@@ -1,0 +1,157 @@
+"""Sweeps as Ray Tune trials read back from result.json, reruns that train nothing twice, tuning with Optuna
+(on Ray Tune and in a shared study), and the statistics over seeds checked by hand."""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.cli import config_from_args, main
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import stats  # noqa: E402
+import sweep  # noqa: E402
+
+TRAIN = ["--env-kwargs", "corridor_length:3", "-n", "256", "--n-envs", "2", "--eval-freq", "128"]
+TINY = (*TRAIN, "--extractor", "mlp", "--eval-episodes", "4", "--save-freq", "-1", "--verbose", "0")
+TINY_PARAMS = ("-params", "n_steps:64", "batch_size:64")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for every test here (its start-up is most of their time)."""
+    import ray
+
+    sweep.start(None, 2)
+    yield
+    ray.shutdown()
+
+
+def tiny_cases(seeds=(0, 1)) -> list[sweep.Case]:
+    return [
+        sweep.Case({"method": "mlp", "seed": s}, f"mlp seed {s}", (*TINY, "--seed", str(s), *TINY_PARAMS))
+        for s in seeds
+    ]
+
+
+def sweep_args(tmp_path: Path) -> argparse.Namespace:
+    return argparse.Namespace(
+        results=tmp_path / "results.json",
+        log_folder=tmp_path / "runs",
+        reuse=False,
+        saved_only=False,
+        address=None,
+        workers=2,
+    )
+
+
+def result_stamps(folder: Path) -> dict[Path, int]:
+    """The runs' result files (Tune keeps its own result.json per trial under tune/)."""
+    return {p: p.stat().st_mtime_ns for p in folder.glob("*/ppo/*/result.json")}
+
+
+def test_sweep_runs_each_case_as_a_ray_trial_and_reads_its_result_json(ray_session, tmp_path):
+    args, cases = sweep_args(tmp_path), tiny_cases()
+    records = sweep.run_cases(cases, args)
+    assert [r["seed"] for r in records] == [0, 1] and all("error" not in r for r in records), records
+    for case, record in zip(cases, records, strict=True):
+        run = Path(record["folder"])
+        assert run.parent.parent == sweep.case_folder(args.log_folder, case)  # ppo/ENV_1 in the case's folder
+        result = json.loads((run / "result.json").read_text())
+        assert record["success"] == result["evaluation"]["success_rate"]
+        assert [t for t, _ in record["curve"]] == [128, 256]
+    assert len(json.loads(args.results.read_text())) == 2  # saved as the trials finished
+    (cell,) = sweep.cells(records, ["method"])
+    assert cell.success is not None and cell.success.values == tuple(r["success"] for r in records)
+
+
+def test_an_interrupted_sweep_rerun_trains_no_finished_trial(ray_session, tmp_path, monkeypatch):
+    args, cases = sweep_args(tmp_path), tiny_cases()
+    trained: list[int] = []
+    real = sweep.run_on_ray
+    monkeypatch.setattr(
+        sweep, "run_on_ray", lambda pending, *rest: trained.append(len(pending)) or real(pending, *rest)
+    )
+
+    sweep.run_cases(cases[:1], args)  # the sweep stopped after its first trial
+    first = result_stamps(args.log_folder)
+    records = sweep.run_cases(cases, args)  # the same command again: only the second case trains
+    assert trained == [1, 1] and len(records) == 2
+    assert all(result_stamps(args.log_folder)[p] == stamp for p, stamp in first.items())
+
+    stamps = result_stamps(args.log_folder)
+    again = sweep.run_cases(cases, args)
+    assert trained == [1, 1]  # no Ray trial at all
+    assert result_stamps(args.log_folder) == stamps and len(stamps) == 2
+    assert [r["success"] for r in again] == [r["success"] for r in records]
+    assert sorted(p.name for p in args.log_folder.glob("*/ppo/*")) == ["rlattn-TMaze-v0_1"] * 2
+
+
+def check_best_params(folder: Path, trials: int, capsys) -> dict:
+    """best_params.json is there, and the printed command parses back to its settings."""
+    best = json.loads((folder / "best_params.json").read_text())
+    command = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("reuse with: ")
+    assert command == best["command"] and best["trials"] == trials
+    reused = config_from_args(shlex.split(command)[2:])
+    assert reused.hyperparams == best["hyperparams"] and reused.extractor == "mlp"
+    assert [f"{k}:{v!r}" for k, v in reused.hyperparams.items()] == best["params"]
+    return best
+
+
+def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_session, tmp_path, capsys):
+    space = ["--search-space", "learning_rate", "n_epochs:1:3"]
+    code = main(["--optimize", "--n-trials", "2", *TINY, *TINY_PARAMS, *space, "-f", str(tmp_path)])
+    assert code == 0
+    study = tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_1"
+    best = check_best_params(study, 2, capsys)
+    assert set(best["hyperparams"]) == {"n_steps", "batch_size", "learning_rate", "n_epochs"}
+    assert 1 <= best["hyperparams"]["n_epochs"] <= 3 and best["metric"] == "eval success"
+    assert len(list(study.glob("trials/trial_*/ppo/rlattn-TMaze-v0_1/result.json"))) == 2
+
+
+def test_optimize_with_storage_is_a_study_that_a_second_process_joins(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--optimize", "--storage", storage, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
+    assert main([*flags, "--n-trials", "2", "--search-space", "gamma"]) == 0
+    check_best_params(tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_1", 2, capsys)
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 0
+    best = check_best_params(tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_2", 3, capsys)
+    assert 0.9 <= best["hyperparams"]["gamma"] <= 0.9999
+
+
+def test_iqm_and_its_interval_match_a_hand_computation():
+    eight = stats.iqm_interval([7, 0, 5, 2, 6, 1, 4, 3], reps=500)
+    assert eight.iqm == pytest.approx((2 + 3 + 4 + 5) / 4)  # the middle half of 0..7
+    assert eight.low <= eight.iqm <= eight.high
+    assert stats.iqm_interval([1.0, 2.0, 3.0, 4.0], reps=500).iqm == pytest.approx(2.5)  # mean of 2 and 3
+    same = stats.iqm_interval([0.8, 0.8, 0.8], reps=200)
+    assert (same.iqm, same.low, same.high) == pytest.approx((0.8, 0.8, 0.8))
+    rng = np.random.default_rng(0)
+    few = stats.iqm_interval(rng.uniform(0, 1, 5), reps=1000)
+    many = stats.iqm_interval(rng.uniform(0, 1, 80), reps=1000)
+    assert many.high - many.low < few.high - few.low
+    assert stats.steps_interval([40_000, None]) is None
+    assert stats.steps_interval([40_000, 40_000], reps=100).steps() == "40,000 [40,000, 40,000]"
+    assert stats.per_seed([40_000, None], steps=True) == "40,000 never"
+
+
+def test_bad_sweep_input_is_one_line(capsys):
+    from agents.cli import OneLineParser
+    from agents.cluster import check_address
+    from agents.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--address '127.0.0.1:1' is unreachable .*: expected HOST:PORT"):
+        check_address("127.0.0.1:1")  # nothing listens on port 1 of this machine
+    with pytest.raises(ConfigError, match="--address 'nowhere' is invalid"):
+        check_address("nowhere")
+    parser = OneLineParser(prog="memory_length.py")
+    sweep.add_arguments(parser, "test")
+    with pytest.raises(SystemExit) as exit_:
+        sweep.check_arguments(parser, parser.parse_args(["--seeds", "0"]))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "memory_length.py: error: --seeds 0 is invalid: must be >= 1\n"
