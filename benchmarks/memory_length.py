@@ -12,7 +12,8 @@ env steps at which evaluation first reached 0.95 success, wall time (set-up and 
 included) and training env steps per second.
 History-based methods see a whole episode (the preset history: L + 1 steps passive, L + 3 active);
 ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
-sb3-contrib's RecurrentPPO. On the active maze every method's steps also hold the previous action,
+sb3-contrib's RecurrentPPO; ``ppo_attention`` (rlattn's AttentionPPO) remembers a whole episode
+too, encoding each step once. On the active maze every method's steps also hold the previous action,
 as the presets give it ("sees" ``obs+action``; zeros on the first step, which is how a policy can
 tell the start, where it must step back for the cue, from the corridor, which looks the same).
 
@@ -55,13 +56,16 @@ from agents.cli import OneLineParser
 from agents.config import ConfigError
 from agents.presets import preset_for, training_corridors
 
-METHODS = ("attention", "local-attention", "mlp-stack", "mlp", "ppo_lstm")
+METHODS = ("attention", "local-attention", "ppo_attention", "mlp-stack", "mlp", "ppo_lstm")
+OWN_MEMORY = {"ppo_lstm": ("ppo_lstm", "mlp"), "ppo_attention": ("ppo_attention", "mlp")}
+"""methods that are an algorithm with its own memory: (algo, its per-step encoder)"""
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
 BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 500_000, 1000: 500_000}
 """default env-step budget per corridor length (the next larger length's for lengths not listed)"""
 STYLES: dict[str, dict] = {
     "attention": {"marker": "o", "linestyle": "-", "linewidth": 2.5},
     "local-attention": {"marker": "s", "linestyle": "--"},
+    "ppo_attention": {"marker": "D", "linestyle": "-", "linewidth": 2.5},
     "mlp-stack": {"marker": "^", "linestyle": ":"},
     "mlp": {"marker": "v", "linestyle": "-."},
     "ppo_lstm": {"marker": "x", "linestyle": "-"},
@@ -102,7 +106,7 @@ def training_env(length: int, train_from: int | None) -> tuple[list[str], list[s
 
 def arguments_for(maze: str, length: int, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple:
     """The ``train.py`` arguments of one run."""
-    algo, extractor = ("ppo_lstm", "mlp") if method == "ppo_lstm" else ("ppo", method)
+    algo, extractor = OWN_MEMORY.get(method, ("ppo", method))
     env_kwargs, eval_env_kwargs = training_env(length, train_from_for(length, args))
     return (
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),

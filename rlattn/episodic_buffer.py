@@ -60,6 +60,14 @@ class _EpisodicParts(ABC):
     returns: np.ndarray
     episode_starts: np.ndarray
 
+    def __init__(self, *args: Any, extras_dim: int = 0, **kwargs: Any):
+        self.extras_dim = extras_dim
+        super().__init__(*args, **kwargs)  # SB3's buffer, which calls reset()
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        self._reset_episodic()
+
     def _reset_episodic(self) -> None:
         self.positions = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
         self.extras = np.zeros((self.buffer_size, self.n_envs, self.extras_dim), dtype=np.float32)
@@ -111,14 +119,6 @@ class EpisodicRolloutBuffer(_EpisodicParts, RolloutBuffer):
 
     observations: np.ndarray
 
-    def __init__(self, *args: Any, extras_dim: int = 0, **kwargs: Any):
-        self.extras_dim = extras_dim
-        super().__init__(*args, **kwargs)
-
-    def reset(self) -> None:
-        super().reset()
-        self._reset_episodic()
-
     def _observations(self, envs: np.ndarray) -> PyTorchObs:
         return torch.as_tensor(env_major(self.observations, envs), device=self.device)
 
@@ -132,14 +132,6 @@ class EpisodicDictRolloutBuffer(_EpisodicParts, DictRolloutBuffer):
 
     observation_space: spaces.Dict
     observations: dict[str, np.ndarray]  # type: ignore[assignment]
-
-    def __init__(self, *args: Any, extras_dim: int = 0, **kwargs: Any):
-        self.extras_dim = extras_dim
-        super().__init__(*args, **kwargs)
-
-    def reset(self) -> None:
-        super().reset()
-        self._reset_episodic()
 
     def _observations(self, envs: np.ndarray) -> PyTorchObs:
         return {
