@@ -15,8 +15,9 @@ import torch
 from gymnasium import spaces
 
 from rlattn import EpisodicTransformer, HistoryAttentionExtractor, HistoryObservation
-from rlattn.attention import MultiHeadAttention, rotary_tables, rotate
+from rlattn.attention import MultiHeadAttention
 from rlattn.episodic import EpisodicMemory
+from rlattn.rotary import rotary_tables, rotate
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,40 @@
+"""Rotary positions (RoPE: Su et al. 2021, https://arxiv.org/abs/2104.09864, section 3.2).
+
+Queries and keys are rotated pair by pair by their positions, so a score depends only on the
+difference of the two positions: a key rotated once by its step's absolute position stays valid as
+the step ages (what lets an episodic memory cache keys).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ROTARY_BASE = 10_000.0
+_ROTARY_TABLES: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+"""(N, 2, d/2) cos and sin of positions 0 .. N-1 per head size, device and dtype: derived values, never state"""
+
+
+def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles: integer positions (...) -> (..., d/2) each.
+
+    The angles are computed in float64 and cast (at position 10^5 float32 angles would be off by
+    ~0.004 rad), once per position: a table grown by doubling, then looked up (fewer ops per step).
+    """
+    key = (head_dim, positions.device, dtype)
+    table = _ROTARY_TABLES.get(key)
+    needed = int(positions.max()) + 1 if positions.numel() else 1
+    if table is None or len(table) < needed:
+        size = max(1024, 1 << (needed - 1).bit_length())
+        half = head_dim // 2
+        freq = ROTARY_BASE ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+        angles = torch.arange(size, dtype=torch.float64, device=positions.device)[:, None] * freq
+        table = _ROTARY_TABLES[key] = torch.stack([angles.cos(), angles.sin()], dim=1).to(dtype)
+    cos, sin = table[positions].unbind(-2)
+    return cos, sin
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}) by the angles: x (..., d), cos and sin broadcastable to (..., d/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
