@@ -56,8 +56,9 @@ def test_a_registered_extractor_and_algorithm_train_through_the_command_line(reg
     assert result["env_steps"] == 256 and result["evaluation"]["episodes"] == 2
     assert result["settings"]["extractor"] == "mean-history" and result["settings"]["history"] == 4
     assert isinstance(TRPO.load(run / "rlattn-TMaze-v0.zip").policy.features_extractor, MeanHistoryExtractor)
-    help_text = " ".join(build_parser().format_help().split())  # argparse wraps at the terminal width
-    assert "mean-history (mean of the steps)" in help_text and "trpo (sb3-contrib's TRPO)" in help_text
+    actions = build_parser()._option_string_actions  # the help texts before argparse wraps them
+    assert "mean-history (mean of the steps)" in actions["--extractor"].help
+    assert "trpo (sb3-contrib's TRPO)" in actions["--algo"].help and "trpo" in actions["--algo"].choices
 
 
 def test_messages_list_the_registered_names(registered, capsys):
