@@ -105,12 +105,16 @@ class AttentionLoggingCallback(BaseCallback):
         return True
 
     def _decisions(self) -> list[tuple[np.ndarray | dict, int, dict]]:
-        """Play the round's episodes; for each, the last observation acted on, its episode step and its info.
+        """Play the round's episodes; for each, the last observation acted on, its episode step and its info."""
+        return self._play()[0]
+
+    def _play(self) -> tuple[list[tuple[np.ndarray | dict, int, dict]], list[Any]]:
+        """The round's decisions (see :meth:`_decisions`) and, for an episodic model, its memory at each.
 
         Episode ``i`` has seed ``seed + i``: the VecEnv's envs play them ``num_envs`` at a time.
         """
         found: list[tuple[np.ndarray | dict, int, dict]] = []
-        self._memories: list[Any] = []  # an episodic model's memory at each decision, for its attention
+        found_memories: list[Any] = []
         m = self.env.num_envs
         for first in range(0, self.n_episodes, m):
             self.env.seed(self.seed + first)
@@ -128,8 +132,8 @@ class AttentionLoggingCallback(BaseCallback):
                         memories[j] = state.select([j]) if hasattr(state, "select") else None  # type: ignore[union-attr]
                 obs, infos, starts, t = next_obs, next_infos, dones, t + 1
             found.extend(decisions)
-            self._memories.extend(memories)
-        return found
+            found_memories.extend(memories)
+        return found, found_memories
 
     def log_memory_attention(self) -> None:
         """The views of :meth:`log_attention` for a model whose memory holds the episode (``attention_maps``).
@@ -137,10 +141,10 @@ class AttentionLoggingCallback(BaseCallback):
         Columns are ages (the oldest step any decision could see on the left, the decision's own step
         on the right); the target mass is the last layer's weight on the slots holding the target step.
         """
-        decisions = self._decisions()
+        decisions, memories = self._play()
         span = max(t for _, t, _ in decisions) + 1
         maps, counts, masses, entropies = [], np.zeros(span), [], []
-        for (_, t, info), memory in zip(decisions, self._memories, strict=True):
+        for (_, t, info), memory in zip(decisions, memories, strict=True):
             weights, positions = self.model.attention_maps(memory)  # type: ignore[attr-defined]  # (1, L, H, W), (1, W)
             w, position = weights[0].cpu().numpy(), positions[0].cpu().numpy()
             seen = position >= 0
