@@ -2,22 +2,24 @@
 
 from rlattn.attention import MultiHeadAttention, attention_mask, structure_mask
 from rlattn.attention_ppo import AttentionPPO
-from rlattn.blocks import GRUGate, TransformerBlock
+from rlattn.blocks import GRUGate, KeepsOwnInit, TransformerBlock
 from rlattn.callbacks import AttentionLoggingCallback
 from rlattn.episodic import EpisodicMemory, EpisodicTransformer
 from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
-from rlattn.wrappers import HistoryObservation
+from rlattn.wrappers import FlatObservation, HistoryObservation
 
 __all__ = [
     "AttentionPPO",
     "AttentionLoggingCallback",
     "EpisodicMemory",
     "EpisodicTransformer",
+    "FlatObservation",
     "GRUGate",
     "HistoryAttentionExtractor",
     "HistoryFlattenExtractor",
     "HistoryObservation",
+    "KeepsOwnInit",
     "MultiHeadAttention",
     "PatchAttentionExtractor",
     "SpatioTemporalAttentionExtractor",

@@ -6,7 +6,9 @@ and the GRU-type gate, whose bias makes a fresh block start close to the identit
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +36,27 @@ def init_linear(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def _is_sb3_init(fn: Callable[[nn.Module], None]) -> bool:
+    """SB3's ``ortho_init`` calls ``module.apply(partial(policy.init_weights, gain=...))``."""
+    return isinstance(fn, functools.partial) and getattr(fn.func, "__name__", "") == "init_weights"
+
+
+class KeepsOwnInit(nn.Module):
+    """A module whose own initialisation survives SB3's ``ortho_init``.
+
+    SB3's actor-critic policies re-initialise every Linear and Conv2d of the features extractor
+    orthogonally unless ``ortho_init=False``; for a transformer that init is wrong (and forgetting the
+    flag silently changed the model). Modules with this base skip SB3's ``init_weights``, so PPO and
+    A2C build the same extractor whatever ``ortho_init`` says, while the MLP and heads still get it.
+    Every other ``apply`` works as usual.
+    """
+
+    def apply(self, fn: Callable[[nn.Module], None]) -> KeepsOwnInit:
+        if _is_sb3_init(fn):
+            return self
+        return super().apply(fn)
 
 
 class FeedForward(nn.Module):

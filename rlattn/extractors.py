@@ -12,7 +12,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from rlattn.blocks import TransformerBlock, init_linear, sinusoidal_table
+from rlattn.blocks import KeepsOwnInit, TransformerBlock, init_linear, sinusoidal_table
 from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
 from rlattn.validation import check_choice, check_int
 
@@ -80,7 +80,7 @@ class HistoryFlattenExtractor(HistoryExtractor):
         return self.net(torch.cat([steps, valid[..., None].float()], dim=-1).flatten(1))
 
 
-class HistoryAttentionExtractor(HistoryExtractor):
+class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
     """Transformer over the observation history; the newest step's token is read out.
 
     ``(B, K, D), valid (B, K) -> (B, F)``. Each step is embedded (Linear, ReLU), tagged with its age
@@ -89,8 +89,8 @@ class HistoryAttentionExtractor(HistoryExtractor):
     a ReLU here can die and leave the policy blind). The last block computes only the
     readout's query. Padding never changes the output.
 
-    Pass ``ortho_init=False`` in PPO/A2C ``policy_kwargs``: SB3 would otherwise re-initialise these
-    layers orthogonally (the GTrXL gate biases survive either way).
+    SB3's ``ortho_init`` leaves this extractor's own init alone (:class:`~rlattn.blocks.KeepsOwnInit`):
+    PPO and A2C build the same extractor with or without ``ortho_init=False``.
 
     :param observation_space: a ``HistoryObservation`` Dict space.
     :param features_dim: output size F.

@@ -12,12 +12,12 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from rlattn.blocks import TransformerBlock, init_linear, sinusoidal_table
+from rlattn.blocks import KeepsOwnInit, TransformerBlock, init_linear, sinusoidal_table
 from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
 from rlattn.patches import PatchEncoder, PatchReadout, check_sizes, image_shape, pointer_features
 
 
-class PatchAttentionExtractor(BaseFeaturesExtractor):
+class PatchAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     """Attention over the patches of one image: ``(B, C, H, W) -> (B, F)``.
 
     Patches are embedded with their 2-D position, mixed by transformer blocks (global, or each patch
@@ -28,7 +28,7 @@ class PatchAttentionExtractor(BaseFeaturesExtractor):
     0.01 of its weight on the target at 100% accuracy); a pointer's cannot, when the action is a
     patch. Pixels are scaled to [0, 1] here unless SB3 already did (it does for single uint8 images).
 
-    Pass ``ortho_init=False`` in PPO/A2C ``policy_kwargs`` so SB3 keeps these layers' own init.
+    SB3's ``ortho_init`` leaves these layers' own init alone (:class:`~rlattn.blocks.KeepsOwnInit`).
 
     :param observation_space: a channel-first image Box (C, H, W).
     :param features_dim: output size F.
@@ -86,7 +86,7 @@ class PatchAttentionExtractor(BaseFeaturesExtractor):
         return weights.reshape(weights.shape[0], weights.shape[1], *self.grid)
 
 
-class SpatioTemporalAttentionExtractor(BaseFeaturesExtractor):
+class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     """Attention within frames and across them, over a ``HistoryObservation`` of images.
 
     ``obs (B, K, C, H, W), valid (B, K) -> (B, F)``. Every valid frame is encoded by a shared

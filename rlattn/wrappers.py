@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +27,54 @@ def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray) -> tuple[Encoder, spac
     return encode, spaces.Box(0.0, 1.0, (size,), np.float32)
 
 
+def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
+    low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in (space.low, space.high))
+    return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
+
+
+def _concatenated(parts: list[tuple[Encoder, spaces.Box]], pick: Callable[[Any, int], Any]) -> tuple[Encoder, spaces.Box]:
+    """One float vector from the encoded leaves of a Dict or Tuple (``pick(x, i)`` is leaf i of x)."""
+    encoders = [encode for encode, _ in parts]
+    low = np.concatenate([box.low.reshape(-1) for _, box in parts]).astype(np.float32)
+    high = np.concatenate([box.high.reshape(-1) for _, box in parts]).astype(np.float32)
+
+    def encode(x: Any) -> np.ndarray:
+        return np.concatenate([encoder(pick(x, i)) for i, encoder in enumerate(encoders)])
+
+    return encode, spaces.Box(low, high, low.shape, np.float32)
+
+
+def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[Encoder, spaces.Box]:
+    """Dict and Tuple: every leaf flattened into one float32 vector; leaves with no numbers (text) dropped with a warning."""
+    items = list(space.spaces.items()) if isinstance(space, spaces.Dict) else list(enumerate(space.spaces))
+    kept: list[tuple[Any, tuple[Encoder, spaces.Box]]] = []
+    for key, leaf in items:
+        leaf_what = f"{what} key {key!r}"
+        if isinstance(leaf, spaces.Box):
+            kept.append((key, _flat_box(leaf)))
+            continue
+        try:
+            kept.append((key, step_encoder(leaf, leaf_what)))
+        except ValueError:  # text (a MiniGrid mission), graphs, sequences: no fixed-size numbers
+            warnings.warn(
+                f"{leaf_what} ({type(leaf).__name__}) cannot be encoded as numbers and is dropped: "
+                "wrap the env in gymnasium.wrappers.FilterObservation to drop it yourself",
+                UserWarning,
+                stacklevel=4,
+            )
+    if not kept:
+        raise ValueError(f"{what} space {space} has nothing to encode: no key holds numbers")
+    keys = [key for key, _ in kept]
+    return _concatenated([part for _, part in kept], lambda x, i: x[keys[i]])
+
+
 def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
-    """How one observation or action of ``space`` becomes an array: Box as is, discrete as one-hot."""
+    """How one observation or action of ``space`` becomes an array.
+
+    Box as is; Discrete and MultiDiscrete one-hot; MultiBinary a float vector; Dict and Tuple (nested
+    too) one float32 vector of their leaves in key order, Box leaves flattened with their values
+    unscaled, leaves that hold no numbers (Text, a MiniGrid mission) dropped with a warning.
+    """
     if isinstance(space, spaces.Box):
         return (lambda x: np.asarray(x, dtype=space.dtype)), space
     if isinstance(space, spaces.Discrete):
@@ -37,8 +84,33 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
     if isinstance(space, spaces.MultiBinary):
         n = int(np.prod(space.shape))
         return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(0.0, 1.0, (n,), np.float32)
-    allowed = "Box, Discrete, MultiDiscrete, MultiBinary"
+    if isinstance(space, (spaces.Dict, spaces.Tuple)):
+        return _structured_encoder(space, what)
+    allowed = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict or Tuple of them"
     raise ValueError(f"{what} space {space} is not supported by HistoryObservation: allowed are {allowed}")
+
+
+class FlatObservation(gym.ObservationWrapper):
+    """A Dict or Tuple observation (MiniGrid's ``image`` + ``direction`` + ``mission``) as one float32 vector.
+
+    Leaves are encoded as in :class:`HistoryObservation` (Box values flattened unscaled, discrete
+    one-hot) and concatenated in key order; text leaves are dropped with a warning. For
+    :class:`~rlattn.AttentionPPO`, ``RecurrentPPO`` or a plain MLP on such envs; ``HistoryObservation``
+    encodes Dict and Tuple observations itself.
+
+    :param env: an env whose observation space is a Dict or Tuple of supported spaces.
+    """
+
+    def __init__(self, env: gym.Env):
+        if not isinstance(env.observation_space, (spaces.Dict, spaces.Tuple)):
+            raise ValueError(
+                f"observation space {env.observation_space} is not supported by FlatObservation: allowed are Dict and Tuple"
+            )
+        super().__init__(env)
+        self._encode, self.observation_space = _structured_encoder(env.observation_space, "observation")
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return self._encode(observation)
 
 
 def _stacked(space: spaces.Box, length: int) -> tuple[spaces.Box, np.ndarray]:
@@ -55,9 +127,11 @@ class HistoryObservation(gym.Wrapper):
     Observation: ``Dict(obs=(K, *step_shape), valid=(K,))``, newest step last. ``valid`` is 1 for real
     steps of the current episode and 0 for padding (which holds a fixed in-space filler); the newest
     step is always valid. Box observations keep their shape and dtype; Discrete and MultiDiscrete
-    become one-hot float vectors, MultiBinary a float vector.
+    become one-hot float vectors, MultiBinary a float vector, Dict and Tuple one float vector of their
+    leaves (see :func:`step_encoder`).
 
-    :param env: any Gymnasium env with a Box, Discrete, MultiDiscrete or MultiBinary observation.
+    :param env: any Gymnasium env with a Box, Discrete, MultiDiscrete or MultiBinary observation, or a
+        Dict or Tuple of them (flattened into one float32 vector per step; text keys dropped with a warning).
     :param length: history length K (>= 1).
     :param include_action: add ``action`` (K, A): the action that led to each step (one-hot if
         discrete; zeros for the first step).

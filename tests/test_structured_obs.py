@@ -1,0 +1,106 @@
+"""Dict and Tuple observations (MiniGrid's, POPGym's) in HistoryObservation, FlatObservation and train.py."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from rlattn import FlatObservation, HistoryAttentionExtractor, HistoryObservation
+
+GRID = spaces.Dict(
+    {
+        "image": spaces.Box(0, 255, (3, 3, 2), np.uint8),
+        "direction": spaces.Discrete(4),
+        "mission": spaces.Text(12),
+    }
+)
+PAIR = spaces.Tuple((spaces.Discrete(2), spaces.Tuple((spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(3)))))
+
+
+class Structured(gym.Env):
+    """Observation at step t: every number of the structure derived from t; episodes last 4 steps."""
+
+    def __init__(self, space: gym.Space):
+        self.observation_space, self.action_space, self.t = space, spaces.Discrete(2), 0
+
+    def _obs(self):
+        t = self.t
+        if isinstance(self.observation_space, spaces.Dict):
+            image = np.full((3, 3, 2), t, dtype=np.uint8)
+            image[0, 0, 0] = 7  # a value MiniGrid would use for an object index, kept unscaled
+            return {"image": image, "direction": t % 4, "mission": "get the key"}
+        return (t % 2, (np.array([0.5, -0.5 * (t % 2)], dtype=np.float32), t % 3))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, self.t >= 4, False, {}
+
+
+def test_dict_steps_are_one_vector_in_key_order_with_text_dropped():
+    with pytest.warns(UserWarning, match="'mission'.*dropped.*FilterObservation"):
+        env = HistoryObservation(Structured(GRID), length=3)
+    assert env.observation_space["obs"].shape == (3, 4 + 18)  # direction one-hot, then the image (keys sorted)
+    env.reset(seed=0)
+    obs, *_ = env.step(0)
+    newest = obs["obs"][-1]
+    np.testing.assert_array_equal(newest[:4], [0, 1, 0, 0])  # direction 1
+    assert newest[4] == 7 and np.all(newest[5:] == 1)  # raw values, flattened in the image's own order
+    np.testing.assert_array_equal(obs["valid"], [0, 1, 1])
+
+
+def test_nested_tuple_steps_flatten_every_leaf():
+    env = HistoryObservation(Structured(PAIR), length=2)
+    assert env.observation_space["obs"].shape == (2, 2 + 2 + 3)
+    env.reset(seed=0)
+    obs, *_ = env.step(0)
+    np.testing.assert_array_equal(obs["obs"][-1], [0, 1, 0.5, -0.5, 0, 1, 0])
+    np.testing.assert_array_equal(obs["obs"][0], [1, 0, 0.5, 0, 1, 0, 0])
+
+
+@pytest.mark.filterwarnings("ignore:observation key 'mission'")
+@pytest.mark.parametrize("space", [GRID, PAIR])
+def test_wrapped_structured_envs_pass_both_checkers(space):
+    for env in (HistoryObservation(Structured(space), length=3, include_action=True), FlatObservation(Structured(space))):
+        gym_check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=True)
+
+
+@pytest.mark.filterwarnings("ignore:observation key 'mission'")
+def test_flat_observation_is_the_history_step():
+    flat, history = FlatObservation(Structured(GRID)), HistoryObservation(Structured(GRID), length=1)
+    flat.reset(seed=0)
+    history.reset(seed=0)
+    np.testing.assert_array_equal(flat.step(1)[0], history.step(1)[0]["obs"][0])
+    assert flat.observation_space.dtype == np.float32 and flat.observation_space.contains(flat.step(1)[0])
+
+
+def test_a_structure_with_nothing_to_encode_names_it():
+    only_text = spaces.Dict({"mission": spaces.Text(5)})
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="nothing to encode: no key holds numbers"):
+        HistoryObservation(Structured(only_text), length=2)
+    with pytest.raises(ValueError, match="not supported by FlatObservation: allowed are Dict and Tuple"):
+        FlatObservation(gym.make("CartPole-v1"))
+
+
+@pytest.mark.parametrize("extractor_kwargs", [{}, {"gate": "residual", "n_layers": 2}])
+def test_sb3_ortho_init_leaves_the_attention_extractor_alone(extractor_kwargs):
+    """PPO builds the same extractor with or without ortho_init=False; its MLP and heads still get SB3's init."""
+    built = {}
+    for ortho in (True, False):
+        env = HistoryObservation(gym.make("CartPole-v1"), length=4)
+        kwargs = dict(features_extractor_class=HistoryAttentionExtractor, ortho_init=ortho)
+        model = PPO("MultiInputPolicy", env, policy_kwargs={**kwargs, "features_extractor_kwargs": extractor_kwargs}, seed=3)
+        built[ortho] = model.policy
+    extractor = {k: p.features_extractor.state_dict() for k, p in built.items()}
+    for name, tensor in extractor[True].items():
+        assert np.array_equal(tensor.numpy(), extractor[False][name].numpy()), name
+    # the actor head: SB3's orthogonal init with gain 0.01 only where ortho_init is on
+    assert built[True].action_net.weight.abs().max() < 0.02 < built[False].action_net.weight.abs().max()
