@@ -14,7 +14,7 @@ from agents.checks import check_algo_values, check_device, check_env_id, check_i
 from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
-from rlattn import HistoryObservation
+from rlattn import FlatObservation, HistoryObservation
 
 _SET_BY_US = {
     "self",
@@ -85,9 +85,16 @@ class RunPlan:
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
-    """``gym.make`` with this project's ids registered (also inside subprocess workers)."""
+    """``gym.make`` with this project's ids registered (also inside subprocess workers).
+
+    A Dict or Tuple observation (MiniGrid's, POPGym's) becomes one float vector (:class:`~rlattn.FlatObservation`),
+    the same for every algorithm and extractor, so baselines and attention see the same inputs.
+    """
     assert envs.NAMESPACE  # importing envs registered the ids
-    return gym.make(env_id, **kwargs)
+    env = gym.make(env_id, **kwargs)
+    if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        return FlatObservation(env)
+    return env
 
 
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
@@ -112,7 +119,7 @@ def _resolve_extractor(cfg: TrainConfig, probe: gym.Env) -> str:
     image = is_image(probe.observation_space)
     algo = ALGOS[cfg.algo]
     if cfg.extractor is None:
-        history = cfg.history if cfg.history is not None else default_history(probe)
+        history = cfg.history if cfg.history is not None else default_history(probe, algo.memory)
         return default_extractor(algo, image, history)
     name = cfg.extractor
     kind = "image" if image else "vector"
@@ -151,7 +158,7 @@ def _resolve_history(cfg: TrainConfig, entry: ExtractorEntry, probe: gym.Env, pr
                 f"--history {cfg.history} does not go with --extractor {entry.name}, which sees the newest step only: use {others}"
             )
         return cfg.history
-    return 1 if single else preset_history or default_history(probe)
+    return 1 if single else preset_history or default_history(probe, ALGOS[cfg.algo].memory)
 
 
 def _resolve_history_inputs(

@@ -100,6 +100,24 @@ _POINTER = {"readout": "pointer", "net_arch": {"pi": [], "vf": [64]}}
 _CNN = {"features_dim": 256}
 
 
+# envs outside this package's families (benchmarks/third_party.py, README "On tasks we did not write")
+_PPO_ANY = {
+    "n_steps": 128,
+    "batch_size": 256,
+    "n_epochs": 4,
+    "learning_rate": 3e-4,
+    "ent_coef": 0.01,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "net_arch": [64],
+    "features_dim": 64,
+    "embed_dim": 64,
+    "n_heads": 4,
+    "n_layers": 1,
+}
+_EPISODIC_ANY = {**_PPO_ANY, "n_steps": 32, "gate": "residual"}
+
+
 def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
     """The same PPO settings for ppo_lstm, which has its own LSTM instead of our extractor."""
     return {k: v for k, v in hyperparams.items() if k not in ("features_dim", "embed_dim", "n_heads", "n_layers")}
@@ -166,13 +184,14 @@ PRESETS: dict[tuple[str, str], Preset] = {
         {"spatiotemporal-attention": {"spatial_layers": 0}, "cnn-stack": _CNN},
         history=16,
     ),
-    ("ppo", "*"): Preset(100_000, 8, {}),
+    ("ppo", "*"): Preset(100_000, 8, _PPO_ANY),
     ("a2c", "*"): Preset(100_000, 8, {}),
     ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),
     ("ppo_lstm", "TMaze-long"): _tmaze(300_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "TMaze-300"): _tmaze(500_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "TMaze-1000"): _tmaze(1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
-    ("ppo_lstm", "*"): Preset(100_000, 8, {}),
+    ("ppo_lstm", "*"): Preset(100_000, 8, _algorithm_only(_PPO_ANY)),
+    ("ppo_attention", "*"): Preset(100_000, 32, _EPISODIC_ANY),
     # the episodic-memory PPO: the attention agent's settings on 32 envs x 32 steps with a residual skip,
     # 2.2x the env steps/s of 8 x 128 with the GTrXL gate at L = 30, and 1.00 by 45k steps either way
     ("ppo_attention", "TMaze"): _tmaze(100_000, 32, _EPISODIC_TMAZE),
@@ -184,7 +203,13 @@ PRESETS: dict[tuple[str, str], Preset] = {
 FALLBACK = Preset(100_000, 8, {})
 """an algorithm without presets of its own: its defaults, 8 envs, 100k env steps"""
 
-DEFAULT_HISTORY = 16
+DEFAULT_HISTORY = 64
+"""history for an env that does not say how long its episodes are"""
+STATELESS_HISTORY_CAP = 128
+"""the longest default history a HistoryObservation gets on envs without a preset: every stored step
+holds K copies (MiniGrid MemoryS13's 845-step cap would make 510 KB per stored observation)"""
+EPISODIC_HISTORY_CAP = 1024
+"""the longest default memory window of an episodic algorithm (cost per step grows with it slowly)"""
 
 
 FAMILIES = ("TMaze", "VisualSearch", "CuedVisualSearch", "GlimpseSearch")
@@ -223,7 +248,27 @@ def default_patch_size(env: gym.Env) -> int:
     return max(p for p in range(1, max(1, min(cell, side)) + 1) if side % p == 0)
 
 
-def default_history(env: gym.Env) -> int:
-    """A history long enough for the task: a whole episode where the env says how long that is."""
-    env = env.unwrapped
-    return int(getattr(env, "max_steps", getattr(env, "shortest_episode", DEFAULT_HISTORY)))
+def episode_cap(env: gym.Env) -> int | None:
+    """The most steps an episode can last, where the env says: its TimeLimit, or the env's own limit
+    (``max_steps``: this package's envs, MiniGrid; ``max_episode_length``: POPGym)."""
+    spec_steps = env.spec.max_episode_steps if env.spec is not None else None
+    own = env.unwrapped
+    for value in (getattr(own, "max_steps", None), getattr(own, "max_episode_length", None), spec_steps):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def default_history(env: gym.Env, memory: str = "observation") -> int:
+    """A history long enough for the task: a whole episode where the env says how long that is.
+
+    ``memory`` is the algorithm's kind: outside this package's envs (whose presets were measured
+    with whole episodes) the default is capped at :data:`STATELESS_HISTORY_CAP` steps when the
+    history lives in the observation, at :data:`EPISODIC_HISTORY_CAP` for an episodic memory.
+    """
+    cap = episode_cap(env)
+    if cap is None:
+        return int(getattr(env.unwrapped, "shortest_episode", DEFAULT_HISTORY))
+    if env_family(env.spec.id if env.spec is not None else "") != "*":
+        return cap
+    return min(cap, EPISODIC_HISTORY_CAP if memory == "episodic" else STATELESS_HISTORY_CAP)

@@ -74,6 +74,8 @@ def read_record(run: Path) -> dict:
     evaluations = np.load(run / "evaluations.npz")
     rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
     curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)]
+    returns = evaluations["results"].mean(axis=1)
+    return_curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], returns, strict=True)]
     reached = [t for t, rate in curve if rate >= 0.95]
     final = result["evaluation"]
     case = json.loads((run.parent.parent / CASE_FILE).read_text()) if (run.parent.parent / CASE_FILE).is_file() else {}
@@ -84,6 +86,7 @@ def read_record(run: Path) -> dict:
         "steps_to_095": reached[0] if reached else None,
         "steps_per_s": int(result["steps_per_second"]),
         "curve": curve,
+        "return_curve": return_curve,
         "folder": str(run),
     }
 
@@ -272,7 +275,7 @@ def cells(records: list[dict], fields: Sequence[str]) -> list[Cell]:
     out = []
     for settings, group in groups.values():
         runs = sorted(group, key=lambda r: r.get("seed", 0))
-        done = [r for r in runs if "success" in r]
+        done = [r for r in runs if r.get("success") is not None]  # envs without is_success report returns only
         success = iqm_interval([r["success"] for r in done]) if done else None
         steps = steps_interval([r["steps_to_095"] for r in done])
         out.append(Cell(settings, runs, success, steps))
@@ -299,7 +302,7 @@ def best(record: dict) -> float:
 
 
 def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], None]) -> None:
-    if any(cell.success is not None for cell in table):
+    if any(cell.done for cell in table):
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(table, path)
         print(f"plot: {path}")

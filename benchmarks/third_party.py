@@ -1,0 +1,195 @@
+"""Out of the box on memory tasks nobody here wrote: attention (both memory paths) against the baselines.
+
+    pip install -e ".[bench]"                      # MiniGrid, POPGym, Ray Tune, rliable
+    python benchmarks/third_party.py --seeds 3                       # every task, every method
+    python benchmarks/third_party.py --tasks RepeatPrevious --methods attention ppo_lstm --seeds 1
+
+Every (task, method, seed) is one Ray Tune trial (``sweep.py``: ``--workers`` at a time, ``--address``
+for a cluster) running ``train.py --env module:id`` with nothing set but the algorithm, the extractor,
+the budget and the seed: the presets and defaults a user gets on an env outside this package's
+families. Equal env steps per task for every method. Evaluation every ``--eval-freq`` steps on
+``--eval-episodes`` episodes (deterministic actions, unseen seeds).
+
+Tasks (all pip-installable; returns normalised so the best episode scores 1):
+- MiniGrid ``MemoryS7``, ``MemoryS11``, ``MemoryS13``: see an object at the start of a corridor, walk
+  it, pick the matching one of two at its end. Observation: MiniGrid's Dict (7x7x3 ``image``,
+  ``direction``; the text ``mission`` is dropped), flattened by ``rlattn.FlatObservation``.
+- POPGym ``PositionOnlyCartPoleEasy`` and ``PositionOnlyPendulumEasy``: CartPole and Pendulum with their
+  velocities hidden. ``RepeatPreviousEasy``: name the card seen four steps ago. ``AutoencodeEasy``:
+  watch a sequence of cards, then name them back in reverse (a Tuple observation).
+Methods: ``attention`` (PPO, ``HistoryAttentionExtractor`` over a ``HistoryObservation``),
+``ppo_attention`` (``rlattn.AttentionPPO``, each step encoded once), ``mlp-stack`` (the same history,
+flattened), ``ppo_lstm`` (sb3-contrib's RecurrentPPO) and ``mlp`` (the newest step only).
+
+Reported per cell: IQM of the final normalised return over seeds with a 95% stratified-bootstrap CI
+(rliable), the per-seed values, the best evaluation, and training env steps/s. The plot draws each
+method's IQM and CI per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from stats import iqm_interval, per_seed
+from sweep import ROOT, Case, Cell, add_arguments, cells, check_arguments, run_cases, save_plot, seeds
+
+from agents.cli import OneLineParser
+from agents.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Task:
+    env: str
+    """``module:id`` as ``train.py --env`` takes it"""
+    budget: int
+    """env steps per run"""
+    best: float
+    """the best episode's return: returns are divided by it"""
+
+
+TASKS = {
+    "MemoryS7": Task("minigrid:MiniGrid-MemoryS7-v0", 300_000, 1.0),
+    "MemoryS11": Task("minigrid:MiniGrid-MemoryS11-v0", 500_000, 1.0),
+    "MemoryS13": Task("minigrid:MiniGrid-MemoryS13-v0", 500_000, 1.0),
+    "PositionOnlyCartPole": Task("popgym:popgym-PositionOnlyCartPoleEasy-v0", 100_000, 1.0),
+    "PositionOnlyPendulum": Task("popgym:popgym-PositionOnlyPendulumEasy-v0", 100_000, 1.0),
+    "RepeatPrevious": Task("popgym:popgym-RepeatPreviousEasy-v0", 100_000, 1.0),
+    "Autoencode": Task("popgym:popgym-AutoencodeEasy-v0", 100_000, 1.0),
+}
+METHODS = ("attention", "ppo_attention", "mlp-stack", "ppo_lstm", "mlp")
+OWN_MEMORY = {"ppo_lstm": ("ppo_lstm", "mlp"), "ppo_attention": ("ppo_attention", "mlp")}
+"""methods that are an algorithm with its own memory: (algo, its per-step encoder)"""
+KEY_FIELDS = ("task", "method", "budget")
+
+
+def arguments_for(task: Task, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple[str, ...]:
+    algo, extractor = OWN_MEMORY.get(method, ("ppo", method))
+    return (
+        *("--algo", algo, "--extractor", extractor, "--env", task.env, "-n", str(budget), "--seed", str(seed)),
+        *("--eval-freq", str(args.eval_freq or max(budget // 10, 5_000)), "--eval-episodes", str(args.eval_episodes)),
+        *("--save-freq", "-1", "--verbose", "0"),
+    )
+
+
+def normalised(record: dict, task: Task) -> dict:
+    """The final and best evaluation returns divided by the task's best return."""
+    curve = record.get("return_curve") or []
+    return {
+        "score": record["mean_return"] / task.best,
+        "best_score": max((r for _, r in curve), default=record["mean_return"]) / task.best,
+    }
+
+
+def make_cases(args: argparse.Namespace) -> list[Case]:
+    cases = []
+    for name in args.tasks:
+        task = TASKS[name]
+        budget = args.budget or task.budget
+        for method in args.methods:
+            for seed in seeds(args):
+                key = {"task": name, "method": method, "budget": budget, "seed": seed}
+                label = f"{name} {method} seed {seed}, {budget:,} steps"
+                after = lambda record, task=task: normalised(record, task)  # noqa: E731
+                cases.append(Case(key, label, arguments_for(task, method, budget, seed, args), after))
+    return cases
+
+
+COLUMNS = ("task", "method", "budget", "seeds", "final return IQM [95% CI]", "per seed", "best (mean)", "steps/s")
+
+
+def row(cell: Cell) -> list[str]:
+    s = cell.settings
+    head = [s["task"], s["method"], f"{s['budget']:,}", str(len(cell.runs))]
+    if not cell.done:
+        return [*head, f"failed: {cell.runs[0].get('error', '?')}", "", "", ""]
+    scores = [r["score"] for r in cell.done]
+    best = sum(r["best_score"] for r in cell.done) / len(cell.done)
+    values = [r.get("score") for r in cell.runs]
+    return [*head, str(iqm_interval(scores)), per_seed(values), f"{best:.2f}", f"{cell.mean('steps_per_s'):,.0f}"]
+
+
+def print_table(table: list[Cell], markdown: bool = False) -> None:
+    rows = [row(cell) for cell in table]
+    if markdown:
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|---|---|---:|---:|---:|---|---:|---:|")
+        for values in rows:
+            print("| " + " | ".join(values) + " |")
+        return
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
+    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
+    for values in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
+
+
+def plot(table: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(c.settings["task"] for c in table))
+    methods = [m for m in METHODS if any(c.settings["method"] == m for c in table)]
+    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 3, 4))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        for i, name in enumerate(tasks):
+            cell = next((c for c in table if c.settings["task"] == name and c.settings["method"] == method), None)
+            if cell is None or not cell.done:
+                continue
+            ci = iqm_interval([r["score"] for r in cell.done])
+            x = i + (j - (len(methods) - 1) / 2) * width
+            bar = ax.bar(x, ci.iqm, width, color=f"C{j}", label=method if i == 0 else None)
+            ax.errorbar(x, ci.iqm, [[ci.iqm - ci.low], [ci.high - ci.iqm]], color="black", capsize=2, linewidth=1)
+            ax.scatter([x] * len(cell.done), [r["score"] for r in cell.done], s=8, color="black", zorder=3)
+            del bar
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20)
+    ax.set_ylabel("final normalised return: IQM, 95% CI, seeds")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: the task's, see TASKS)")
+    parser.add_argument("--eval-freq", type=int, default=None, help="default: a tenth of the budget, >= 5000")
+    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "third_party.png")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
+    add_arguments(parser, "third_party")
+    args = parser.parse_args()
+    check_arguments(parser, args)
+    for name in ("budget", "eval_freq"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: must be >= 1")
+    if args.eval_episodes < 1:
+        parser.error(f"--eval-episodes {args.eval_episodes} is invalid: must be >= 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        records = run_cases(make_cases(args), args)
+    except ConfigError as error:
+        print(f"third_party.py: error: {error}", file=sys.stderr)
+        return 2
+    table = cells(records, KEY_FIELDS)
+    print_table(table)
+    if args.markdown:
+        print_table(table, markdown=True)
+    save_plot(table, args.plot, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
