@@ -179,8 +179,10 @@ def algo_help() -> str:
 
 NATURE_CNN_MIN = 36
 """the smallest image side NatureCNN's convolutions (8/4, 4/2, 3/1) accept"""
-SPARSE_TOP_K = 8
-"""keys each query keeps with --extractor sparse-attention (override with -params top_k:N)"""
+SPARSE_TOP_K = 4
+"""key blocks each query block attends to (besides its own) with --extractor sparse-attention (-params top_k:N)"""
+SPARSE_BLOCK_SIZE = 16
+"""steps per block with --extractor sparse-attention (-params block_size:N): 16 x (4 + 1) = 80 steps seen per step"""
 
 
 def local_window(plan: RunPlan, env: gym.Env | None = None) -> dict[str, Any]:
@@ -191,7 +193,7 @@ def local_window(plan: RunPlan, env: gym.Env | None = None) -> dict[str, Any]:
 
 
 def _sparse(plan: RunPlan, env: gym.Env | None = None) -> dict[str, Any]:
-    return {"top_k": min(SPARSE_TOP_K, plan.history)}
+    return {"top_k": SPARSE_TOP_K, "block_size": SPARSE_BLOCK_SIZE}
 
 
 def _patches(plan: RunPlan, env: gym.Env) -> dict[str, Any]:
@@ -214,7 +216,7 @@ for _entry in (
         HistoryAttentionExtractor,
         "vector",
         "history",
-        f"each query keeps its {SPARSE_TOP_K} strongest keys",
+        f"block-routed: each {SPARSE_BLOCK_SIZE} steps attend to their {SPARSE_TOP_K} best blocks and their own",
         logs_attention=True,
         defaults=_sparse,
     ),

@@ -15,9 +15,13 @@ reset through /proc/self/clear_refs) over one run. Methods:
 - ``global``: every step sees every valid step (dense, one boolean mask).
 - ``local-dense``: the local window as a mask on the dense path: the work a mask does not save.
 - ``local``: the same window, computed in blocks (the path ``attention="local"`` picks for long K).
-- ``sparse``: global with top-k (each query keeps its k strongest keys), the explicit path.
+- ``sparse``: global range, block-routed (``top_k`` with ``block_size``): keys in blocks of 64, each
+  block of 64 queries attends to its 2 best-scoring blocks and its own (``--top-k 2 --block-size
+  64``), so every query sees at most 192 keys whatever K: 3 of 64 blocks at K = 4096.
 
-Ratios are against ``global`` at the same K, measured in the same run.
+Ratios are measured in the same run: ``x faster`` and ``x less mem`` against ``global`` at the same K,
+``x vs local`` is local's time over this method's (>= 1: no slower than local), ``x time/2K`` this
+method's time over its own at K / 2 (2.0 is linear).
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ METHODS = ("global", "local-dense", "local", "sparse")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pattern(method: str, window: int, top_k: int) -> dict:
+def pattern(method: str, window: int, top_k: int, block_size: int) -> dict:
     return {
         "global": {"attention": "global"},
         "local-dense": {"attention": "local", "window": window, "chunk": 0},
         "local": {"attention": "local", "window": window},
-        "sparse": {"attention": "global", "top_k": top_k},
+        "sparse": {"attention": "global", "top_k": top_k, "block_size": block_size},
     }[method]
 
 
@@ -66,7 +70,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     K, B, E = args.length, args.batch, 64
-    layer = MultiHeadAttention(E, 4, **pattern(args.method, args.window, args.top_k))
+    layer = MultiHeadAttention(E, 4, **pattern(args.method, args.window, args.top_k, args.block_size))
     valid = torch.ones(B, K, dtype=torch.bool)
     valid[:, : K // 4] = False  # an episode that started less than K steps ago
     if args.scope == "layer":
@@ -120,6 +124,7 @@ def _command(method: str, length: int, args: argparse.Namespace) -> list[str]:
         "--lengths",
         str(length),
         *("--batch", str(args.batch), "--window", str(args.window), "--top-k", str(args.top_k)),
+        *("--block-size", str(args.block_size)),
         *("--repeats", str(args.repeats), "--threads", str(args.threads), "--scope", args.scope),
     ]
 
@@ -130,14 +135,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--batch", type=int, default=4, help="histories per batch")
     parser.add_argument("--window", type=int, default=64, help="local window in steps")
-    parser.add_argument("--top-k", type=int, default=16, help="keys kept per query by sparse")
+    parser.add_argument("--top-k", type=int, default=2, help="key blocks each query block attends to in sparse")
+    parser.add_argument("--block-size", type=int, default=64, help="keys per block in sparse")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
     parser.add_argument("--scope", choices=("attention", "layer"), default="attention", help="what is timed")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for name in ("batch", "window", "top_k", "repeats", "threads"):
+    for name in ("batch", "window", "top_k", "block_size", "repeats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: must be >= 1")
     if min(args.lengths) < 1:
@@ -148,10 +154,13 @@ def main() -> None:
         return
 
     print(
-        f"{'attention (q, k, v -> out)' if args.scope == 'attention' else 'attention layer with projections'}, embed 64, 4 heads, batch {args.batch}, window {args.window}, top-k {args.top_k}, "
+        f"{'attention (q, k, v -> out)' if args.scope == 'attention' else 'attention layer with projections'}, embed 64, 4 heads, batch {args.batch}, window {args.window}, top-k {args.top_k} blocks of {args.block_size}, "
         f"{args.threads} thread(s); forward+backward, median of {args.repeats}"
     )
-    header = f"{'K':>6} {'method':<12} {'ms':>10} {'peak MiB':>10} {'x faster':>9} {'x less mem':>10} {'x time/2K':>10}"
+    header = (
+        f"{'K':>6} {'method':<12} {'ms':>10} {'peak MiB':>10} {'x faster':>9} {'x less mem':>10} {'x vs local':>10} "
+        f"{'x time/2K':>10}"
+    )
     print(header)
     print("-" * len(header))
     results: dict[tuple[str, int], dict] = {}
@@ -159,6 +168,7 @@ def main() -> None:
         for method in args.methods:
             results[method, length] = result = measure(method, length, args)
             base = results.get(("global", length), {})
+            local = results.get(("local", length), {})
             prev = results.get((method, length // 2), {})
             if "error" in result:
                 print(f"{length:>6} {method:<12} failed: {result['error']}")
@@ -166,8 +176,12 @@ def main() -> None:
             ms, mib = result["seconds"] * 1e3, result["peak_bytes"] / 2**20
             faster = f"{base['seconds'] / result['seconds']:.1f}" if "seconds" in base else "-"
             less = f"{base['peak_bytes'] / max(result['peak_bytes'], 1):.1f}" if "peak_bytes" in base else "-"
+            vs_local = f"{local['seconds'] / result['seconds']:.2f}" if "seconds" in local else "-"
             growth = f"{result['seconds'] / prev['seconds']:.2f}" if "seconds" in prev else "-"
-            print(f"{length:>6} {method:<12} {ms:>10.2f} {mib:>10.1f} {faster:>9} {less:>10} {growth:>10}", flush=True)
+            row = (
+                f"{length:>6} {method:<12} {ms:>10.2f} {mib:>10.1f} {faster:>9} {less:>10} {vs_local:>10} {growth:>10}"
+            )
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ another query. Three computations give the same numbers (tests hold this, forwar
 - **chunked** (local and neighbourhood): queries in blocks, each against only the keys its block can
   see (``unfold``). Cost and memory grow linearly with the sequence length for a fixed window.
   Chosen automatically when it does less work than dense.
-- **explicit**: softmax written out, returning the weights (for TensorBoard, only when asked) and
-  supporting top-k sparsity: each query keeps only its ``top_k`` highest-scoring allowed keys.
+- **explicit**: softmax written out, returning the weights (for TensorBoard, only when asked).
+
+With ``top_k``, global attention is block-routed (:mod:`rlattn.block_sparse`, MoBA): keys in blocks
+of ``block_size``, each block of queries attends only to its ``top_k`` best-scoring blocks and its
+own, the rest never computed. With every block chosen it is global attention, number for number.
 
 One query (the readout of a history's last block) has a cheaper form of the same numbers:
 :func:`single_query_attention` folds the key and value projections into the query's side, so the K
@@ -46,6 +49,7 @@ from rlattn.attention_paths import (
     single_query_attention,
     tiled_neighbourhood_attention,
 )
+from rlattn.block_sparse import block_sparse_attention, routed_mask
 from rlattn.rotary import rotary_tables, rotate
 from rlattn.validation import check_choice, check_int
 
@@ -59,9 +63,11 @@ def check_pattern(
     grid: tuple[int, int] | None = None,
     radius: int | None = None,
     top_k: int | None = None,
+    block_size: int = 64,
 ) -> None:
     """One-line ValueError for a pattern that cannot be built."""
     check_choice("attention", kind, ATTENTION_KINDS)
+    check_int("block_size", block_size)
     if kind == "local":
         check_int("window", window)
     if kind == "neighbourhood":
@@ -77,6 +83,8 @@ def check_pattern(
         check_int("radius", radius, 0)
     if top_k is not None:
         check_int("top_k", top_k)
+        if kind != "global":
+            raise ValueError(f"top_k={top_k!r} is invalid with attention={kind!r}: routing needs attention='global'")
 
 
 def structure_mask(
@@ -117,8 +125,8 @@ def _own_keys(n_queries: int, n_keys: int, device: torch.device) -> Tensor:
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and one of the patterns above.
 
-    The computation is picked per call: explicit when weights are asked for or ``top_k`` is set,
-    chunked for local/neighbourhood patterns where that does less work than dense, dense otherwise.
+    The computation is picked per call: explicit when weights are asked for, block-routed with
+    ``top_k``, chunked for local/neighbourhood patterns where that does less work than dense, dense otherwise.
 
     :param embed_dim: token size E, divisible by ``n_heads``.
     :param n_heads: number of heads H.
@@ -126,7 +134,10 @@ class MultiHeadAttention(nn.Module):
     :param window: local window in steps (``local`` only).
     :param grid: (rows, cols) of the token grid (``neighbourhood`` only).
     :param radius: neighbourhood radius in cells (``neighbourhood`` only).
-    :param top_k: keep only each query's ``top_k`` strongest keys (sparse attention); None keeps all.
+    :param top_k: block-routed sparse attention (``global`` only): each block of queries attends to its
+        ``top_k`` best-scoring key blocks plus its own; None attends to every key.
+    :param block_size: keys per block S with ``top_k`` (default 64: one block is a single fused
+        product on CPU, and at K = 4096 top_k = 2 sees 3 of 64 blocks); 1 routes every key alone.
     :param chunk: query block size (cells per tile side for grids) of the chunked path; None picks
         one from the window. ``0`` forces the dense path.
     """
@@ -141,11 +152,12 @@ class MultiHeadAttention(nn.Module):
         radius: int | None = None,
         top_k: int | None = None,
         chunk: int | None = None,
+        block_size: int = 64,
     ):
         super().__init__()
         if embed_dim % n_heads:
             raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by n_heads={n_heads}")
-        check_pattern(attention, window, grid, radius, top_k)
+        check_pattern(attention, window, grid, radius, top_k, block_size)
         if chunk is not None:
             check_int("chunk", chunk, 0)
         self.n_heads = n_heads
@@ -154,6 +166,7 @@ class MultiHeadAttention(nn.Module):
         self.grid = tuple(grid) if grid is not None else None
         self.radius = radius
         self.top_k = top_k
+        self.block_size = block_size
         self.chunk = chunk
         self._structures: dict[tuple, Tensor] = {}  # derived from the pattern, never state
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
@@ -263,15 +276,20 @@ class MultiHeadAttention(nn.Module):
     ):
         """The pattern on split heads: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> out (B, H, Q, d), weights or None.
 
-        The queries are the newest Q of the K positions. A given ``mask`` (B, 1, Q, K) replaces the pattern.
+        The queries are the newest Q of the K positions. A given ``mask`` (B, 1, Q, K) replaces the
+        pattern and the routing. Weights are zero on keys not attended (with ``top_k``, unchosen blocks).
         """
         Q, K = q.shape[2], k.shape[2]
         if mask is not None:
-            if need_weights or self.top_k is not None:
-                return explicit_attention(q, k, v, mask, self.top_k)
+            if need_weights:
+                return explicit_attention(q, k, v, mask)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
-        if need_weights or self.top_k is not None:
-            return explicit_attention(q, k, v, self.mask(valid, Q), self.top_k)
+        if self.top_k is not None:
+            if need_weights:
+                return explicit_attention(q, k, v, routed_mask(q, k, valid, self.top_k, self.block_size))
+            return block_sparse_attention(q, k, v, valid, self.top_k, self.block_size), None
+        if need_weights:
+            return explicit_attention(q, k, v, self.mask(valid, Q))
         if self.attention == "local" and self._chunked(Q, K):
             return chunked_local_attention(q, k, v, valid, self.window, self._chunk_size()), None  # type: ignore[arg-type]
         if self.attention == "neighbourhood" and Q == K and self._chunked(Q, K):

@@ -1,5 +1,5 @@
 """The computations behind :class:`~rlattn.attention.MultiHeadAttention`, each giving the numbers of
-one dense masked softmax (tests hold this, forward and backward): explicit (with weights and top-k),
+one dense masked softmax (tests hold this, forward and backward): explicit (with weights),
 the single readout query with its projections folded in, and blocked local and neighbourhood
 attention whose cost grows linearly with the sequence length.
 
@@ -13,19 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def explicit_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, top_k: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Softmax attention with its weights: (B, H, Q, d), (B, H, K, d) x2, mask (B, 1, Q, K) -> out, weights.
-
-    With ``top_k``, each query keeps only its ``top_k`` highest-scoring allowed keys (all of them if
-    fewer are allowed); gradients flow through the kept scores.
-    """
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax attention with its weights: (B, H, Q, d), (B, H, K, d) x2, mask (B, 1 or H, Q, K) -> out, weights."""
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Q, K)
     scores = scores.masked_fill(~mask, float("-inf"))
-    if top_k is not None and top_k < scores.shape[-1]:
-        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(top_k, dim=-1).indices, True)
-        scores = scores.masked_fill(~kept, float("-inf"))
     weights = scores.softmax(dim=-1)
     return weights @ v, weights
 

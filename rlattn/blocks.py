@@ -106,7 +106,7 @@ class TransformerBlock(nn.Module):
     :param n_heads: attention heads.
     :param mlp_ratio: hidden size of the feed-forward part, as a multiple of E.
     :param gate: ``"residual"`` (x + y) or ``"gru"`` (GTrXL gate; ReLU on each sub-layer's output).
-    :param attention_kwargs: the attention pattern (``attention``, ``window``, ``top_k``, ...), passed
+    :param attention_kwargs: the attention pattern (``attention``, ``window``, ``top_k``, ``block_size``, ...), passed
         to :class:`~rlattn.attention.MultiHeadAttention`.
     """
 

@@ -100,7 +100,9 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
     :param attention: ``"global"`` (all steps) or ``"local"`` (the last ``window`` steps per block;
         cost linear in K).
     :param window: local window, 1 .. K; only with ``"local"``.
-    :param top_k: sparse attention: each query keeps its ``top_k`` strongest keys; None keeps all.
+    :param top_k: block-routed sparse attention (global only): each block of ``block_size`` steps
+        attends to its ``top_k`` best-scoring blocks of steps plus its own; None attends to all.
+    :param block_size: steps per block with ``top_k`` (default 64).
     :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"`` (faster: see the
         README's throughput table).
     :param position: ``"learned"`` (a vector per age added to each token) or ``"rotary"`` (no added
@@ -119,6 +121,7 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
         attention: str = "global",
         window: int | None = None,
         top_k: int | None = None,
+        block_size: int = 64,
         gate: str = "gru",
         position: str = "learned",
     ):
@@ -154,7 +157,16 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
         if not self.rotary:
             self.position = nn.Parameter(sinusoidal_table(K, embed_dim).flip(0) * 0.1)  # row i holds the age of slot i
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate, attention=attention, window=window, top_k=top_k)
+            TransformerBlock(
+                embed_dim,
+                n_heads,
+                MLP_RATIO,
+                gate,
+                attention=attention,
+                window=window,
+                top_k=top_k,
+                block_size=block_size,
+            )
             for _ in range(n_layers)
         )
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))

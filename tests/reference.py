@@ -5,20 +5,16 @@ import math
 import torch
 
 
-def reference_attention(q, k, v, allowed, top_k=None):
+def reference_attention(q, k, v, allowed):
     """Textbook softmax attention: (B, H, Q, E), (B, H, K, E) x2, allowed (B, 1, Q, K) bool.
 
-    With ``top_k``, each row keeps its ``top_k`` largest allowed scores (found by sorting). Computed
-    in float64 (float32 batched products here were seen to differ by 1e-4 from run to run) and
+    Computed in float64 (float32 batched products here were seen to differ by 1e-4 from run to run) and
     returned in the inputs' dtype.
     """
     dtype = q.dtype
     q, k, v = q.double(), k.double(), v.double()
     scores = torch.einsum("bhqe,bhke->bhqk", q, k) / math.sqrt(q.shape[-1])
     scores = torch.where(allowed, scores, torch.full_like(scores, -math.inf))
-    if top_k is not None and top_k < scores.shape[-1]:
-        kth = scores.sort(dim=-1, descending=True).values[..., top_k - 1 : top_k]
-        scores = torch.where(scores >= kth, scores, torch.full_like(scores, -math.inf))
     weights = torch.exp(scores - scores.amax(-1, keepdim=True))
     weights = weights / weights.sum(-1, keepdim=True)
     return torch.einsum("bhqk,bhke->bhqe", weights, v).to(dtype), weights.to(dtype)

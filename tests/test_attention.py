@@ -1,7 +1,7 @@
 """The attention primitive and blocks against the plain references in tests/reference.py.
 
-Every computation (dense mask, chunked local, tiled neighbourhood, explicit with top-k) must give
-the reference's numbers, forward and backward.
+Every computation (dense mask, chunked local, tiled neighbourhood, explicit) must give the
+reference's numbers, forward and backward; block-routed sparse attention is in test_block_sparse.py.
 """
 
 import pytest
@@ -11,7 +11,6 @@ from rlattn.attention import (
     MultiHeadAttention,
     attention_mask,
     chunked_local_attention,
-    explicit_attention,
     grid_mask,
     structure_mask,
     tiled_neighbourhood_attention,
@@ -97,20 +96,6 @@ def test_tiled_neighbourhood_equals_reference_forward_and_backward(rows, cols, r
     assert_same_forward_and_backward(fast, slow, (q, k, v))
 
 
-@pytest.mark.parametrize("top_k", [1, 3, 8, 50])
-def test_top_k_equals_reference_forward_and_backward(top_k):
-    B, H, K, d = 3, 2, 12, 8
-    q, k, v = qkv(B, H, K, K, d)
-    mask = attention_mask(structure_mask(K), random_valid(B, K))
-    fast, weights = explicit_attention(q, k, v, mask, top_k)
-    slow, ref_weights = reference_attention(q, k, v, mask, top_k)
-    assert_same_forward_and_backward(fast, slow, (q, k, v))
-    torch.testing.assert_close(weights, ref_weights, **TOL)
-    kept = (weights > 0).sum(-1)
-    assert (kept <= top_k).all() and (kept >= 1).all()
-    assert (kept == torch.minimum(mask.sum(-1).expand_as(kept), torch.tensor(top_k))).all()
-
-
 def split_heads(t, H):
     B, K, E = t.shape
     return t.view(B, K, H, E // H).transpose(1, 2)
@@ -126,8 +111,6 @@ def split_heads(t, H):
         (dict(attention="local", window=4, chunk=0), 10, 2),  # forced dense
         (dict(attention="local", window=8), 300, None),  # chunked chosen automatically
         (dict(attention="local", window=8), 300, 1),
-        (dict(attention="global", top_k=3), 10, None),
-        (dict(attention="local", window=5, top_k=2), 10, 3),
     ],
 )
 def test_multihead_attention_equals_reference(pattern, K, n_queries):
@@ -140,9 +123,7 @@ def test_multihead_attention_equals_reference(pattern, K, n_queries):
     q, k, v = attn.qkv(x).split(E, dim=-1)
     Q = K if n_queries is None else n_queries
     allowed = reference_mask(valid, pattern["attention"], pattern.get("window"), Q)
-    ref, ref_weights = reference_attention(
-        split_heads(q[:, K - Q :], H), split_heads(k, H), split_heads(v, H), allowed, pattern.get("top_k")
-    )
+    ref, ref_weights = reference_attention(split_heads(q[:, K - Q :], H), split_heads(k, H), split_heads(v, H), allowed)
     ref = attn.proj(ref.transpose(1, 2).reshape(B, Q, E))
     assert_same_forward_and_backward(out, ref, (x, *attn.parameters()))
     slow, weights = attn(x, valid, n_queries, need_weights=True)
@@ -172,7 +153,9 @@ def test_explicit_weights_rows_sum_to_one_and_skip_masked_keys():
 
 
 @pytest.mark.parametrize("gate", ["residual", "gru"])
-@pytest.mark.parametrize("pattern", [dict(attention="local", window=3), dict(attention="global", top_k=2)])
+@pytest.mark.parametrize(
+    "pattern", [dict(attention="local", window=3), dict(attention="global", top_k=1, block_size=2)]
+)
 def test_newest_query_only_equals_last_row_of_the_full_block(gate, pattern):
     block = TransformerBlock(16, 4, gate=gate, **pattern)
     x, valid = torch.randn(3, 8, 16), random_valid(3, 8)
@@ -212,6 +195,8 @@ def test_gru_gate_starts_near_the_identity():
         (dict(attention="neighbourhood", grid=(4, 0), radius=1), r"grid=\(4, 0\)"),
         (dict(attention="neighbourhood", grid=(4, 4), radius=-1), "radius=-1"),
         (dict(top_k=0), "top_k=0"),
+        (dict(top_k=1, block_size=0), "block_size=0"),
+        (dict(attention="local", window=3, top_k=1), "top_k=1 is invalid with attention='local'"),
         (dict(chunk=-1), "chunk=-1"),
     ],
 )

@@ -16,7 +16,7 @@ VARIANTS = [
     {},
     {"attention": "local", "window": 2, "n_layers": 3},
     {"gate": "residual", "n_layers": 1},
-    {"top_k": 2, "n_layers": 2},
+    {"top_k": 1, "block_size": 2, "n_layers": 2},
 ]
 
 

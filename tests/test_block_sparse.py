@@ -1,0 +1,161 @@
+"""Block-routed sparse attention against plain references: global attention when every block is
+chosen, and dense attention under a routed mask built element by element here otherwise.
+
+Shape letters: B batch, H heads, Q queries, K keys, d per head, S block size.
+"""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from rlattn.attention import MultiHeadAttention
+from rlattn.block_sparse import block_sparse_attention, routed_mask
+from rlattn.extractors import HistoryAttentionExtractor
+from rlattn.rotary import rotary_tables, rotate
+from tests.reference import reference_attention, reference_mask
+from tests.test_attention import assert_same_forward_and_backward, qkv, random_holes, random_valid, split_heads
+
+torch.manual_seed(0)
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def reference_routing(q, k, valid, top_k, S):
+    """Element by element, in float64: the (B, H, Q, K) mask of the routed pattern.
+
+    Blocks of S keys end at the newest key. A query's block is scored by the block's newest query
+    against each other block's mean valid key; a valid query may see the valid keys of the top_k best
+    blocks and of its own block, a padded query only itself.
+    """
+    B, H, Q, _ = q.shape
+    K = k.shape[2]
+    pad = -K % S
+    block = [(j + pad) // S for j in range(K)]
+    n = block[-1] + 1
+    allowed = torch.zeros(B, H, Q, K, dtype=torch.bool)
+    for b in range(B):
+        for h in range(H):
+            means = {}
+            for j_block in range(n):
+                keys = [j for j in range(K) if block[j] == j_block and valid[b, j]]
+                if keys:
+                    means[j_block] = k[b, h, keys].double().mean(0)
+            for qi in range(Q):
+                i = K - Q + qi
+                newest = (block[i] + 1) * S - 1 - pad  # the newest position of the query's block
+                router = q[b, h, newest - (K - Q)].double()
+                others = sorted((float(router @ m), j) for j, m in means.items() if j != block[i])
+                chosen = {j for _, j in others[max(0, len(others) - top_k) :]} | {block[i]}
+                for j in range(K):
+                    allowed[b, h, qi, j] = (block[j] in chosen and bool(valid[b, j] and valid[b, i])) or j == i
+    return allowed
+
+
+@pytest.mark.parametrize("K, Q, S", [(37, 37, 8), (40, 40, 8), (37, 1, 8), (37, 11, 8), (9, 9, 16), (12, 12, 1)])
+@pytest.mark.parametrize("holes", [False, True])
+def test_every_block_chosen_equals_global_attention(K, Q, S, holes):
+    q, k, v = qkv(3, 2, Q, K, 8)
+    valid = random_holes(3, K) if holes else random_valid(3, K)
+    fast = block_sparse_attention(q, k, v, valid, top_k=K, block_size=S)
+    slow, _ = reference_attention(q, k, v, reference_mask(valid, "global", n_queries=Q))
+    slow = torch.where(valid[:, None, K - Q :, None], slow, v[:, :, K - Q :])  # a padded query sees only itself
+    assert_same_forward_and_backward(fast, slow, (q, k, v))
+
+
+@pytest.mark.parametrize(
+    "K, Q, S, top_k", [(40, 40, 8, 1), (37, 37, 8, 2), (37, 37, 4, 3), (50, 13, 8, 2), (23, 1, 4, 2)]
+)
+@pytest.mark.parametrize("holes", [False, True])
+def test_fewer_blocks_equal_dense_attention_under_the_routed_mask(K, Q, S, top_k, holes):
+    q, k, v = qkv(2, 2, Q, K, 8)
+    valid = random_holes(2, K) if holes else random_valid(2, K)
+    allowed = reference_routing(q.detach(), k.detach(), valid, top_k, S)
+    assert torch.equal(routed_mask(q, k, valid, top_k, S), allowed)
+    fast = block_sparse_attention(q, k, v, valid, top_k, S)
+    slow, _ = reference_attention(q, k, v, allowed)
+    assert_same_forward_and_backward(fast, slow, (q, k, v))
+
+
+def test_sparse_really_skips_blocks_and_unchosen_keys_get_no_gradient():
+    """What trains the router: the keys, through the attention of the blocks that chose them, only."""
+    q, k, v = qkv(1, 1, 8, 64, 8)  # the newest block of 8 queries: its own block and 1 of the 7 others
+    valid = torch.ones(1, 64, dtype=torch.bool)
+    seen = routed_mask(q, k, valid, 1, 8).any(dim=2)[0, 0]  # (K,): keys some query attends to
+    assert seen.sum() == 16
+    block_sparse_attention(q, k, v, valid, 1, 8).square().sum().backward()
+    assert (k.grad[0, 0, ~seen] == 0).all() and (v.grad[0, 0, ~seen] == 0).all()
+    assert (k.grad[0, 0, seen].abs().sum(-1) > 0).all() and (q.grad.abs().sum(-1) > 0).all()
+
+
+def module_reference(attn, x, valid, n_queries, positions=None):
+    """The module's numbers from its own projections, rotated if asked, under the routed reference mask."""
+    B, K, E = x.shape
+    H = attn.n_heads
+    q, k, v = (split_heads(t, H) for t in attn.qkv(x).split(E, dim=-1))
+    if positions is not None:
+        cos, sin = rotary_tables(positions, E // H, x.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    q = q[:, :, K - n_queries :]
+    allowed = reference_routing(q.detach(), k.detach(), valid, attn.top_k, attn.block_size)
+    out, weights = reference_attention(q, k, v, allowed)
+    return attn.proj(out.transpose(1, 2).reshape(B, n_queries, E)), weights
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("n_queries", [30, 7, 1])
+def test_module_equals_reference_with_and_without_rotary_positions(rotary, n_queries):
+    attn = MultiHeadAttention(16, 2, top_k=1, block_size=4)
+    x, valid = torch.randn(3, 30, 16, requires_grad=True), random_valid(3, 30)
+    positions = torch.arange(30) if rotary else None
+    out, _ = attn(x, valid, n_queries, positions=positions)
+    ref, ref_weights = module_reference(attn, x, valid, n_queries, positions)
+    assert_same_forward_and_backward(out, ref, (x, *attn.parameters()))
+    slow, weights = attn(x, valid, n_queries, need_weights=True, positions=positions)
+    torch.testing.assert_close(slow, ref, **TOL)
+    torch.testing.assert_close(weights, ref_weights, **TOL)  # zero on unchosen keys
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_single_query_and_newest_rows_equal_the_full_pass(rotary):
+    attn = MultiHeadAttention(16, 4, top_k=2, block_size=8)
+    x, valid = torch.randn(3, 45, 16), random_valid(3, 45)
+    positions = torch.arange(45) if rotary else None
+    full, _ = attn(x, valid, positions=positions)
+    for n_queries in (1, 5, 20):
+        part, _ = attn(x, valid, n_queries, positions=positions)
+        torch.testing.assert_close(part, full[:, -n_queries:], **TOL)
+
+
+def test_padding_content_never_changes_the_output():
+    attn = MultiHeadAttention(16, 2, top_k=1, block_size=4)
+    x, valid = torch.randn(4, 33, 16), random_valid(4, 33)
+    valid[:, :6] = False  # partly padded blocks: their summaries must ignore the padding
+    noisy = torch.where(valid[..., None], x, 100 * torch.randn_like(x))
+    for positions in (None, torch.arange(33)):
+        clean, _ = attn(x, valid, positions=positions)
+        dirty, _ = attn(noisy, valid, positions=positions)
+        torch.testing.assert_close(clean[valid], dirty[valid], **TOL)
+
+
+def test_the_extractor_routes_blocks_and_ignores_padding():
+    space = spaces.Dict({"obs": spaces.Box(-1, 1, (40, 3), np.float32), "valid": spaces.Box(0, 1, (40,), np.float32)})
+    extractor = HistoryAttentionExtractor(space, 16, embed_dim=16, n_heads=2, top_k=1, block_size=4)
+    obs = {"obs": torch.randn(2, 40, 3), "valid": random_valid(2, 40).float()}
+    noisy = {"obs": obs["obs"] + 50 * (1 - obs["valid"][..., None]), "valid": obs["valid"]}
+    torch.testing.assert_close(extractor(obs), extractor(noisy), **TOL)
+    assert all(block.attn.block_size == 4 and block.attn.top_k == 1 for block in extractor.blocks)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(top_k=0), "^top_k=0 is invalid: must be an integer >= 1$"),
+        (dict(top_k=2, block_size=0), "^block_size=0 is invalid: must be an integer >= 1$"),
+        (dict(top_k=2, block_size=2.5), "^block_size=2.5 is invalid"),
+        (dict(top_k=2, attention="local", window=4), "^top_k=2 is invalid with attention='local'"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match) as error:
+        MultiHeadAttention(16, 4, **kwargs)
+    assert "\n" not in str(error.value)
