@@ -72,8 +72,9 @@ def read_record(run: Path) -> dict:
     """A finished run's measurements, from its ``result.json`` and ``evaluations.npz``."""
     result = json.loads((run / RESULT).read_text())
     evaluations = np.load(run / "evaluations.npz")
-    rates = evaluations["successes"].mean(axis=1) if "successes" in evaluations else np.zeros(0)
-    curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=True)]
+    successes = evaluations["successes"] if "successes" in evaluations else np.zeros(0)
+    rates = successes.mean(axis=1) if successes.size else []  # envs without is_success: returns only
+    curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=False)]
     returns = evaluations["results"].mean(axis=1)
     return_curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], returns, strict=True)]
     reached = [t for t, rate in curve if rate >= 0.95]
