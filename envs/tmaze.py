@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -12,6 +13,8 @@ from gymnasium import spaces
 from envs.validation import check_int
 
 MAX_CORRIDOR_LENGTH = 100_000
+BELOW_CUE = np.nextafter(np.float32(1.0), np.float32(0.0))
+"""the largest float32 below the cue's 1.0: distractor values never reach it"""
 
 RIGHT, LEFT, UP, DOWN = 0, 1, 2, 3
 ACTION_NAMES = ("right", "left", "up", "down")
@@ -26,7 +29,10 @@ class TMazeEnv(gym.Env):
     right to the junction and turns into an arm. Memory length equals ``corridor_length``.
 
     ## Observation Space
-    ``Box(0, 1, (3,), float32)``: ``[cue is up, cue is down, at the junction]``.
+    ``Box(0, 1, (3,), float32)``: ``[cue is up, cue is down, at the junction]``. With ``noise > 0``
+    the first two entries of every step that does not show the cue are distractors: each drawn
+    uniformly from ``[0, noise)`` (below the cue's 1), independently of the goal and of each other,
+    so the cue stays the only step that says which arm is right.
 
     ## Action Space
     ``Discrete(4)``: 0 right, 1 left, 2 up, 3 down. Up or down ends the episode at the junction and
@@ -47,6 +53,8 @@ class TMazeEnv(gym.Env):
     ## Arguments
     - ``corridor_length`` (int, 1 .. 100000): steps from the start to the junction.
     - ``slack`` (int, >= 0): extra steps allowed beyond a shortest episode.
+    - ``noise`` (float, 0 .. 1): amplitude of the distractor values on the cue entries of the steps
+      without the cue (0: none, the plain maze; 1: as large as just below the cue itself).
     - ``min_corridor_length`` (int, 1 .. ``corridor_length``, or None): if given, every episode draws
       its corridor length log-uniformly from ``min_corridor_length .. corridor_length`` (training on
       a mix of lengths; evaluate with it None). Spaces, ``max_steps`` and ``step_penalty`` are those
@@ -65,8 +73,10 @@ class TMazeEnv(gym.Env):
     PARAMETERS: dict[str, tuple[int, int]] = {
         "corridor_length": (1, MAX_CORRIDOR_LENGTH),
         "slack": (0, MAX_CORRIDOR_LENGTH),
+        "noise": (0, 1),
     }
-    """each integer keyword's allowed range, inclusive (the fuzz tests draw from these)"""
+    """each numeric keyword's allowed range, inclusive (the fuzz tests draw integers from these;
+    ``noise`` also takes any float in its range)"""
 
     def __init__(
         self,
@@ -74,9 +84,11 @@ class TMazeEnv(gym.Env):
         slack: int = 0,
         min_corridor_length: int | None = None,
         render_mode: str | None = None,
+        noise: float = 0.0,
     ):
         self.corridor_length = check_int("corridor_length", corridor_length, *self.PARAMETERS["corridor_length"])
         self.slack = check_int("slack", slack, *self.PARAMETERS["slack"])
+        self.noise = check_fraction("noise", noise, *self.PARAMETERS["noise"])
         if min_corridor_length is not None:
             min_corridor_length = check_int("min_corridor_length", min_corridor_length, 1, self.corridor_length)
         self.min_corridor_length = min_corridor_length
@@ -113,6 +125,8 @@ class TMazeEnv(gym.Env):
         if self._cue_visible():
             obs[self._goal] = 1.0
             self._cue_step = self._t
+        elif self.noise > 0:  # distractors: no draws at all without noise, so seeded episodes stay as they were
+            obs[:2] = np.minimum(self.np_random.uniform(0.0, self.noise, 2), BELOW_CUE)
         obs[2] = float(self._position == self.junction)
         return obs
 
@@ -204,6 +218,14 @@ class TMazeActiveEnv(TMazeEnv):
         return self.junction - self._position + 1
 
 
+def check_fraction(name: str, value: object, low: float, high: float) -> float:
+    """Return ``value`` as a float if it is a real number in ``[low, high]``, else raise ValueError."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not low <= float(value) <= high:  # type: ignore[arg-type]  # a Real here; NaN fails the range
+        raise ValueError(f"{name}={value!r} is invalid: must be a number from {low} to {high}")
+    return float(value)  # type: ignore[arg-type]
+
+
 class TMazeOracle:
     """The optimal policy, acting from observations alone (it keeps its own memory of the cue)."""
 
@@ -218,8 +240,8 @@ class TMazeOracle:
         self.goal: int | None = None
 
     def act(self, obs: np.ndarray) -> int:
-        if obs[0] or obs[1]:
-            self.goal = int(obs[1] > 0)
+        if max(obs[0], obs[1]) >= 1.0:  # the cue; distractors stay below 1
+            self.goal = int(obs[1] > obs[0])
         if self.goal is None:
             return LEFT if self.active else RIGHT
         if obs[2]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -14,11 +15,26 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from rlattn.extractors import HistoryAttentionExtractor
+from rlattn.faithfulness import Faithfulness, history_decision, memory_decision, newest_frame, patch_decision
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
-from rlattn.overlay import box_mass, colorize, overlay
+from rlattn.overlay import colorize, overlay
 
 AttentionExtractor = HistoryAttentionExtractor | PatchAttentionExtractor | SpatioTemporalAttentionExtractor
 _NOT_IMAGE = ("stdout", "log", "json", "csv")
+SHOWN = 4
+"""episodes whose frames make up ``attention/overlay``"""
+
+
+@dataclass(frozen=True)
+class Round:
+    """One logging round: the scored decisions, the readout's mean entropy (nats) and the picture to log."""
+
+    faithfulness: Faithfulness
+    entropy: float
+    image_key: str
+    """``attention/heatmap`` (histories, memories) or ``attention/overlay`` (frames)"""
+    image: np.ndarray
+    """HWC uint8"""
 
 
 def heatmap_image(weights: np.ndarray, target_counts: np.ndarray, cell: int = 12, min_width: int = 384) -> np.ndarray:
@@ -47,11 +63,6 @@ def policy_input(policy: BasePolicy, obs: np.ndarray | dict) -> torch.Tensor | d
     return preprocess_obs(policy.obs_to_tensor(obs)[0], policy.observation_space, policy.normalize_images)
 
 
-def newest_frame(obs: np.ndarray | dict) -> np.ndarray:
-    """The (C, H, W) frame the agent acts on, from an image or a ``HistoryObservation`` of images."""
-    return np.asarray(obs["obs"][-1] if isinstance(obs, dict) else obs)
-
-
 def patch_weights(extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, tensor) -> np.ndarray:
     """The readout's attention over the newest frame's patches, mean over its heads: (rows, cols)."""
     return extractor.attention_maps(tensor)[0].mean(0).cpu().numpy()
@@ -70,6 +81,11 @@ class AttentionLoggingCallback(BaseCallback):
     the frame acted on (the mass on patches whose centre is inside the target's box), and
     ``attention/overlay``: for the first few episodes, the frame beside the same frame under its
     heatmap, the target outlined.
+
+    Both, and episodic memories (``AttentionPPO``): ``attention/flip_rate_top`` and
+    ``attention/flip_rate_random``, how often the deterministic action changed when the most-attended
+    step (patch), or a random other one, was masked (see :mod:`rlattn.faithfulness`). :meth:`measure`
+    gives the same numbers without logging (``benchmarks/faithfulness.py``).
 
     Use it as ``EvalCallback(callback_after_eval=...)`` so it runs at each evaluation, or in a
     callback list to run on every step.
@@ -94,15 +110,22 @@ class AttentionLoggingCallback(BaseCallback):
         self.seed = seed
 
     def _on_step(self) -> bool:
+        scored = self.measure()
+        if scored is not None:
+            self._record(scored)
+        return True
+
+    def measure(self) -> Round | None:
+        """Play the round's episodes and score each decision, logging nothing; None without attention."""
+        rng = np.random.default_rng(self.seed)  # the same random masks at every round
         if callable(getattr(self.model, "attention_maps", None)):  # an episodic memory (AttentionPPO)
-            self.log_memory_attention()
-            return True
+            return self._memory_round(rng)
         extractor = find_attention_extractor(self.model.policy)
         if isinstance(extractor, HistoryAttentionExtractor):
-            self.log_attention(extractor)
-        elif extractor is not None:
-            self.log_patch_attention(extractor)
-        return True
+            return self._history_round(extractor, rng)
+        if extractor is not None:
+            return self._patch_round(extractor, rng)
+        return None
 
     def _decisions(self) -> list[tuple[np.ndarray | dict, int, dict]]:
         """Play the round's episodes; for each, the last observation acted on, its episode step and its info."""
@@ -135,15 +158,15 @@ class AttentionLoggingCallback(BaseCallback):
             found_memories.extend(memories)
         return found, found_memories
 
-    def log_memory_attention(self) -> None:
-        """The views of :meth:`log_attention` for a model whose memory holds the episode (``attention_maps``).
+    def _memory_round(self, rng: np.random.Generator) -> Round:
+        """The views of :meth:`_history_round` for a model whose memory holds the episode (``attention_maps``).
 
         Columns are ages (the oldest step any decision could see on the left, the decision's own step
         on the right); the target mass is the last layer's weight on the slots holding the target step.
         """
         decisions, memories = self._play()
         span = max(t for _, t, _ in decisions) + 1
-        maps, counts, masses, entropies = [], np.zeros(span), [], []
+        maps, counts, entropies, scored = [], np.zeros(span), [], []
         for (_, t, info), memory in zip(decisions, memories, strict=True):
             weights, positions = self.model.attention_maps(memory)  # type: ignore[attr-defined]  # (1, L, H, W), (1, W)
             w, position = weights[0].cpu().numpy(), positions[0].cpu().numpy()
@@ -156,55 +179,59 @@ class AttentionLoggingCallback(BaseCallback):
             step = info.get(self.target_key, -1) if self.target_key else -1
             if step >= 0 and bool((position == step).any()):
                 counts[span - 1 - (t - step)] += 1
-                masses.append(float(w[-1][:, position == step].sum(-1).mean()))
-        self._record(np.mean(maps, axis=0), counts, masses, float(np.mean(entropies)))
+            scored.append(memory_decision(self.model.policy, memory, w[-1], position, step, rng))
+        image = heatmap_image(np.mean(maps, axis=0).reshape(-1, span), counts)
+        return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/heatmap", image)
 
-    def _record(self, mean: np.ndarray, counts: np.ndarray, masses: list[float], entropy: float) -> None:
-        """Log entropy, target mass and the heatmap of (layers, H, slots) mean weights."""
-        self.logger.record("attention/entropy", entropy)
-        if masses:
-            self.logger.record("attention/target_mass", float(np.mean(masses)))
-        image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
-        self.logger.record("attention/heatmap", Image(image, "HWC"), exclude=_NOT_IMAGE)
+    def _record(self, scored: Round) -> None:
+        """Log entropy, target mass, flip rates and the round's picture."""
+        self.logger.record("attention/entropy", scored.entropy)
+        faithfulness = scored.faithfulness
+        for key, value in (
+            ("attention/target_mass", faithfulness.target_mass),
+            ("attention/flip_rate_top", faithfulness.flip_rate("top")),
+            ("attention/flip_rate_random", faithfulness.flip_rate("random")),
+        ):
+            if value is not None:
+                self.logger.record(key, value)
+        self.logger.record(scored.image_key, Image(scored.image, "HWC"), exclude=_NOT_IMAGE)
         self.logger.dump(self.num_timesteps)
 
-    def log_patch_attention(
-        self, extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, shown: int = 4
-    ) -> None:
-        images, masses, entropies = [], [], []
+    def _patch_round(
+        self, extractor: PatchAttentionExtractor | SpatioTemporalAttentionExtractor, rng: np.random.Generator
+    ) -> Round:
+        images, entropies, scored = [], [], []
         for i, (obs, _, info) in enumerate(self._decisions()):
             weights = patch_weights(extractor, policy_input(self.model.policy, obs))
-            frame = newest_frame(obs)
             box = info.get(self.target_key) if self.target_key else None
-            if box is not None:
-                masses.append(box_mass(weights, frame.shape[-2:], box))
+            patch_size = extractor.encoder.patch_size
+            scored.append(patch_decision(self.model.policy, obs, weights, patch_size, box, rng))
             clipped = np.clip(weights, 1e-12, 1.0)
             entropies.append(float(-(clipped * np.log(clipped)).sum()))
-            if i < shown:
-                images.append(overlay(frame, weights, box))
-        self.logger.record("attention/entropy", float(np.mean(entropies)))
-        if masses:
-            self.logger.record("attention/target_mass", float(np.mean(masses)))
+            if i < SHOWN:
+                images.append(overlay(newest_frame(obs), weights, box))
         gap = np.full((4, images[0].shape[1], 3), 255, dtype=np.uint8)
         stacked = np.concatenate([part for image in images for part in (image, gap)][:-1], axis=0)
-        self.logger.record("attention/overlay", Image(stacked, "HWC"), exclude=_NOT_IMAGE)
-        self.logger.dump(self.num_timesteps)
+        return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/overlay", stacked)
 
-    def log_attention(self, extractor: HistoryAttentionExtractor) -> None:
+    def _history_round(self, extractor: HistoryAttentionExtractor, rng: np.random.Generator) -> Round:
         K = extractor.history_length
-        maps, counts, masses = [], np.zeros(K), []
+        maps, counts, scored = [], np.zeros(K), []
         for obs, t, info in self._decisions():
             tensor = policy_input(self.model.policy, obs)
-            assert isinstance(tensor, dict)
+            assert isinstance(tensor, dict) and isinstance(obs, dict)
             weights = extractor.attention_maps(tensor)[0].cpu().numpy()  # (layers, H, K')
             maps.append(weights)
             step = info.get(self.target_key, -1) if self.target_key else -1
-            if step >= 0 and t - step < K:
-                slot = K - 1 - (t - step)
+            slot = K - 1 - (t - step) if step >= 0 and t - step < K else None
+            if slot is not None:
                 counts[slot] += 1
-                masses.append(float(weights[-1, :, slot].mean()))
+            scored.append(history_decision(self.model.policy, obs, weights[-1], slot, rng))
         last = np.clip(np.stack(maps)[:, -1], 1e-12, 1.0)
-        self._record(np.mean(maps, axis=0), counts, masses, float(-(last * np.log(last)).sum(-1).mean()))
+        mean = np.mean(maps, axis=0)
+        image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
+        entropy = float(-(last * np.log(last)).sum(-1).mean())
+        return Round(Faithfulness(tuple(scored)), entropy, "attention/heatmap", image)
 
 
 def _one_env(obs: np.ndarray | dict, j: int) -> np.ndarray | dict:
@@ -214,6 +241,7 @@ def _one_env(obs: np.ndarray | dict, j: int) -> np.ndarray | dict:
 
 __all__ = [
     "AttentionLoggingCallback",
+    "Round",
     "colorize",
     "find_attention_extractor",
     "heatmap_image",

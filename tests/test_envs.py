@@ -190,3 +190,98 @@ def test_mixed_lengths_time_out_after_their_own_episode():
         total, infos = play(env, lambda obs: LEFT, seed=seed)
         assert len(infos) - 1 == env.unwrapped.corridor_length + 1 + 2 and infos[-1]["is_success"] is False
         assert -1.0 <= total < 0.0
+
+
+NOISES = [0.3, 0.9, 1.0]
+
+
+@pytest.mark.parametrize("env_id", TMAZE_IDS)
+@pytest.mark.parametrize("noise", NOISES)
+def test_noisy_maze_oracle_scores_the_maximum(env_id, noise):
+    env = gym.make(env_id, noise=noise)
+    gym_check_env(env.unwrapped)
+    oracle = envs.oracle_for(env)
+    for seed in range(10):
+        oracle.reset()
+        total, infos = play(env, oracle.act, seed)
+        assert total == pytest.approx(1.0) and infos[-1]["is_success"] is True
+        assert len(infos) - 1 == env.unwrapped.shortest_episode
+
+
+@pytest.mark.parametrize("env_id", ["rlattn/TMaze-v0", "rlattn/TMazeActive-v0"])
+def test_noise_changes_the_corridor_but_not_the_cue(env_id):
+    """Same seed, with and without noise: the same goal and cue; corridor steps differ, below the cue's 1."""
+    oracle_env = gym.make(env_id, corridor_length=6)
+    for seed in range(5):
+        clean, noisy = gym.make(env_id, corridor_length=6), gym.make(env_id, corridor_length=6, noise=0.5)
+        oracle = envs.oracle_for(oracle_env)
+        actions = []
+        obs, info = oracle_env.reset(seed=seed)
+        done = False
+        while not done:
+            actions.append(oracle.act(obs))
+            obs, _, done, _, _ = oracle_env.step(actions[-1])
+        steps = [
+            list(zip(*trace, strict=True)) for trace in (replay(clean, seed, actions), replay(noisy, seed, actions))
+        ]
+        (clean_obs, clean_infos), (noisy_obs, noisy_infos) = steps
+        cue = noisy_infos[-1]["cue_step"]
+        assert cue == clean_infos[-1]["cue_step"] >= 0 and noisy_infos[-1]["goal"] == clean_infos[-1]["goal"]
+        np.testing.assert_array_equal(noisy_obs[cue], clean_obs[cue])  # the cue itself is clean
+        corridor = [t for t in range(len(noisy_obs)) if t != cue]
+        assert all(not np.array_equal(noisy_obs[t], clean_obs[t]) for t in corridor)
+        assert all(noisy_obs[t][:2].max() < 1.0 and noisy_obs[t][2] == clean_obs[t][2] for t in corridor)
+
+
+def replay(env, seed, actions):
+    """The (observation, info) of every step of ``actions`` played from ``reset(seed)``."""
+    trace = [env.reset(seed=seed)]
+    for action in actions:
+        obs, _, _, _, info = env.step(action)
+        trace.append((obs, info))
+    return trace
+
+
+@pytest.mark.parametrize("env_id", ["rlattn/TMaze-v0", "rlattn/TMazeActive-v0"])
+def test_noisy_maze_no_memoryless_policy_beats_chance(env_id):
+    """Every map from what one noisy step shows (cue up, cue down, a distractor; junction or not) to actions."""
+    env = gym.make(env_id, corridor_length=3, noise=0.9)
+
+    def seen(obs):
+        return (int(obs[0] >= 1.0), int(obs[1] >= 1.0), int(obs[2]))
+
+    observations = [(1, 0, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
+    best = 0.0
+    for actions in itertools.product(range(4), repeat=4):
+        table = dict(zip(observations, actions, strict=True))
+        wins = [play(env, lambda obs, t=table: t[seen(obs)], seed)[1][-1]["is_success"] for seed in range(60)]
+        best = max(best, float(np.mean(wins)))
+    assert 0.4 < best < 0.7
+
+
+def test_noisy_junction_says_nothing_about_the_goal():
+    """The junction's distractors are drawn independently of the goal: their means match across goals."""
+    env = gym.make("rlattn/TMaze-v0", corridor_length=2, noise=1.0)
+    seen: dict[int, list] = {0: [], 1: []}
+    for seed in range(400):
+        obs, info = env.reset(seed=seed)
+        for _ in range(2):
+            obs, *_ = env.step(RIGHT)
+        seen[info["goal"]].append(obs)
+    means = {goal: np.mean(found, axis=0) for goal, found in seen.items()}
+    np.testing.assert_allclose(means[0], means[1], atol=0.08)
+    assert all(np.asarray(found)[:, :2].max() < 1.0 for found in seen.values())
+
+
+@pytest.mark.parametrize("noise", [-0.1, 1.5, float("nan"), "0.5", True, None])
+def test_bad_noise_names_the_value(noise):
+    with pytest.raises(ValueError, match=r"^noise=.* is invalid: must be a number from 0 to 1$"):
+        gym.make("rlattn/TMaze-v0", noise=noise)
+
+
+def test_zero_noise_is_the_plain_maze():
+    plain, zero = gym.make("rlattn/TMaze-v0"), gym.make("rlattn/TMaze-v0", noise=0)
+    for env in (plain, zero):
+        env.reset(seed=3)
+    for _ in range(5):
+        np.testing.assert_array_equal(plain.step(RIGHT)[0], zero.step(RIGHT)[0])

@@ -1,0 +1,226 @@
+"""Is the attention faithful? At a decision, mask the input the readout attends to most, and
+separately a random other one, and see whether the deterministic action changes (the flip rate).
+
+Shape letters: K history length, H heads, W memory window, C channels, rows x cols the patch grid.
+
+Each input is left out the model's own way, wherever it has one:
+
+- **a history step** (``HistoryObservation``): its ``valid`` flag set to 0. The extractor then treats
+  it exactly as padding (its content zeroed, no query attends to it) and every other step keeps its
+  slot, so its age. The newest step is always valid (no attention row may be empty) and is never
+  masked: "most attended" means among the older valid steps, and how often the newest step held the
+  most weight is counted (``newest_top``).
+- **a step of an episodic memory** (``AttentionPPO``): its cache slot marked invalid and the
+  decision's step run again through every layer. With one layer that is exactly the memory without
+  the step; with more, later steps' cached deeper inputs were computed while it was still visible.
+- **a patch of the frame acted on** (patch and spatio-temporal extractors): its pixels set to 0, the
+  background of the envs' displays. These extractors have no patch mask, and dropping a patch from
+  a pointer readout's keys would flip its action (the pointer's argmax) by construction. The random
+  other patch is drawn from those with any nonzero pixel: zeroing an empty patch changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.policies import BasePolicy
+
+from rlattn.episodic import EpisodicMemory
+from rlattn.overlay import box_mass
+
+Observation = np.ndarray | dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision scored: the attention on the ground truth, and whether masking flipped the action."""
+
+    target_mass: float | None
+    """last block, mean over heads; None when the ground truth is not in view"""
+    top_flip: bool | None
+    """masking the most-attended step (patch) changed the action; None when nothing could be masked"""
+    random_flip: bool | None
+    """masking a random other step (patch) changed it; None when there was no other"""
+    newest_top: bool = False
+    """the decision's own step held the most weight (histories and memories; it is never masked)"""
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """The decisions of a round of episodes, and their rates."""
+
+    decisions: tuple[Decision, ...]
+
+    def _values(self, name: str) -> list:
+        return [getattr(d, name) for d in self.decisions if getattr(d, name) is not None]
+
+    @property
+    def target_mass(self) -> float | None:
+        masses = self._values("target_mass")
+        return float(np.mean(masses)) if masses else None
+
+    def flip_rate(self, which: str) -> float | None:
+        """``which`` ``"top"`` or ``"random"``: the share of the masked decisions whose action changed."""
+        flips = self._values(f"{which}_flip")
+        return float(np.mean(flips)) if flips else None
+
+    def record(self) -> dict[str, Any]:
+        """Rates with their counts (JSON-ready)."""
+        record: dict[str, Any] = {
+            "episodes": len(self.decisions),
+            "target_mass": self.target_mass,
+            "target_mass_n": len(self._values("target_mass")),
+            "newest_top": sum(d.newest_top for d in self.decisions),
+        }
+        for which in ("top", "random"):
+            flips = self._values(f"{which}_flip")
+            record |= {
+                f"flip_rate_{which}": self.flip_rate(which),
+                f"{which}_flips": sum(flips),
+                f"{which}_n": len(flips),
+            }
+        return record
+
+
+def pick(weights: np.ndarray, top_from: np.ndarray, other_from: np.ndarray, rng: np.random.Generator):
+    """(the most-weighted index where ``top_from``, a random other index where ``other_from``), None where none.
+
+    ``weights``, ``top_from`` and ``other_from`` are flat (N,) arrays, the last two bool.
+    """
+    if not top_from.any():
+        return None, None
+    top = int(np.flatnonzero(top_from)[np.argmax(weights[top_from])])
+    others = np.flatnonzero(other_from & (np.arange(len(weights)) != top))
+    return top, (int(rng.choice(others)) if len(others) else None)
+
+
+def deterministic_flips(policy: BasePolicy, original: Observation, masked: list[Observation]) -> list[bool]:
+    """Whether each masked observation's deterministic action differs from the original's (one batch)."""
+    variants = [original, *masked]
+    if isinstance(original, dict):
+        batch: Observation = {key: np.stack([v[key] for v in variants]) for key in original}  # type: ignore[index]
+    else:
+        batch = np.stack(variants)  # type: ignore[arg-type]
+    actions, _ = policy.predict(batch, deterministic=True)
+    return [not np.array_equal(action, actions[0]) for action in actions[1:]]
+
+
+def _decision(
+    flips: list[bool], top: int | None, other: int | None, mass: float | None, newest_top: bool = False
+) -> Decision:
+    found = iter(flips)
+    return Decision(
+        mass, next(found) if top is not None else None, next(found) if other is not None else None, newest_top
+    )
+
+
+def mask_step(obs: dict[str, np.ndarray], slot: int) -> dict[str, np.ndarray]:
+    """A copy of one ``HistoryObservation`` with history slot ``slot`` marked padding."""
+    masked = {key: value.copy() for key, value in obs.items()}
+    masked["valid"][slot] = 0
+    return masked
+
+
+def history_decision(
+    policy: BasePolicy,
+    obs: dict[str, np.ndarray],
+    weights: np.ndarray,
+    target_slot: int | None,
+    rng: np.random.Generator,
+) -> Decision:
+    """Score one decision on a history: ``weights`` (H, K) the last block's readout attention, ``obs`` one env's."""
+    mean = weights.mean(axis=0)
+    maskable = np.asarray(obs["valid"]) > 0.5
+    maskable[-1] = False  # the newest step is always valid: it cannot be masked
+    top, other = pick(mean, maskable, maskable, rng)
+    flips = deterministic_flips(policy, obs, [mask_step(obs, s) for s in (top, other) if s is not None])
+    mass = float(mean[target_slot]) if target_slot is not None else None
+    return _decision(flips, top, other, mass, newest_top=bool(np.argmax(mean) == len(mean) - 1))
+
+
+def newest_frame(obs: Observation) -> np.ndarray:
+    """The (C, H, W) frame the agent acts on, from an image or a ``HistoryObservation`` of images."""
+    return np.asarray(obs["obs"][-1] if isinstance(obs, dict) else obs)
+
+
+def mask_patch(obs: Observation, patch: int, patch_size: int, cols: int) -> Observation:
+    """A copy of the observation with patch ``patch`` (row-major) of the frame acted on set to 0."""
+    masked = {key: value.copy() for key, value in obs.items()} if isinstance(obs, dict) else obs.copy()
+    row, col = divmod(patch, cols)
+    rows, columns = slice(row * patch_size, (row + 1) * patch_size), slice(col * patch_size, (col + 1) * patch_size)
+    newest_frame(masked)[:, rows, columns] = 0  # a view into the copy
+    return masked
+
+
+def patch_decision(
+    policy: BasePolicy,
+    obs: Observation,
+    weights: np.ndarray,
+    patch_size: int,
+    box: tuple[int, int, int, int] | None,
+    rng: np.random.Generator,
+) -> Decision:
+    """Score one decision on a frame: ``weights`` (rows, cols) the readout's attention, mean over heads."""
+    frame = newest_frame(obs)
+    rows, cols = weights.shape
+    C = frame.shape[0]
+    blocks = frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
+    has_content = blocks.any(axis=(0, 2, 4)).reshape(-1)
+    top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), has_content, rng)
+    masked = [mask_patch(obs, p, patch_size, cols) for p in (top, other) if p is not None]
+    mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
+    return _decision(deterministic_flips(policy, obs, masked), top, other, mass)
+
+
+@torch.no_grad()
+def memory_actions(policy: Any, memory: EpisodicMemory, masked: list[int | None]) -> np.ndarray:
+    """The decision's deterministic action again from one env's ``memory`` (after ``predict``), once per
+    entry of ``masked``: None for the memory as it is, else the cache slot left out."""
+    net = policy.memory_net
+    copy = memory.select([0] * len(masked))
+    for row, slot in enumerate(masked):
+        if slot is not None:
+            copy.valid[row, slot] = False
+    copy.t = copy.t - 1  # run the decision's step again, into its own slot
+    rows = torch.arange(len(masked), device=copy.t.device)
+    h, _ = net._step(copy.hidden[0, rows, copy.t % net.window], copy, need_weights=False)
+    latent_pi, _ = policy.mlp_extractor(net.head(h))
+    return policy._get_action_dist_from_latent(latent_pi).get_actions(deterministic=True).cpu().numpy()
+
+
+def memory_decision(
+    policy: Any,
+    memory: EpisodicMemory,
+    weights: np.ndarray,
+    positions: np.ndarray,
+    target_step: int,
+    rng: np.random.Generator,
+) -> Decision:
+    """Score one decision of an episodic memory: ``weights`` (H, W) its last layer's attention, ``positions``
+    (W,) each slot's episode step (-1: empty), ``target_step`` the ground truth's (-1: none)."""
+    mean = weights.mean(axis=0)
+    maskable = (positions >= 0) & (positions != positions.max())
+    top, other = pick(mean, maskable, maskable, rng)
+    actions = memory_actions(policy, memory, [None, *(s for s in (top, other) if s is not None)])
+    flips = [not np.array_equal(action, actions[0]) for action in actions[1:]]
+    seen = positions == target_step
+    mass = float(mean[seen].sum()) if target_step >= 0 and seen.any() else None
+    return _decision(flips, top, other, mass, newest_top=bool(positions[np.argmax(mean)] == positions.max()))
+
+
+__all__ = [
+    "Decision",
+    "Faithfulness",
+    "deterministic_flips",
+    "history_decision",
+    "mask_patch",
+    "mask_step",
+    "memory_actions",
+    "memory_decision",
+    "newest_frame",
+    "patch_decision",
+    "pick",
+]
