@@ -177,6 +177,7 @@ class AttentionLoggingCallback(BaseCallback):
             last = np.clip(w[-1][:, seen], 1e-12, 1.0)
             entropies.append(float(-(last * np.log(last)).sum(-1).mean()))
             step = info.get(self.target_key, -1) if self.target_key else -1
+            step = int(step) if isinstance(step, (int, np.integer)) else -1  # a box in a frame is no step
             if step >= 0 and bool((position == step).any()):
                 counts[span - 1 - (t - step)] += 1
             scored.append(memory_decision(self.model.policy, memory, w[-1], position, step, rng))

@@ -81,3 +81,15 @@ def test_bad_input_is_one_line(args, expected, tmp_path, capsys):
 def test_stateless_options_refuse_the_memory_keywords(tmp_path, capsys):
     assert main(["--algo", "ppo", "-f", str(tmp_path), "-params", "memory:8"]) == 2
     assert "-params key 'memory' is not accepted by ppo" in capsys.readouterr().err
+
+
+def test_image_env_trains_and_logs_the_memory_heatmap(tmp_path):
+    """On images the ground truth is a box in a frame, not a step: the memory view is logged without a target mass."""
+    args = ["--algo", "ppo_attention", "--env", "rlattn/CuedVisualSearch-v0", "-n", "256", "--n-envs", "2"]
+    args += ["-params", "n_steps:64", "batch_size:64", "--eval-freq", "128", "--eval-episodes", "2"]
+    assert main([*args, "-f", str(tmp_path), "--verbose", "0", "--save-freq", "-1"]) == 0
+    run = tmp_path / "ppo_attention" / "rlattn-CuedVisualSearch-v0_1"
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert len(events.Images("attention/heatmap")) == 2
+    assert "attention/target_mass" not in events.Tags()["scalars"]
