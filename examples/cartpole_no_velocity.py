@@ -29,7 +29,6 @@ def main(timesteps: int = 150_000) -> float:
     policy_kwargs = dict(
         features_extractor_class=HistoryAttentionExtractor,
         features_extractor_kwargs=dict(features_dim=64, embed_dim=32, n_heads=2, n_layers=1),
-        ortho_init=False,  # keep the extractor's own initialisation
         net_arch=[64],
     )
     model = PPO(

@@ -25,7 +25,7 @@ def main(timesteps: int = 40_000) -> float:
     policy_kwargs = dict(
         features_extractor_class=PatchAttentionExtractor,
         features_extractor_kwargs=dict(patch_size=8, n_layers=0, readout="pointer", features_dim=64),
-        ortho_init=False,  # keep the extractor's own initialisation
+        ortho_init=False,  # the heads keep torch's init: init_pointer_head sets the actor to the pointer
         net_arch=dict(pi=[], vf=[64]),  # action logits straight from the features: the pointer comes first
     )
     model = PPO(
