@@ -9,7 +9,8 @@ is). A block's summary is the mean of its valid keys. Per head, each block of qu
 summary with its newest query and keeps the ``top_k`` best other blocks plus its own; those m blocks
 are gathered and the queries attend to them with ``scaled_dot_product_attention`` (True = may
 attend: the valid keys of the chosen blocks, one mask row shared by a block's queries). The other
-blocks are never computed: work and memory Q x m S, linear in K, plus the router's c x n.
+blocks are never computed: work and memory Q x m S, linear in K, plus the router's c x n. When a gradient
+is wanted, :mod:`rlattn.block_sparse_grad` does the same without keeping the gathered copies.
 
 - **Why the newest query routes its block**: any newest-Q part of a sequence (the readout, Q = 1)
   then routes exactly as the whole sequence, so the readout equals the last row of the full pass.
@@ -33,14 +34,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlattn.block_sparse_grad import gathered_attention, lean_applies
+
 
 def key_blocks(k: Tensor, valid: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
     """(B, H, K, d), valid (B, K) -> keys (B, H, n, S, d) and validity (B, n, S), padded at the old end."""
     B, H, K, d = k.shape
     n = -(-K // block_size)
     pad = n * block_size - K
-    kb = F.pad(k, (0, 0, pad, 0)).reshape(B, H, n, block_size, d)
+    kb = _pad_old(k, pad).reshape(B, H, n, block_size, d)
     return kb, F.pad(valid, (pad, 0), value=False).view(B, n, block_size)
+
+
+def _pad_old(x: Tensor, pad: int) -> Tensor:
+    """(B, H, K, d) -> (B, H, pad + K, d), zeros at the old end; no copy when there is nothing to pad."""
+    return F.pad(x, (0, 0, pad, 0)) if pad else x
 
 
 def route(q: Tensor, kb: Tensor, valid_b: Tensor, top_k: int) -> Tensor:
@@ -73,29 +81,41 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, top_k
     c, m = chosen.shape[2:]
     rows = Q if c == 1 else S  # a lone partial block (the readout) is not padded to S queries
     extra = c * rows - Q  # queries padded at the old end to whole blocks
-    qb = F.pad(q, (0, 0, extra, 0)).reshape(B * H * c, rows, d)
+    qb = _pad_old(q, extra).reshape(B * H * c, rows, d)
     flat = (torch.arange(B * H, device=q.device).view(B, H, 1, 1) * n + chosen).view(B * H * c, m)
     valid_k = valid_b[:, None].expand(B, H, n, S).reshape(B * H * n, S)
-    vb = F.pad(v, (0, 0, n * S - K, 0)).reshape(B * H * n, S, d)
-    out = _gathered_attention(qb, kb.reshape(B * H * n, S, d), vb, valid_k, flat)  # (B H c, rows, d)
+    vb = _pad_old(v, n * S - K).reshape(B * H * n, S, d)
+    keys = chosen_keys(valid_k, flat)  # (B H c, m S)
+    # plain path when there is no backward pass to save memory for, or no fused CPU op to run
+    attend = gathered_attention if lean_applies(q, k, v) else _gathered_attention
+    out = attend(qb, kb.reshape(B * H * n, S, d), vb, keys, flat)  # (B H c, rows, d)
     out = out.view(B, H, c * rows, d)[:, :, extra:]
     return torch.where(valid[:, None, K - Q :, None], out, v[:, :, K - Q :])  # a padded query sees only itself
 
 
-def _gathered_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, flat: Tensor) -> Tensor:
-    """P query blocks against their m gathered key blocks: q (P, R, d), index (P, m) into k, v (N, S, d), valid (N, S).
+def chosen_keys(valid: Tensor, flat: Tensor) -> Tensor:
+    """Which gathered keys a query block may see: valid (N, S), index (P, m) -> (P, m S).
 
     The queries of a block share one mask row (an R-fold smaller mask, and a faster kernel): the valid
-    keys, or the whole own (last) block if it has none, so no row is empty. Rows of padded queries
-    are the caller's to replace.
+    keys, or the whole own (last) block if it has none, so no row is empty.
+    """
+    S = valid.shape[1]
+    m = flat.shape[1]
+    keys = valid.index_select(0, flat.flatten()).view(-1, m * S)
+    own = torch.arange(m * S, device=valid.device) >= (m - 1) * S  # (m S,)
+    return keys | (~keys[:, -S:].any(-1, keepdim=True) & own)
+
+
+def _gathered_attention(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, flat: Tensor) -> Tensor:
+    """Plain path: q (P, R, d) against m gathered blocks, index (P, m) into k, v (N, S, d), keys (P, m S) -> (P, R, d).
+
+    Rows of padded queries are the caller's to replace.
     """
     P, R, d = q.shape
     S = k.shape[1]
     m = flat.shape[1]
     index = flat.flatten()
     ks, vs = k.index_select(0, index).view(P, 1, m * S, d), v.index_select(0, index).view(P, 1, m * S, d)
-    keys = valid.index_select(0, index).view(P, m * S)
-    keys = keys | (~keys[:, -S:].any(-1, keepdim=True) & (torch.arange(m * S, device=q.device) >= (m - 1) * S))
     return F.scaled_dot_product_attention(q[:, None], ks, vs, attn_mask=keys.view(P, 1, 1, m * S))[:, 0]
 
 

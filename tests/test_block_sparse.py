@@ -9,6 +9,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from rlattn import block_sparse, block_sparse_grad
 from rlattn.attention import MultiHeadAttention
 from rlattn.block_sparse import block_sparse_attention, routed_mask
 from rlattn.extractors import HistoryAttentionExtractor
@@ -85,6 +86,21 @@ def test_sparse_really_skips_blocks_and_unchosen_keys_get_no_gradient():
     block_sparse_attention(q, k, v, valid, 1, 8).square().sum().backward()
     assert (k.grad[0, 0, ~seen] == 0).all() and (v.grad[0, 0, ~seen] == 0).all()
     assert (k.grad[0, 0, seen].abs().sum(-1) > 0).all() and (q.grad.abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("K, Q, S", [(37, 37, 16), (37, 1, 16), (37, 37, 1), (37, 1, 1), (100, 100, 16)])
+@pytest.mark.parametrize("holes", [False, True])
+def test_lean_gradient_path_equals_the_plain_path(K, Q, S, holes, monkeypatch):
+    """The fused, re-gathering autograd path against the plain gathered one, forward and backward."""
+    monkeypatch.setattr(block_sparse_grad, "CHUNK_ELEMENTS", 2 * 3 * S * 8)  # 2 query blocks a chunk
+    q, k, v = qkv(3, 2, Q, K, 8)
+    valid = random_holes(3, K) if holes else random_valid(3, K)
+    valid[0, : K // 2] = False  # fully padded blocks, chosen as filler
+    assert block_sparse.lean_applies(q, k, v)
+    fast = block_sparse_attention(q, k, v, valid, 2, S)
+    monkeypatch.setattr(block_sparse, "lean_applies", lambda *tensors: False)
+    slow = block_sparse_attention(q, k, v, valid, 2, S)
+    assert_same_forward_and_backward(fast, slow, (q, k, v))
 
 
 def module_reference(attn, x, valid, n_queries, positions=None):
