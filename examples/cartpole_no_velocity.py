@@ -2,7 +2,7 @@
 
 CartPole without its two velocity entries is a POMDP: the policy must infer the velocities from
 the last 8 positions. Run: ``python examples/cartpole_no_velocity.py`` (about a minute on 2 CPU
-cores; we measured a mean return of 306 out of 500).
+cores; we measured a mean return of 373 out of 500).
 """
 
 import sys
