@@ -40,20 +40,18 @@ from sweep import (
     ROOT,
     Case,
     Cell,
+    Table,
     add_arguments,
     best,
-    cells,
     check_arguments,
-    run_cases,
-    save_plot,
     seeds,
     steps_text,
     success_text,
+    sweep_main,
 )
 
 import envs  # noqa: F401  (registers the maze ids)
 from agents.cli import OneLineParser
-from agents.config import ConfigError
 from agents.presets import preset_for, training_corridors
 
 METHODS = ("attention", "local-attention", "ppo_attention", "mlp-stack", "mlp", "ppo_lstm")
@@ -169,20 +167,6 @@ def row(cell: Cell) -> list[str]:
     return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed]
 
 
-def print_table(table: list[Cell], markdown: bool = False) -> None:
-    rows = [row(cell) for cell in table]
-    if markdown:
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---:|---:|")
-        for values in rows:
-            print("| " + " | ".join(values) + " |")
-        return
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for values in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
-
-
 def series(table: list[Cell], maze: str, method: str, mixed: bool) -> list[tuple[int, float, float, float]]:
     """(L, IQM, CI low, CI high) of final success, by corridor length, for one line of the plot."""
     points = [
@@ -278,17 +262,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    try:
-        records = run_cases(make_cases(args), args)
-    except ConfigError as error:
-        print(f"memory_length.py: error: {error}", file=sys.stderr)
-        return 2
-    table = cells(records, KEY_FIELDS)
-    print_table(table)
-    if args.markdown:
-        print_table(table, markdown=True)
-    save_plot(table, args.plot, plot)
-    return 0
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---:|---:|", row, plot)
+    return sweep_main("memory_length.py", make_cases(args), args, table)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,16 @@ from pathlib import Path
 
 import numpy as np
 from faithfulness import measured
-from sweep import Case, Cell, add_arguments, cells, check_arguments, run_cases, seeds, success_text
+from sweep import (
+    Case,
+    Cell,
+    Table,
+    add_arguments,
+    check_arguments,
+    seeds,
+    success_text,
+    sweep_main,
+)
 
 from agents.cli import OneLineParser
 from agents.config import ConfigError
@@ -119,20 +128,6 @@ def row(cell: Cell) -> list[str]:
     return [*head, *success_text(cell), *(mean_of(cell, name) for name in MEASURES)]
 
 
-def print_table(table: list[Cell], markdown: bool = False) -> None:
-    rows = [row(cell) for cell in table]
-    if markdown:
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
-        for values in rows:
-            print("| " + " | ".join(values) + " |")
-        return
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for values in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
-
-
 def parse_args() -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
@@ -164,16 +159,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    try:
-        records = run_cases(make_cases(args), args)
-    except ConfigError as error:
-        print(f"noise.py: error: {error}", file=sys.stderr)
-        return 2
-    table = cells(records, KEY_FIELDS)
-    print_table(table)
-    if args.markdown:
-        print_table(table, markdown=True)
-    return 0
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---:|---|---:|---:|---:|---|---:|---:|---:|", row)
+    return sweep_main("noise.py", make_cases(args), args, table)
 
 
 if __name__ == "__main__":

@@ -32,19 +32,17 @@ from sweep import (
     ROOT,
     Case,
     Cell,
+    Table,
     add_arguments,
     best,
-    cells,
     check_arguments,
-    run_cases,
-    save_plot,
     seeds,
     steps_text,
     success_text,
+    sweep_main,
 )
 
 from agents.cli import OneLineParser
-from agents.config import ConfigError
 
 METHODS = ("patch-attention", "cnn")
 ENV = "rlattn/VisualSearch-v0"
@@ -106,20 +104,6 @@ def row(cell: Cell) -> list[str]:
     bests = sum(best(r) for r in cell.done) / len(cell.done)
     wall, speed = f"{cell.mean('wall_s') / 60:.1f} min", f"{cell.mean('steps_per_s'):,.0f}"
     return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed, mass]
-
-
-def print_table(table: list[Cell], markdown: bool) -> None:
-    rows = [row(cell) for cell in table]
-    if markdown:
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|---|---:|---|" + "---:|" * (len(COLUMNS) - 3))
-        for values in rows:
-            print("| " + " | ".join(values) + " |")
-        return
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for values in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
 
 
 def band(ax: Any, points: list[tuple[int, float, float, float]], method: str) -> None:
@@ -192,15 +176,8 @@ def main() -> int:
     cases = [
         make_case(n, method, seed, args) for n in args.set_sizes for method in args.methods for seed in seeds(args)
     ]
-    try:
-        records = run_cases(cases, args)
-    except ConfigError as error:
-        print(f"set_size.py: error: {error}", file=sys.stderr)
-        return 2
-    table = cells(records, KEY_FIELDS)
-    print_table(table, args.markdown)
-    save_plot(table, args.plot, plot)
-    return 0
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---:|---|" + "---:|" * (len(COLUMNS) - 3), row, plot)
+    return sweep_main("set_size.py", cases, args, table)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -307,3 +308,46 @@ def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], 
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(table, path)
         print(f"plot: {path}")
+
+
+def print_rows(columns: Sequence[str], rows: list[list[str]], align: str, markdown: bool = False) -> None:
+    """A table of strings: right-aligned plain text, or Markdown with the separator row ``align``."""
+    if markdown:
+        print("| " + " | ".join(columns) + " |")
+        print(align)
+        for values in rows:
+            print("| " + " | ".join(values) + " |")
+        return
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for values in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
+
+
+@dataclass(frozen=True)
+class Table:
+    """How a sweep reports: cells grouped by ``fields``, one row of ``columns`` per cell, an optional plot."""
+
+    fields: Sequence[str]
+    columns: Sequence[str]
+    align: str
+    """the Markdown separator row"""
+    row: Callable[[Cell], list[str]]
+    plot: Callable[[list[Cell], Path], None] | None = None
+
+
+def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Table) -> int:
+    """Run the cases, print the table (and its Markdown with ``--markdown``), save the plot; exit code 2 on a config error."""
+    try:
+        records = run_cases(cases, args)
+    except ConfigError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
+    grouped = cells(records, table.fields)
+    rows = [table.row(cell) for cell in grouped]
+    print_rows(table.columns, rows, table.align)
+    if args.markdown:
+        print_rows(table.columns, rows, table.align, markdown=True)
+    if table.plot is not None:
+        save_plot(grouped, args.plot, table.plot)
+    return 0

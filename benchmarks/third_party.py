@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stats import iqm_interval, per_seed
-from sweep import ROOT, Case, Cell, add_arguments, cells, check_arguments, run_cases, save_plot, seeds
+from sweep import ROOT, Case, Cell, Table, add_arguments, check_arguments, seeds, sweep_main
 
 from agents.cli import OneLineParser
-from agents.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -119,20 +118,6 @@ def row(cell: Cell) -> list[str]:
     return [*head, str(iqm_interval(scores)), per_seed(values), f"{best:.2f}", f"{cell.mean('steps_per_s'):,.0f}"]
 
 
-def print_table(table: list[Cell], markdown: bool = False) -> None:
-    rows = [row(cell) for cell in table]
-    if markdown:
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|---|---|---:|---:|---:|---|---:|---:|")
-        for values in rows:
-            print("| " + " | ".join(values) + " |")
-        return
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for values in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)))
-
-
 def plot(table: list[Cell], path: Path) -> None:
     import matplotlib
 
@@ -186,17 +171,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    try:
-        records = run_cases(make_cases(args), args)
-    except ConfigError as error:
-        print(f"third_party.py: error: {error}", file=sys.stderr)
-        return 2
-    table = cells(records, KEY_FIELDS)
-    print_table(table)
-    if args.markdown:
-        print_table(table, markdown=True)
-    save_plot(table, args.plot, plot)
-    return 0
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---|---:|---:|---:|---|---:|---:|", row, plot)
+    return sweep_main("third_party.py", make_cases(args), args, table)
 
 
 if __name__ == "__main__":
