@@ -100,21 +100,9 @@ _POINTER = {"readout": "pointer", "net_arch": {"pi": [], "vf": [64]}}
 _CNN = {"features_dim": 256}
 
 
-# envs outside this package's families (benchmarks/third_party.py, README "On tasks we did not write")
-_PPO_ANY = {
-    "n_steps": 128,
-    "batch_size": 256,
-    "n_epochs": 4,
-    "learning_rate": 3e-4,
-    "ent_coef": 0.01,
-    "gamma": 0.99,
-    "gae_lambda": 0.95,
-    "net_arch": [64],
-    "features_dim": 64,
-    "embed_dim": 64,
-    "n_heads": 4,
-    "n_layers": 1,
-}
+# envs outside this package's families (benchmarks/third_party.py, README "On tasks we did not write"):
+# the search settings with one transformer block
+_PPO_ANY = {**_PPO_SEARCH, "n_layers": 1}
 _EPISODIC_ANY = {**_PPO_ANY, "n_steps": 32, "gate": "residual"}
 
 
