@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,6 +13,21 @@ from agents.build import resolve
 from agents.cli import main
 from agents.config import TrainConfig
 
+
+class TextObservation(gym.Env):
+    """Observes text: no numbers to put in a history (Dict and Tuple of numbers are flattened)."""
+
+    observation_space, action_space = gym.spaces.Text(8), gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return "start", {}
+
+    def step(self, action):
+        return "end", 0.0, True, False, {}
+
+
+gym.register("tests/TextObservation-v0", TextObservation)
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = "-n 512 --n-envs 2 --eval-freq 256".split()
 TINY = ["--env-kwargs", "corridor_length:3", *BUDGET, "--eval-episodes", "4", "--save-freq", "256"]
@@ -127,7 +143,7 @@ BAD_INPUTS = [
     # incompatible combinations
     (["--history", "4", "--extractor", "mlp"], "--history 4 does not go with --extractor mlp"),
     (["--algo", "ppo_lstm", "--extractor", "attention"], "does not go with ppo_lstm"),
-    (["--env", "Blackjack-v1"], "--env Blackjack-v1 cannot be given a history"),
+    (["--env", "tests/TextObservation-v0"], "--env tests/TextObservation-v0 cannot be given a history"),
     (["--extractor", "attention", "-params", "window:3"], "window=3 is invalid with attention='global'"),
     # images and vectors
     (["--extractor", "cnn"], "--extractor cnn needs image observations"),
