@@ -213,9 +213,15 @@ class EpisodicTransformer(nn.Module):
         """
         if not bool(memory.valid.any(dim=1).all()):
             raise ValueError("memory holds no step for some env: call attention_maps after a step or predict")
-        copy = memory.clone()
-        copy.t = copy.t - 1
-        rows = torch.arange(copy.n_envs, device=copy.t.device)
-        _, maps = self._step(copy.hidden[0, rows, copy.t % self.window], copy, need_weights=True)
+        _, maps = self.rerun(memory, need_weights=True)
         positions = memory.position.masked_fill(~memory.valid, -1)
         return torch.stack(maps, dim=1), positions  # type: ignore[arg-type]
+
+    def rerun(self, memory: EpisodicMemory, need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
+        """Each env's newest step again through every block, against ``memory`` as it is now (slots
+        marked invalid stay unseen): features (B, F) and per-layer weights. ``memory`` is not changed."""
+        copy = memory.clone()
+        copy.t = copy.t - 1  # into the newest step's own slot
+        rows = torch.arange(copy.n_envs, device=copy.t.device)
+        h, maps = self._step(copy.hidden[0, rows, copy.t % self.window], copy, need_weights)
+        return self.head(h), maps

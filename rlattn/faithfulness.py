@@ -179,15 +179,12 @@ def patch_decision(
 def memory_actions(policy: Any, memory: EpisodicMemory, masked: list[int | None]) -> np.ndarray:
     """The decision's deterministic action again from one env's ``memory`` (after ``predict``), once per
     entry of ``masked``: None for the memory as it is, else the cache slot left out."""
-    net = policy.memory_net
     copy = memory.select([0] * len(masked))
     for row, slot in enumerate(masked):
         if slot is not None:
             copy.valid[row, slot] = False
-    copy.t = copy.t - 1  # run the decision's step again, into its own slot
-    rows = torch.arange(len(masked), device=copy.t.device)
-    h, _ = net._step(copy.hidden[0, rows, copy.t % net.window], copy, need_weights=False)
-    latent_pi, _ = policy.mlp_extractor(net.head(h))
+    features, _ = policy.memory_net.rerun(copy)
+    latent_pi, _ = policy.mlp_extractor(features)
     return policy._get_action_dist_from_latent(latent_pi).get_actions(deterministic=True).cpu().numpy()
 
 
