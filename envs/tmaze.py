@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.validation import check_int
+from envs.validation import check_fraction, check_int
 
 MAX_CORRIDOR_LENGTH = 100_000
 BELOW_CUE = np.nextafter(np.float32(1.0), np.float32(0.0))
@@ -216,14 +215,6 @@ class TMazeActiveEnv(TMazeEnv):
         if self._cue_step < 0:
             return self._position + self.junction + 1
         return self.junction - self._position + 1
-
-
-def check_fraction(name: str, value: object, low: float, high: float) -> float:
-    """Return ``value`` as a float if it is a real number in ``[low, high]``, else raise ValueError."""
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not real or not low <= float(value) <= high:  # type: ignore[arg-type]  # a Real here; NaN fails the range
-        raise ValueError(f"{name}={value!r} is invalid: must be a number from {low} to {high}")
-    return float(value)  # type: ignore[arg-type]
 
 
 class TMazeOracle:

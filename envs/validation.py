@@ -19,6 +19,14 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     return number
 
 
+def check_fraction(name: str, value: object, low: float, high: float) -> float:
+    """Return ``value`` as a float if it is a real number in ``[low, high]``, else raise ValueError."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not low <= float(value) <= high:  # type: ignore[arg-type]  # a Real here; NaN fails the range
+        raise ValueError(f"{name}={value!r} is invalid: must be a number from {low} to {high}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_choice(name: str, value: object, allowed: tuple[T, ...]) -> T:
     """Return ``value`` if it is one of ``allowed`` (same type, equal), else raise ValueError listing them."""
     for option in allowed:

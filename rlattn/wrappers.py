@@ -32,14 +32,13 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
 
 
-def _concatenated(parts: list[tuple[Encoder, spaces.Box]], pick: Callable[[Any, int], Any]) -> tuple[Encoder, spaces.Box]:
-    """One float vector from the encoded leaves of a Dict or Tuple (``pick(x, i)`` is leaf i of x)."""
-    encoders = [encode for encode, _ in parts]
-    low = np.concatenate([box.low.reshape(-1) for _, box in parts]).astype(np.float32)
-    high = np.concatenate([box.high.reshape(-1) for _, box in parts]).astype(np.float32)
+def _concatenated(parts: list[tuple[Any, Encoder, spaces.Box]]) -> tuple[Encoder, spaces.Box]:
+    """One float vector from the encoded leaves (key, encoder, space) of a Dict or Tuple (keys are indices there)."""
+    low = np.concatenate([box.low.reshape(-1) for _, _, box in parts]).astype(np.float32)
+    high = np.concatenate([box.high.reshape(-1) for _, _, box in parts]).astype(np.float32)
 
     def encode(x: Any) -> np.ndarray:
-        return np.concatenate([encoder(pick(x, i)) for i, encoder in enumerate(encoders)])
+        return np.concatenate([encoder(x[key]) for key, encoder, _ in parts])
 
     return encode, spaces.Box(low, high, low.shape, np.float32)
 
@@ -47,14 +46,11 @@ def _concatenated(parts: list[tuple[Encoder, spaces.Box]], pick: Callable[[Any, 
 def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[Encoder, spaces.Box]:
     """Dict and Tuple: every leaf flattened into one float32 vector; leaves with no numbers (text) dropped with a warning."""
     items = list(space.spaces.items()) if isinstance(space, spaces.Dict) else list(enumerate(space.spaces))
-    kept: list[tuple[Any, tuple[Encoder, spaces.Box]]] = []
+    kept: list[tuple[Any, Encoder, spaces.Box]] = []
     for key, leaf in items:
         leaf_what = f"{what} key {key!r}"
-        if isinstance(leaf, spaces.Box):
-            kept.append((key, _flat_box(leaf)))
-            continue
         try:
-            kept.append((key, step_encoder(leaf, leaf_what)))
+            kept.append((key, *(_flat_box(leaf) if isinstance(leaf, spaces.Box) else step_encoder(leaf, leaf_what))))
         except ValueError:  # text (a MiniGrid mission), graphs, sequences: no fixed-size numbers
             warnings.warn(
                 f"{leaf_what} ({type(leaf).__name__}) cannot be encoded as numbers and is dropped: "
@@ -64,8 +60,7 @@ def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[E
             )
     if not kept:
         raise ValueError(f"{what} space {space} has nothing to encode: no key holds numbers")
-    keys = [key for key, _ in kept]
-    return _concatenated([part for _, part in kept], lambda x, i: x[keys[i]])
+    return _concatenated(kept)
 
 
 def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
