@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlattn.block_sparse_grad import gathered_attention, lean_applies
+from rlattn.block_sparse_grad import gather_blocks, gathered_attention, lean_applies
 
 
 def key_blocks(k: Tensor, valid: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
@@ -111,12 +111,8 @@ def _gathered_attention(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, flat: Ten
 
     Rows of padded queries are the caller's to replace.
     """
-    P, R, d = q.shape
-    S = k.shape[1]
-    m = flat.shape[1]
-    index = flat.flatten()
-    ks, vs = k.index_select(0, index).view(P, 1, m * S, d), v.index_select(0, index).view(P, 1, m * S, d)
-    return F.scaled_dot_product_attention(q[:, None], ks, vs, attn_mask=keys.view(P, 1, 1, m * S))[:, 0]
+    ks, vs = gather_blocks(k, v, flat)  # (P, 1, m S, d)
+    return F.scaled_dot_product_attention(q[:, None], ks, vs, attn_mask=keys[:, None, None])[:, 0]
 
 
 def routed_mask(q: Tensor, k: Tensor, valid: Tensor, top_k: int, block_size: int) -> Tensor:

@@ -48,7 +48,7 @@ class _GatheredAttention(torch.autograd.Function):
         P, R, d = q.shape
         out, lse = q.new_empty(P, R, d), q.new_empty(P, R)
         for rows in _chunks(flat, k):
-            ks, vs = _gather(k, v, flat[rows])  # (p, 1, m S, d)
+            ks, vs = gather_blocks(k, v, flat[rows])  # (p, 1, m S, d)
             o, o_lse = _FLASH(q[rows, None], ks, vs, attn_mask=_bias(keys[rows], q.dtype))  # (p, 1, R, d), (p, 1, R)
             out[rows], lse[rows] = o[:, 0], o_lse[:, 0]
         ctx.save_for_backward(q, k, v, keys, flat, out, lse)  # type: ignore[attr-defined]
@@ -61,7 +61,7 @@ class _GatheredAttention(torch.autograd.Function):
         S, d = k.shape[1:]
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for rows in _chunks(flat, k):
-            ks, vs = _gather(k, v, flat[rows])  # (p, 1, m S, d)
+            ks, vs = gather_blocks(k, v, flat[rows])  # (p, 1, m S, d)
             inputs = (grad[rows, None], q[rows, None], ks, vs, out[rows, None], lse[rows, None])
             gq, gk, gv = _FLASH_BACKWARD(*inputs, 0.0, False, attn_mask=_bias(keys[rows], q.dtype))
             dq[rows] = gq[:, 0]
@@ -78,7 +78,7 @@ def _chunks(flat: Tensor, k: Tensor) -> list[slice]:
     return [slice(start, start + p) for start in range(0, P, p)]
 
 
-def _gather(k: Tensor, v: Tensor, flat: Tensor) -> tuple[Tensor, Tensor]:
+def gather_blocks(k: Tensor, v: Tensor, flat: Tensor) -> tuple[Tensor, Tensor]:
     """The chosen blocks side by side: index (p, m) into (N, S, d) -> keys, values (p, 1, m S, d)."""
     p, m = flat.shape
     S, d = k.shape[1:]
