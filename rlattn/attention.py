@@ -242,7 +242,7 @@ class MultiHeadAttention(nn.Module):
     def step(
         self,
         x: Tensor,
-        position: Tensor,
+        position: Tensor | None,
         keys: Tensor,
         values: Tensor,
         slot: Tensor,
@@ -254,13 +254,16 @@ class MultiHeadAttention(nn.Module):
         ``keys`` and ``values`` (B, H, W, d) hold W cached steps, keys rotated by their own positions;
         the token's rotated key and value are written into ``slot`` (B,) first (in place: it attends
         to itself), then its query, rotated by ``position`` (B,), attends to the slots ``valid`` (B, W)
-        allows, which must include ``slot``.
+        allows, which must include ``slot``. ``position`` None: nothing is rotated (no positions).
         """
         B, E = x.shape
         H = self.n_heads
         qkv = self.qkv(x).view(B, 3 * H, E // H)
-        cos, sin = rotary_tables(position, E // H, x.dtype)
-        q, k = rotate(qkv[:, : 2 * H], cos[:, None], sin[:, None]).split(H, dim=1)  # (B, H, d) each
+        if position is None:
+            q, k = qkv[:, : 2 * H].split(H, dim=1)
+        else:
+            cos, sin = rotary_tables(position, E // H, x.dtype)
+            q, k = rotate(qkv[:, : 2 * H], cos[:, None], sin[:, None]).split(H, dim=1)  # (B, H, d) each
         rows = torch.arange(B, device=x.device)
         keys[rows, :, slot] = k
         values[rows, :, slot] = qkv[:, 2 * H :]
@@ -270,6 +273,18 @@ class MultiHeadAttention(nn.Module):
             return self.proj(out.reshape(B, E)), weights[:, :, 0]
         out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)
         return self.proj(out.reshape(B, E)), None
+
+    def keys_values(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Keys and values of tokens x (B, W, E) as :meth:`step` caches them: (B, H, W, d) each, keys
+        rotated by ``positions`` (B, W) (None: not rotated)."""
+        B, W, E = x.shape
+        k, v = F.linear(x, self.qkv.weight[E:], self.qkv.bias[E:]).split(E, dim=-1)
+        k = k.reshape(B, W, self.n_heads, -1).transpose(1, 2)
+        v = v.reshape(B, W, self.n_heads, -1).transpose(1, 2)
+        if positions is not None:
+            cos, sin = rotary_tables(positions, k.shape[-1], k.dtype)
+            k = rotate(k, cos[:, None], sin[:, None])
+        return k, v
 
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, need_weights: bool = False, mask: Tensor | None = None

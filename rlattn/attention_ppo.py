@@ -62,7 +62,7 @@ class AttentionPPO(PPO):
         an episode's first step).
     :param include_reward: add the previous reward to each step's input (zero at an episode's first step).
     :param memory_kwargs: the transformer's ``features_dim`` (128), ``embed_dim`` (64), ``n_heads`` (4),
-        ``n_layers`` (2), ``gate`` (``"gru"``); merged with ``policy_kwargs["memory_kwargs"]``.
+        ``n_layers`` (2), ``gate`` (``"gru"``), ``position`` (``"rotary"``); merged with ``policy_kwargs["memory_kwargs"]``.
     :param n_steps: steps per env per rollout.
     :param batch_size: minibatch size in steps (whole env rollouts); None: ``n_steps`` (one env each).
     :param n_epochs: passes over the rollout per update.
@@ -151,6 +151,7 @@ class AttentionPPO(PPO):
         memory = self._last_memory
         if memory.n_envs != env.num_envs:
             memory = self._last_memory = self.policy.initial_memory(env.num_envs)
+        self.policy.memory_net.refresh(memory)  # keys and values as training will recompute them
         rollout_buffer.carry_in(memory)
         callback.on_rollout_start()
         for _ in range(n_rollout_steps):

@@ -144,7 +144,7 @@ class TransformerBlock(nn.Module):
     def step(
         self,
         x: Tensor,
-        position: Tensor,
+        position: Tensor | None,
         keys: Tensor,
         values: Tensor,
         slot: Tensor,

@@ -4,9 +4,11 @@ Shape letters: B envs (sequences), T steps, P carried-in steps, W memory window,
 size, E embedding, H heads, d = E/H per head, F features, X extra inputs per step.
 
 Positions are rotary (see :mod:`rlattn.attention`): a key is rotated once by its step's absolute
-position in the episode and stays valid as the step ages. Two computations give the same numbers
+position in the episode and stays valid as the step ages; or there are none (``position="none"``:
+order comes only from the causal mask and the window). Either way the cache stays valid. Two
+computations give the same numbers
 (tests hold this, and that both equal :class:`~rlattn.extractors.HistoryAttentionExtractor` with
-``position="rotary"`` and the same weights while the episode fits in the window):
+the same ``position`` and the same weights while the episode fits in the window):
 
 - **step** (rollouts, ``predict``): per env and layer a ring buffer of the last W steps (their layer
   inputs, rotated keys, values); a new step is one query per layer against it.
@@ -26,7 +28,9 @@ from torch import Tensor, nn
 
 from rlattn.blocks import TransformerBlock, init_linear
 from rlattn.extractors import MLP_RATIO
-from rlattn.validation import check_int
+from rlattn.validation import check_choice, check_int
+
+EPISODIC_POSITIONS = ("rotary", "none")
 
 
 @dataclass
@@ -117,6 +121,9 @@ class EpisodicTransformer(nn.Module):
     :param n_heads: attention heads (E/H must be even: rotary positions rotate pairs).
     :param n_layers: transformer blocks L.
     :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"``.
+    :param position: ``"rotary"`` (queries and keys rotated by episode positions: scores depend on
+        the age difference) or ``"none"`` (scores from content alone; the causal mask and the window
+        still order the steps).
     """
 
     def __init__(
@@ -128,8 +135,10 @@ class EpisodicTransformer(nn.Module):
         n_heads: int = 4,
         n_layers: int = 2,
         gate: str = "gru",
+        position: str = "rotary",
     ):
         super().__init__()
+        self.rotary = check_choice("position", position, EPISODIC_POSITIONS) == "rotary"
         for name, value in (
             ("input_dim", input_dim),
             ("memory", window),
@@ -139,10 +148,10 @@ class EpisodicTransformer(nn.Module):
             ("n_layers", n_layers),
         ):
             check_int(name, value)
-        if embed_dim % n_heads or (embed_dim // n_heads) % 2:
+        if embed_dim % n_heads or (self.rotary and (embed_dim // n_heads) % 2):
             raise ValueError(
-                f"embed_dim={embed_dim} is invalid with n_heads={n_heads}: "
-                "each head's size embed_dim / n_heads must be an even integer (rotary positions)"
+                f"embed_dim={embed_dim} is invalid with n_heads={n_heads}: each head's size embed_dim / n_heads "
+                + ("must be an even integer (rotary positions)" if self.rotary else "must be an integer")
             )
         self.window, self.embed_dim, self.n_heads, self.features_dim = window, embed_dim, n_heads, features_dim
         self.embed = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU())
@@ -178,10 +187,26 @@ class EpisodicTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             assert isinstance(block, TransformerBlock)
             memory.hidden[i, rows, slot] = h
-            h, weights = block.step(h, memory.t, memory.keys[i], memory.values[i], slot, memory.valid, need_weights)
+            h, weights = block.step(
+                h, memory.t if self.rotary else None, memory.keys[i], memory.values[i], slot, memory.valid, need_weights
+            )
             maps.append(weights)
         memory.t = memory.t + 1
         return h, maps
+
+    @torch.no_grad()
+    def refresh(self, memory: EpisodicMemory) -> None:
+        """Recompute every cached key and value from the cached layer inputs with the current weights.
+
+        Called as a rollout starts: the memory carried in was cached under older weights (one update
+        per rollout, many per long episode), and training recomputes its keys and values with the
+        weights of that rollout (:meth:`sequence`). Refreshed, the rollout's actions, log-probs and
+        values are exactly those training computes for the same steps, so PPO's ratio starts at 1.
+        """
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, TransformerBlock)
+            positions = memory.position if self.rotary else None
+            memory.keys[i], memory.values[i] = block.attn.keys_values(block.norm1(memory.hidden[i]), positions)
 
     def sequence(self, x: Tensor, positions: Tensor, episode_starts: Tensor, carried: CarriedMemory) -> Tensor:
         """Encode whole rollouts: x (B, T, D), positions (B, T), episode_starts (B, T) bool -> (B, T, F).
@@ -197,10 +222,11 @@ class EpisodicTransformer(nn.Module):
         age = positions[:, :, None] - key_position[:, None, :]  # (B, T, P + T)
         mask = (episode[:, :, None] == key_episode[:, None, :]) & (age >= 0) & (age < self.window)
         key_valid = key_episode >= 0
+        rotations = key_position if self.rotary else None
         h = self.embed(x)
         for i, block in enumerate(self.blocks):
             tokens = torch.cat([carried.hidden[i].detach(), h], dim=1)  # (B, P + T, E)
-            h, _ = block(tokens, key_valid, n_queries=T, positions=key_position, mask=mask[:, None])
+            h, _ = block(tokens, key_valid, n_queries=T, positions=rotations, mask=mask[:, None])
         return self.head(h)
 
     @torch.no_grad()

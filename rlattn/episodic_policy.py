@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rlattn.episodic import CarriedMemory, EpisodicMemory, EpisodicTransformer
 
-MEMORY_KEYS = ("features_dim", "embed_dim", "n_heads", "n_layers", "gate")
+MEMORY_KEYS = ("features_dim", "embed_dim", "n_heads", "n_layers", "gate", "position")
 """what ``memory_kwargs`` may set"""
 
 
@@ -57,7 +57,8 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
     :param memory: the window W: steps of the episode each step attends to, itself included.
     :param include_action: add the previous action (one-hot if discrete; zeros at an episode's first step).
     :param include_reward: add the previous reward (zero at an episode's first step).
-    :param memory_kwargs: the transformer's ``features_dim``, ``embed_dim``, ``n_heads``, ``n_layers``, ``gate``.
+    :param memory_kwargs: the transformer's ``features_dim``, ``embed_dim``, ``n_heads``, ``n_layers``, ``gate``,
+        ``position``.
     :param kwargs: SB3's ``ActorCriticPolicy`` arguments (``net_arch``, ``features_extractor_class``, ...).
     """
 

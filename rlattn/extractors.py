@@ -17,7 +17,7 @@ from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, s
 from rlattn.validation import check_choice, check_int
 
 HISTORY_ATTENTION = ("global", "local")
-POSITIONS = ("learned", "rotary")
+POSITIONS = ("learned", "rotary", "none")
 MLP_RATIO = 2.0
 """feed-forward hidden size as a multiple of E"""
 LENGTH_GROUP_SIZE = 64
@@ -108,7 +108,8 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
     :param position: ``"learned"`` (a vector per age added to each token) or ``"rotary"`` (no added
         vector: queries and keys rotated by their slot inside attention, so scores depend only on
         the age difference; the same numbers as :class:`~rlattn.episodic.EpisodicTransformer` with
-        the same weights, whose parameter names these match; the head size E/H must be even).
+        the same weights, whose parameter names these match; the head size E/H must be even), or
+        ``"none"`` (content alone; equals the episodic transformer with ``position="none"``).
     """
 
     def __init__(
@@ -128,7 +129,8 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
         super().__init__(observation_space, features_dim)
         K = self.history_length
         check_choice("attention", attention, HISTORY_ATTENTION)
-        self.rotary = check_choice("position", position, POSITIONS) == "rotary"
+        position = check_choice("position", position, POSITIONS)
+        self.rotary = position == "rotary"
         for name, value in (
             ("features_dim", features_dim),
             ("embed_dim", embed_dim),
@@ -154,7 +156,7 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
             )
         self.embed = nn.Sequential(nn.Linear(self.step_dim, embed_dim), nn.ReLU())
         self.position: nn.Parameter | None = None
-        if not self.rotary:
+        if position == "learned":
             self.position = nn.Parameter(sinusoidal_table(K, embed_dim).flip(0) * 0.1)  # row i holds the age of slot i
         self.blocks = nn.ModuleList(
             TransformerBlock(

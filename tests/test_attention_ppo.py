@@ -32,7 +32,8 @@ def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
     """The buffer's whole-env sequences, re-encoded with the rollout's weights, give the rollout's numbers.
 
     Two rollouts: the second carries memory in; episodes (at most 5 steps) end inside rollouts and
-    outgrow the window of 4.
+    outgrow the window of 4. Between them every weight moves, as an update would move it: the memory
+    carried in was cached under the old weights, and the rollout must still act as training computes.
     """
     model = small_model(make_vec_env(lambda: tmaze(), n_envs=3, seed=1), batch_size=48, **include)
     checked = []
@@ -48,6 +49,9 @@ def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
         torch.testing.assert_close(values.flatten(), batch.old_values, **TOL)
         torch.testing.assert_close(log_prob, batch.old_log_prob, **TOL)
         checked.append(bool(batch.carried.valid.any()))
+        with torch.no_grad():
+            for param in model.policy.parameters():
+                param.add_(torch.randn_like(param) * 0.1)
 
     model.train = check  # type: ignore[method-assign]
     model.learn(96)
