@@ -58,6 +58,10 @@ class TMazeEnv(gym.Env):
       its corridor length log-uniformly from ``min_corridor_length .. corridor_length`` (training on
       a mix of lengths; evaluate with it None). Spaces, ``max_steps`` and ``step_penalty`` are those
       of the longest corridor, so a history wrapper sized for it fits every episode.
+    - ``tight_fraction`` (float, 0 .. 1): the share of episodes, drawn per episode, that get no slack
+      (time for a shortest episode only, as in evaluation); the others get ``slack``. For training:
+      with slack, a step wasted at the start or at the junction costs only its penalty, so nothing
+      teaches the policy that the plain maze does not allow it.
     - ``render_mode``: ``None``, ``"ansi"`` (text) or ``"rgb_array"`` (3 x cells grid, HWC uint8).
 
     ``info`` holds ``cue_step`` (the episode step at which the cue was last observed, -1 before it
@@ -73,6 +77,7 @@ class TMazeEnv(gym.Env):
         "corridor_length": (1, MAX_CORRIDOR_LENGTH),
         "slack": (0, MAX_CORRIDOR_LENGTH),
         "noise": (0, 1),
+        "tight_fraction": (0, 1),
     }
     """each numeric keyword's allowed range, inclusive (the fuzz tests draw integers from these;
     ``noise`` also takes any float in its range)"""
@@ -84,10 +89,12 @@ class TMazeEnv(gym.Env):
         min_corridor_length: int | None = None,
         render_mode: str | None = None,
         noise: float = 0.0,
+        tight_fraction: float = 0.0,
     ):
         self.corridor_length = check_int("corridor_length", corridor_length, *self.PARAMETERS["corridor_length"])
         self.slack = check_int("slack", slack, *self.PARAMETERS["slack"])
         self.noise = check_fraction("noise", noise, *self.PARAMETERS["noise"])
+        self.tight_fraction = check_fraction("tight_fraction", tight_fraction, *self.PARAMETERS["tight_fraction"])
         if min_corridor_length is not None:
             min_corridor_length = check_int("min_corridor_length", min_corridor_length, 1, self.corridor_length)
         self.min_corridor_length = min_corridor_length
@@ -140,6 +147,9 @@ class TMazeEnv(gym.Env):
             self.corridor_length = min(max(length, self.min_corridor_length), self.longest_corridor)
             self.junction = self.start + self.corridor_length
             self._time_limit = self.shortest_episode + self.slack
+        if self.tight_fraction > 0:  # no draw without it, so seeded episodes stay as they were
+            tight = self.np_random.uniform() < self.tight_fraction
+            self._time_limit = self.shortest_episode + (0 if tight else self.slack)
         self._position, self._t, self._cue_step = self.start, 0, -1
         self._goal = int(self.np_random.integers(2))
         return self._observe(), self._info()

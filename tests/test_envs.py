@@ -11,7 +11,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from envs.glimpse import GlimpseSearchEnv, worst_case_steps
-from envs.tmaze import LEFT, RIGHT
+from envs.tmaze import LEFT, RIGHT, UP
 
 TMAZE_IDS = [env_id for env_id in envs.ENV_IDS if "TMaze" in env_id]
 
@@ -285,3 +285,41 @@ def test_zero_noise_is_the_plain_maze():
         env.reset(seed=3)
     for _ in range(5):
         np.testing.assert_array_equal(plain.step(RIGHT)[0], zero.step(RIGHT)[0])
+
+
+def time_limits(env, episodes, seed=0):
+    """Steps each episode lasts when the agent only bumps into walls (it always runs out of time)."""
+    lengths = []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(UP)
+            steps, done = steps + 1, terminated or truncated
+        lengths.append(steps)
+    return np.array(lengths)
+
+
+def test_tight_fraction_takes_the_slack_from_that_share_of_episodes():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=5, slack=4, tight_fraction=0.3)
+    lengths = time_limits(env, 400)
+    assert set(lengths) == {6, 10}  # a shortest episode, or with the slack
+    assert 0.22 < np.mean(lengths == 6) < 0.38
+    assert env.unwrapped.max_steps == 10  # spaces and the step penalty stay those with slack
+    assert (time_limits(gym.make("rlattn/TMaze-v0", corridor_length=5, slack=4, tight_fraction=1.0), 20) == 6).all()
+
+
+def test_no_tight_fraction_is_the_maze_as_before():
+    """0 draws nothing: seeded episodes (goal, corridor length) are those of a maze without the keyword."""
+    kwargs = {"corridor_length": 40, "slack": 4, "min_corridor_length": 3}
+    before, zero = gym.make("rlattn/TMaze-v0", **kwargs), gym.make("rlattn/TMaze-v0", tight_fraction=0, **kwargs)
+    for seed in range(10):
+        assert before.reset(seed=seed)[1] == zero.reset(seed=seed)[1]
+        assert before.unwrapped.corridor_length == zero.unwrapped.corridor_length
+    np.testing.assert_array_equal(time_limits(before, 10), time_limits(zero, 10))
+
+
+@pytest.mark.parametrize("tight_fraction", [-0.5, 1.01, "1", None])
+def test_bad_tight_fraction_names_the_value(tight_fraction):
+    with pytest.raises(ValueError, match=r"^tight_fraction=.* is invalid: must be a number from 0 to 1$"):
+        gym.make("rlattn/TMaze-v0", tight_fraction=tight_fraction)
