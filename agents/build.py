@@ -11,6 +11,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
+from agents import schedules
 from agents.checks import first_line
 from agents.config import ConfigError
 from agents.plan import RunPlan, make_env, resolve
@@ -75,7 +76,7 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
             verbose=cfg.verbose,
             policy_kwargs=policy_kwargs,
             **own,
-            **plan.algo_kwargs,
+            **schedules.as_algorithm_kwargs(plan.algo_kwargs),
         )
     except Exception as error:
         raise ConfigError(

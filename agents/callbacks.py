@@ -11,6 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.vec_env import VecEnv
 
+from agents import schedules
 from agents.build import make_vec
 from agents.plan import RunPlan
 from agents.presets import env_family
@@ -147,4 +148,7 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         callbacks.append(evaluation)
     if cfg.save_freq > 0:
         callbacks.append(AtomicCheckpointCallback(cfg.save_freq, folder, plan.n_envs))
+    entropy = schedules.linear_start("ent_coef", plan.algo_kwargs.get("ent_coef"))
+    if entropy is not None:
+        callbacks.insert(0, schedules.EntropySchedule(entropy))
     return callbacks

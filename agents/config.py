@@ -79,7 +79,7 @@ class TrainConfig:
         default_factory=dict,
         nargs="*",
         kv=True,
-        help="overrides key:value for the algorithm or the extractor",
+        help="overrides key:value for the algorithm or the extractor; learning_rate, clip_range and ent_coef also take lin_START (falls linearly to 0 over the run, as in the RL Zoo)",
     )
     trained_agent: str | None = _flag(
         "-i",
@@ -139,6 +139,9 @@ def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
         key, sep, text = item.partition(":")
         if not sep or not key.isidentifier():
             raise ConfigError(f"{what} {item!r} is invalid: expected key:value, e.g. corridor_length:20")
+        if text.startswith("lin_"):  # a linear schedule, the RL Zoo's way (agents/schedules.py checks it)
+            out[key] = text
+            continue
         try:
             out[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs
+from agents import schedules
 from agents.checks import check_algo_values, check_device, check_env_id, check_int_flag, check_writable, first_line
 from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, preset_for
@@ -282,7 +283,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
             cfg, extractor, preset.for_extractor(extractor)
         )
-        check_algo_values(ALGOS[cfg.algo].cls, algo_kwargs)
+        check_algo_values(ALGOS[cfg.algo].cls, schedules.starts(algo_kwargs))
         preset_inputs = preset.history_inputs(probe) if preset.history_inputs is not None else ()
         plan = RunPlan(
             config=cfg,

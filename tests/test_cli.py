@@ -119,6 +119,10 @@ BAD_INPUTS = [
     (["-params", "normalize_advantage:'yes'"], "normalize_advantage='yes' is invalid: must be True or False"),
     (["-params", "policy_kwargs:[1]"], "policy_kwargs=[1] is invalid: must be a dict literal"),
     (["-params", "top_k:1.5", "--extractor", "sparse-attention"], "top_k=1.5 is invalid"),
+    (["-params", "ent_coef:lin_x"], "ent_coef='lin_x' is invalid: must be lin_ and a number >= 0"),
+    (["-params", "learning_rate:lin_-0.1"], "learning_rate='lin_-0.1' is invalid: must be lin_ and a number >= 0"),
+    (["-params", "gamma:lin_0.9"], "gamma='lin_0.9' is invalid: a linear schedule (lin_X) is allowed only for"),
+    (["-params", "learning_rate:lin_0"], "learning_rate=0.0 is invalid: must be a number > 0"),
     # out of range
     (["--env-kwargs", "corridor_length:0"], "corridor_length=0 is invalid"),
     (["--env-kwargs", "slack:-1"], "slack=-1 is invalid"),
