@@ -62,6 +62,10 @@ class TMazeEnv(gym.Env):
       (time for a shortest episode only, as in evaluation); the others get ``slack``. For training:
       with slack, a step wasted at the start or at the junction costs only its penalty, so nothing
       teaches the policy that the plain maze does not allow it.
+    - ``junction_wait`` (int >= 0, or None): the most steps the agent may spend at the junction without
+      turning; one more ends the episode, a failure. None: as long as the time allows. For training
+      with slack: ``0`` makes hesitating at the junction as fatal as on the plain maze, while the
+      corridor keeps its slack.
     - ``render_mode``: ``None``, ``"ansi"`` (text) or ``"rgb_array"`` (3 x cells grid, HWC uint8).
 
     ``info`` holds ``cue_step`` (the episode step at which the cue was last observed, -1 before it
@@ -90,11 +94,15 @@ class TMazeEnv(gym.Env):
         render_mode: str | None = None,
         noise: float = 0.0,
         tight_fraction: float = 0.0,
+        junction_wait: int | None = None,
     ):
         self.corridor_length = check_int("corridor_length", corridor_length, *self.PARAMETERS["corridor_length"])
         self.slack = check_int("slack", slack, *self.PARAMETERS["slack"])
         self.noise = check_fraction("noise", noise, *self.PARAMETERS["noise"])
         self.tight_fraction = check_fraction("tight_fraction", tight_fraction, *self.PARAMETERS["tight_fraction"])
+        if junction_wait is not None:
+            junction_wait = check_int("junction_wait", junction_wait, 0, MAX_CORRIDOR_LENGTH)
+        self.junction_wait = junction_wait
         if min_corridor_length is not None:
             min_corridor_length = check_int("min_corridor_length", min_corridor_length, 1, self.corridor_length)
         self.min_corridor_length = min_corridor_length
@@ -114,6 +122,7 @@ class TMazeEnv(gym.Env):
         self._t = 0
         self._cue_step = -1
         self._time_limit = self.max_steps
+        self._waited = 0
 
     @property
     def shortest_episode(self) -> int:
@@ -150,7 +159,7 @@ class TMazeEnv(gym.Env):
         if self.tight_fraction > 0:  # no draw without it, so seeded episodes stay as they were
             tight = self.np_random.uniform() < self.tight_fraction
             self._time_limit = self.shortest_episode + (0 if tight else self.slack)
-        self._position, self._t, self._cue_step = self.start, 0, -1
+        self._position, self._t, self._cue_step, self._waited = self.start, 0, -1, 0
         self._goal = int(self.np_random.integers(2))
         return self._observe(), self._info()
 
@@ -172,10 +181,12 @@ class TMazeEnv(gym.Env):
         reward = 0.0 if self._steps_to_go() < before else -self.step_penalty
         obs = self._observe()
         info = self._info()
+        self._waited += int(at_junction)
         out_of_time = self._t >= self._time_limit
-        if out_of_time:
+        waited_too_long = self.junction_wait is not None and self._waited > self.junction_wait
+        if out_of_time or waited_too_long:
             info["is_success"] = False
-        return obs, reward, out_of_time, False, info
+        return obs, reward, out_of_time or waited_too_long, False, info
 
     def render(self) -> str | np.ndarray | None:
         if self.render_mode == "ansi":

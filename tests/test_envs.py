@@ -323,3 +323,38 @@ def test_no_tight_fraction_is_the_maze_as_before():
 def test_bad_tight_fraction_names_the_value(tight_fraction):
     with pytest.raises(ValueError, match=r"^tight_fraction=.* is invalid: must be a number from 0 to 1$"):
         gym.make("rlattn/TMaze-v0", tight_fraction=tight_fraction)
+
+
+def walk_to_junction(env, seed=0):
+    env.reset(seed=seed)
+    for _ in range(env.unwrapped.corridor_length):
+        env.step(RIGHT)
+
+
+@pytest.mark.parametrize("wait", [0, 2])
+def test_junction_wait_ends_an_episode_that_hesitates_there(wait):
+    env = gym.make("rlattn/TMaze-v0", corridor_length=4, slack=10, junction_wait=wait)
+    walk_to_junction(env)
+    for _ in range(wait):
+        assert not env.step(RIGHT)[2]  # waiting this long is allowed
+    _, _, terminated, _, info = env.step(RIGHT)
+    assert terminated and info["is_success"] is False
+    walk_to_junction(env, seed=1)  # turning in time still ends it as usual
+    for _ in range(wait):
+        env.step(RIGHT)
+    _, reward, terminated, _, info = env.step(UP + env.unwrapped._goal)
+    assert terminated and info["is_success"] and reward == 1.0
+
+
+def test_without_junction_wait_the_time_limit_alone_ends_a_wait():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=4, slack=10)
+    walk_to_junction(env)
+    for _ in range(10):
+        assert not env.step(RIGHT)[2]
+    assert env.step(RIGHT)[2]
+
+
+@pytest.mark.parametrize("wait", [-1, 1.5, "0"])
+def test_bad_junction_wait_names_the_value(wait):
+    with pytest.raises(ValueError, match=r"^junction_wait=.* is invalid"):
+        gym.make("rlattn/TMaze-v0", junction_wait=wait)
