@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ _PPO_TMAZE = {
 _PPO_TMAZE_LONG = {**_PPO_TMAZE, "ent_coef": 0.01, "target_kl": 0.01}
 _EPISODIC_TMAZE = {**_PPO_TMAZE, "n_steps": 32, "gate": "residual"}
 _EPISODIC_TMAZE_LONG = {**_PPO_TMAZE_LONG, "n_steps": 32, "gate": "residual"}
+# L = 1000 (README, "ppo_attention at L = 1000"): with rotary positions 1 of 6 runs ever evaluated at
+# 1.00 within 1M steps, without positions 8 of 14; half the training episodes without slack, a decaying
+# step size: final 1.00, 0.00, 1.00 on seeds 0-2
+_EPISODIC_TMAZE_1000 = {**_EPISODIC_TMAZE_LONG, "position": "none", "learning_rate": "lin_3e-4"}
+TIGHT_FRACTION_1000 = 0.5
 LONG_MEMORY = 50
 """episode length from which a T-Maze takes the long-corridor preset"""
 
@@ -71,9 +77,9 @@ def training_corridors(length: int) -> tuple[int, int]:
     return min(SHORTEST_TRAINING_CORRIDOR, tenth), tenth
 
 
-def _mixed_lengths(env: gym.Env) -> dict[str, Any]:
+def _mixed_lengths(env: gym.Env, **extra: Any) -> dict[str, Any]:
     shortest, slack = training_corridors(int(env.unwrapped.corridor_length))  # type: ignore[attr-defined]
-    return {"min_corridor_length": shortest, "slack": slack}
+    return {"min_corridor_length": shortest, "slack": slack, **extra}
 
 
 # the active maze's start and corridor look alike: the previous action tells them apart (README)
@@ -112,15 +118,20 @@ def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tmaze(
-    n_timesteps: int, n_envs: int, hyperparams: dict[str, Any], per_extractor: dict[str, dict[str, Any]] | None = None
+    n_timesteps: int,
+    n_envs: int,
+    hyperparams: dict[str, Any],
+    per_extractor: dict[str, dict[str, Any]] | None = None,
+    **train_extra: Any,
 ) -> Preset:
-    """A T-Maze preset: mixed corridor lengths in training, and the previous action on the active maze."""
+    """A T-Maze preset: mixed corridor lengths in training (and ``train_extra``, more training-env
+    keywords), and the previous action on the active maze."""
     return Preset(
         n_timesteps,
         n_envs,
         hyperparams,
         per_extractor or {},
-        train_env=_mixed_lengths,
+        train_env=functools.partial(_mixed_lengths, **train_extra),
         history_inputs=_action_if_active,
     )
 
@@ -185,7 +196,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_attention", "TMaze"): _tmaze(100_000, 32, _EPISODIC_TMAZE),
     ("ppo_attention", "TMaze-long"): _tmaze(300_000, 32, _EPISODIC_TMAZE_LONG),
     ("ppo_attention", "TMaze-300"): _tmaze(500_000, 32, _EPISODIC_TMAZE_LONG),
-    ("ppo_attention", "TMaze-1000"): _tmaze(1_000_000, 32, _EPISODIC_TMAZE_LONG),
+    ("ppo_attention", "TMaze-1000"): _tmaze(1_000_000, 32, _EPISODIC_TMAZE_1000, tight_fraction=TIGHT_FRACTION_1000),
 }
 
 FALLBACK = Preset(100_000, 8, {})

@@ -102,10 +102,21 @@ def training_env(length: int, train_from: int | None) -> tuple[list[str], list[s
     return mixed, ["min_corridor_length:None", "slack:0"]
 
 
+def preset_extras(maze: str, length: int, algo: str) -> list[str]:
+    """The preset's training-env keywords beyond mixed lengths and slack (``tight_fraction``, ...), as ``key:value``."""
+    env = gym.make(MAZES[maze], corridor_length=length)
+    choose = preset_for(algo, MAZES[maze], env).train_env
+    extra = choose(env) if choose is not None else {}
+    env.close()
+    return [f"{key}:{value!r}" for key, value in extra.items() if key not in ("min_corridor_length", "slack")]
+
+
 def arguments_for(maze: str, length: int, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple:
-    """The ``train.py`` arguments of one run."""
+    """The ``train.py`` arguments of one run (on mixed lengths, with the preset's other training-env keywords)."""
     algo, extractor = OWN_MEMORY.get(method, ("ppo", method))
     env_kwargs, eval_env_kwargs = training_env(length, train_from_for(length, args))
+    if eval_env_kwargs:
+        env_kwargs = [*env_kwargs, *preset_extras(maze, length, algo)]
     return (
         *("--algo", algo, "--extractor", extractor, "--env", MAZES[maze]),
         *("--env-kwargs", *env_kwargs, "-n", str(budget), "--seed", str(seed)),
