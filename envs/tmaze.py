@@ -155,10 +155,9 @@ class TMazeEnv(gym.Env):
             length = int(math.exp(self.np_random.uniform(low, high)))
             self.corridor_length = min(max(length, self.min_corridor_length), self.longest_corridor)
             self.junction = self.start + self.corridor_length
-            self._time_limit = self.shortest_episode + self.slack
-        if self.tight_fraction > 0:  # no draw without it, so seeded episodes stay as they were
-            tight = self.np_random.uniform() < self.tight_fraction
-            self._time_limit = self.shortest_episode + (0 if tight else self.slack)
+        # no draw without tight_fraction, so seeded episodes stay as they were
+        tight = self.tight_fraction > 0 and self.np_random.uniform() < self.tight_fraction
+        self._time_limit = self.shortest_episode + (0 if tight else self.slack)
         self._position, self._t, self._cue_step, self._waited = self.start, 0, -1, 0
         self._goal = int(self.np_random.integers(2))
         return self._observe(), self._info()
