@@ -52,7 +52,7 @@ def make_vec(
 
 def _policy_name(plan: RunPlan, space: gym.Space) -> str:
     kind = "dict" if isinstance(space, gym.spaces.Dict) else ("image" if is_image(space) else "vector")
-    return plan.algo_entry.policies[kind]
+    return plan.algo_entry.policy_name(kind, plan.extractor)
 
 
 def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
@@ -63,6 +63,8 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
     if not algo.own_extractors:
         policy_kwargs["features_extractor_class"] = entry.cls
         policy_kwargs["features_extractor_kwargs"] = plan.extractor_kwargs
+    elif frame := {k: v for k, v in plan.extractor_kwargs.items() if k in algo.frame_keys(plan.extractor)}:
+        policy_kwargs["features_extractor_kwargs"] = frame
     if algo.actor_critic:
         # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.
         policy_kwargs.setdefault("ortho_init", entry.ortho_init)

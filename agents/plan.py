@@ -124,9 +124,10 @@ def _resolve_extractor(cfg: TrainConfig, probe: gym.Env) -> str:
         return default_extractor(algo, image, history)
     name = cfg.extractor
     kind = "image" if image else "vector"
-    if algo.own_extractors and name != algo.own_extractors[kind]:
+    if algo.own_extractors and name not in algo.own_extractors[kind]:
         raise ConfigError(
-            f"--extractor {name!r} does not go with {cfg.algo}, which keeps its own memory: use {algo.own_extractors[kind]}"
+            f"--extractor {name!r} does not go with {cfg.algo} on {kind}s, which keeps its own memory: "
+            f"use {listed(list(algo.own_extractors[kind]))}"
         )
     entry, space = EXTRACTORS[name], probe.observation_space
     if entry.inputs == "image" and not image:
@@ -201,7 +202,7 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
         algo_keys -= {"memory", "include_action", "include_reward"}
     extractor_keys = set(inspect.signature(EXTRACTORS[extractor].cls).parameters) - _SET_BY_US
     if algo.own_extractors:
-        extractor_keys = set(algo.memory_keys)
+        extractor_keys = set(algo.memory_keys) | algo.frame_keys(extractor)
     buckets: tuple[dict, dict, dict] = ({}, {}, {})
     for source, values in (("preset", preset), ("user", cfg.hyperparams)):
         for key, value in values.items():
@@ -306,10 +307,20 @@ def resolve(cfg: TrainConfig) -> RunPlan:
 
 def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
     """Fill in the extractor's defaults and build it once on the policy's space."""
-    entry = plan.extractor_entry
-    if plan.algo_entry.own_extractors:
+    entry, algo = plan.extractor_entry, plan.algo_entry
+    if algo.own_extractors:
         if plan.uses_history:
             policy_space(plan, probe)  # the previous action or reward must fit a history step
+        if plan.extractor in algo.frame_encoders:  # its own per-frame encoder: the same defaults, built once
+            keys = algo.frame_keys(plan.extractor)
+            defaults = entry.defaults(plan, probe) if entry.defaults is not None else {}
+            plan.extractor_kwargs = {**{k: v for k, v in defaults.items() if k in keys}, **plan.extractor_kwargs}
+            try:
+                algo.frame_encoders[plan.extractor][1](
+                    probe.observation_space, **{k: v for k, v in plan.extractor_kwargs.items() if k in keys}
+                )
+            except (ValueError, TypeError, AssertionError) as error:
+                raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None
         return
     if entry.defaults is not None:
         plan.extractor_kwargs = {**entry.defaults(plan, probe), **plan.extractor_kwargs}

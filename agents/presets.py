@@ -110,6 +110,8 @@ _CNN = {"features_dim": 256}
 # the search settings with one transformer block
 _PPO_ANY = {**_PPO_SEARCH, "n_layers": 1}
 _EPISODIC_ANY = {**_PPO_ANY, "n_steps": 32, "gate": "residual"}
+_EPISODIC_SEARCH = {**_EPISODIC_ANY}
+_EPISODIC_POINTER = {"net_arch": {"pi": [], "vf": [64]}}
 
 
 def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +198,12 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_attention", "TMaze"): _tmaze(100_000, 32, _EPISODIC_TMAZE),
     ("ppo_attention", "TMaze-long"): _tmaze(300_000, 32, _EPISODIC_TMAZE_LONG),
     ("ppo_attention", "TMaze-300"): _tmaze(500_000, 32, _EPISODIC_TMAZE_LONG),
+    # images: each frame's patches once; the memory steers a pointer over the current frame's patches,
+    # whose log-weights are the action logits (an actor without hidden layers)
+    ("ppo_attention", "VisualSearch"): Preset(100_000, 32, _EPISODIC_SEARCH, {"patch-attention": _EPISODIC_POINTER}),
+    ("ppo_attention", "CuedVisualSearch"): Preset(
+        500_000, 32, _EPISODIC_SEARCH, {"patch-attention": _EPISODIC_POINTER, "cnn": _CNN}
+    ),
     ("ppo_attention", "TMaze-1000"): _tmaze(1_000_000, 32, _EPISODIC_TMAZE_1000, tight_fraction=TIGHT_FRACTION_1000),
 }
 

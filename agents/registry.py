@@ -29,6 +29,7 @@ from rlattn import (
     SpatioTemporalAttentionExtractor,
 )
 from rlattn.episodic_policy import MEMORY_KEYS
+from rlattn.image_extractors import FramePatchExtractor
 
 if TYPE_CHECKING:
     from agents.plan import RunPlan
@@ -80,9 +81,12 @@ class AlgoEntry:
     action or reward), with the per-step encoder in ``own_extractors``; ``"episodic"``: keeps the last
     ``--history`` steps of the episode itself, sees the env as it is and takes the previous action or
     reward as keywords (``plan_kwargs``)"""
-    own_extractors: dict[str, str] = field(default_factory=dict)
-    """``{"vector": name, "image": name}``: the only extractor it takes for each kind of observation
-    (empty: any stateless extractor, chosen by ``--extractor``)"""
+    own_extractors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """``{"vector": names, "image": names}``: the only extractors it takes for each kind of observation,
+    the default first (empty: any stateless extractor, chosen by ``--extractor``)"""
+    frame_encoders: dict[str, tuple[str, type]] = field(default_factory=dict)
+    """``{extractor: (policy name, encoder class)}``: an own extractor that selects its own policy, whose
+    encoder's keywords ``-params`` may set besides ``memory_keys``"""
     memory_keys: tuple[str, ...] = ()
     """``-params`` keys of its own memory (an episodic algorithm's transformer), passed as ``memory_kwargs``"""
     logs_attention: bool = False
@@ -113,8 +117,21 @@ class AlgoEntry:
                 break
         return names
 
+    def policy_name(self, kind: str, extractor: str | None = None) -> str:
+        """SB3 policy name for a kind of observation (and the extractor, if it selects its own policy)."""
+        if extractor in self.frame_encoders:
+            return self.frame_encoders[extractor][0]
+        return self.policies[kind]
+
     def policy_class(self, kind: str) -> type:
         return self.cls.policy_aliases[self.policies[kind]]  # type: ignore[return-value]
+
+    def frame_keys(self, extractor: str) -> set[str]:
+        """``-params`` keys of an own extractor's encoder that are not memory keys (none for most)."""
+        if extractor not in self.frame_encoders:
+            return set()
+        params = inspect.signature(self.frame_encoders[extractor][1]).parameters
+        return set(params) - {"observation_space"} - set(self.memory_keys)
 
 
 EXTRACTORS: dict[str, ExtractorEntry] = {}
@@ -154,7 +171,7 @@ def default_extractor(algo: AlgoEntry, image: bool, history: int) -> str:
     """The extractor a run takes when ``--extractor`` is not given."""
     kind = "image" if image else "vector"
     if kind in algo.own_extractors:
-        return algo.own_extractors[kind]
+        return algo.own_extractors[kind][0]
     if not image:
         return "attention"
     return "patch-attention" if history == 1 else "spatiotemporal-attention"
@@ -167,7 +184,9 @@ def extractor_help() -> str:
         for kind in INPUTS
     ]
     own = "; ".join(
-        f"{a.name} takes only {listed(list(a.own_extractors.values()))}" for a in ALGOS.values() if a.own_extractors
+        f"{a.name} takes only {listed([n for names in a.own_extractors.values() for n in names])}"
+        for a in ALGOS.values()
+        if a.own_extractors
     )
     default = "Default: attention on vectors; patch-attention on images, spatiotemporal-attention when episodes are longer than one step"
     return ". ".join([*parts, default + (f"; {own}" if own else "")])
@@ -267,7 +286,7 @@ def _episodic(plan: RunPlan) -> dict[str, Any]:
         "memory": plan.history,
         "include_action": "action" in inputs,
         "include_reward": "reward" in inputs,
-        "memory_kwargs": dict(plan.extractor_kwargs),
+        "memory_kwargs": {k: v for k, v in plan.extractor_kwargs.items() if k in MEMORY_KEYS},
     }
 
 
@@ -277,7 +296,9 @@ register_algo(
         AttentionPPO,
         "rlattn's AttentionPPO: episodic memory, each step encoded once, attention over the last --history steps",
         memory="episodic",
-        own_extractors={"vector": "mlp", "image": "cnn"},
+        # images: patches with a look after the memory by default (README, "Episodic memory on images")
+        own_extractors={"vector": ("mlp",), "image": ("patch-attention", "cnn")},
+        frame_encoders={"patch-attention": ("PatchPolicy", FramePatchExtractor)},
         memory_keys=MEMORY_KEYS,
         logs_attention=True,
         plan_kwargs=_episodic,
@@ -291,7 +312,7 @@ register_algo(
         RecurrentPPO,
         "sb3-contrib's RecurrentPPO, the LSTM baseline",
         memory="recurrent",
-        own_extractors={"vector": "mlp", "image": "cnn"},
+        own_extractors={"vector": ("mlp",), "image": ("cnn",)},
         policies={"vector": "MlpLstmPolicy", "image": "CnnLstmPolicy", "dict": "MultiInputLstmPolicy"},
     )
 )

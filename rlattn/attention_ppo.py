@@ -27,6 +27,7 @@ from rlattn.episodic_policy import (
     AttentionActorCriticPolicy,
     AttentionCnnPolicy,
     AttentionMultiInputPolicy,
+    AttentionPatchPolicy,
     action_size,
 )
 from rlattn.validation import check_int
@@ -74,6 +75,7 @@ class AttentionPPO(PPO):
         "MlpPolicy": AttentionActorCriticPolicy,
         "CnnPolicy": AttentionCnnPolicy,
         "MultiInputPolicy": AttentionMultiInputPolicy,
+        "PatchPolicy": AttentionPatchPolicy,
     }
     policy: AttentionActorCriticPolicy
     rollout_buffer: EpisodicBuffer  # type: ignore[assignment]

@@ -21,7 +21,9 @@ beyond the window a deeper layer reaches further back than a stateless history o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +57,9 @@ class EpisodicMemory:
     """(B,) int64 the next step's episode position"""
     extras: Tensor
     """(B, X) the next step's extra inputs (previous action, previous reward); zeros at an episode's start"""
+    frame: Tensor | None = None
+    """(B, N, E) the newest step's patch tokens, for a policy that looks at the frame after the memory
+    (``AttentionPPO("PatchPolicy", ...)``); None otherwise"""
 
     @property
     def n_envs(self) -> int:
@@ -75,12 +80,18 @@ class EpisodicMemory:
         """A copy holding only the given envs."""
         index = torch.as_tensor(envs, dtype=torch.long, device=self.t.device)
         dims = {"hidden": 1, "keys": 1, "values": 1}
-        return EpisodicMemory(
-            **{f.name: getattr(self, f.name).index_select(dims.get(f.name, 0), index) for f in fields(self)}
-        )
+        return self._map(lambda name, x: x.index_select(dims.get(name, 0), index))
 
     def clone(self) -> EpisodicMemory:
-        return EpisodicMemory(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+        return self._map(lambda _, x: x.clone())
+
+    def _map(self, fn: Callable[[str, Tensor], Tensor]) -> EpisodicMemory:
+        """A new memory whose tensors are ``fn(name, tensor)`` of these (None stays None)."""
+        parts: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            parts[f.name] = None if value is None else fn(f.name, value)
+        return EpisodicMemory(**parts)
 
     def carried(self) -> CarriedMemory:
         """What a rollout starting now needs from before it: a copy of the layer inputs, positions and validity."""

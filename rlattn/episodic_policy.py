@@ -19,6 +19,8 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor
 
 from rlattn.episodic import CarriedMemory, EpisodicMemory, EpisodicTransformer
+from rlattn.image_extractors import FramePatchExtractor, MemoryLook
+from rlattn.patches import init_pointer_head
 
 MEMORY_KEYS = ("features_dim", "embed_dim", "n_heads", "n_layers", "gate", "position")
 """what ``memory_kwargs`` may set"""
@@ -86,10 +88,20 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
-        """The memory first: SB3's MLP then takes its output size, and its ortho_init does not reach it."""
+        """The memory first: SB3's MLP then takes its output size, and its ortho_init does not reach it.
+
+        A features extractor with a ``look(memory_dim)`` method (:class:`~rlattn.image_extractors.FramePatchExtractor`)
+        also gets a readout after the memory, over the current frame's patches; a pointer look with one
+        action per patch makes the first policy the look (:func:`~rlattn.patches.init_pointer_head`).
+        """
         self.memory_net = EpisodicTransformer(self.features_dim + self.extras_dim, self.window, **self.memory_kwargs)
         self.features_dim = self.memory_net.features_dim
+        look = getattr(self.features_extractor, "look", None)
+        self.look_net: MemoryLook | None = look(self.features_dim) if callable(look) else None
+        if self.look_net is not None:
+            self.features_dim = self.look_net.features_dim
         super()._build(lr_schedule)
+        init_pointer_head(self)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -105,16 +117,28 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
         """A fresh memory for ``n_envs`` envs."""
         return self.memory_net.initial_memory(n_envs, self.extras_dim, self.device)
 
-    def encode(self, obs: PyTorchObs) -> Tensor:
-        """Observations (N, ...) -> (N, D) through SB3's preprocessing and features extractor."""
-        return self.features_extractor(preprocess_obs(obs, self.observation_space, self.normalize_images))
+    def encode(self, obs: PyTorchObs) -> tuple[Tensor, Tensor | None]:
+        """Observations (N, ...) through SB3's preprocessing and features extractor: -> the memory's
+        inputs (N, D), and the patch tokens (N, P, D) the look reads after the memory (None without a look)."""
+        x = preprocess_obs(obs, self.observation_space, self.normalize_images)
+        if self.look_net is None:
+            return self.features_extractor(x), None
+        frames = self.features_extractor
+        assert isinstance(frames, FramePatchExtractor) or callable(getattr(frames, "patches", None))
+        patches = frames.patches(x)  # type: ignore[operator]
+        return frames.frame(patches), patches  # type: ignore[operator]
+
+    def read(self, features: Tensor, patches: Tensor | None) -> Tensor:
+        """The memory's features (N, F) -> what SB3's MLP takes: the same, or the look's output on ``patches``."""
+        return features if self.look_net is None else self.look_net(patches, features)[0]
 
     def act(self, obs: PyTorchObs, memory: EpisodicMemory, deterministic: bool = False) -> tuple[Tensor, ...]:
         """One step of B envs, remembered in ``memory``: -> actions, values (B, 1), log-probs (B,)."""
-        x = self.encode(obs)
+        x, patches = self.encode(obs)
         if self.extras_dim:
             x = torch.cat([x, memory.extras], dim=-1)
-        latent_pi, latent_vf = self.mlp_extractor(self.memory_net.step(x, memory))
+        memory.frame = patches
+        latent_pi, latent_vf = self.mlp_extractor(self.read(self.memory_net.step(x, memory), patches))
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -147,11 +171,12 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
         ``extras`` (B, T, X), ``positions`` (B, T), ``episode_starts`` (B, T) bool.
         """
         B, T = positions.shape
-        x = self.encode(obs).view(B, T, -1)
+        x, patches = self.encode(obs)
+        x = x.view(B, T, -1)
         if self.extras_dim:
             x = torch.cat([x, extras], dim=-1)
         latent = self.memory_net.sequence(x, positions, episode_starts, carried).reshape(B * T, -1)
-        latent_pi, latent_vf = self.mlp_extractor(latent)
+        latent_pi, latent_vf = self.mlp_extractor(self.read(latent, patches))
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
@@ -213,6 +238,47 @@ class AttentionCnnPolicy(AttentionActorCriticPolicy):
 
     def __init__(self, *args: Any, features_extractor_class: type = NatureCNN, **kwargs: Any):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class AttentionPatchPolicy(AttentionActorCriticPolicy):
+    """:class:`AttentionActorCriticPolicy` over image frames as patches
+    (:class:`~rlattn.image_extractors.FramePatchExtractor`): each frame's token goes into the memory,
+    then the memory steers a look over the current frame's patches.
+
+    Where the action is one of the frame's patches (``Discrete(N)`` for N patches) the look is a
+    pointer by default and the actor has no hidden layers (``net_arch=dict(pi=[], vf=[64])``), so the
+    first policy is the look itself; otherwise the look pools and SB3's ``net_arch`` default applies.
+    ``features_extractor_kwargs`` and ``net_arch`` override either.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        features_extractor_class: type = FramePatchExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        **kwargs: Any,
+    ):
+        frame_kwargs = dict(features_extractor_kwargs or {})
+        if features_extractor_class is FramePatchExtractor and "readout" not in frame_kwargs:
+            n_patches = FramePatchExtractor(observation_space, **frame_kwargs).n_patches  # type: ignore[arg-type]
+            pointing = isinstance(action_space, spaces.Discrete) and int(action_space.n) == n_patches
+            frame_kwargs["readout"] = "pointer" if pointing else "pool"
+        if net_arch is None and frame_kwargs.get("readout") == "pointer":
+            net_arch = {"pi": [], "vf": [64]}
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            *args,
+            features_extractor_class=features_extractor_class,
+            features_extractor_kwargs=frame_kwargs,
+            net_arch=net_arch,
+            **kwargs,
+        )
 
 
 class AttentionMultiInputPolicy(AttentionActorCriticPolicy):

@@ -184,7 +184,7 @@ def memory_actions(policy: Any, memory: EpisodicMemory, masked: list[int | None]
         if slot is not None:
             copy.valid[row, slot] = False
     features, _ = policy.memory_net.rerun(copy)
-    latent_pi, _ = policy.mlp_extractor(features)
+    latent_pi, _ = policy.mlp_extractor(policy.read(features, copy.frame))
     return policy._get_action_dist_from_latent(latent_pi).get_actions(deterministic=True).cpu().numpy()
 
 

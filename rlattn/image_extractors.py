@@ -6,6 +6,8 @@ grid), E embedding, H heads, F features. Both extractors are stateless.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
@@ -14,7 +16,8 @@ from torch import Tensor, nn
 
 from rlattn.blocks import KeepsOwnInit, TransformerBlock, init_linear, sinusoidal_table
 from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
-from rlattn.patches import PatchEncoder, PatchReadout, check_sizes, image_shape, pointer_features
+from rlattn.patches import IMAGE_READOUTS, PatchEncoder, PatchReadout, check_sizes, image_shape, pointer_features
+from rlattn.validation import check_choice
 
 
 class PatchAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
@@ -209,3 +212,122 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         if not maps:  # no temporal blocks: nothing attends across time
             return tokens.new_zeros(tokens.shape[0], 0, 1, self.history_length)
         return torch.stack([F.pad(w[:, :, -1], (start, 0)) for w in maps], dim=1)
+
+
+class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
+    """One image frame per step for an episodic memory (``AttentionPPO("PatchPolicy", ...)``).
+
+    Each frame is encoded once: its patch tokens ``(B, N, E)`` (a :class:`PatchEncoder`) and one frame
+    token ``(B, E)`` from them (``frame_readout``), which is what the memory remembers. After the
+    memory, :class:`MemoryLook` lets the memory steer a readout over the same frame's patches
+    (what to look for, found where), as :class:`SpatioTemporalAttentionExtractor` does over a
+    stateless history. ``forward`` gives the frame token alone, so SB3 code that only calls the
+    extractor still works.
+
+    :param observation_space: a channel-first image Box (C, H, W).
+    :param patch_size: patch side in pixels; must divide H and W.
+    :param embed_dim: token size E (the memory's input size).
+    :param n_heads: heads per spatial block (divides E).
+    :param spatial_layers: transformer blocks over each frame's patches (0: raw patch embeddings).
+    :param attention: within frames, ``"global"`` or ``"neighbourhood"``.
+    :param radius: neighbourhood radius in patches (default 1).
+    :param frame_readout: the frame token: ``"max"`` (each channel's maximum over the patches: a cue on
+        4 of 64 patches survives it), ``"pool"`` or ``"summary"``.
+    :param readout: the look after the memory: ``"pointer"`` (its log-weights over the N patches come
+        first in the policy's features; with N discrete actions the policy starts as the look),
+        ``"pool"`` or ``"summary"``. :class:`~rlattn.episodic_policy.AttentionPatchPolicy` picks the
+        pointer when each action is a patch, else the pool.
+    :param gate: ``"gru"`` or ``"residual"`` (spatial blocks and a summary readout).
+    :param mlp_ratio: feed-forward hidden size as a multiple of E.
+    :param look_dim: features the look adds after the memory (besides a pointer's log-weights).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        patch_size: int = 8,
+        embed_dim: int = 64,
+        n_heads: int = 4,
+        spatial_layers: int = 0,
+        attention: str = "global",
+        radius: int | None = None,
+        frame_readout: str = "max",
+        readout: str = "pointer",
+        gate: str = "residual",
+        mlp_ratio: float = 2.0,
+        look_dim: int = 64,
+    ):
+        image = image_shape(observation_space, "FramePatchExtractor")
+        check_sizes(look_dim, embed_dim, n_heads, spatial_layers=spatial_layers)
+        encoder = PatchEncoder(
+            image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio
+        )
+        check_choice("readout", readout, IMAGE_READOUTS)
+        super().__init__(observation_space, embed_dim)
+        self.scale = pixel_scale(observation_space)
+        self.encoder = encoder
+        self.frame_readout = PatchReadout(frame_readout, embed_dim, n_heads, gate, mlp_ratio, name="frame_readout")
+        self.look_kwargs: dict[str, Any] = {
+            "readout": readout,
+            "n_heads": n_heads,
+            "gate": gate,
+            "mlp_ratio": mlp_ratio,
+        }
+        self.look_dim = look_dim
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.encoder.grid
+
+    @property
+    def n_patches(self) -> int:
+        return self.encoder.n_patches
+
+    def patches(self, observations: Tensor) -> Tensor:
+        """(B, C, H, W) -> patch tokens (B, N, E)."""
+        return self.encoder(observations.float() * self.scale)
+
+    def frame(self, patches: Tensor) -> Tensor:
+        """Patch tokens (B, N, E) -> the frame token the memory remembers (B, E)."""
+        return self.frame_readout(patches)[0]
+
+    def forward(self, observations: Tensor) -> Tensor:
+        return self.frame(self.patches(observations))
+
+    def look(self, memory_dim: int) -> MemoryLook:
+        """The readout after a memory whose features are ``memory_dim`` wide."""
+        return MemoryLook(self.features_dim, memory_dim, self.n_patches, self.look_dim, **self.look_kwargs)
+
+
+class MemoryLook(KeepsOwnInit):
+    """After an episodic memory: the memory steers a readout over the current frame's patches.
+
+    ``patches (B, N, E), memory (B, F) -> (B, P + look_dim)``: a pointer's log-weights over the N
+    patches first (P = N, else 0), then ``look_dim`` features from the memory and what was seen.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        memory_dim: int,
+        n_patches: int,
+        look_dim: int,
+        readout: str = "pointer",
+        n_heads: int = 4,
+        gate: str = "residual",
+        mlp_ratio: float = 2.0,
+    ):
+        super().__init__()
+        self.pointer_size = n_patches if readout == "pointer" else 0
+        self.features_dim = self.pointer_size + look_dim
+        self.steer = nn.Linear(memory_dim, embed_dim)  # not zero-initialised: from zero it never left the plateau
+        self.look = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
+        self.head = nn.Sequential(nn.LayerNorm(memory_dim + embed_dim), nn.Linear(memory_dim + embed_dim, look_dim))
+
+    def forward(self, patches: Tensor, memory: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """-> features (B, P + look_dim), and the look's weights over the patches (B, H, N) if asked or a pointer."""
+        seen, weights = self.look(patches, self.steer(memory), need_weights=need_weights)
+        features = self.head(torch.cat([memory, seen], dim=-1))
+        if self.pointer_size:
+            features = torch.cat([pointer_features(weights), features], dim=-1)
+        return features, weights

@@ -188,12 +188,14 @@ def init_pointer_head(policy: nn.Module) -> bool:
     first policy picks each cell with the probability the readout attends to it and every policy
     gradient step trains where to look. Returns whether it applied.
     """
-    extractor = getattr(policy, "pi_features_extractor", getattr(policy, "features_extractor", None))
-    n_pointer = getattr(extractor, "pointer_size", 0)
+    source = getattr(policy, "look_net", None)  # an episodic memory's look after the memory
+    if source is None:
+        source = getattr(policy, "pi_features_extractor", getattr(policy, "features_extractor", None))
+    n_pointer = getattr(source, "pointer_size", 0)
     action_net = getattr(policy, "action_net", None)
     if not n_pointer or not isinstance(action_net, nn.Linear) or action_net.out_features != n_pointer:
         return False
-    if action_net.in_features != extractor.features_dim:  # type: ignore[union-attr]
+    if action_net.in_features != source.features_dim:  # type: ignore[union-attr]
         return False  # hidden layers between features and actions
     with torch.no_grad():
         action_net.weight.zero_()

@@ -58,6 +58,61 @@ def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
     assert checked == [False, True]
 
 
+def cued_search(**kwargs):
+    """A small cued search: 16 x 16 frames, a 4 x 4 grid (16 cells, 16 actions), delay 2."""
+    return gym.make("rlattn/CuedVisualSearch-v0", image_size=16, grid=4, set_size=3, delay=2, **kwargs)
+
+
+FRAMES = {"patch_size": 4, "embed_dim": 16, "n_heads": 2, "look_dim": 8}
+
+
+def patch_model(env, **kwargs):
+    settings = dict(memory=3, memory_kwargs=SMALL, n_steps=16, seed=0, device="cpu")
+    return AttentionPPO("PatchPolicy", env, policy_kwargs={"features_extractor_kwargs": FRAMES}, **settings, **kwargs)
+
+
+def test_patch_policy_training_pass_reproduces_the_rollouts():
+    """The same check with frames as patches and a look after the memory: every frame's patches are
+    encoded once in the rollout and again in training, and the look reads the same frame both times."""
+    model = patch_model(make_vec_env(cued_search, n_envs=3, seed=1), batch_size=48)
+    checked = []
+
+    def check() -> None:
+        batch = model.rollout_buffer.sequences(np.arange(3))
+        with torch.no_grad():
+            values, log_prob, _ = model.policy.evaluate_sequences(
+                batch.observations, batch.actions.long().flatten(), batch.extras, batch.positions,
+                batch.episode_starts, batch.carried,
+            )  # fmt: skip
+        torch.testing.assert_close(values.flatten(), batch.old_values, **TOL)
+        torch.testing.assert_close(log_prob, batch.old_log_prob, **TOL)
+        checked.append(bool(batch.carried.valid.any()))
+        with torch.no_grad():
+            for param in model.policy.parameters():
+                param.add_(torch.randn_like(param) * 0.1)
+
+    model.train = check  # type: ignore[method-assign]
+    model.learn(96)
+    assert checked == [False, True]
+
+
+def test_patch_policy_points_when_each_action_is_a_patch():
+    """16 actions on a 4 x 4 patch grid: a pointer, and the first policy is the look's weights; 3 actions: a pool."""
+    model = patch_model(cued_search())
+    policy = model.policy
+    assert policy.look_net.pointer_size == 16 and policy.net_arch == {"pi": [], "vf": [64]}
+    obs, _ = cued_search().reset(seed=3)
+    _, state = model.predict(obs[None])
+    with torch.no_grad():
+        features, _ = policy.memory_net.rerun(state)
+        _, weights = policy.look_net(state.frame, features, need_weights=True)
+        latent_pi, _ = policy.mlp_extractor(policy.read(features, state.frame))
+        probs = torch.softmax(policy.action_net(latent_pi), dim=-1)
+    torch.testing.assert_close(probs, weights[:, 0], **TOL)
+    other = patch_model(FakeImageEnv(screen_height=16, screen_width=16, n_channels=3))  # Discrete(3) actions
+    assert other.policy.look_net.pointer_size == 0 and other.policy.features_extractor.look_kwargs["readout"] == "pool"
+
+
 @pytest.mark.parametrize(
     "make_env, policy",
     [
@@ -66,8 +121,10 @@ def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
         (lambda: gym.make("Pendulum-v1"), "MlpPolicy"),
         (lambda: FakeImageEnv(screen_height=36, screen_width=36), "CnnPolicy"),
         (lambda: SimpleMultiObsEnv(), "MultiInputPolicy"),
+        (lambda: FakeImageEnv(screen_height=32, screen_width=32, n_channels=3), "PatchPolicy"),
+        (lambda: cued_search(), "PatchPolicy"),
     ],
-    ids=["box-obs", "discrete-obs", "box-actions", "cnn", "multi-input"],
+    ids=["box-obs", "discrete-obs", "box-actions", "cnn", "multi-input", "patches-pool", "patches-pointer"],
 )
 def test_short_learn_changes_every_part_and_predicts(make_env, policy):
     env = make_vec_env(make_env, n_envs=2, seed=0)
@@ -81,6 +138,8 @@ def test_short_learn_changes_every_part_and_predicts(make_env, policy):
     assert {"features_extractor", "memory_net", "mlp_extractor", "action_net", "value_net"} <= changed | {
         "features_extractor"  # FlattenExtractor has no parameters
     }
+    if policy == "PatchPolicy":
+        assert {"features_extractor", "look_net"} <= changed
     obs = env.reset()
     actions, state = model.predict(obs, deterministic=True)
     assert actions.shape[0] == 2 and isinstance(state, EpisodicMemory)

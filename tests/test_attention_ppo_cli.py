@@ -63,7 +63,16 @@ def test_history_inputs_and_memory_settings_reach_the_model(tmp_path):
     [
         (["--history", "0"], "--history=0 is invalid"),
         (["--extractor", "attention"], "--extractor 'attention' does not go with ppo_attention"),
-        (["--env", "rlattn/VisualSearch-v0", "--extractor", "mlp"], "does not go with ppo_attention"),
+        (["--env", "rlattn/VisualSearch-v0", "--extractor", "mlp"], "does not go with ppo_attention on images"),
+        (
+            ["--env", "rlattn/VisualSearch-v0", "--extractor", "patch-attention", "-params", "patch_size:7"],
+            "patch_size=7 does not divide the 64x64 image",
+        ),
+        (["--env", "rlattn/VisualSearch-v0", "-params", "readout:'max'"], "readout='max' is invalid: allowed are"),
+        (
+            ["--extractor", "patch-attention"],
+            "does not go with ppo_attention on vectors, which keeps its own memory: use mlp",
+        ),
         (["-params", "window:4"], "-params key 'window' is not accepted by ppo_attention"),
         (["-params", "memory:8"], "-params key 'memory' is not accepted by ppo_attention"),
         (["--history-inputs", "reward"], "--history-inputs reward does not go with ppo_attention: allowed are action"),
@@ -81,6 +90,25 @@ def test_bad_input_is_one_line(args, expected, tmp_path, capsys):
 def test_stateless_options_refuse_the_memory_keywords(tmp_path, capsys):
     assert main(["--algo", "ppo", "-f", str(tmp_path), "-params", "memory:8"]) == 2
     assert "-params key 'memory' is not accepted by ppo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extractor, policy, frame_keys",
+    [(None, "AttentionPatchPolicy", {"patch_size": 8, "spatial_layers": 1}), ("cnn", "AttentionCnnPolicy", {})],
+)
+def test_image_frames_as_patches_by_default_or_through_the_cnn(extractor, policy, frame_keys):
+    """Images: patches and a look after the memory unless --extractor cnn; patch keys reach the frame encoder."""
+    from agents.build import build_model, make_vec
+
+    params = {"spatial_layers": 1, "n_layers": 2} if extractor is None else {"n_layers": 2}
+    cfg = TrainConfig(algo="ppo_attention", env="rlattn/CuedVisualSearch-v0", extractor=extractor, hyperparams=params)
+    plan = resolve(cfg)
+    model = build_model(plan, make_vec(plan, 2, 0))
+    assert type(model.policy).__name__ == policy and len(model.policy.memory_net.blocks) == 2
+    if frame_keys:
+        extractor_ = model.policy.features_extractor
+        assert extractor_.encoder.patch_size == frame_keys["patch_size"] and len(extractor_.encoder.blocks) == 1
+        assert model.policy.look_net.pointer_size == 64  # CuedVisualSearch: 64 cells, 64 patches
 
 
 def test_image_env_trains_and_logs_the_memory_heatmap(tmp_path):

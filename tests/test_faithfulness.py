@@ -220,3 +220,19 @@ def test_memory_action_recomputed_is_the_predicted_action():
         recomputed = memory_actions(model.policy, state, [None, None])
         assert (recomputed == action).all()
         obs, _, done, _, _ = env.step(int(action[0]))
+
+
+def test_memory_action_recomputed_with_a_look_after_the_memory():
+    """A patch policy reads the current frame after the memory: the memory keeps that frame's patches."""
+    env = gym.make("rlattn/CuedVisualSearch-v0", image_size=16, grid=4, set_size=3, delay=2)
+    frames = {"features_extractor_kwargs": {"patch_size": 4, "embed_dim": 16, "n_heads": 2}}
+    model = AttentionPPO("PatchPolicy", env, memory=4, n_steps=16, seed=0, policy_kwargs=frames)
+    with torch.no_grad():  # a look that depends on the frame: a random query rather than the zero one
+        model.policy.look_net.look.pool.query.normal_()
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        state, done = None, False
+        while not done:
+            action, state = model.predict(obs[None], state=state, deterministic=True)
+            assert (memory_actions(model.policy, state, [None]) == action).all()
+            obs, _, done, _, _ = env.step(int(action[0]))
