@@ -107,9 +107,13 @@ def _picture(
         else:
             frame = obs[0]
         box = info.get(target_key) if target_key else None
-        if extractor is None or isinstance(extractor, HistoryAttentionExtractor):
+        look = model.policy.look_maps(state) if callable(getattr(model.policy, "look_maps", None)) else None
+        if look is not None:  # an episodic memory's look over the frame (AttentionPPO's PatchPolicy)
+            weights = look[0].mean(0).cpu().numpy()
+        elif extractor is None or isinstance(extractor, HistoryAttentionExtractor):
             return np.repeat(np.repeat(frame_rgb(frame), 4, axis=0), 4, axis=1), None
-        weights = patch_weights(extractor, policy_input(model.policy, obs))
+        else:
+            weights = patch_weights(extractor, policy_input(model.policy, obs))
         mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
         return overlay(frame, weights, box), mass
     picture = np.asarray(venv.get_images()[0], dtype=np.uint8)

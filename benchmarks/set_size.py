@@ -6,10 +6,12 @@
 Every (set size, method, seed) is one Ray Tune trial (``sweep.py``) training on
 ``rlattn/VisualSearch-v0`` (64 x 64 images, an 8 x 8 grid) at the same env-step budget, with the presets ``train.py``
 ships, evaluating every ``--eval-freq`` steps on ``--eval-episodes`` searches (deterministic
-actions, unseen seeds). Methods: ``patch-attention`` (PatchAttentionExtractor) and ``cnn`` (SB3's
-NatureCNN). Reported: final and best evaluation success, env steps to first reach 0.95, wall time,
-training steps/s and, for patch attention, the attention mass on the target's patch at the answer
-step (the trained model replayed on ``--mass-episodes`` searches).
+actions, unseen seeds). Methods: ``patch-attention`` (PPO with PatchAttentionExtractor),
+``ppo_attention`` (AttentionPPO with its PatchPolicy: the frame's patches, an episodic memory, a look
+after it) and ``cnn`` (PPO with SB3's NatureCNN). Reported: final and best evaluation success, env
+steps to first reach 0.95, wall time, training steps/s and, for the two patch methods, the attention
+mass on the target's patch at the answer step (the trained model replayed on ``--mass-episodes``
+searches).
 
 A rerun of an interrupted sweep reads the finished runs from their folders (named by their settings)
 instead of training them; records are also appended to ``--results`` (JSON). The table (IQM over
@@ -44,9 +46,17 @@ from sweep import (
 
 from agents.cli import OneLineParser
 
-METHODS = ("patch-attention", "cnn")
+METHODS = ("patch-attention", "ppo_attention", "cnn")
+OWN_MEMORY = {"ppo_attention": ("ppo_attention", "patch-attention")}
+"""methods that are an algorithm of their own: (--algo, --extractor)"""
+LOOKS = ("patch-attention", "ppo_attention")
+"""methods whose attention over the frame is replayed for its mass on the target"""
 ENV = "rlattn/VisualSearch-v0"
-STYLES = {"patch-attention": {"marker": "o", "linewidth": 2.5}, "cnn": {"marker": "s", "linestyle": "--"}}
+STYLES = {
+    "patch-attention": {"marker": "o", "linewidth": 2.5},
+    "ppo_attention": {"marker": "D", "linewidth": 2.5},
+    "cnn": {"marker": "s", "linestyle": "--"},
+}
 
 
 KEY_FIELDS = ("search", "set_size", "method", "budget")
@@ -80,16 +90,17 @@ def target_mass(episodes: int, seed: int, record: dict) -> dict:
 
 
 def make_case(set_size: int, method: str, seed: int, args: argparse.Namespace) -> Case:
-    """One training run, and the replayed target mass for patch attention."""
+    """One training run, and the replayed target mass for the patch methods."""
+    algo, extractor = OWN_MEMORY.get(method, ("ppo", method))
     arguments = (
-        *("--algo", "ppo", "--extractor", method, "--env", ENV),
+        *("--algo", algo, "--extractor", extractor, "--env", ENV),
         *("--env-kwargs", f"set_size:{set_size}", f"search:'{args.search}'"),
         *("-n", str(args.budget), "--seed", str(seed)),
         *("--eval-freq", str(args.eval_freq), "--eval-episodes", str(args.eval_episodes)),
         *("--save-freq", "-1", "--verbose", "0"),
     )
     key = {"search": args.search, "set_size": set_size, "method": method, "budget": args.budget, "seed": seed}
-    after = partial(target_mass, args.mass_episodes, seed + 20_000) if method == "patch-attention" else None
+    after = partial(target_mass, args.mass_episodes, seed + 20_000) if method in LOOKS else None
     return Case(key, f"set size {set_size} {method} seed {seed}, {args.budget:,} steps", arguments, after)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from rlattn.extractors import HistoryAttentionExtractor
 from rlattn.faithfulness import Faithfulness, history_decision, memory_decision, newest_frame, patch_decision
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
-from rlattn.overlay import colorize, overlay
+from rlattn.overlay import box_mass, colorize, overlay
 
 AttentionExtractor = HistoryAttentionExtractor | PatchAttentionExtractor | SpatioTemporalAttentionExtractor
 _NOT_IMAGE = ("stdout", "log", "json", "csv")
@@ -35,6 +35,8 @@ class Round:
     """``attention/heatmap`` (histories, memories) or ``attention/overlay`` (frames)"""
     image: np.ndarray
     """HWC uint8"""
+    extra_images: tuple[tuple[str, np.ndarray], ...] = ()
+    """more pictures to log, by key (an episodic memory's look over the frame: ``attention/overlay``)"""
 
 
 def heatmap_image(weights: np.ndarray, target_counts: np.ndarray, cell: int = 12, min_width: int = 384) -> np.ndarray:
@@ -82,7 +84,11 @@ class AttentionLoggingCallback(BaseCallback):
     ``attention/overlay``: for the first few episodes, the frame beside the same frame under its
     heatmap, the target outlined.
 
-    Both, and episodic memories (``AttentionPPO``): ``attention/flip_rate_top`` and
+    Episodic memories (``AttentionPPO``): ``attention/heatmap`` of the memory (columns by age) and
+    its target mass on the ground-truth step; with a look after the memory over the frame's patches
+    (``"PatchPolicy"``), also ``attention/overlay`` of that look and, for a target box, its mass on it.
+
+    All of them: ``attention/flip_rate_top`` and
     ``attention/flip_rate_random``, how often the deterministic action changed when the most-attended
     step (patch), or a random other one, was masked (see :mod:`rlattn.faithfulness`). :meth:`measure`
     gives the same numbers without logging (``benchmarks/faithfulness.py``).
@@ -166,8 +172,8 @@ class AttentionLoggingCallback(BaseCallback):
         """
         decisions, memories = self._play()
         span = max(t for _, t, _ in decisions) + 1
-        maps, counts, entropies, scored = [], np.zeros(span), [], []
-        for (_, t, info), memory in zip(decisions, memories, strict=True):
+        maps, counts, entropies, scored, overlays = [], np.zeros(span), [], [], []
+        for (obs, t, info), memory in zip(decisions, memories, strict=True):
             weights, positions = self.model.attention_maps(memory)  # type: ignore[attr-defined]  # (1, L, H, W), (1, W)
             w, position = weights[0].cpu().numpy(), positions[0].cpu().numpy()
             seen = position >= 0
@@ -180,9 +186,20 @@ class AttentionLoggingCallback(BaseCallback):
             step = int(step) if isinstance(step, (int, np.integer)) else -1  # a box in a frame is no step
             if step >= 0 and bool((position == step).any()):
                 counts[span - 1 - (t - step)] += 1
-            scored.append(memory_decision(self.model.policy, memory, w[-1], position, step, rng))
+            decision = memory_decision(self.model.policy, memory, w[-1], position, step, rng)
+            looked = self.model.policy.look_maps(memory) if hasattr(self.model.policy, "look_maps") else None
+            if looked is not None:  # a look after the memory: its weight on the target's box, and the overlay
+                frame, weights = newest_frame(obs), looked[0].mean(0).cpu().numpy()
+                box = info.get(self.target_key) if self.target_key else None
+                box = tuple(int(v) for v in box) if isinstance(box, (tuple, list, np.ndarray)) else None
+                if box is not None:
+                    decision = replace(decision, target_mass=box_mass(weights, frame.shape[-2:], box))
+                if len(overlays) < SHOWN:
+                    overlays.append(overlay(frame, weights, box))
+            scored.append(decision)
         image = heatmap_image(np.mean(maps, axis=0).reshape(-1, span), counts)
-        return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/heatmap", image)
+        extra = (("attention/overlay", _stack(overlays)),) if overlays else ()
+        return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/heatmap", image, extra)
 
     def _record(self, scored: Round) -> None:
         """Log entropy, target mass, flip rates and the round's picture."""
@@ -195,7 +212,8 @@ class AttentionLoggingCallback(BaseCallback):
         ):
             if value is not None:
                 self.logger.record(key, value)
-        self.logger.record(scored.image_key, Image(scored.image, "HWC"), exclude=_NOT_IMAGE)
+        for key, image in ((scored.image_key, scored.image), *scored.extra_images):
+            self.logger.record(key, Image(image, "HWC"), exclude=_NOT_IMAGE)
         self.logger.dump(self.num_timesteps)
 
     def _patch_round(
@@ -211,9 +229,7 @@ class AttentionLoggingCallback(BaseCallback):
             entropies.append(float(-(clipped * np.log(clipped)).sum()))
             if i < SHOWN:
                 images.append(overlay(newest_frame(obs), weights, box))
-        gap = np.full((4, images[0].shape[1], 3), 255, dtype=np.uint8)
-        stacked = np.concatenate([part for image in images for part in (image, gap)][:-1], axis=0)
-        return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/overlay", stacked)
+        return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/overlay", _stack(images))
 
     def _history_round(self, extractor: HistoryAttentionExtractor, rng: np.random.Generator) -> Round:
         K = extractor.history_length
@@ -233,6 +249,12 @@ class AttentionLoggingCallback(BaseCallback):
         image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
         entropy = float(-(last * np.log(last)).sum(-1).mean())
         return Round(Faithfulness(tuple(scored)), entropy, "attention/heatmap", image)
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    """Overlays one above the other, a white gap between them."""
+    gap = np.full((4, images[0].shape[1], 3), 255, dtype=np.uint8)
+    return np.concatenate([part for image in images for part in (image, gap)][:-1], axis=0)
 
 
 def _one_env(obs: np.ndarray | dict, j: int) -> np.ndarray | dict:

@@ -132,6 +132,17 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
         """The memory's features (N, F) -> what SB3's MLP takes: the same, or the look's output on ``patches``."""
         return features if self.look_net is None else self.look_net(patches, features)[0]
 
+    @torch.no_grad()
+    def look_maps(self, memory: EpisodicMemory) -> Tensor | None:
+        """After ``predict``: where the look after the memory went on each env's current frame,
+        (B, H, rows, cols) with each head's weights summing to 1; None for a policy without a look."""
+        if self.look_net is None or memory.frame is None:
+            return None
+        features, _ = self.memory_net.rerun(memory)
+        _, weights = self.look_net(memory.frame, features, need_weights=True)
+        assert weights is not None
+        return weights.reshape(*weights.shape[:2], *self.features_extractor.grid)  # type: ignore[misc]
+
     def act(self, obs: PyTorchObs, memory: EpisodicMemory, deterministic: bool = False) -> tuple[Tensor, ...]:
         """One step of B envs, remembered in ``memory``: -> actions, values (B, 1), log-probs (B,)."""
         x, patches = self.encode(obs)

@@ -298,3 +298,23 @@ def test_minibatches_are_groups_of_whole_env_rollouts(n_envs, batch_size, sizes)
     model = AttentionPPO("MlpPolicy", make_vec_env(lambda: tmaze(), n_envs=n_envs), n_steps=128, batch_size=batch_size)
     groups = model.env_groups()
     assert sorted(len(g) for g in groups) == sorted(sizes) and sorted(np.concatenate(groups)) == list(range(n_envs))
+
+
+def test_patch_policy_learns_to_point_at_the_target():
+    """Visual search on 32 x 32 frames, a 4 x 4 grid, 4 items: the pointer look learns to find the red square.
+
+    Measured with this configuration (8 envs x 32 steps, deterministic eval on 100 searches): before
+    training 0.00-0.04 (seeds 0-2); 1.00 after 512 steps on seeds 0, 1 and 2, and after 2,048 on
+    seeds 0-4. The 2,048-step budget leaves 4x room.
+    """
+    search = dict(image_size=32, grid=4, set_size=4)
+    env = make_vec_env(lambda: gym.make("rlattn/VisualSearch-v0", **search), n_envs=8, seed=0)
+    model = AttentionPPO(
+        "PatchPolicy", env, memory=1, memory_kwargs={"n_layers": 1, "gate": "residual"}, n_steps=32, batch_size=64,
+        seed=0, device="cpu", policy_kwargs={"features_extractor_kwargs": {"patch_size": 8}},
+    )  # fmt: skip
+    eval_env = gym.make("rlattn/VisualSearch-v0", **search)
+    before, _ = evaluate_policy(model, eval_env, n_eval_episodes=100, deterministic=True)
+    model.learn(2_048)
+    after, _ = evaluate_policy(model, eval_env, n_eval_episodes=100, deterministic=True)
+    assert before <= 0.2 and after >= 0.9

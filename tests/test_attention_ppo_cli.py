@@ -111,13 +111,25 @@ def test_image_frames_as_patches_by_default_or_through_the_cnn(extractor, policy
         assert model.policy.look_net.pointer_size == 64  # CuedVisualSearch: 64 cells, 64 patches
 
 
-def test_image_env_trains_and_logs_the_memory_heatmap(tmp_path):
-    """On images the ground truth is a box in a frame, not a step: the memory view is logged without a target mass."""
+@pytest.mark.parametrize("extractor", ["patch-attention", "cnn"])
+def test_image_env_logs_the_memory_heatmap_and_the_look(extractor, tmp_path):
+    """On images the ground truth is a box in a frame, not a step. With patches the look after the memory
+    is logged over the frame (``attention/overlay``) with its weight on the target's box; the CNN has no look."""
     args = ["--algo", "ppo_attention", "--env", "rlattn/CuedVisualSearch-v0", "-n", "256", "--n-envs", "2"]
-    args += ["-params", "n_steps:64", "batch_size:64", "--eval-freq", "128", "--eval-episodes", "2"]
-    assert main([*args, "-f", str(tmp_path), "--verbose", "0", "--save-freq", "-1"]) == 0
+    args += ["--extractor", extractor, "-params", "n_steps:64", "batch_size:64", "--eval-freq", "128"]
+    args += ["--eval-episodes", "2", "-f", str(tmp_path), "--verbose", "0", "--save-freq", "-1"]
+    assert main(args) == 0
     run = tmp_path / "ppo_attention" / "rlattn-CuedVisualSearch-v0_1"
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert len(events.Images("attention/heatmap")) == 2
-    assert "attention/target_mass" not in events.Tags()["scalars"]
+    if extractor == "cnn":
+        assert "attention/target_mass" not in events.Tags()["scalars"]
+        assert "attention/overlay" not in events.Tags()["images"]
+    else:
+        masses = [e.value for e in events.Scalars("attention/target_mass")]
+        assert len(masses) == 2 and all(0.0 <= m <= 1.0 for m in masses)
+        assert len(events.Images("attention/overlay")) == 2
+        assert main(["--replay", str(run), "--episodes", "2", "--verbose", "0"]) == 0
+        replayed = json.loads((run / "replay.json").read_text())
+        assert replayed["episodes"] == 2 and 0.0 <= replayed["target_mass"] <= 1.0  # the look's, at each answer
