@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.validation import check_choice, check_int
+from envs.validation import check_choice, check_fraction, check_int
 from envs.visual_search import SEARCHES, TARGET, PixelSearchEnv
 
 UP, DOWN, LEFT, RIGHT, DECLARE = range(5)
@@ -48,7 +48,10 @@ class GlimpseSearchEnv(PixelSearchEnv):
     ``image_size``, ``grid``, ``set_size``, ``search``, ``noise`` and ``render_mode`` as in
     ``VisualSearchEnv`` (``rgb_array`` shows the whole scene dimmed, the window bright);
     ``glimpse`` (odd int, 1 .. 31, < grid, so the window never spans a whole row and the cursor can be
-    told from it); ``max_steps`` (int, 1 .. 100000).
+    told from it); ``max_steps`` (int, 1 .. 100000); ``near_start`` (float, 0 .. 1, for training): the
+    share of episodes, drawn per episode, whose cursor starts ``d`` moves from the target (``d`` drawn
+    uniformly from 0 .. ``glimpse``), so that declaring on the target and walking onto it are met
+    early, as a start-state curriculum; the others start anywhere, as evaluation does.
 
     ``info`` holds ``target_cell`` and ``cursor`` (flat cell indices, ``row * grid + col``).
 
@@ -56,7 +59,7 @@ class GlimpseSearchEnv(PixelSearchEnv):
     ``rlattn/GlimpseSearch-v0`` (set size 8, feature search, glimpse 3, 64 steps).
     """
 
-    PARAMETERS = {**PixelSearchEnv.PARAMETERS, "glimpse": (1, 31), "max_steps": (1, 100_000)}
+    PARAMETERS = {**PixelSearchEnv.PARAMETERS, "glimpse": (1, 31), "max_steps": (1, 100_000), "near_start": (0, 1)}
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class GlimpseSearchEnv(PixelSearchEnv):
         noise: int = 0,
         glimpse: int = 3,
         max_steps: int = 64,
+        near_start: float = 0.0,
         render_mode: str | None = None,
     ):
         self._setup(image_size, grid, set_size, noise, render_mode)
@@ -77,6 +81,7 @@ class GlimpseSearchEnv(PixelSearchEnv):
         if self.glimpse >= self.grid:
             raise ValueError(f"glimpse={glimpse} does not fit grid={self.grid}: must be smaller than grid")
         self.max_steps = check_int("max_steps", max_steps, *self.PARAMETERS["max_steps"])
+        self.near_start = check_fraction("near_start", near_start, *self.PARAMETERS["near_start"])
         self.action_space = spaces.Discrete(len(ACTION_NAMES))
         self._cursor, self._t = 0, 0
         self._window: tuple[slice, slice, slice] = (slice(None), slice(0, 0), slice(0, 0))
@@ -103,7 +108,18 @@ class GlimpseSearchEnv(PixelSearchEnv):
         super().reset(seed=seed)
         self._place(*self._search_items(self.search))
         self._cursor, self._t = int(self.np_random.integers(self.grid**2)), 0
+        # no draw without near_start, so seeded episodes stay as they were
+        if self.near_start > 0 and self.np_random.uniform() < self.near_start:
+            self._cursor = self._near_target(int(self.np_random.integers(self.glimpse + 1)))
         return self._observe(), self._info()
+
+    def _near_target(self, distance: int) -> int:
+        """A random cell ``distance`` moves from the target (Manhattan), or the farthest in reach if none is."""
+        ty, tx = divmod(self.target_cell, self.grid)
+        rows, cols = np.divmod(np.arange(self.grid**2), self.grid)
+        away = np.abs(rows - ty) + np.abs(cols - tx)
+        cells = np.flatnonzero(away == min(distance, int(away.max())))
+        return int(self.np_random.choice(cells))
 
     def step(self, action):
         action = int(action)

@@ -43,6 +43,7 @@ def fitting_search_cases(draw):
     if "glimpse" in parameters:
         kwargs["glimpse"] = 2 * draw(st.integers(0, (grid - 2) // 2)) + 1
         kwargs["max_steps"] = draw(st.integers(1, 80))
+        kwargs["near_start"] = draw(st.sampled_from([0.0, 0.5, 1.0]))
     return env_id, kwargs, draw(st.integers(0, 2**32 - 1))
 
 

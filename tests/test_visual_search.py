@@ -217,6 +217,23 @@ def test_default_max_steps_covers_the_glimpse_oracle():
     assert max(lengths) <= bound
 
 
+def test_glimpse_near_start_puts_the_cursor_a_few_moves_from_the_target():
+    """near_start 1: every start 0 .. glimpse moves away, each distance about as often; 0: the plain draw."""
+    near = gym.make("rlattn/GlimpseSearch-v0", near_start=1.0)
+    distances = []
+    for seed in range(800):
+        _, info = near.reset(seed=seed)
+        (ty, tx), (cy, cx) = divmod(info["target_cell"], 8), divmod(info["cursor"], 8)
+        distances.append(abs(ty - cy) + abs(tx - cx))
+    counts = np.bincount(distances, minlength=4)
+    assert len(counts) == 4 and counts.min() > 150  # 0, 1, 2, 3 moves (glimpse 3), 200 each expected
+    plain, unchanged = gym.make("rlattn/GlimpseSearch-v0"), gym.make("rlattn/GlimpseSearch-v0", near_start=0.0)
+    far = [plain.reset(seed=s)[1]["cursor"] for s in range(50)]
+    assert far == [unchanged.reset(seed=s)[1]["cursor"] for s in range(50)]
+    assert sum(abs(c // 8 - t // 8) + abs(c % 8 - t % 8) > 3 for c, t in zip(
+        far, [plain.reset(seed=s)[1]["target_cell"] for s in range(50)], strict=True)) > 10  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "env_id, kwargs, match",
     [
@@ -235,6 +252,7 @@ def test_default_max_steps_covers_the_glimpse_oracle():
         ("rlattn/GlimpseSearch-v0", {"glimpse": 4}, "glimpse=4"),
         ("rlattn/GlimpseSearch-v0", {"glimpse": 9}, "glimpse=9 does not fit grid=8"),
         ("rlattn/GlimpseSearch-v0", {"max_steps": 0}, "max_steps=0"),
+        ("rlattn/GlimpseSearch-v0", {"near_start": 1.5}, "near_start=1.5 is invalid: must be a number from 0 to 1"),
         ("rlattn/GlimpseSearch-v0", {"search": None}, "search=None"),
     ],
 )
