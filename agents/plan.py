@@ -115,10 +115,13 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--en
         raise ConfigError(f"{flag} for {env_id}: {error}") from None
 
 
-def _resolve_extractor(cfg: TrainConfig, probe: gym.Env) -> str:
-    """The extractor asked for, or the default for this algorithm and kind of observation."""
+def _resolve_extractor(cfg: TrainConfig, probe: gym.Env, preferred: str | None = None) -> str:
+    """The extractor asked for, else the preset's (``preferred``), else the default for this algorithm
+    and kind of observation."""
     image = is_image(probe.observation_space)
     algo = ALGOS[cfg.algo]
+    if cfg.extractor is None and preferred is not None:
+        return preferred
     if cfg.extractor is None:
         history = cfg.history if cfg.history is not None else default_history(probe, algo.memory)
         return default_extractor(algo, image, history)
@@ -279,7 +282,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             probe.close()
             probe = _check_env_kwargs(env_id, env_kwargs)
     try:
-        extractor = _resolve_extractor(cfg, probe)
+        extractor = _resolve_extractor(cfg, probe, preset.extractor)
         entry = EXTRACTORS[extractor]
         algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
             cfg, extractor, preset.for_extractor(extractor)

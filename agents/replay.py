@@ -107,7 +107,8 @@ def _picture(
         else:
             frame = obs[0]
         box = info.get(target_key) if target_key else None
-        look = model.policy.look_maps(state) if callable(getattr(model.policy, "look_maps", None)) else None
+        look_maps = getattr(model.policy, "look_maps", None)
+        look = look_maps(state) if callable(look_maps) else None
         if look is not None:  # an episodic memory's look over the frame (AttentionPPO's PatchPolicy)
             weights = look[0].mean(0).cpu().numpy()
         elif extractor is None or isinstance(extractor, HistoryAttentionExtractor):

@@ -172,7 +172,8 @@ class AttentionLoggingCallback(BaseCallback):
         """
         decisions, memories = self._play()
         span = max(t for _, t, _ in decisions) + 1
-        maps, counts, entropies, scored, overlays = [], np.zeros(span), [], [], []
+        maps, counts, entropies, scored = [], np.zeros(span), [], []
+        overlays: list[np.ndarray] = []
         for (obs, t, info), memory in zip(decisions, memories, strict=True):
             weights, positions = self.model.attention_maps(memory)  # type: ignore[attr-defined]  # (1, L, H, W), (1, W)
             w, position = weights[0].cpu().numpy(), positions[0].cpu().numpy()
@@ -187,7 +188,8 @@ class AttentionLoggingCallback(BaseCallback):
             if step >= 0 and bool((position == step).any()):
                 counts[span - 1 - (t - step)] += 1
             decision = memory_decision(self.model.policy, memory, w[-1], position, step, rng)
-            looked = self.model.policy.look_maps(memory) if hasattr(self.model.policy, "look_maps") else None
+            look_maps = getattr(self.model.policy, "look_maps", None)
+            looked = look_maps(memory) if callable(look_maps) else None
             if looked is not None:  # a look after the memory: its weight on the target's box, and the overlay
                 frame, weights = newest_frame(obs), looked[0].mean(0).cpu().numpy()
                 box = info.get(self.target_key) if self.target_key else None

@@ -303,7 +303,8 @@ class MemoryLook(KeepsOwnInit):
     """After an episodic memory: the memory steers a readout over the current frame's patches.
 
     ``patches (B, N, E), memory (B, F) -> (B, P + look_dim)``: a pointer's log-weights over the N
-    patches first (P = N, else 0), then ``look_dim`` features from the memory and what was seen.
+    patches first (P = N, else 0), then ``look_dim`` features from the memory and what was seen. A
+    pointer looks with one head; a pool with ``n_heads``, each free to look at a different place.
     """
 
     def __init__(
@@ -321,7 +322,8 @@ class MemoryLook(KeepsOwnInit):
         self.pointer_size = n_patches if readout == "pointer" else 0
         self.features_dim = self.pointer_size + look_dim
         self.steer = nn.Linear(memory_dim, embed_dim)  # not zero-initialised: from zero it never left the plateau
-        self.look = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
+        # a pool looks with every head (one place each: the target's and the cursor's, say); a pointer with one
+        self.look = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio, pool_heads=n_heads)
         self.head = nn.Sequential(nn.LayerNorm(memory_dim + embed_dim), nn.Linear(memory_dim + embed_dim, look_dim))
 
     def forward(self, patches: Tensor, memory: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -96,6 +96,23 @@ def test_patch_policy_training_pass_reproduces_the_rollouts():
     assert checked == [False, True]
 
 
+def test_patch_policy_save_load_round_trip_gives_identical_actions(tmp_path):
+    model = patch_model(cued_search())
+    model.learn(64)
+    model.save(tmp_path / "patches")
+    loaded = AttentionPPO.load(tmp_path / "patches", device="cpu")
+    assert loaded.policy.features_extractor.look_kwargs["readout"] == "pointer"
+    env = cued_search()
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        state_a = state_b = None
+        for _ in range(4):  # the cue, 2 blank frames, the display
+            a, state_a = model.predict(obs[None], state=state_a, deterministic=True)
+            b, state_b = loaded.predict(obs[None], state=state_b, deterministic=True)
+            assert (a == b).all()
+            obs, *_ = env.step(int(a[0]))
+
+
 def test_patch_policy_points_when_each_action_is_a_patch():
     """16 actions on a 4 x 4 patch grid: a pointer, and the first policy is the look's weights; 3 actions: a pool."""
     model = patch_model(cued_search())

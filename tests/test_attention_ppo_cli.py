@@ -133,3 +133,13 @@ def test_image_env_logs_the_memory_heatmap_and_the_look(extractor, tmp_path):
         assert main(["--replay", str(run), "--episodes", "2", "--verbose", "0"]) == 0
         replayed = json.loads((run / "replay.json").read_text())
         assert replayed["episodes"] == 2 and 0.0 <= replayed["target_mass"] <= 1.0  # the look's, at each answer
+
+
+def test_glimpse_preset_takes_the_cnn_and_near_starts_in_training_only():
+    plan = resolve(TrainConfig(algo="ppo_attention", env="rlattn/GlimpseSearch-v0"))
+    assert plan.extractor == "cnn" and plan.env_kwargs == {"near_start": 0.5} and plan.eval_env_kwargs == {}
+    assert plan.history == 64  # the whole episode
+    chosen = resolve(TrainConfig(algo="ppo_attention", env="rlattn/GlimpseSearch-v0", extractor="patch-attention"))
+    assert chosen.extractor == "patch-attention" and chosen.env_kwargs == {"near_start": 0.5}
+    own = resolve(TrainConfig(algo="ppo_attention", env="rlattn/GlimpseSearch-v0", env_kwargs={"near_start": 0.0}))
+    assert own.env_kwargs == {"near_start": 0.0}  # the user's own keyword switches the preset's off

@@ -155,3 +155,21 @@ def test_bad_sweep_input_is_one_line(capsys):
         sweep.check_arguments(parser, parser.parse_args(["--seeds", "0"]))
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "memory_length.py: error: --seeds 0 is invalid: must be >= 1\n"
+
+
+@pytest.mark.parametrize(
+    "method, algo, extractor",
+    [("patch-attention", "ppo", "patch-attention"), ("ppo_attention", "ppo_attention", "patch-attention"),
+     ("cnn", "ppo", "cnn")],
+)  # fmt: skip
+def test_set_size_cases_train_each_method_through_train_py(method, algo, extractor):
+    """Each method of the set-size sweep is a train.py run that resolves; the patch methods replay for target mass."""
+    import set_size
+
+    from agents.plan import resolve
+
+    args = argparse.Namespace(search="feature", budget=1024, eval_freq=512, eval_episodes=4, mass_episodes=4)
+    case = set_size.make_case(8, method, 0, args)
+    plan = resolve(config_from_args(list(case.arguments)))
+    assert (plan.config.algo, plan.extractor, plan.env_kwargs["set_size"]) == (algo, extractor, 8)
+    assert (case.after is not None) == (method in set_size.LOOKS)
