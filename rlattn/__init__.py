@@ -6,7 +6,12 @@ from rlattn.blocks import GRUGate, KeepsOwnInit, TransformerBlock
 from rlattn.callbacks import AttentionLoggingCallback
 from rlattn.episodic import EpisodicMemory, EpisodicTransformer
 from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor
-from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
+from rlattn.image_extractors import (
+    FramePatchExtractor,
+    MemoryLook,
+    PatchAttentionExtractor,
+    SpatioTemporalAttentionExtractor,
+)
 from rlattn.wrappers import FlatObservation, HistoryObservation
 
 __all__ = [
@@ -15,11 +20,13 @@ __all__ = [
     "EpisodicMemory",
     "EpisodicTransformer",
     "FlatObservation",
+    "FramePatchExtractor",
     "GRUGate",
     "HistoryAttentionExtractor",
     "HistoryFlattenExtractor",
     "HistoryObservation",
     "KeepsOwnInit",
+    "MemoryLook",
     "MultiHeadAttention",
     "PatchAttentionExtractor",
     "SpatioTemporalAttentionExtractor",
