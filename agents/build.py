@@ -63,7 +63,7 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
     if not algo.own_extractors:
         policy_kwargs["features_extractor_class"] = entry.cls
         policy_kwargs["features_extractor_kwargs"] = plan.extractor_kwargs
-    elif frame := {k: v for k, v in plan.extractor_kwargs.items() if k in algo.frame_keys(plan.extractor)}:
+    elif frame := algo.frame_kwargs(plan.extractor, plan.extractor_kwargs):
         policy_kwargs["features_extractor_kwargs"] = frame
     if algo.actor_critic:
         # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.

@@ -315,13 +315,11 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
         if plan.uses_history:
             policy_space(plan, probe)  # the previous action or reward must fit a history step
         if plan.extractor in algo.frame_encoders:  # its own per-frame encoder: the same defaults, built once
-            keys = algo.frame_keys(plan.extractor)
             defaults = entry.defaults(plan, probe) if entry.defaults is not None else {}
-            plan.extractor_kwargs = {**{k: v for k, v in defaults.items() if k in keys}, **plan.extractor_kwargs}
+            plan.extractor_kwargs = {**algo.frame_kwargs(plan.extractor, defaults), **plan.extractor_kwargs}
             try:
-                algo.frame_encoders[plan.extractor][1](
-                    probe.observation_space, **{k: v for k, v in plan.extractor_kwargs.items() if k in keys}
-                )
+                encoder = algo.frame_encoders[plan.extractor][1]
+                encoder(probe.observation_space, **algo.frame_kwargs(plan.extractor, plan.extractor_kwargs))
             except (ValueError, TypeError, AssertionError) as error:
                 raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None
         return

@@ -114,7 +114,6 @@ _CNN = {"features_dim": 256}
 # the search settings with one transformer block
 _PPO_ANY = {**_PPO_SEARCH, "n_layers": 1}
 _EPISODIC_ANY = {**_PPO_ANY, "n_steps": 32, "gate": "residual"}
-_EPISODIC_SEARCH = {**_EPISODIC_ANY}
 _EPISODIC_POINTER = {"net_arch": {"pi": [], "vf": [64]}}
 
 
@@ -204,9 +203,9 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_attention", "TMaze-300"): _tmaze(500_000, 32, _EPISODIC_TMAZE_LONG),
     # images: each frame's patches once; the memory steers a pointer over the current frame's patches,
     # whose log-weights are the action logits (an actor without hidden layers)
-    ("ppo_attention", "VisualSearch"): Preset(100_000, 32, _EPISODIC_SEARCH, {"patch-attention": _EPISODIC_POINTER}),
+    ("ppo_attention", "VisualSearch"): Preset(100_000, 32, _EPISODIC_ANY, {"patch-attention": _EPISODIC_POINTER}),
     ("ppo_attention", "CuedVisualSearch"): Preset(
-        500_000, 32, _EPISODIC_SEARCH, {"patch-attention": _EPISODIC_POINTER}
+        500_000, 32, _EPISODIC_ANY, {"patch-attention": _EPISODIC_POINTER}
     ),
     # the glimpse: NatureCNN frames (the patch policy stayed at 0.01-0.09 where the CNN reached 0.33 by 275k,
     # seed 0), and half the training episodes start 0..3 moves from the target (README, "GlimpseSearch")

@@ -133,6 +133,11 @@ class AlgoEntry:
         params = inspect.signature(self.frame_encoders[extractor][1]).parameters
         return set(params) - {"observation_space"} - set(self.memory_keys)
 
+    def frame_kwargs(self, extractor: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The entries of ``kwargs`` that go to the extractor's frame encoder (see :meth:`frame_keys`)."""
+        keys = self.frame_keys(extractor)
+        return {k: v for k, v in kwargs.items() if k in keys}
+
 
 EXTRACTORS: dict[str, ExtractorEntry] = {}
 ALGOS: dict[str, AlgoEntry] = {}

@@ -19,7 +19,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor
 
 from rlattn.episodic import CarriedMemory, EpisodicMemory, EpisodicTransformer
-from rlattn.image_extractors import FramePatchExtractor, MemoryLook
+from rlattn.image_extractors import FRAME_PATCH_SIZE, FramePatchExtractor, MemoryLook
 from rlattn.patches import init_pointer_head
 
 MEMORY_KEYS = ("features_dim", "embed_dim", "n_heads", "n_layers", "gate", "position")
@@ -275,7 +275,9 @@ class AttentionPatchPolicy(AttentionActorCriticPolicy):
     ):
         frame_kwargs = dict(features_extractor_kwargs or {})
         if features_extractor_class is FramePatchExtractor and "readout" not in frame_kwargs:
-            n_patches = FramePatchExtractor(observation_space, **frame_kwargs).n_patches  # type: ignore[arg-type]
+            n_patches = FramePatchExtractor.count_patches(
+                observation_space, frame_kwargs.get("patch_size", FRAME_PATCH_SIZE)
+            )
             pointing = isinstance(action_space, spaces.Discrete) and int(action_space.n) == n_patches
             frame_kwargs["readout"] = "pointer" if pointing else "pool"
         if net_arch is None and frame_kwargs.get("readout") == "pointer":

@@ -16,7 +16,15 @@ from torch import Tensor, nn
 
 from rlattn.blocks import KeepsOwnInit, TransformerBlock, init_linear, sinusoidal_table
 from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
-from rlattn.patches import IMAGE_READOUTS, PatchEncoder, PatchReadout, check_sizes, image_shape, pointer_features
+from rlattn.patches import (
+    IMAGE_READOUTS,
+    PatchEncoder,
+    PatchReadout,
+    check_patch_size,
+    check_sizes,
+    image_shape,
+    pointer_features,
+)
 from rlattn.validation import check_choice
 
 
@@ -214,6 +222,10 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         return torch.stack([F.pad(w[:, :, -1], (start, 0)) for w in maps], dim=1)
 
 
+FRAME_PATCH_SIZE = 8
+"""FramePatchExtractor's default patch side in pixels"""
+
+
 class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     """One image frame per step for an episodic memory (``AttentionPPO("PatchPolicy", ...)``).
 
@@ -245,7 +257,7 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     def __init__(
         self,
         observation_space: spaces.Box,
-        patch_size: int = 8,
+        patch_size: int = FRAME_PATCH_SIZE,
         embed_dim: int = 64,
         n_heads: int = 4,
         spatial_layers: int = 0,
@@ -282,6 +294,13 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     @property
     def n_patches(self) -> int:
         return self.encoder.n_patches
+
+    @staticmethod
+    def count_patches(observation_space: spaces.Space, patch_size: int = FRAME_PATCH_SIZE) -> int:
+        """How many patches a frame of this space has (a one-line ValueError if the size does not tile it)."""
+        _, H, W = image_shape(observation_space, "FramePatchExtractor")
+        side = check_patch_size(patch_size, H, W)
+        return (H // side) * (W // side)
 
     def patches(self, observations: Tensor) -> Tensor:
         """(B, C, H, W) -> patch tokens (B, N, E)."""

@@ -27,25 +27,19 @@ def small_model(env, **kwargs):
     return AttentionPPO("MlpPolicy", env, **{**settings, **kwargs})
 
 
-@pytest.mark.parametrize("include", [{}, {"include_action": True, "include_reward": True}])
-def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
-    """The buffer's whole-env sequences, re-encoded with the rollout's weights, give the rollout's numbers.
-
-    Two rollouts: the second carries memory in; episodes (at most 5 steps) end inside rollouts and
-    outgrow the window of 4. Between them every weight moves, as an update would move it: the memory
-    carried in was cached under the old weights, and the rollout must still act as training computes.
-    """
-    model = small_model(make_vec_env(lambda: tmaze(), n_envs=3, seed=1), batch_size=48, **include)
+def check_training_pass(model, n_envs: int = 3) -> None:
+    """Two rollouts; at each update, the buffer's whole-env sequences re-encoded with the rollout's
+    weights must give the rollout's values and log-probs, then every weight moves, as an update would
+    move it. The second rollout carries memory in."""
     checked = []
 
     def check() -> None:
-        buffer = model.rollout_buffer
-        batch = buffer.sequences(np.arange(3))
-        actions = batch.actions.long().flatten()
+        batch = model.rollout_buffer.sequences(np.arange(n_envs))
         with torch.no_grad():
             values, log_prob, _ = model.policy.evaluate_sequences(
-                batch.observations, actions, batch.extras, batch.positions, batch.episode_starts, batch.carried
-            )
+                batch.observations, batch.actions.long().flatten(), batch.extras, batch.positions,
+                batch.episode_starts, batch.carried,
+            )  # fmt: skip
         torch.testing.assert_close(values.flatten(), batch.old_values, **TOL)
         torch.testing.assert_close(log_prob, batch.old_log_prob, **TOL)
         checked.append(bool(batch.carried.valid.any()))
@@ -56,6 +50,17 @@ def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
     model.train = check  # type: ignore[method-assign]
     model.learn(96)
     assert checked == [False, True]
+
+
+@pytest.mark.parametrize("include", [{}, {"include_action": True, "include_reward": True}])
+def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
+    """The buffer's whole-env sequences, re-encoded with the rollout's weights, give the rollout's numbers.
+
+    Two rollouts: the second carries memory in; episodes (at most 5 steps) end inside rollouts and
+    outgrow the window of 4. Between them every weight moves, as an update would move it: the memory
+    carried in was cached under the old weights, and the rollout must still act as training computes.
+    """
+    check_training_pass(small_model(make_vec_env(lambda: tmaze(), n_envs=3, seed=1), batch_size=48, **include))
 
 
 def cued_search(**kwargs):
@@ -74,26 +79,7 @@ def patch_model(env, **kwargs):
 def test_patch_policy_training_pass_reproduces_the_rollouts():
     """The same check with frames as patches and a look after the memory: every frame's patches are
     encoded once in the rollout and again in training, and the look reads the same frame both times."""
-    model = patch_model(make_vec_env(cued_search, n_envs=3, seed=1), batch_size=48)
-    checked = []
-
-    def check() -> None:
-        batch = model.rollout_buffer.sequences(np.arange(3))
-        with torch.no_grad():
-            values, log_prob, _ = model.policy.evaluate_sequences(
-                batch.observations, batch.actions.long().flatten(), batch.extras, batch.positions,
-                batch.episode_starts, batch.carried,
-            )  # fmt: skip
-        torch.testing.assert_close(values.flatten(), batch.old_values, **TOL)
-        torch.testing.assert_close(log_prob, batch.old_log_prob, **TOL)
-        checked.append(bool(batch.carried.valid.any()))
-        with torch.no_grad():
-            for param in model.policy.parameters():
-                param.add_(torch.randn_like(param) * 0.1)
-
-    model.train = check  # type: ignore[method-assign]
-    model.learn(96)
-    assert checked == [False, True]
+    check_training_pass(patch_model(make_vec_env(cued_search, n_envs=3, seed=1), batch_size=48))
 
 
 def test_patch_policy_save_load_round_trip_gives_identical_actions(tmp_path):
