@@ -18,7 +18,8 @@ as the presets give it ("sees" ``obs+action``; zeros on the first step, which is
 tell the start, where it must step back for the cue, from the corridor, which looks the same).
 
 As the presets do, training episodes draw their corridor length log-uniformly from ``--train-from``
-(default a tenth of L, at most 10) to L and get L/10 steps of slack; evaluation is always the plain
+(default: the method's preset's, a tenth of L and at most 10, or 2 for ``ppo_attention`` at L >= 1000)
+to L and get L/10 steps of slack; evaluation is always the plain
 L-step maze without slack (``--plain`` trains on that too). Why, in the README: on the plain maze a
 policy must walk the whole corridor without a wasted step before it ever reaches the junction, and
 by then it has learnt to walk on there too (RecurrentPPO never turns, even at L = 10).
@@ -83,11 +84,23 @@ def budget_for(length: int) -> int:
     return next((b for cap, b in sorted(BUDGETS.items()) if length <= cap), max(BUDGETS.values()))
 
 
-def train_from_for(length: int, args: argparse.Namespace) -> int | None:
-    """The shortest training corridor of a run at ``length`` (as the presets choose by default), or None for the plain maze."""
+def preset_training_env(maze: str, length: int, algo: str) -> dict:
+    """The training-env keywords the preset of ``algo`` gives this maze at corridor ``length``."""
+    env = gym.make(MAZES[maze], corridor_length=length)
+    choose = preset_for(algo, MAZES[maze], env).train_env
+    extra = choose(env) if choose is not None else {}
+    env.close()
+    return extra
+
+
+def train_from_for(maze: str, length: int, method: str, args: argparse.Namespace) -> int | None:
+    """The shortest training corridor of a run at ``length``: ``--train-from``, else the method's preset's
+    (a tenth of L, at most 10, unless the preset says otherwise); None for the plain maze."""
     if args.plain:
         return None
-    train_from = args.train_from if args.train_from is not None else training_corridors(length)[0]
+    algo = OWN_MEMORY.get(method, ("ppo", method))[0]
+    shortest = preset_training_env(maze, length, algo).get("min_corridor_length", training_corridors(length)[0])
+    train_from = args.train_from if args.train_from is not None else shortest
     return train_from if train_from < length else None
 
 
@@ -104,17 +117,14 @@ def training_env(length: int, train_from: int | None) -> tuple[list[str], list[s
 
 def preset_extras(maze: str, length: int, algo: str) -> list[str]:
     """The preset's training-env keywords beyond mixed lengths and slack (``tight_fraction``, ...), as ``key:value``."""
-    env = gym.make(MAZES[maze], corridor_length=length)
-    choose = preset_for(algo, MAZES[maze], env).train_env
-    extra = choose(env) if choose is not None else {}
-    env.close()
+    extra = preset_training_env(maze, length, algo)
     return [f"{key}:{value!r}" for key, value in extra.items() if key not in ("min_corridor_length", "slack")]
 
 
 def arguments_for(maze: str, length: int, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple:
     """The ``train.py`` arguments of one run (on mixed lengths, with the preset's other training-env keywords)."""
     algo, extractor = OWN_MEMORY.get(method, ("ppo", method))
-    env_kwargs, eval_env_kwargs = training_env(length, train_from_for(length, args))
+    env_kwargs, eval_env_kwargs = training_env(length, train_from_for(maze, length, method, args))
     if eval_env_kwargs:
         env_kwargs = [*env_kwargs, *preset_extras(maze, length, algo)]
     return (
@@ -231,9 +241,10 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
     for maze in mazes:
         inputs = history_inputs(maze)
         for length in args.lengths:
-            budget, train_from = args.budget or budget_for(length), train_from_for(length, args)
-            trained = f", trained on {train_from}..{length}" if train_from else ""
+            budget = args.budget or budget_for(length)
             for method in args.methods:
+                train_from = train_from_for(maze, length, method, args)
+                trained = f", trained on {train_from}..{length}" if train_from else ""
                 for seed in seeds(args):
                     key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": seed}
                     key.update(train_from=train_from, inputs=inputs)
@@ -253,7 +264,7 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         metavar="MIN",
-        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: a tenth of L, at most 10)",
+        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: the preset's, a tenth of L and at most 10; ppo_attention from L = 1000: 2)",
     )
     parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")

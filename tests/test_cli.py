@@ -345,6 +345,16 @@ def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
     assert lstm.env_kwargs == {"corridor_length": 1000, "min_corridor_length": 10, "slack": 100}
     short = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0))
     assert short.env_kwargs == {"min_corridor_length": 1, "slack": 1}
+    # the episodic memory at L = 1000 trains from corridor 2, half its episodes without slack
+    episodic = resolve(
+        TrainConfig(algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 1000}, verbose=0)
+    )
+    assert episodic.env_kwargs == {
+        "corridor_length": 1000,
+        "min_corridor_length": 2,
+        "slack": 100,
+        "tight_fraction": 0.5,
+    }
     active = resolve(TrainConfig(env="rlattn/TMazeActive-L30-v0", verbose=0))
     assert active.env_kwargs == {"min_corridor_length": 3, "slack": 3} and active.history == 36
     # any keyword of the user's own, or evaluation keywords, switch it off

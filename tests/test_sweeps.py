@@ -173,3 +173,28 @@ def test_set_size_cases_train_each_method_through_train_py(method, algo, extract
     plan = resolve(config_from_args(list(case.arguments)))
     assert (plan.config.algo, plan.extractor, plan.env_kwargs["set_size"]) == (algo, extractor, 8)
     assert (case.after is not None) == (method in set_size.LOOKS)
+
+
+def test_memory_length_trains_each_method_from_its_presets_shortest_corridor():
+    """The sweep's runs train on the corridors each method's preset gives (unless --train-from says otherwise)."""
+    import memory_length
+
+    args = argparse.Namespace(
+        maze="passive",
+        lengths=[1000],
+        methods=["ppo_attention", "attention"],
+        budget=1000,
+        seed=0,
+        seeds=1,
+        train_from=None,
+        plain=False,
+        eval_freq=None,
+        eval_episodes=20,
+    )
+    cases = {case.key["method"]: case for case in memory_length.make_cases(args)}
+    assert cases["ppo_attention"].key["train_from"] == 2 and cases["attention"].key["train_from"] == 10
+    episodic = cases["ppo_attention"].arguments
+    kwargs = episodic[episodic.index("--env-kwargs") + 1 : episodic.index("-n")]
+    assert kwargs == ("corridor_length:1000", "min_corridor_length:2", "slack:100", "tight_fraction:0.5")
+    told = memory_length.make_cases(argparse.Namespace(**{**vars(args), "train_from": 5}))
+    assert {case.key["train_from"] for case in told} == {5}
