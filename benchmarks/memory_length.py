@@ -18,7 +18,7 @@ as the presets give it ("sees" ``obs+action``; zeros on the first step, which is
 tell the start, where it must step back for the cue, from the corridor, which looks the same).
 
 As the presets do, training episodes draw their corridor length log-uniformly from ``--train-from``
-(default: the method's preset's, a tenth of L and at most 10, or 2 for ``ppo_attention`` at L >= 1000)
+(default: the method's preset's, a tenth of L and at most 10, or 2 for ``ppo_attention`` on long mazes)
 to L and get L/10 steps of slack; evaluation is always the plain
 L-step maze without slack (``--plain`` trains on that too). Why, in the README: on the plain maze a
 policy must walk the whole corridor without a wasted step before it ever reaches the junction, and
@@ -264,7 +264,7 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         metavar="MIN",
-        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: the preset's, a tenth of L and at most 10; ppo_attention from L = 1000: 2)",
+        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: the preset's, a tenth of L and at most 10; ppo_attention on long mazes: 2)",
     )
     parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
