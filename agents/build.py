@@ -9,7 +9,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecNormalize
 
 from agents import schedules
 from agents.checks import first_line
@@ -32,6 +32,8 @@ def make_vec(
     """Monitored, history-wrapped, vectorised copies of the env (monitor files appended to on resume).
 
     ``evaluation``: with the evaluation env keywords (``--eval-env-kwargs`` over ``--env-kwargs``), in-process.
+    With ``normalize_reward`` the training envs' rewards are scaled (``VecNormalize``); evaluation envs get
+    the same wrapper with nothing scaled, so SB3 can sync them and they report the env's own returns.
     """
     cfg = plan.config
     env_kwargs = plan.eval_env_kwargs if evaluation else plan.env_kwargs
@@ -47,7 +49,11 @@ def make_vec(
         wrapper_class=wrapper,
         vec_env_cls=vec_cls,
     )
-    return VecFrameStack(venv, plan.history, channels_order="first") if plan.observation == "stack" else venv
+    if plan.observation == "stack":
+        venv = VecFrameStack(venv, plan.history, channels_order="first")
+    if plan.normalize_reward:
+        venv = VecNormalize(venv, training=not evaluation, norm_obs=False, norm_reward=not evaluation, gamma=plan.gamma)
+    return venv
 
 
 def _policy_name(plan: RunPlan, space: gym.Space) -> str:

@@ -119,6 +119,7 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         "history": plan.history,
         "history_inputs": " ".join(plan.history_inputs) or "none",
         "seed": cfg.seed,
+        "normalize_reward": plan.normalize_reward,
     }
     callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
     if cfg.eval_freq > 0:

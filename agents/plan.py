@@ -30,6 +30,9 @@ _SET_BY_US = {
     "observation_space",
 }
 _POLICY_KEYS = {"net_arch", "policy_kwargs"}
+RUN_KEYS = {"normalize_reward"}
+"""keys of the run itself, not of the algorithm: ``normalize_reward`` (True/False) scales the training
+rewards by a running estimate of the discounted return's spread (SB3's ``VecNormalize``, observations untouched)"""
 
 
 @dataclass
@@ -50,6 +53,17 @@ class RunPlan:
     """evaluation, attention logging and replay: ``--env-kwargs`` updated by ``--eval-env-kwargs``"""
     history_inputs: tuple[str, ...] = ()
     """what each observed step holds besides the observation: ``"action"``, ``"reward"``"""
+    normalize_reward: bool = False
+    """training rewards divided by a running estimate of the discounted return's standard deviation
+    (``VecNormalize(norm_obs=False)``); evaluation sees the env's own rewards"""
+
+    @property
+    def gamma(self) -> float:
+        """The algorithm's discount: the one the reward normalization's return estimate uses."""
+        if "gamma" in self.algo_kwargs:
+            return float(self.algo_kwargs["gamma"])
+        default = inspect.signature(self.algo_entry.cls).parameters.get("gamma")
+        return float(default.default) if default is not None else 0.99
 
     @property
     def algo_entry(self) -> AlgoEntry:
@@ -197,8 +211,8 @@ def _resolve_history_inputs(
     return inputs
 
 
-def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """Sort preset and user overrides into algorithm, extractor and policy keywords."""
+def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
+    """Sort preset and user overrides into algorithm, extractor, policy and run (:data:`RUN_KEYS`) keywords."""
     algo = ALGOS[cfg.algo]
     algo_keys = algo.keywords() - _SET_BY_US - {*algo.memory_keys, "memory_kwargs"}
     if algo.plan_kwargs is not None:  # set from the plan (--history, --history-inputs), not -params
@@ -206,10 +220,14 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
     extractor_keys = set(inspect.signature(EXTRACTORS[extractor].cls).parameters) - _SET_BY_US
     if algo.own_extractors:
         extractor_keys = set(algo.memory_keys) | algo.frame_keys(extractor)
-    buckets: tuple[dict, dict, dict] = ({}, {}, {})
+    buckets: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
     for source, values in (("preset", preset), ("user", cfg.hyperparams)):
         for key, value in values.items():
-            if key in algo_keys:
+            if key in RUN_KEYS:
+                if not isinstance(value, bool):
+                    raise ConfigError(f"-params {key}:{value!r} is invalid: must be True or False")
+                buckets[3][key] = value
+            elif key in algo_keys:
                 buckets[0][key] = value
             elif key in extractor_keys:
                 buckets[1][key] = value
@@ -220,7 +238,7 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
             elif key in _POLICY_KEYS:
                 buckets[2].update(value if key == "policy_kwargs" else {key: value})
             elif source == "user":
-                allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS)
+                allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS | RUN_KEYS)
                 raise ConfigError(
                     f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}"
                 )
@@ -284,7 +302,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     try:
         extractor = _resolve_extractor(cfg, probe, preset.extractor)
         entry = EXTRACTORS[extractor]
-        algo_kwargs, extractor_kwargs, policy_kwargs = _split_hyperparams(
+        algo_kwargs, extractor_kwargs, policy_kwargs, run_kwargs = _split_hyperparams(
             cfg, extractor, preset.for_extractor(extractor)
         )
         check_algo_values(ALGOS[cfg.algo].cls, schedules.starts(algo_kwargs))
@@ -301,6 +319,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             env_kwargs=env_kwargs,
             eval_env_kwargs=eval_env_kwargs,
             history_inputs=_resolve_history_inputs(cfg, entry, is_image(probe.observation_space), preset_inputs),
+            normalize_reward=run_kwargs.get("normalize_reward", False),
         )
         _check_extractor(plan, probe)
     finally:

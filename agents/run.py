@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -14,7 +15,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.build import build_model, make_vec
 from agents.callbacks import EVAL_SEED_OFFSET, LearnedSteps, run_callbacks
@@ -31,6 +32,7 @@ from agents.runfolder import (
     keep_progress,
     load_run_config,
     new_run_folder,
+    normalization_file,
     save_atomic,
     save_replay_atomic,
     write_result,
@@ -131,11 +133,23 @@ def _load(plan: RunPlan, file: Path, venv: VecEnv) -> BaseAlgorithm:
     replay = file.parent / REPLAY_BUFFER
     if isinstance(model, OffPolicyAlgorithm) and replay.is_file():
         model.load_replay_buffer(replay)
+    normalization = model.get_vec_normalize_env()
+    if normalization is not None:
+        restore_normalization(normalization, normalization_file(file))
     if model.num_timesteps >= plan.n_timesteps:
         raise ConfigError(
             f"-n {plan.n_timesteps} is invalid: {file} has already trained {model.num_timesteps} env steps; ask for a larger total"
         )
     return model
+
+
+def restore_normalization(normalization: VecNormalize, path: Path) -> None:
+    """The running statistics saved beside a model, into the resumed run's ``VecNormalize``."""
+    if not path.is_file():
+        warnings.warn(f"{path} is missing: the reward normalization starts its statistics afresh", stacklevel=2)
+        return
+    saved = VecNormalize.load(str(path), normalization.venv)
+    normalization.ret_rms = saved.ret_rms  # observations are not normalized: the return's spread is all there is
 
 
 def _close(venv: VecEnv) -> None:

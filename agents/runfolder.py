@@ -3,6 +3,7 @@
 ```
 LOG_FOLDER/ALGO/ENV_N/
   ENV.zip, best_model.zip, rl_model_<steps>_steps.zip, replay_buffer.pkl, crashed_model.zip
+  <model>_vecnormalize.pkl beside each model zip (runs with normalize_reward: the running return statistics)
   evaluations.npz, N.monitor.csv, progress.csv, events.out.tfevents.*, result.json
   ENV/args.json, ENV/config.json, ENV/command.txt
 ```
@@ -123,8 +124,16 @@ def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def normalization_file(model_path: Path) -> Path:
+    """Where the reward normalization's running statistics of the model at ``model_path`` are kept."""
+    return model_path.with_name(f"{model_path.stem}_vecnormalize.pkl")
+
+
 def save_atomic(model: BaseAlgorithm, path: Path) -> Path:
-    """The model as ``path`` (a .zip), atomically."""
+    """The model as ``path`` (a .zip), atomically; with it, the statistics of its ``VecNormalize`` if it has one."""
+    normalization = model.get_vec_normalize_env()
+    if normalization is not None:
+        _write_atomic(normalization_file(path), lambda target: normalization.save(str(target)))
     return _write_atomic(path, model.save)
 
 
