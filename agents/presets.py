@@ -120,6 +120,9 @@ _CNN = {"features_dim": 256}
 _PPO_ANY = {**_PPO_SEARCH, "n_layers": 1}
 _EPISODIC_ANY = {**_PPO_ANY, "n_steps": 32, "gate": "residual"}
 _EPISODIC_POINTER = {"net_arch": {"pi": [], "vf": [64]}}
+# an env we did not write may pay any reward scale (CartPole: 1 a step, returns up to ~100 discounted):
+# its training rewards are divided by a running spread of the return (README, "On tasks we did not write")
+_OUTSIDE = {"normalize_reward": True}
 
 
 def _algorithm_only(hyperparams: dict[str, Any]) -> dict[str, Any]:
@@ -193,14 +196,14 @@ PRESETS: dict[tuple[str, str], Preset] = {
         {"spatiotemporal-attention": {"spatial_layers": 0}, "cnn-stack": _CNN},
         history=16,
     ),
-    ("ppo", "*"): Preset(100_000, 8, _PPO_ANY),
+    ("ppo", "*"): Preset(100_000, 8, {**_PPO_ANY, **_OUTSIDE}),
     ("a2c", "*"): Preset(100_000, 8, {}),
     ("dqn", "*"): Preset(100_000, 1, {"buffer_size": 100_000}),
     ("ppo_lstm", "TMaze-long"): _tmaze(300_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "TMaze-300"): _tmaze(500_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
     ("ppo_lstm", "TMaze-1000"): _tmaze(1_000_000, 8, _algorithm_only(_PPO_TMAZE_LONG)),
-    ("ppo_lstm", "*"): Preset(100_000, 8, _algorithm_only(_PPO_ANY)),
-    ("ppo_attention", "*"): Preset(100_000, 32, _EPISODIC_ANY),
+    ("ppo_lstm", "*"): Preset(100_000, 8, _algorithm_only({**_PPO_ANY, **_OUTSIDE})),
+    ("ppo_attention", "*"): Preset(100_000, 32, {**_EPISODIC_ANY, **_OUTSIDE}),
     # the episodic-memory PPO: the attention agent's settings on 32 envs x 32 steps with a residual skip,
     # 2.2x the env steps/s of 8 x 128 with the GTrXL gate at L = 30, and 1.00 by 45k steps either way
     ("ppo_attention", "TMaze"): _tmaze(100_000, 32, _EPISODIC_TMAZE),

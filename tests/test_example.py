@@ -31,3 +31,10 @@ def test_visual_search_example_trains_and_evaluates(capsys):
     rate = load(EXAMPLES / "visual_search_patches.py").main(timesteps=2048)
     printed = capsys.readouterr().out.split("success over 100 searches: ")[1].strip()
     assert float(printed) == round(rate, 2) and (rate * 100) == pytest.approx(round(rate * 100))  # 100 outcomes
+
+
+def test_cartpole_attention_ppo_example_trains_and_evaluates(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as when run as a script: it imports its sibling
+    mean_return = load(EXAMPLES / "cartpole_attention_ppo.py").main(timesteps=2048)
+    printed = capsys.readouterr().out.split("mean return over 10 episodes: ")[1].split(" ")[0]
+    assert float(printed) == round(mean_return, 1) and 8.0 <= mean_return <= 500.0
