@@ -160,7 +160,9 @@ class PatchReadout(nn.Module):
         super().__init__()
         check_choice(name, kind, IMAGE_READOUTS if name == "readout" else FRAME_READOUTS)
         self.kind = kind
-        self.pool = AttentionPool(embed_dim, 1 if kind == "pointer" else pool_heads) if kind in ("pool", "pointer") else None
+        self.pool = (
+            AttentionPool(embed_dim, 1 if kind == "pointer" else pool_heads) if kind in ("pool", "pointer") else None
+        )
         self.max = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim)) if kind == "max" else None
         self.summary = nn.Parameter(torch.zeros(embed_dim)) if kind == "summary" else None
         self.block = TransformerBlock(embed_dim, n_heads, mlp_ratio, gate) if kind == "summary" else None

@@ -68,7 +68,10 @@ def test_nested_tuple_steps_flatten_every_leaf():
 @pytest.mark.filterwarnings("ignore:observation key 'mission'")
 @pytest.mark.parametrize("space", [GRID, PAIR])
 def test_wrapped_structured_envs_pass_both_checkers(space):
-    for env in (HistoryObservation(Structured(space), length=3, include_action=True), FlatObservation(Structured(space))):
+    for env in (
+        HistoryObservation(Structured(space), length=3, include_action=True),
+        FlatObservation(Structured(space)),
+    ):
         gym_check_env(env, skip_render_check=True)
         sb3_check_env(env, warn=True)
 
@@ -97,7 +100,9 @@ def test_sb3_ortho_init_leaves_the_attention_extractor_alone(extractor_kwargs):
     for ortho in (True, False):
         env = HistoryObservation(gym.make("CartPole-v1"), length=4)
         kwargs = dict(features_extractor_class=HistoryAttentionExtractor, ortho_init=ortho)
-        model = PPO("MultiInputPolicy", env, policy_kwargs={**kwargs, "features_extractor_kwargs": extractor_kwargs}, seed=3)
+        model = PPO(
+            "MultiInputPolicy", env, policy_kwargs={**kwargs, "features_extractor_kwargs": extractor_kwargs}, seed=3
+        )
         built[ortho] = model.policy
     extractor = {k: p.features_extractor.state_dict() for k, p in built.items()}
     for name, tensor in extractor[True].items():
