@@ -184,6 +184,54 @@ def test_mixed_corridor_lengths_are_log_uniform_and_solvable(env_id):
     assert maze.max_steps == longest_steps and env.observation_space == space  # sized for the longest
 
 
+def corridor_lengths(length_exponent, episodes=4000, longest=10_000, shortest=2):
+    env = gym.make(
+        "rlattn/TMaze-v0", corridor_length=longest, min_corridor_length=shortest, length_exponent=length_exponent
+    )
+    env.reset(seed=0)
+    lengths = []
+    for _ in range(episodes):
+        env.reset()
+        lengths.append(env.unwrapped.corridor_length)
+    return np.array(lengths)
+
+
+@pytest.mark.parametrize("length_exponent", [0.0, 0.5, 1.0, 1.5, 2.5])
+def test_length_exponent_draws_lengths_with_that_power_law(length_exponent):
+    """The share of corridors at most x long follows the CDF of density ~ length ** -a on [2, 10001)."""
+    lengths = corridor_lengths(length_exponent)
+    assert lengths.min() >= 2 and lengths.max() <= 10_000
+    low, high = 2.0, 10_001.0
+    for x in (31, 300, 3000):
+        edge = x + 1.0  # int() rounds down: length <= x means a draw below x + 1
+        if length_exponent == 1.0:
+            expected = np.log(edge / low) / np.log(high / low)
+        else:
+            p = 1.0 - length_exponent
+            expected = (edge**p - low**p) / (high**p - low**p)
+        assert np.mean(lengths <= x) == pytest.approx(expected, abs=0.03)
+
+
+def test_a_larger_length_exponent_gives_shorter_episodes():
+    means = [corridor_lengths(a, episodes=2000).mean() for a in (0.0, 1.0, 1.5)]
+    assert means[0] > 4000 and 900 < means[1] < 1500 and means[2] < 250
+
+
+def test_length_exponent_keeps_the_maze_sized_for_the_longest_and_solvable():
+    env = gym.make("rlattn/TMaze-v0", corridor_length=300, min_corridor_length=2, slack=5, length_exponent=1.5)
+    longest_steps, space = env.unwrapped.max_steps, env.observation_space
+    for seed in range(50):
+        total, infos = play(env, envs.oracle_for(env).act, seed=seed)
+        assert total == pytest.approx(1.0) and len(infos) - 1 == env.unwrapped.shortest_episode
+    assert env.unwrapped.max_steps == longest_steps and env.observation_space == space
+
+
+@pytest.mark.parametrize("length_exponent", [-0.1, 3.5, "1", None, float("nan")])
+def test_bad_length_exponent_names_the_value(length_exponent):
+    with pytest.raises(ValueError, match=r"^length_exponent=.* is invalid: must be a number from 0 to 3$"):
+        gym.make("rlattn/TMaze-v0", length_exponent=length_exponent)
+
+
 def test_mixed_lengths_time_out_after_their_own_episode():
     env = gym.make("rlattn/TMaze-v0", corridor_length=100, min_corridor_length=5, slack=2)
     for seed in range(5):
