@@ -70,6 +70,12 @@ EPISODIC_SHORTEST_CORRIDOR = 2
 turn is learnt where the cue is a few steps back, and in 1M env steps 2..1000 gave 2,644 episodes of at
 most 31 steps where 10..1000 gave 940. Final success over seeds, from 10 -> from 2: L = 100 1.00 0.60 1.00 ->
 1.00 x 3; L = 300 1.00 1.00 0.45 -> 1.00 x 3; L = 1000 1.00 0.00 1.00 -> 1.00 x 5"""
+LENGTH_EXPONENT_10000 = 1.5
+"""ppo_attention from corridor 10,000 on: training lengths drawn with density ~ length ** -1.5 instead of
+log-uniformly (README, "ppo_attention at L = 10,000"). Log-uniform on 2..10000 spends env steps evenly
+over lengths: 1,170 steps per episode, about 1,700 episodes in 2M steps, 550 of them at most 31 steps
+long, where the L = 1000 runs needed 1,000-1,200 such short episodes to learn the turn. At 1.5: about
+140 steps per episode, 14,000 episodes, 75% of them at most 31 steps long and still ~430 of 1,000+."""
 NEAR_START = 0.5
 """GlimpseSearch training: the share of episodes whose cursor starts 0..glimpse moves from the target"""
 LONG_MEMORY = 50
@@ -233,6 +239,15 @@ PRESETS: dict[tuple[str, str], Preset] = {
         tight_fraction=TIGHT_FRACTION_1000,
         min_corridor_length=EPISODIC_SHORTEST_CORRIDOR,
     ),
+    # L = 10,000, seed 0: the plain maze at 1.00 from 600k env steps (about 560 env steps/s on 2 cores)
+    ("ppo_attention", "TMaze-10000"): _tmaze(
+        2_000_000,
+        32,
+        _EPISODIC_TMAZE_1000,
+        tight_fraction=TIGHT_FRACTION_1000,
+        min_corridor_length=EPISODIC_SHORTEST_CORRIDOR,
+        length_exponent=LENGTH_EXPONENT_10000,
+    ),
 }
 
 FALLBACK = Preset(100_000, 8, {})
@@ -256,7 +271,7 @@ def env_family(env_id: str) -> str:
     return next((family for family in FAMILIES if name.startswith(f"rlattn/{family}")), "*")
 
 
-TMAZE_TIERS = ((1000, "TMaze-1000"), (300, "TMaze-300"))
+TMAZE_TIERS = ((10_000, "TMaze-10000"), (1000, "TMaze-1000"), (300, "TMaze-300"))
 """corridor lengths from which a T-Maze takes a longer preset (the longest that applies and exists)"""
 
 

@@ -355,6 +355,20 @@ def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
         "slack": 100,
         "tight_fraction": 0.5,
     }
+    # from L = 10,000 on its training corridors are drawn with more short ones (density ~ length ** -1.5)
+    longest = resolve(
+        TrainConfig(algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 10_000}, verbose=0)
+    )
+    assert longest.env_kwargs == {
+        "corridor_length": 10_000,
+        "min_corridor_length": 2,
+        "slack": 1000,
+        "tight_fraction": 0.5,
+        "length_exponent": 1.5,
+    }
+    assert longest.n_timesteps == 2_000_000 and longest.history == 11_001
+    stateless = resolve(TrainConfig(env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 10_000}, verbose=0))
+    assert "length_exponent" not in stateless.env_kwargs  # only the episodic memory's preset has it
     active = resolve(TrainConfig(env="rlattn/TMazeActive-L30-v0", verbose=0))
     assert active.env_kwargs == {"min_corridor_length": 3, "slack": 3} and active.history == 36
     # any keyword of the user's own, or evaluation keywords, switch it off
