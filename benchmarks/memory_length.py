@@ -11,7 +11,8 @@ Reported: the final evaluation's success rate (after the whole budget), the best
 env steps at which evaluation first reached 0.95 success, wall time (set-up and evaluations
 included) and training env steps per second.
 History-based methods see a whole episode (the preset history: L + 1 steps passive, L + 3 active);
-``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
+``sparse-attention`` reads it block-routed (each block of 16 steps attends to its 4 best-scoring
+blocks and its own); ``mlp-stack`` flattens that same history; ``mlp`` sees the newest step; ``ppo_lstm`` is
 sb3-contrib's RecurrentPPO; ``ppo_attention`` (rlattn's AttentionPPO) remembers a whole episode
 too, encoding each step once. On the active maze every method's steps also hold the previous action,
 as the presets give it ("sees" ``obs+action``; zeros on the first step, which is how a policy can
@@ -55,15 +56,16 @@ import envs  # noqa: F401  (registers the maze ids)
 from agents.cli import OneLineParser
 from agents.presets import preset_for, training_corridors
 
-METHODS = ("attention", "local-attention", "ppo_attention", "mlp-stack", "mlp", "ppo_lstm")
+METHODS = ("attention", "local-attention", "sparse-attention", "ppo_attention", "mlp-stack", "mlp", "ppo_lstm")
 OWN_MEMORY = {"ppo_lstm": ("ppo_lstm", "mlp"), "ppo_attention": ("ppo_attention", "mlp")}
 """methods that are an algorithm with its own memory: (algo, its per-step encoder)"""
 MAZES = {"passive": "rlattn/TMaze-v0", "active": "rlattn/TMazeActive-v0"}
-BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 500_000, 1000: 500_000}
+BUDGETS = {10: 100_000, 30: 150_000, 100: 300_000, 300: 500_000, 1000: 500_000, 10_000: 2_000_000}
 """default env-step budget per corridor length (the next larger length's for lengths not listed)"""
 STYLES: dict[str, dict] = {
     "attention": {"marker": "o", "linestyle": "-", "linewidth": 2.5},
     "local-attention": {"marker": "s", "linestyle": "--"},
+    "sparse-attention": {"marker": "P", "linestyle": "--"},
     "ppo_attention": {"marker": "D", "linestyle": "-", "linewidth": 2.5},
     "mlp-stack": {"marker": "^", "linestyle": ":"},
     "mlp": {"marker": "v", "linestyle": "-."},
@@ -217,7 +219,7 @@ def plot(table: list[Cell], path: Path) -> None:
                 if not points:
                     continue
                 lengths, iqm, low, high = zip(*points, strict=True)
-                offset = 0.012 * (i - 2)  # overlapping lines stay visible
+                offset = 0.008 * (i - 3)  # overlapping lines stay visible
                 style = {**STYLES[method], **({"markerfacecolor": "none", "linestyle": ":"} if both and mixed else {})}
                 label = f"{method}, trained on {'mixed lengths' if mixed else 'the plain maze'}" if both else method
                 line = ax.plot(lengths, [v + offset for v in iqm], label=label, **style)[0]
