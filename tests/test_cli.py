@@ -345,27 +345,18 @@ def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
     assert lstm.env_kwargs == {"corridor_length": 1000, "min_corridor_length": 10, "slack": 100}
     short = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0))
     assert short.env_kwargs == {"min_corridor_length": 1, "slack": 1}
-    # the episodic memory at L = 1000 trains from corridor 2, half its episodes without slack
-    episodic = resolve(
-        TrainConfig(algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 1000}, verbose=0)
-    )
-    assert episodic.env_kwargs == {
-        "corridor_length": 1000,
-        "min_corridor_length": 2,
-        "slack": 100,
-        "tight_fraction": 0.5,
-    }
-    # from L = 10,000 on its training corridors are drawn with more short ones (density ~ length ** -1.5)
-    longest = resolve(
-        TrainConfig(algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 10_000}, verbose=0)
-    )
-    assert longest.env_kwargs == {
-        "corridor_length": 10_000,
-        "min_corridor_length": 2,
-        "slack": 1000,
-        "tight_fraction": 0.5,
-        "length_exponent": 1.5,
-    }
+
+    # the episodic memory from L = 1000 on trains from corridor 2, half its episodes without slack; from
+    # L = 10,000 on its training corridors are drawn with more short ones (density ~ length ** -1.5)
+    def episodic(length):
+        return resolve(
+            TrainConfig(algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": length}, verbose=0)
+        )
+
+    mixed = {"min_corridor_length": 2, "tight_fraction": 0.5}
+    assert episodic(1000).env_kwargs == {"corridor_length": 1000, "slack": 100, **mixed}
+    longest = episodic(10_000)
+    assert longest.env_kwargs == {"corridor_length": 10_000, "slack": 1000, "length_exponent": 1.5, **mixed}
     assert longest.n_timesteps == 2_000_000 and longest.history == 11_001
     stateless = resolve(TrainConfig(env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 10_000}, verbose=0))
     assert "length_exponent" not in stateless.env_kwargs  # only the episodic memory's preset has it
