@@ -27,8 +27,39 @@ def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray) -> tuple[Encoder, spac
     return encode, spaces.Box(0.0, 1.0, (size,), np.float32)
 
 
+CODE_ONE_HOT_MAX = 16
+"""integer leaves of a Dict or Tuple with at most this many values per number are one-hot encoded"""
+CODE_BITS_MAX = 16
+"""wider integer leaves become the binary code of each number, up to this many bits ..."""
+CODE_SIZE_MAX = 8192
+"""... while the encoded leaf holds at most this many numbers (larger leaves, images, stay numbers)"""
+
+
+def _binary_encoder(n: int, low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
+    bits = np.left_shift(1, np.arange(width, dtype=np.int64))
+
+    def encode(x: Any) -> np.ndarray:
+        codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
+        return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
+
+    return encode, spaces.Box(0.0, 1.0, (n * width,), np.float32)
+
+
 def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
+    """A Box leaf as a float vector. Integer leaves are codes (MiniGrid's object, colour and state
+    indices): one-hot where each number has at most ``CODE_ONE_HOT_MAX`` values, else each number's
+    binary code (``CODE_BITS_MAX`` bits at most), so that values 5 and 6 differ as much as 1 and 6 do;
+    leaves that would then hold more than ``CODE_SIZE_MAX`` numbers, and float leaves, stay numbers."""
     low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in (space.low, space.high))
+    span = np.asarray(space.high, dtype=np.float64).reshape(-1) - np.asarray(space.low, dtype=np.float64).reshape(-1)
+    if np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX:
+        first = np.asarray(space.low, dtype=np.int64).reshape(-1)
+        counts = span.astype(np.int64) + 1
+        width = max(1, int(np.max(counts) - 1).bit_length())
+        if np.max(counts) <= CODE_ONE_HOT_MAX and np.sum(counts) <= CODE_SIZE_MAX:
+            return _one_hot_encoder(counts, first)
+        if first.size * width <= CODE_SIZE_MAX:
+            return _binary_encoder(first.size, first, width)
     return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
 
 
@@ -67,8 +98,9 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
     """How one observation or action of ``space`` becomes an array.
 
     Box as is; Discrete and MultiDiscrete one-hot; MultiBinary a float vector; Dict and Tuple (nested
-    too) one float32 vector of their leaves in key order, Box leaves flattened with their values
-    unscaled, leaves that hold no numbers (Text, a MiniGrid mission) dropped with a warning.
+    too) one float32 vector of their leaves in key order: float Box leaves flattened with their values
+    unscaled, integer Box leaves as codes (one-hot or binary, see ``_flat_box``), leaves that hold no
+    numbers (Text, a MiniGrid mission) dropped with a warning.
     """
     if isinstance(space, spaces.Box):
         return (lambda x: np.asarray(x, dtype=space.dtype)), space
@@ -88,7 +120,8 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
 class FlatObservation(gym.ObservationWrapper):
     """A Dict or Tuple observation (MiniGrid's ``image`` + ``direction`` + ``mission``) as one float32 vector.
 
-    Leaves are encoded as in :class:`HistoryObservation` (Box values flattened unscaled, discrete
+    Leaves are encoded as in :class:`HistoryObservation` (float Box values flattened unscaled, integer
+    Box values as codes: one-hot, or binary for wide ranges such as MiniGrid's uint8 ``image``; discrete
     one-hot) and concatenated in key order; text leaves are dropped with a warning. For
     :class:`~rlattn.AttentionPPO`, ``RecurrentPPO`` or a plain MLP on such envs; ``HistoryObservation``
     encodes Dict and Tuple observations itself.

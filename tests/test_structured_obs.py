@@ -47,13 +47,46 @@ class Structured(gym.Env):
 def test_dict_steps_are_one_vector_in_key_order_with_text_dropped():
     with pytest.warns(UserWarning, match="'mission'.*dropped.*FilterObservation"):
         env = HistoryObservation(Structured(GRID), length=3)
-    assert env.observation_space["obs"].shape == (3, 4 + 18)  # direction one-hot, then the image (keys sorted)
+    # direction one-hot, then the image (keys sorted): uint8 codes, 8 bits each (least significant first)
+    assert env.observation_space["obs"].shape == (3, 4 + 18 * 8)
     env.reset(seed=0)
     obs, *_ = env.step(0)
     newest = obs["obs"][-1]
     np.testing.assert_array_equal(newest[:4], [0, 1, 0, 0])  # direction 1
-    assert newest[4] == 7 and np.all(newest[5:] == 1)  # raw values, flattened in the image's own order
+    codes = newest[4:].reshape(18, 8)  # flattened in the image's own order
+    np.testing.assert_array_equal(codes[0], [1, 1, 1, 0, 0, 0, 0, 0])  # 7
+    np.testing.assert_array_equal(codes[1:], np.tile([1, 0, 0, 0, 0, 0, 0, 0], (17, 1)))  # 1
     np.testing.assert_array_equal(obs["valid"], [0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("leaf", "value", "expected"),
+    [
+        # a few values per number: one-hot from the leaf's low bound
+        (spaces.Box(-1, 2, (2,), np.int64), [2, -1], [0, 0, 0, 1, 1, 0, 0, 0]),
+        # wide ranges: each number's binary code, as wide as the range needs (0..1000: 10 bits)
+        (spaces.Box(0, 1000, (1,), np.int32), [6], [0, 1, 1, 0, 0, 0, 0, 0, 0, 0]),
+        (spaces.Box(10, 300, (1,), np.int16), [15], [1, 0, 1, 0, 0, 0, 0, 0, 0]),
+        # floats, integers too wide for 16 bits, and leaves that would grow past 8192 numbers: unchanged
+        (spaces.Box(-1.0, 1.0, (2,), np.float32), [0.25, -1.0], [0.25, -1.0]),
+        (spaces.Box(0, 2**20, (1,), np.int64), [70000], [70000]),
+        (spaces.Box(0, 255, (32, 32, 3), np.uint8), np.full(3072, 9), np.full(3072, 9)),
+    ],
+)
+def test_integer_leaves_are_codes(leaf, value, expected):
+    """Integer Box leaves are categories (MiniGrid's object indices: key 5, ball 6), not magnitudes."""
+    env = FlatObservation(Structured(spaces.Dict({"x": leaf})))
+    encoded = env.observation(dict(x=np.asarray(value, dtype=leaf.dtype).reshape(leaf.shape)))
+    np.testing.assert_array_equal(encoded, np.asarray(expected, dtype=np.float32))
+    assert env.observation_space.shape == encoded.shape and env.observation_space.contains(encoded)
+
+
+def test_neighbouring_codes_are_as_far_apart_as_any():
+    """Raw, key (5) and ball (6) differed by 1 where key and wall (2) differed by 3; as codes no
+    pair is closer than one bit, and 5 and 6 differ in two."""
+    env = FlatObservation(Structured(spaces.Dict({"x": spaces.Box(0, 255, (1,), np.uint8)})))
+    code = {v: env.observation({"x": np.array([v], dtype=np.uint8)}) for v in (2, 5, 6)}
+    assert np.abs(code[5] - code[6]).sum() == 2 and np.abs(code[5] - code[2]).sum() == 3
 
 
 def test_nested_tuple_steps_flatten_every_leaf():
