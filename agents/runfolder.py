@@ -45,15 +45,25 @@ def final_model(folder: Path, env_id: str) -> Path:
 
 
 def new_run_folder(log_folder: str, algo: str, env_id: str) -> Path:
-    """``LOG_FOLDER/ALGO/ENV_N`` with N one more than the latest run (the Zoo's layout)."""
+    """``LOG_FOLDER/ALGO/ENV_N`` with N one more than the latest run (the Zoo's layout).
+
+    Runs started at the same moment into one log folder get different N: a number another run has
+    just taken is skipped."""
     parent = Path(log_folder) / algo
+    parent.mkdir(parents=True, exist_ok=True)
     name = env_name(env_id)
-    runs = [
-        int(m.group(1)) for p in parent.glob(f"{name}_*") if (m := re.fullmatch(re.escape(name) + r"_(\d+)", p.name))
-    ]
-    folder = parent / f"{name}_{max(runs, default=0) + 1}"
-    folder.mkdir(parents=True)
-    return folder
+    while True:
+        runs = [
+            int(m.group(1))
+            for p in parent.glob(f"{name}_*")
+            if (m := re.fullmatch(re.escape(name) + r"_(\d+)", p.name))
+        ]
+        folder = parent / f"{name}_{max(runs, default=0) + 1}"
+        try:
+            folder.mkdir()
+        except FileExistsError:  # taken between the listing and mkdir: list again
+            continue
+        return folder
 
 
 def write_run_info(folder: Path, plan: RunPlan) -> None:

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.build import resolve
 from agents.cli import main
 from agents.config import TrainConfig
+from agents.runfolder import new_run_folder
 
 
 class TextObservation(gym.Env):
@@ -395,3 +396,17 @@ def test_active_mazes_see_the_previous_action():
     assert both.history_inputs == ("action", "reward")
     assert set(make_vec(both, 1, seed=0).observation_space.spaces) == {"obs", "action", "reward", "valid"}
     assert resolve(TrainConfig(env="CartPole-v1", verbose=0)).history_inputs == ()
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path, monkeypatch):
+    """Two runs into one log folder: the second lists the folder before the first creates ENV_1."""
+    first = new_run_folder(str(tmp_path), "ppo", "rlattn/TMaze-v0")
+    calls, listing = [], Path.glob
+
+    def glob(self, pattern):  # the first listing was made before the first run's mkdir
+        calls.append(pattern)
+        return iter(()) if len(calls) == 1 else listing(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", glob)
+    second = new_run_folder(str(tmp_path), "ppo", "rlattn/TMaze-v0")
+    assert first.name == "rlattn-TMaze-v0_1" and second.name == "rlattn-TMaze-v0_2" and len(calls) == 2
