@@ -13,7 +13,8 @@ families. Equal env steps per task for every method. Evaluation every ``--eval-f
 Tasks (all pip-installable; returns normalised so the best episode scores 1):
 - MiniGrid ``MemoryS7``, ``MemoryS11``, ``MemoryS13``: see an object at the start of a corridor, walk
   it, pick the matching one of two at its end. Observation: MiniGrid's Dict (7x7x3 ``image``,
-  ``direction``; the text ``mission`` is dropped), flattened by ``rlattn.FlatObservation``.
+  ``direction``; the text ``mission`` is dropped), flattened by ``rlattn.FlatObservation`` (the image's
+  object, colour and state indices as 8-bit codes).
 - POPGym ``PositionOnlyCartPoleEasy`` and ``PositionOnlyPendulumEasy``: CartPole and Pendulum with their
   velocities hidden. ``RepeatPreviousEasy``: name the card seen four steps ago. ``AutoencodeEasy``:
   watch a sequence of cards, then name them back in reverse (a Tuple observation).
@@ -51,7 +52,8 @@ class Task:
 
 
 TASKS = {
-    "MemoryS7": Task("minigrid:MiniGrid-MemoryS7-v0", 300_000, 1.0),
+    # ppo_attention first left chance at 450k-750k steps (README, "MiniGrid"): 1M
+    "MemoryS7": Task("minigrid:MiniGrid-MemoryS7-v0", 1_000_000, 1.0),
     "MemoryS11": Task("minigrid:MiniGrid-MemoryS11-v0", 500_000, 1.0),
     "MemoryS13": Task("minigrid:MiniGrid-MemoryS13-v0", 500_000, 1.0),
     "PositionOnlyCartPole": Task("popgym:popgym-PositionOnlyCartPoleEasy-v0", 100_000, 1.0),
