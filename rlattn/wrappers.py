@@ -48,8 +48,9 @@ def _binary_encoder(n: int, low: np.ndarray, width: int) -> tuple[Encoder, space
 def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     """A Box leaf as a float vector. Integer leaves are codes (MiniGrid's object, colour and state
     indices): one-hot where each number has at most ``CODE_ONE_HOT_MAX`` values, else each number's
-    binary code (``CODE_BITS_MAX`` bits at most), so that values 5 and 6 differ as much as 1 and 6 do;
-    leaves that would then hold more than ``CODE_SIZE_MAX`` numbers, and float leaves, stay numbers."""
+    binary code (``CODE_BITS_MAX`` bits at most): each value its own pattern, not a magnitude (a key, 5,
+    and a ball, 6, differ in two bits, not by 1). Leaves that would then hold more than
+    ``CODE_SIZE_MAX`` numbers, and float leaves, stay numbers."""
     low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in (space.low, space.high))
     span = np.asarray(space.high, dtype=np.float64).reshape(-1) - np.asarray(space.low, dtype=np.float64).reshape(-1)
     if np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX:
