@@ -35,14 +35,15 @@ CODE_SIZE_MAX = 8192
 """... while the encoded leaf holds at most this many numbers (larger leaves, images, stay numbers)"""
 
 
-def _binary_encoder(n: int, low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
+def _binary_encoder(low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
+    """Each number (x - low) as its ``width`` bits, least significant first."""
     bits = np.left_shift(1, np.arange(width, dtype=np.int64))
 
     def encode(x: Any) -> np.ndarray:
         codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
         return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
 
-    return encode, spaces.Box(0.0, 1.0, (n * width,), np.float32)
+    return encode, spaces.Box(0.0, 1.0, (low.size * width,), np.float32)
 
 
 def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
@@ -60,7 +61,7 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
         if np.max(counts) <= CODE_ONE_HOT_MAX and np.sum(counts) <= CODE_SIZE_MAX:
             return _one_hot_encoder(counts, first)
         if first.size * width <= CODE_SIZE_MAX:
-            return _binary_encoder(first.size, first, width)
+            return _binary_encoder(first, width)
     return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
 
 

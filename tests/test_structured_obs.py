@@ -81,9 +81,9 @@ def test_integer_leaves_are_codes(leaf, value, expected):
     assert env.observation_space.shape == encoded.shape and env.observation_space.contains(encoded)
 
 
-def test_neighbouring_codes_are_as_far_apart_as_any():
-    """Raw, key (5) and ball (6) differed by 1 where key and wall (2) differed by 3; as codes no
-    pair is closer than one bit, and 5 and 6 differ in two."""
+def test_key_and_ball_codes_differ_in_two_bits():
+    """Raw, key (5) and ball (6) differed by 1 where key and wall (2) differed by 3; as codes 5 and 6
+    differ in two bits, 5 and 2 in three."""
     env = FlatObservation(Structured(spaces.Dict({"x": spaces.Box(0, 255, (1,), np.uint8)})))
     code = {v: env.observation({"x": np.array([v], dtype=np.uint8)}) for v in (2, 5, 6)}
     assert np.abs(code[5] - code[6]).sum() == 2 and np.abs(code[5] - code[2]).sum() == 3
