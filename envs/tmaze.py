@@ -19,6 +19,11 @@ RIGHT, LEFT, UP, DOWN = 0, 1, 2, 3
 ACTION_NAMES = ("right", "left", "up", "down")
 
 
+def penalty_for(steps: int) -> float:
+    """The largest power of two <= 1 / steps: exact in floating point, so ``steps`` penalties sum to >= -1."""
+    return 2.0 ** -math.ceil(math.log2(steps))
+
+
 class TMazeEnv(gym.Env):
     """Passive T-Maze: remember a cue seen once, act on it ``corridor_length`` steps later.
 
@@ -71,6 +76,11 @@ class TMazeEnv(gym.Env):
       turning; one more ends the episode, a failure. None: as long as the time allows. For training
       with slack: ``0`` makes hesitating at the junction as fatal as on the plain maze, while the
       corridor keeps its slack.
+    - ``episode_penalty`` (bool): each episode's step penalty from its own time limit (the largest
+      power of two not above ``1 / limit``) instead of the longest corridor's; the same on the plain
+      maze. For training on mixed lengths: a wasted step in a 5-step episode then costs 1/8, not
+      1/2048 as at L = 1000, so short episodes teach what a step is worth (on the Active T-Maze:
+      step back to the cue first).
     - ``render_mode``: ``None``, ``"ansi"`` (text) or ``"rgb_array"`` (3 x cells grid, HWC uint8).
 
     ``info`` holds ``cue_step`` (the episode step at which the cue was last observed, -1 before it
@@ -102,6 +112,7 @@ class TMazeEnv(gym.Env):
         tight_fraction: float = 0.0,
         junction_wait: int | None = None,
         length_exponent: float = 1.0,
+        episode_penalty: bool = False,
     ):
         self.corridor_length = check_int("corridor_length", corridor_length, *self.PARAMETERS["corridor_length"])
         self.slack = check_int("slack", slack, *self.PARAMETERS["slack"])
@@ -111,6 +122,9 @@ class TMazeEnv(gym.Env):
         if junction_wait is not None:
             junction_wait = check_int("junction_wait", junction_wait, 0, MAX_CORRIDOR_LENGTH)
         self.junction_wait = junction_wait
+        if not isinstance(episode_penalty, (bool, np.bool_)):
+            raise ValueError(f"episode_penalty={episode_penalty!r} is invalid: must be True or False")
+        self.episode_penalty = bool(episode_penalty)
         if min_corridor_length is not None:
             min_corridor_length = check_int("min_corridor_length", min_corridor_length, 1, self.corridor_length)
         self.min_corridor_length = min_corridor_length
@@ -122,7 +136,7 @@ class TMazeEnv(gym.Env):
         self.junction = self.start + self.corridor_length
         self.max_steps = self.shortest_episode + self.slack
         # the largest power of two <= 1 / max_steps: exact in floating point, so penalties sum to >= -1
-        self.step_penalty = 2.0 ** -math.ceil(math.log2(self.max_steps))
+        self.step_penalty = penalty_for(self.max_steps)
         self.observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
         self.action_space = spaces.Discrete(4)
         self._position = self.start
@@ -130,6 +144,7 @@ class TMazeEnv(gym.Env):
         self._t = 0
         self._cue_step = -1
         self._time_limit = self.max_steps
+        self._penalty = self.step_penalty
         self._waited = 0
 
     @property
@@ -165,6 +180,7 @@ class TMazeEnv(gym.Env):
         # no draw without tight_fraction, so seeded episodes stay as they were
         tight = self.tight_fraction > 0 and self.np_random.uniform() < self.tight_fraction
         self._time_limit = self.shortest_episode + (0 if tight else self.slack)
+        self._penalty = penalty_for(self._time_limit) if self.episode_penalty else self.step_penalty
         self._position, self._t, self._cue_step, self._waited = self.start, 0, -1, 0
         self._goal = int(self.np_random.integers(2))
         return self._observe(), self._info()
@@ -194,7 +210,7 @@ class TMazeEnv(gym.Env):
             self._position = min(self._position + 1, self.junction)
         elif action == LEFT:
             self._position = max(self._position - 1, 0)
-        reward = 0.0 if self._steps_to_go() < before else -self.step_penalty
+        reward = 0.0 if self._steps_to_go() < before else -self._penalty
         obs = self._observe()
         info = self._info()
         self._waited += int(at_junction)

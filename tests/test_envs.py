@@ -406,3 +406,47 @@ def test_without_junction_wait_the_time_limit_alone_ends_a_wait():
 def test_bad_junction_wait_names_the_value(wait):
     with pytest.raises(ValueError, match=r"^junction_wait=.* is invalid"):
         gym.make("rlattn/TMaze-v0", junction_wait=wait)
+
+
+def bump_returns(env, episodes, seed=0):
+    """(time limit, return) of episodes where the agent only bumps into walls: every step is penalised."""
+    lengths = time_limits(env, episodes, seed)
+    returns = []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(UP)
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    return lengths, np.array(returns)
+
+
+@pytest.mark.parametrize("env_id", ["rlattn/TMaze-v0", "rlattn/TMazeActive-v0"])
+def test_episode_penalty_scales_each_episode_penalty_to_its_own_time_limit(env_id):
+    kwargs = {"corridor_length": 200, "slack": 20, "min_corridor_length": 2, "tight_fraction": 0.5}
+    env = gym.make(env_id, episode_penalty=True, **kwargs)
+    lengths, returns = bump_returns(env, 60)
+    assert lengths.min() < 10 and lengths.max() > 100  # short and long episodes both drawn
+    penalties = -returns / lengths
+    np.testing.assert_array_equal(penalties, 2.0 ** -np.ceil(np.log2(lengths)))  # a power of two, <= 1 / limit
+    assert (returns >= -1.0).all() and (returns < -0.5).all()  # an all-penalty episode costs between 1/2 and 1
+    longest = env.unwrapped.step_penalty
+    assert longest == 2.0**-8 and penalties.min() == longest  # the attribute stays the longest corridor's
+    # without it every episode pays the longest corridor's penalty, and seeded episodes are the same
+    plain_lengths, plain_returns = bump_returns(gym.make(env_id, **kwargs), 60)
+    np.testing.assert_array_equal(plain_lengths, lengths)
+    np.testing.assert_array_equal(-plain_returns / plain_lengths, longest)
+
+
+@pytest.mark.parametrize("env_id", ["rlattn/TMaze-v0", "rlattn/TMazeActive-v0"])
+def test_episode_penalty_is_the_same_on_the_plain_maze(env_id):
+    kwargs = {"corridor_length": 30, "slack": 3}
+    with_it, without = (gym.make(env_id, episode_penalty=flag, **kwargs) for flag in (True, False))
+    np.testing.assert_array_equal(bump_returns(with_it, 3)[1], bump_returns(without, 3)[1])
+
+
+@pytest.mark.parametrize("value", [1, "True", None])
+def test_bad_episode_penalty_names_the_value(value):
+    with pytest.raises(ValueError, match=r"^episode_penalty=.* is invalid: must be True or False$"):
+        gym.make("rlattn/TMaze-v0", episode_penalty=value)
