@@ -361,6 +361,15 @@ def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
     assert longest.n_timesteps == 2_000_000 and longest.history == 11_001
     stateless = resolve(TrainConfig(env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 10_000}, verbose=0))
     assert "length_exponent" not in stateless.env_kwargs  # only the episodic memory's preset has it
+    # on the active maze from L = 1000 on, each training episode's penalty follows its own time limit
+    active_1000 = resolve(
+        TrainConfig(algo="ppo_attention", env="rlattn/TMazeActive-v0", env_kwargs={"corridor_length": 1000}, verbose=0)
+    )
+    assert active_1000.env_kwargs == {"corridor_length": 1000, "slack": 100, "episode_penalty": True, **mixed}
+    assert active_1000.eval_env_kwargs == {"corridor_length": 1000}
+    assert "episode_penalty" not in episodic(1000).env_kwargs and "episode_penalty" not in longest.env_kwargs
+    active_100 = resolve(TrainConfig(algo="ppo_attention", env="rlattn/TMazeActive-L100-v0", verbose=0))
+    assert "episode_penalty" not in active_100.env_kwargs
     active = resolve(TrainConfig(env="rlattn/TMazeActive-L30-v0", verbose=0))
     assert active.env_kwargs == {"min_corridor_length": 3, "slack": 3} and active.history == 36
     # any keyword of the user's own, or evaluation keywords, switch it off
