@@ -90,11 +90,15 @@ class ResumableEvalCallback(EvalCallback):
 
 class LearnedSteps(BaseCallback):
     """The env steps the model has learned from: on-policy algorithms drop a half-collected rollout
-    when interrupted, so the saved step counter leaves it out and a resumed run collects it again."""
+    when interrupted, so the saved step counter leaves it out and a resumed run collects it again.
+    Off-policy algorithms count a step before storing its transition; an interrupt in between leaves
+    the step uncounted too (``stored_steps``), so the counter matches the saved replay buffer."""
 
     def __init__(self) -> None:
         super().__init__()
         self.learned = 0
+        self._step: tuple[int, int] | None = None
+        """(the step counter, the replay buffer's write position) when the last step was counted"""
 
     def _on_training_start(self) -> None:
         self.learned = self.num_timesteps
@@ -106,7 +110,17 @@ class LearnedSteps(BaseCallback):
         self.learned = self.num_timesteps
 
     def _on_step(self) -> bool:
+        buffer = getattr(self.model, "replay_buffer", None)
+        if buffer is not None:
+            self._step = (self.num_timesteps, buffer.pos)
         return True
+
+    def stored_steps(self) -> int:
+        """The off-policy step counter without a last step whose transition the interrupt kept out of the buffer."""
+        counted = self.model.num_timesteps
+        if self._step is not None and self._step == (counted, self.model.replay_buffer.pos):
+            return counted - self.model.n_envs
+        return counted
 
 
 def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) -> list[BaseCallback]:

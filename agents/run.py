@@ -217,7 +217,9 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             )
         except KeyboardInterrupt:
             received = received or [signal.SIGINT]
-            if not isinstance(model, OffPolicyAlgorithm):
+            if isinstance(model, OffPolicyAlgorithm):
+                model.num_timesteps = learned.stored_steps()
+            else:
                 model.num_timesteps = learned.learned
         except BaseException:
             save_atomic(model, folder / "crashed_model.zip")

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.config import TrainConfig
+from agents.run import train
 from agents.runfolder import save_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +116,46 @@ def test_sigterm_saves_the_model_and_the_replay_buffer_and_resume_loads_them(tmp
     again.load_replay_buffer(run / "replay_buffer.pkl")
     assert again.num_timesteps >= model.num_timesteps + 400
     assert again.replay_buffer.size() > model.replay_buffer.size()  # the old buffer was loaded and extended
+
+
+class InterruptAt(BaseCallback):
+    """Raises Ctrl-C's exception on the given step, from ``on_step`` (before SB3 stores the step's
+    transition) or from ``on_rollout_end`` (after it)."""
+
+    def __init__(self, step: int, where: str) -> None:
+        super().__init__()
+        self.step, self.where = step, where
+
+    def _on_step(self) -> bool:
+        if self.where == "step" and self.num_timesteps >= self.step:
+            raise KeyboardInterrupt
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.where == "rollout_end" and self.num_timesteps >= self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["step", "rollout_end"])
+def test_an_interrupt_before_or_after_a_transition_is_stored_keeps_the_counter_and_the_buffer_equal(tmp_path, where):
+    """SB3 counts an off-policy step before storing its transition; the saved counter follows the buffer."""
+    cfg = TrainConfig(
+        algo="dqn",
+        env_kwargs={"corridor_length": 3},
+        n_envs=2,
+        n_timesteps=4000,
+        eval_freq=-1,
+        eval_episodes=2,
+        log_folder=str(tmp_path / "logs"),
+        hyperparams={"learning_starts": 200, "buffer_size": 5000},
+        verbose=0,
+    )
+    result = train(cfg, extra_callbacks=[InterruptAt(601, where)])
+    assert result.interrupted_by == "SIGINT"
+    model = DQN.load(result.model_path, device="cpu")
+    model.load_replay_buffer(result.folder / "replay_buffer.pkl")
+    assert model.num_timesteps == (600 if where == "step" else 608)  # rollouts of 4 steps x 2 envs
+    assert model.replay_buffer.size() == model.num_timesteps // 2
 
 
 def test_resume_refuses_other_settings_and_a_total_already_reached(tmp_path):
