@@ -118,7 +118,8 @@ class LearnedSteps(BaseCallback):
     def stored_steps(self) -> int:
         """The off-policy step counter without a last step whose transition the interrupt kept out of the buffer."""
         counted = self.model.num_timesteps
-        if self._step is not None and self._step == (counted, self.model.replay_buffer.pos):
+        buffer = getattr(self.model, "replay_buffer", None)
+        if buffer is not None and self._step == (counted, buffer.pos):
             return counted - self.model.n_envs
         return counted
 
