@@ -52,12 +52,27 @@ class Case:
     """further measurements of the finished run, from its record (must reuse what it wrote before)"""
 
 
+def case_digest(case: Case) -> str:
+    """A short hash of the case's key and ``train.py`` arguments: a preset change that alters the
+    arguments (a new training-env keyword, say) gives the same key a new digest."""
+    text = json.dumps([case.key, list(case.arguments)], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def case_folder(log_folder: Path, case: Case) -> Path:
     """The case's folder under ``log_folder``: a pure function of its key and arguments."""
-    text = json.dumps([case.key, list(case.arguments)], sort_keys=True, default=str)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
     readable = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)) for value in case.key.values())
-    return log_folder / f"{readable}_{digest}"
+    return log_folder / f"{readable}_{case_digest(case)}"
+
+
+def record_digest(record: dict) -> str | None:
+    """The digest of the case a saved record came from: its own field, else the end of its case folder's
+    name (records saved before the field existed); None when neither is there."""
+    if "digest" in record:
+        return str(record["digest"])
+    if "folder" in record:
+        return Path(record["folder"]).parent.parent.name.rsplit("_", 1)[-1]
+    return None
 
 
 def finished_run(folder: Path) -> Path | None:
@@ -120,7 +135,7 @@ def run_case(case: Case, log_folder: Path) -> dict:
     record = read_record(run)
     if case.after is not None:
         record.update(case.after(record))
-    return {**case.key, **record}
+    return {**case.key, **record, "digest": case_digest(case)}
 
 
 class CaseTrial(tune.Trainable):
@@ -141,8 +156,15 @@ class Results:
         self.path = path
         self.records: list[dict] = json.loads(path.read_text()) if path.is_file() else []
 
-    def find(self, key: dict) -> dict | None:
-        found = [r for r in self.records if all(r.get(k) == v for k, v in key.items()) and "error" not in r]
+    def find(self, key: dict, digest: str | None = None) -> dict | None:
+        """The latest record with these settings (and, given ``digest``, made with the same arguments)."""
+        found = [
+            r
+            for r in self.records
+            if all(r.get(k) == v for k, v in key.items())
+            and "error" not in r
+            and (digest is None or record_digest(r) == digest)
+        ]
         return found[-1] if found else None
 
     def add(self, record: dict) -> None:
@@ -198,7 +220,12 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
     records: dict[int, dict] = {}
     pending: list[int] = []
     for i, case in enumerate(cases):
-        old = saved.find(case.key) if args.reuse or args.saved_only else None
+        # --reuse stands in for a run made now, so the arguments must match too; --saved-only shows what was saved
+        old = (
+            saved.find(case.key, None if args.saved_only else case_digest(case))
+            if args.reuse or args.saved_only
+            else None
+        )
         if old is not None:
             records[i] = old
         elif not args.saved_only and finished_run(case_folder(args.log_folder, case)) is not None:
@@ -227,7 +254,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--address", default=None, help="join this Ray cluster (HOST:PORT or auto) instead of a local Ray"
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
-    parser.add_argument("--reuse", action="store_true", help="reuse runs already in --results with the same settings")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse runs already in --results with the same settings and train.py arguments (after a preset change they train again)",
+    )
     parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     parser.add_argument(
         "--log-folder",

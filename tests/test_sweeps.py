@@ -198,3 +198,21 @@ def test_memory_length_trains_each_method_from_its_presets_shortest_corridor():
     assert kwargs == ("corridor_length:1000", "min_corridor_length:2", "slack:100", "tight_fraction:0.5")
     told = memory_length.make_cases(argparse.Namespace(**{**vars(args), "train_from": 5}))
     assert {case.key["train_from"] for case in told} == {5}
+
+
+def test_reuse_needs_the_same_arguments_and_saved_only_shows_what_was_saved(tmp_path):
+    """A preset change that alters a case's train.py arguments must not hand back the old run's record."""
+    before, after = (
+        sweep.Case({"method": "mlp", "seed": 0}, "mlp", (*TINY, *extra)) for extra in ((), ("--n-envs", "4"))
+    )
+    assert sweep.case_digest(before) != sweep.case_digest(after)
+    results = sweep.Results(tmp_path / "results.json")
+    old_folder = sweep.case_folder(tmp_path, before) / "mlp" / "rlattn-TMaze-v0_1"
+    results.add({**before.key, "success": 0.0, "folder": str(old_folder)})  # saved before records had a digest
+    assert results.find(before.key, sweep.case_digest(before))["success"] == 0.0
+    assert results.find(after.key, sweep.case_digest(after)) is None
+    assert results.find(after.key)["success"] == 0.0  # --saved-only: whatever was saved under these settings
+    results.add({**after.key, "success": 1.0, "digest": sweep.case_digest(after)})
+    assert results.find(after.key, sweep.case_digest(after))["success"] == 1.0
+    assert results.find(before.key, sweep.case_digest(before))["success"] == 0.0
+    assert sweep.Results(tmp_path / "results.json").find(after.key, sweep.case_digest(after))["success"] == 1.0
