@@ -101,6 +101,7 @@ def test_features_of_a_history_do_not_depend_on_the_rest_of_the_batch(kwargs):
 def test_large_batches_in_length_groups_give_the_same_features_and_gradients(kwargs, monkeypatch):
     """Batches of 128+ long histories run sorted by valid length, in groups: same numbers as one pass."""
     monkeypatch.setattr(extractors, "LENGTH_GROUP_MIN_STEPS", 2)
+    torch.manual_seed(0)
     extractor = HistoryAttentionExtractor(SPACE, embed_dim=16, n_heads=2, **kwargs)
     observations = batch(B=200, seed=3)
     passes = count_passes(extractor)
@@ -118,7 +119,8 @@ def test_large_batches_in_length_groups_give_the_same_features_and_gradients(kwa
         if a is None or b is None:
             assert a is None and b is None
         else:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+            # each gradient sums 200 histories in another order: float32 rounding reaches ~2e-5 (seen in CI)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def count_passes(extractor: HistoryAttentionExtractor) -> list[int]:
