@@ -97,11 +97,14 @@ class LearnedSteps(BaseCallback):
     def __init__(self) -> None:
         super().__init__()
         self.learned = 0
+        self._buffer: Any = None
+        """the off-policy model's replay buffer (None on-policy)"""
         self._step: tuple[int, int] | None = None
         """(the step counter, the replay buffer's write position) when the last step was counted"""
 
     def _on_training_start(self) -> None:
         self.learned = self.num_timesteps
+        self._buffer = getattr(self.model, "replay_buffer", None)
 
     def _on_rollout_start(self) -> None:
         self.learned = self.num_timesteps
@@ -110,16 +113,14 @@ class LearnedSteps(BaseCallback):
         self.learned = self.num_timesteps
 
     def _on_step(self) -> bool:
-        buffer = getattr(self.model, "replay_buffer", None)
-        if buffer is not None:
-            self._step = (self.num_timesteps, buffer.pos)
+        if self._buffer is not None:
+            self._step = (self.num_timesteps, self._buffer.pos)
         return True
 
     def stored_steps(self) -> int:
         """The off-policy step counter without a last step whose transition the interrupt kept out of the buffer."""
         counted = self.model.num_timesteps
-        buffer = getattr(self.model, "replay_buffer", None)
-        if buffer is not None and self._step == (counted, buffer.pos):
+        if self._buffer is not None and self._step == (counted, self._buffer.pos):
             return counted - self.model.n_envs
         return counted
 
