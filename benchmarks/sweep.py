@@ -220,12 +220,11 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
     records: dict[int, dict] = {}
     pending: list[int] = []
     for i, case in enumerate(cases):
-        # --reuse stands in for a run made now, so the arguments must match too; --saved-only shows what was saved
-        old = (
-            saved.find(case.key, None if args.saved_only else case_digest(case))
-            if args.reuse or args.saved_only
-            else None
-        )
+        old = None
+        if args.saved_only:  # shows what was saved
+            old = saved.find(case.key)
+        elif args.reuse:  # stands in for a run made now: the arguments must match too
+            old = saved.find(case.key, case_digest(case))
         if old is not None:
             records[i] = old
         elif not args.saved_only and finished_run(case_folder(args.log_folder, case)) is not None:
