@@ -18,6 +18,8 @@ reset through /proc/self/clear_refs) over one run. Methods:
 - ``sparse``: global range, block-routed (``top_k`` with ``block_size``): keys in blocks of 64, each
   block of 64 queries attends to its 2 best-scoring blocks and its own (``--top-k 2 --block-size
   64``), so every query sees at most 192 keys whatever K: 3 of 64 blocks at K = 4096.
+- ``sparse-compressed``: ``sparse`` plus NSA's compressed branch (``compress=True``: every query
+  also attends to the other blocks' mean keys and values, gated), the branch that trains the router.
 
 Ratios are measured in the same run: ``x faster`` and ``x less mem`` against ``global`` at the same K,
 ``x vs local`` is local's time over this method's (>= 1: no slower than local), ``x time/2K`` this
@@ -35,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("global", "local-dense", "local", "sparse")
+METHODS = ("global", "local-dense", "local", "sparse", "sparse-compressed")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,6 +47,7 @@ def pattern(method: str, window: int, top_k: int, block_size: int) -> dict:
         "local-dense": {"attention": "local", "window": window, "chunk": 0},
         "local": {"attention": "local", "window": window},
         "sparse": {"attention": "global", "top_k": top_k, "block_size": block_size},
+        "sparse-compressed": {"attention": "global", "top_k": top_k, "block_size": block_size, "compress": True},
     }[method]
 
 
@@ -78,7 +81,10 @@ def worker(args: argparse.Namespace) -> None:
         call = lambda: layer(inputs[0], valid)[0]  # noqa: E731
     else:
         inputs = [torch.randn(B, 4, K, E // 4, requires_grad=True) for _ in range(3)]
-        call = lambda: layer.attend(*inputs, valid)[0]  # noqa: E731
+        gate = (
+            torch.full((B, 4, K, 1), 0.5) if layer.compress_gate is not None else None
+        )  # the gate itself is a projection
+        call = lambda: layer.attend(*inputs, valid, gate=gate)[0]  # noqa: E731
 
     def run() -> None:
         call().square().mean().backward()
@@ -158,7 +164,7 @@ def main() -> None:
         f"{args.threads} thread(s); forward+backward, median of {args.repeats}"
     )
     header = (
-        f"{'K':>6} {'method':<12} {'ms':>10} {'peak MiB':>10} {'x faster':>9} {'x less mem':>10} {'x vs local':>10} "
+        f"{'K':>6} {'method':<17} {'ms':>10} {'peak MiB':>10} {'x faster':>9} {'x less mem':>10} {'x vs local':>10} "
         f"{'x time/2K':>10}"
     )
     print(header)
@@ -171,7 +177,7 @@ def main() -> None:
             local = results.get(("local", length), {})
             prev = results.get((method, length // 2), {})
             if "error" in result:
-                print(f"{length:>6} {method:<12} failed: {result['error']}")
+                print(f"{length:>6} {method:<17} failed: {result['error']}")
                 continue
             ms, mib = result["seconds"] * 1e3, result["peak_bytes"] / 2**20
             faster = f"{base['seconds'] / result['seconds']:.1f}" if "seconds" in base else "-"
@@ -179,7 +185,7 @@ def main() -> None:
             vs_local = f"{local['seconds'] / result['seconds']:.2f}" if "seconds" in local else "-"
             growth = f"{result['seconds'] / prev['seconds']:.2f}" if "seconds" in prev else "-"
             row = (
-                f"{length:>6} {method:<12} {ms:>10.2f} {mib:>10.1f} {faster:>9} {less:>10} {vs_local:>10} {growth:>10}"
+                f"{length:>6} {method:<17} {ms:>10.2f} {mib:>10.1f} {faster:>9} {less:>10} {vs_local:>10} {growth:>10}"
             )
             print(row, flush=True)
 

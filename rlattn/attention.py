@@ -23,10 +23,17 @@ another query. Three computations give the same numbers (tests hold this, forwar
 With ``top_k``, global attention is block-routed (:mod:`rlattn.block_sparse`, MoBA): keys in blocks
 of ``block_size``, each block of queries attends only to its ``top_k`` best-scoring blocks and its
 own, the rest never computed. With every block chosen it is global attention, number for number.
+With ``compress`` too, NSA's compressed branch (each query over every other block's mean key and
+value) is added through a learned per-head gate, which trains the scores the router ranks.
 
 One query (the readout of a history's last block) has a cheaper form of the same numbers:
 :func:`single_query_attention` folds the key and value projections into the query's side, so the K
 keys are never projected (cost K x E x H instead of K x E x 2E).
+
+With ``length_scale``, each head's logits are multiplied by ``s_h log n``, n the number of keys
+the query may see and s_h learned (Scalable-Softmax, Nakanishi 2025, https://arxiv.org/abs/2501.19399,
+section 3): with plain softmax the weight a fixed score gap buys falls as 1/n, so one step among a
+thousand fades; with the scaling a head that keeps a gap keeps its weight at any length.
 
 Positions can enter inside attention instead of being added to the tokens: with ``positions``,
 queries and keys are rotated by their positions (rotary embeddings, RoPE: Su et al. 2021,
@@ -38,6 +45,7 @@ what lets :meth:`MultiHeadAttention.step` attend to a cache of keys.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +57,13 @@ from rlattn.attention_paths import (
     single_query_attention,
     tiled_neighbourhood_attention,
 )
-from rlattn.block_sparse import block_sparse_attention, routed_mask
+from rlattn.block_sparse import block_sparse_attention, compressed_attention, routed_mask
 from rlattn.rotary import rotary_tables, rotate
 from rlattn.validation import check_choice, check_int
 
 ATTENTION_KINDS = ("global", "local", "neighbourhood")
+LENGTH_SCALE_NEUTRAL = 16
+"""with ``length_scale``, each head starts at s = 1 / log(16): logits unchanged where a query sees 16 keys"""
 SEQUENCE_KINDS = ("global", "local")
 
 
@@ -140,6 +150,11 @@ class MultiHeadAttention(nn.Module):
         product on CPU, and at K = 4096 top_k = 2 sees 3 of 64 blocks); 1 routes every key alone.
     :param chunk: query block size (cells per tile side for grids) of the chunked path; None picks
         one from the window. ``0`` forces the dense path.
+    :param length_scale: multiply each head's logits by ``s_h log n`` (n: keys the query may see;
+        s_h learned, starting at 1 / log 16). Not with ``neighbourhood``.
+    :param compress: with ``top_k``, add the compressed branch
+        (:func:`~rlattn.block_sparse.compressed_attention`) through a per-head gate
+        ``sigmoid(Linear(x))``: what lets the router learn blocks it does not choose.
     """
 
     def __init__(
@@ -153,11 +168,21 @@ class MultiHeadAttention(nn.Module):
         top_k: int | None = None,
         chunk: int | None = None,
         block_size: int = 64,
+        compress: bool = False,
+        length_scale: bool = False,
     ):
         super().__init__()
         if embed_dim % n_heads:
             raise ValueError(f"embed_dim={embed_dim} is invalid: must be divisible by n_heads={n_heads}")
         check_pattern(attention, window, grid, radius, top_k, block_size)
+        if not isinstance(compress, bool):
+            raise ValueError(f"compress={compress!r} is invalid: must be True or False")
+        if not isinstance(length_scale, bool):
+            raise ValueError(f"length_scale={length_scale!r} is invalid: must be True or False")
+        if length_scale and attention == "neighbourhood":
+            raise ValueError("length_scale=True is invalid with attention='neighbourhood': it scales sequences only")
+        if compress and top_k is None:
+            raise ValueError("compress=True is invalid without top_k: the compressed branch belongs to block routing")
         if chunk is not None:
             check_int("chunk", chunk, 0)
         self.n_heads = n_heads
@@ -171,6 +196,10 @@ class MultiHeadAttention(nn.Module):
         self._structures: dict[tuple, Tensor] = {}  # derived from the pattern, never state
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
+        self.compress_gate = nn.Linear(embed_dim, n_heads) if compress else None
+        self.length_scale = (
+            nn.Parameter(torch.full((n_heads,), 1 / math.log(LENGTH_SCALE_NEUTRAL))) if length_scale else None
+        )
 
     def mask(self, valid: Tensor, n_queries: int) -> Tensor:
         """The dense (B, 1, Q, K) mask of this pattern for the newest ``n_queries`` of K = valid.shape[1]."""
@@ -217,7 +246,9 @@ class MultiHeadAttention(nn.Module):
             # the readout of a history: the window (if any) is already cut, so every valid key is allowed
             allowed = valid.clone()
             allowed[:, -1] = True
-            out, _ = single_query_attention(x, allowed, self.qkv.weight, self.qkv.bias, self.n_heads)
+            scale = self.logit_scale(valid, 1)
+            scale = scale[:, :, 0] if scale is not None else None
+            out, _ = single_query_attention(x, allowed, self.qkv.weight, self.qkv.bias, self.n_heads, scale)
             return self.proj(out[:, None]), None
         if Q < K:  # project queries only where they are asked
             weight, bias = self.qkv.weight, self.qkv.bias
@@ -233,7 +264,13 @@ class MultiHeadAttention(nn.Module):
             if positions.dim() == 2:
                 cos, sin = cos[:, None], sin[:, None]  # (B, 1, K, d/2): the same angles for every head
             q, k = rotate(q, cos[..., K - Q :, :], sin[..., K - Q :, :]), rotate(k, cos, sin)
-        out, weights = self.attend(q, k, v, valid, need_weights, mask)
+        scale = self.logit_scale(valid, Q, mask)
+        if scale is not None:
+            q = q * scale[..., None]
+        gate = None
+        if self.compress_gate is not None and mask is None:
+            gate = torch.sigmoid(self.compress_gate(x[:, K - Q :])).transpose(1, 2)[..., None]  # (B, H, Q, 1)
+        out, weights = self.attend(q, k, v, valid, need_weights, mask, gate)
         out = out.transpose(1, 2).reshape(B, Q, E)
         if weights is not None and K < full:
             weights = F.pad(weights, (full - K, 0))  # keys out of reach weigh 0
@@ -264,6 +301,8 @@ class MultiHeadAttention(nn.Module):
         else:
             cos, sin = rotary_tables(position, E // H, x.dtype)
             q, k = rotate(qkv[:, : 2 * H], cos[:, None], sin[:, None]).split(H, dim=1)  # (B, H, d) each
+        if self.length_scale is not None:
+            q = q * (self.length_scale * valid.sum(-1, keepdim=True).clamp(min=1).log())[..., None]  # (B, H, d)
         rows = torch.arange(B, device=x.device)
         keys[rows, :, slot] = k
         values[rows, :, slot] = qkv[:, 2 * H :]
@@ -273,6 +312,26 @@ class MultiHeadAttention(nn.Module):
             return self.proj(out.reshape(B, E)), weights[:, :, 0]
         out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)
         return self.proj(out.reshape(B, E)), None
+
+    def logit_scale(self, valid: Tensor, n_queries: int, mask: Tensor | None = None) -> Tensor | None:
+        """With ``length_scale``: s_h log n for the newest Q queries, (B, H, Q) or (B, H, 1); None without.
+
+        n counts the valid keys in the query's range: the mask's row (when given), all of them (global,
+        and block-routed, whose range is global), or those in the window ending at the query (local).
+        A padded query's n does not matter: it sees only itself.
+        """
+        if self.length_scale is None:
+            return None
+        if mask is not None:
+            n = mask.sum(-1).to(self.length_scale.dtype)  # (B, 1, Q)
+        elif self.attention == "local":
+            K = valid.shape[1]
+            total = F.pad(valid.cumsum(-1), (1, 0))  # (B, K + 1): valid keys before each position
+            end = torch.arange(K - n_queries + 1, K + 1, device=valid.device)
+            n = (total[:, end] - total[:, (end - self.window).clamp(min=0)])[:, None].to(self.length_scale.dtype)  # type: ignore[operator]
+        else:
+            n = valid.sum(-1).to(self.length_scale.dtype)[:, None, None]  # (B, 1, 1)
+        return self.length_scale[:, None] * n.clamp(min=1).log()
 
     def keys_values(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
         """Keys and values of tokens x (B, W, E) as :meth:`step` caches them: (B, H, W, d) each, keys
@@ -287,12 +346,21 @@ class MultiHeadAttention(nn.Module):
         return k, v
 
     def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, need_weights: bool = False, mask: Tensor | None = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        valid: Tensor,
+        need_weights: bool = False,
+        mask: Tensor | None = None,
+        gate: Tensor | None = None,
     ):
         """The pattern on split heads: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> out (B, H, Q, d), weights or None.
 
         The queries are the newest Q of the K positions. A given ``mask`` (B, 1, Q, K) replaces the
-        pattern and the routing. Weights are zero on keys not attended (with ``top_k``, unchosen blocks).
+        pattern and the routing. Weights are zero on keys not attended (with ``top_k``, unchosen blocks;
+        with ``compress``, they are the selected branch's). ``gate`` (B, H, Q, 1) in [0, 1] weighs the
+        compressed branch (with ``compress``; required then).
         """
         Q, K = q.shape[2], k.shape[2]
         if mask is not None:
@@ -301,8 +369,16 @@ class MultiHeadAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
         if self.top_k is not None:
             if need_weights:
-                return explicit_attention(q, k, v, routed_mask(q, k, valid, self.top_k, self.block_size))
-            return block_sparse_attention(q, k, v, valid, self.top_k, self.block_size), None
+                out, weights = explicit_attention(q, k, v, routed_mask(q, k, valid, self.top_k, self.block_size))
+            else:
+                out, weights = block_sparse_attention(q, k, v, valid, self.top_k, self.block_size), None
+            if self.compress_gate is not None:
+                if gate is None:
+                    raise ValueError(
+                        "gate=None is invalid with compress=True: pass the (B, H, Q, 1) gate forward() computes"
+                    )
+                out = out + gate * compressed_attention(q, k, v, valid, self.block_size)
+            return out, weights
         if need_weights:
             return explicit_attention(q, k, v, self.mask(valid, Q))
         if self.attention == "local" and self._chunked(Q, K):

@@ -22,11 +22,12 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[T
 
 
 def single_query_attention(
-    x: Tensor, allowed: Tensor, weight: Tensor, bias: Tensor, n_heads: int
+    x: Tensor, allowed: Tensor, weight: Tensor, bias: Tensor, n_heads: int, scale: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Attention of the newest token only, with the qkv projection folded in: x (B, K, E), allowed (B, K) bool.
 
-    ``weight`` (3E, E) and ``bias`` (3E,) are the fused q, k, v projection. Returns the attended
+    ``weight`` (3E, E) and ``bias`` (3E,) are the fused q, k, v projection; ``scale`` (B, H), if
+    given, multiplies each query (the length scaling of ``MultiHeadAttention``). Returns the attended
     values (B, E), heads concatenated as the unfused path makes them, and the weights (B, H, K).
     Exact algebra, not an approximation: with q = W_q x_K + b_q per head,
 
@@ -41,6 +42,8 @@ def single_query_attention(
     w_q, w_k, w_v = weight.view(3, H, d, E).unbind(0)
     b_q, b_k, b_v = bias.view(3, H, d).unbind(0)
     q = (torch.einsum("be,hde->bhd", x[:, -1], w_q) + b_q) * d**-0.5  # (B, H, d)
+    if scale is not None:
+        q = q * scale[..., None]
     key_side = torch.einsum("bhd,hde->bhe", q, w_k)  # (B, H, E): W_k^T q per head
     scores = torch.bmm(key_side, x.transpose(1, 2)) + (q * b_k).sum(-1, keepdim=True)  # (B, H, K)
     scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))

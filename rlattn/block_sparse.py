@@ -18,14 +18,16 @@ is wanted, :mod:`rlattn.block_sparse_grad` does the same without keeping the gat
   other and is taken only as filler when a row has fewer valid blocks than ``top_k``, where its
   masked keys add nothing. A padded query sees only itself (its output is its value), so no row is
   empty; the dense mask also lets it see valid keys, but no valid query ever reads that output.
-- **What trains the router**: nothing of its own; it is MoBA's parameter-free gate. Picked over
-  NSA's learned compressed branch (https://arxiv.org/abs/2502.11089, section 3.3.1) because that
-  branch scores every block for every query (Q x n, quadratic in K) and without it, with every block
-  chosen, every valid query's output is exactly global attention's. The top-k choice is discrete and passes no
-  gradient; the summaries are means of the same keys, scored by the same queries, that the loss
-  trains through the attention inside the chosen blocks (the q and k projections get those
-  gradients; tests/test_block_sparse.py holds that unchosen keys get none). A block never chosen
-  learns nothing from its own content: the cost of the cheap gate.
+- **What trains the router**: the top-k choice is discrete and passes no gradient. On its own
+  (MoBA's parameter-free gate) the summaries are means of the same keys, scored by the same queries,
+  that the loss trains through the attention inside the chosen blocks; a block never chosen learns
+  nothing from its own content (tests/test_block_sparse.py holds that unchosen keys get none).
+  :func:`compressed_attention` adds NSA's compressed branch (Yuan et al. 2025,
+  https://arxiv.org/abs/2502.11089, sections 3.3.1 and 3.3.2, with mean pooling as the compression):
+  every query also attends to every other block's summary (its mean key and mean value), and that
+  output enters through a learned gate, so the loss trains the very scores the router ranks (a
+  block's newest query against the mean keys) on every block, chosen or not. Its cost is Q x n
+  (n = K / S blocks), a 1/S share of dense attention's, run through the fused kernel.
 """
 
 from __future__ import annotations
@@ -129,3 +131,29 @@ def routed_mask(q: Tensor, k: Tensor, valid: Tensor, top_k: int, block_size: int
     own = torch.arange(K - Q, K, device=q.device)[:, None] == torch.arange(K, device=q.device)  # (Q, K)
     seen = keys.index_select(2, query_block) & valid[:, None, None, :] & valid[:, None, K - Q :, None]
     return seen | own
+
+
+def compressed_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, block_size: int) -> Tensor:
+    """NSA's compressed branch: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d) for the newest Q keys.
+
+    Each query attends to the summaries (mean valid key, mean valid value) of every block but its own
+    (the selected branch reads that one whole) and to a null slot (key and value zero), so a query
+    with no other valid block gets zeros and no row is empty. Padded queries get zeros. Gradients
+    reach every valid key and value through the means.
+    """
+    B, H, Q, d = q.shape
+    K, S = k.shape[2], block_size
+    kb, valid_b = key_blocks(k, valid, S)  # (B, H, n, S, d), (B, n, S)
+    vb = _pad_old(v, kb.shape[2] * S - K).reshape(kb.shape)
+    n = kb.shape[2]
+    count = valid_b.sum(-1)  # (B, n)
+    share = valid_b.to(q.dtype) / count.clamp(min=1)[..., None]  # (B, n, S)
+    null = q.new_zeros(B, H, 1, d)
+    keys = torch.cat([null, torch.einsum("bhnsd,bns->bhnd", kb, share)], dim=2)  # (B, H, 1 + n, d)
+    values = torch.cat([null, torch.einsum("bhnsd,bns->bhnd", vb, share)], dim=2)
+    own = (torch.arange(K - Q, K, device=q.device) + n * S - K) // S  # (Q,) each query's block
+    seen = (own[:, None] != torch.arange(n, device=q.device)) & (count > 0)[:, None, :]  # (B, Q, n)
+    allowed = F.pad(seen, (1, 0), value=True)[:, None]  # (B, 1, Q, 1 + n)
+    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # additive: the fused CPU kernel, 2x faster
+    return out * valid[:, None, K - Q :, None]

@@ -103,6 +103,12 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
     :param top_k: block-routed sparse attention (global only): each block of ``block_size`` steps
         attends to its ``top_k`` best-scoring blocks of steps plus its own; None attends to all.
     :param block_size: steps per block with ``top_k`` (default 64).
+    :param compress: with ``top_k``, NSA's compressed branch beside the routed blocks (each step also
+        attends, through a learned gate, to every other block's mean key and value), which trains the
+        router's scores on blocks it did not choose (:func:`~rlattn.block_sparse.compressed_attention`).
+    :param length_scale: multiply each head's attention logits by ``s_h log n`` (n: the steps it may
+        see, s_h learned): Scalable-Softmax, so a head can keep its weight on one step however long
+        the history (:class:`~rlattn.attention.MultiHeadAttention`).
     :param gate: ``"gru"`` (GTrXL gating, starts near identity) or ``"residual"`` (faster: see the
         README's throughput table).
     :param position: ``"learned"`` (a vector per age added to each token) or ``"rotary"`` (no added
@@ -123,6 +129,8 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
         window: int | None = None,
         top_k: int | None = None,
         block_size: int = 64,
+        compress: bool = False,
+        length_scale: bool = False,
         gate: str = "gru",
         position: str = "learned",
     ):
@@ -168,6 +176,8 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
                 window=window,
                 top_k=top_k,
                 block_size=block_size,
+                compress=compress,
+                length_scale=length_scale,
             )
             for _ in range(n_layers)
         )

@@ -131,6 +131,80 @@ def test_multihead_attention_equals_reference(pattern, K, n_queries):
     torch.testing.assert_close(weights, ref_weights, **TOL)  # over all K keys, even where local skips some
 
 
+@pytest.mark.parametrize(
+    "pattern, K, n_queries",
+    [
+        (dict(attention="global"), 10, None),
+        (dict(attention="global"), 10, 1),  # the folded single query
+        (dict(attention="local", window=4, chunk=3), 10, None),
+        (dict(attention="local", window=4, chunk=0), 10, 2),
+        (dict(attention="local", window=8), 300, None),
+        (dict(attention="global", top_k=2, block_size=4), 30, None),  # every path scales by the same n
+        (dict(attention="global", top_k=30, block_size=4), 30, 1),
+    ],
+)
+def test_length_scaled_attention_equals_reference(pattern, K, n_queries):
+    """Each head's logits times s_h log n, n the keys the query may see: every path gives the same numbers."""
+    B, E, H = 3, 16, 4
+    attn = MultiHeadAttention(E, H, length_scale=True, **pattern)
+    with torch.no_grad():
+        attn.length_scale.copy_(torch.rand(H) + 0.2)
+    x, valid = torch.randn(B, K, E, requires_grad=True), random_valid(B, K)
+    out, _ = attn(x, valid, n_queries)
+    q, k, v = attn.qkv(x).split(E, dim=-1)
+    Q = K if n_queries is None else n_queries
+    if "top_k" in pattern and pattern["top_k"] < K:
+        from tests.test_block_sparse import reference_routing
+
+        q_, k_ = split_heads(q[:, K - Q :], H), split_heads(k, H)
+        allowed = reference_routing(q_.detach(), k_.detach(), valid, pattern["top_k"], pattern["block_size"])
+        seen = reference_mask(valid, "global", n_queries=Q)  # n counts the global range, not the routed blocks
+    else:
+        allowed = seen = reference_mask(valid, pattern["attention"], pattern.get("window"), Q)
+    n = (seen & valid[:, None, None, :]).sum(-1, keepdim=True).float().clamp(min=1)  # (B, 1, Q, 1): valid keys in range
+    scaled = split_heads(q[:, K - Q :], H) * attn.length_scale[:, None, None] * n.log()
+    ref, ref_weights = reference_attention(scaled, split_heads(k, H), split_heads(v, H), allowed)
+    ref = attn.proj(ref.transpose(1, 2).reshape(B, Q, E))
+    assert_same_forward_and_backward(out, ref, (x, *attn.parameters()))
+    slow, weights = attn(x, valid, n_queries, need_weights=True)
+    torch.testing.assert_close(slow, ref, **TOL)
+    torch.testing.assert_close(weights, ref_weights, **TOL)
+
+
+def test_length_scaled_step_equals_the_masked_sequence():
+    """The cached single step (episodic rollouts) scales by the valid slots, as a mask row does."""
+    B, E, H, W = 3, 16, 4, 9
+    attn = MultiHeadAttention(E, H, length_scale=True)
+    with torch.no_grad():
+        attn.length_scale.copy_(torch.rand(H) + 0.2)
+    x, valid = torch.randn(B, W, E), random_valid(B, W)
+    mask = attention_mask(structure_mask(W, n_queries=1), valid)  # the newest step's row
+    ref, _ = attn(x, valid, 1, mask=mask)
+    keys, values = attn.keys_values(x, None)
+    slot = torch.full((B,), W - 1)
+    out, _ = attn.step(x[:, -1], None, keys.clone(), values.clone(), slot, valid)
+    torch.testing.assert_close(out, ref[:, 0], **TOL)
+
+
+def test_length_scaling_keeps_one_key_s_weight_as_the_sequence_grows():
+    """Plain softmax: a key whose score leads by a fixed gap loses weight as 1/n; scaled, it holds it."""
+    E, gap = 8, 4.0
+    masses = {}
+    for scaled in (False, True):
+        attn = MultiHeadAttention(E, 1, length_scale=scaled)
+        with torch.no_grad():
+            attn.qkv.bias.zero_()
+            attn.qkv.weight.copy_(torch.cat([torch.eye(E) * (gap * E**0.5) ** 0.5] * 2 + [torch.eye(E)]))
+        for K in (16, 1024):
+            x = torch.zeros(1, K, E)
+            x[0, 0, 0] = x[0, -1, 0] = 1.0  # the oldest key (and the query's own) score gap, the rest 0
+            with torch.no_grad():
+                _, weights = attn(x, torch.ones(1, K, dtype=torch.bool), 1, need_weights=True)
+            masses[scaled, K] = weights[0, 0, 0, 0].item()
+    assert masses[False, 1024] < masses[False, 16] / 5  # 0.048 against 0.44
+    assert masses[True, 1024] >= masses[True, 16]  # 0.49 against 0.44 (s = 1 / log 16: unscaled at 16)
+
+
 def test_neighbourhood_module_picks_tiles_for_large_grids_and_matches_reference():
     B, E, H, rows, cols = 2, 16, 2, 16, 16
     attn = MultiHeadAttention(E, H, attention="neighbourhood", grid=(rows, cols), radius=1)
@@ -198,6 +272,8 @@ def test_gru_gate_starts_near_the_identity():
         (dict(top_k=1, block_size=0), "block_size=0"),
         (dict(attention="local", window=3, top_k=1), "top_k=1 is invalid with attention='local'"),
         (dict(chunk=-1), "chunk=-1"),
+        (dict(length_scale=1), "^length_scale=1 is invalid: must be True or False$"),
+        (dict(attention="neighbourhood", grid=(2, 2), radius=1, length_scale=True), "length_scale=True is invalid"),
     ],
 )
 def test_bad_patterns_name_the_value(kwargs, match):

@@ -4,6 +4,8 @@ chosen, and dense attention under a routed mask built element by element here ot
 Shape letters: B batch, H heads, Q queries, K keys, d per head, S block size.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from gymnasium import spaces
 
 from rlattn import block_sparse, block_sparse_grad
 from rlattn.attention import MultiHeadAttention
-from rlattn.block_sparse import block_sparse_attention, routed_mask
+from rlattn.block_sparse import block_sparse_attention, compressed_attention, routed_mask
 from rlattn.extractors import HistoryAttentionExtractor
 from rlattn.rotary import rotary_tables, rotate
 from tests.reference import reference_attention, reference_mask
@@ -162,9 +164,91 @@ def test_the_extractor_routes_blocks_and_ignores_padding():
     assert all(block.attn.block_size == 4 and block.attn.top_k == 1 for block in extractor.blocks)
 
 
+def reference_compressed(q, k, v, valid, S):
+    """Element by element, in float64: each valid query against a null slot (zeros) and the mean valid key
+    and value of every block but its own that holds a valid key; padded queries get zeros."""
+    B, H, Q, d = q.shape
+    K = k.shape[2]
+    pad = -K % S
+    block = [(j + pad) // S for j in range(K)]
+    rows = []
+    for b in range(B):
+        for h in range(H):
+            for qi in range(Q):
+                i = K - Q + qi
+                keys, values = [torch.zeros(d, dtype=torch.float64)], [torch.zeros(d, dtype=torch.float64)]
+                for j_block in sorted(set(block)):
+                    members = [j for j in range(K) if block[j] == j_block and valid[b, j]]
+                    if j_block != block[i] and members:
+                        keys.append(k[b, h, members].double().mean(0))
+                        values.append(v[b, h, members].double().mean(0))
+                weights = torch.softmax(torch.stack(keys) @ q[b, h, qi].double() / math.sqrt(d), 0)
+                rows.append(weights @ torch.stack(values) * float(valid[b, i]))
+    return torch.stack(rows).view(B, H, Q, d).to(q.dtype)
+
+
+@pytest.mark.parametrize("K, Q, S", [(37, 37, 8), (40, 40, 8), (37, 1, 8), (37, 11, 4), (20, 20, 16)])
+@pytest.mark.parametrize("holes", [False, True])
+def test_compressed_branch_equals_attention_over_block_means(K, Q, S, holes):
+    q, k, v = qkv(3, 2, Q, K, 8)
+    valid = random_holes(3, K) if holes else random_valid(3, K)
+    valid[0, : K // 2] = False  # fully padded blocks: no summary
+    assert_same_forward_and_backward(
+        compressed_attention(q, k, v, valid, S), reference_compressed(q, k, v, valid, S), (q, k, v)
+    )
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("n_queries", [30, 7, 1])
+def test_module_with_compression_adds_the_gated_branch_on_every_path(rotary, n_queries):
+    attn = MultiHeadAttention(16, 2, top_k=1, block_size=4, compress=True)
+    x, valid = torch.randn(3, 30, 16, requires_grad=True), random_valid(3, 30)
+    positions = torch.arange(30) if rotary else None
+    out, _ = attn(x, valid, n_queries, positions=positions)
+    selected, _ = module_reference(attn, x, valid, n_queries, positions)
+    B, K, E = x.shape
+    q, k, v = (split_heads(t, 2) for t in attn.qkv(x).split(E, dim=-1))
+    if positions is not None:
+        cos, sin = rotary_tables(positions, E // 2, x.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    gate = torch.sigmoid(attn.compress_gate(x[:, K - n_queries :])).transpose(1, 2)[..., None]
+    branch = gate * reference_compressed(q[:, :, K - n_queries :], k, v, valid, 4)
+    ref = selected + attn.proj(branch.transpose(1, 2).reshape(B, n_queries, E)) - attn.proj.bias
+    assert_same_forward_and_backward(out, ref, (x, *attn.parameters()))
+    slow, weights = attn(x, valid, n_queries, need_weights=True, positions=positions)
+    torch.testing.assert_close(slow, out, **TOL)
+    full, _ = attn(x, valid, positions=positions)
+    torch.testing.assert_close(out, full[:, -n_queries:], **TOL)  # the newest rows route and compress as the whole
+
+
+def test_compression_trains_the_keys_of_blocks_the_router_did_not_choose():
+    """What makes the router learn: without the compressed branch an unchosen block's keys get no gradient."""
+    attn = MultiHeadAttention(8, 1, top_k=1, block_size=8, compress=True)
+    x, valid = torch.randn(1, 64, 8, requires_grad=True), torch.ones(1, 64, dtype=torch.bool)
+    out, _ = attn(x, valid, 8)  # the newest block: its own block and 1 of the 7 others
+    out.square().sum().backward()
+    assert (x.grad[0].abs().sum(-1) > 0).all()  # every step, chosen or not
+    attn.compress_gate = None
+    x.grad = None
+    attn(x, valid, 8)[0].square().sum().backward()
+    assert (x.grad[0].abs().sum(-1) > 0).sum() == 16
+
+
+def test_padding_content_never_changes_the_compressed_output():
+    attn = MultiHeadAttention(16, 2, top_k=1, block_size=4, compress=True)
+    x, valid = torch.randn(4, 33, 16), random_valid(4, 33)
+    valid[:, :6] = False
+    noisy = torch.where(valid[..., None], x, 100 * torch.randn_like(x))
+    clean, _ = attn(x, valid)
+    dirty, _ = attn(noisy, valid)
+    torch.testing.assert_close(clean[valid], dirty[valid], **TOL)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        (dict(compress=True), "^compress=True is invalid without top_k"),
+        (dict(top_k=2, compress="yes"), "^compress='yes' is invalid: must be True or False$"),
         (dict(top_k=0), "^top_k=0 is invalid: must be an integer >= 1$"),
         (dict(top_k=2, block_size=0), "^block_size=0 is invalid: must be an integer >= 1$"),
         (dict(top_k=2, block_size=2.5), "^block_size=2.5 is invalid"),
