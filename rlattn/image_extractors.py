@@ -49,6 +49,11 @@ class PatchAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     :param n_layers: transformer blocks over the patches (0: the readout looks at raw patch embeddings).
     :param attention: ``"global"`` or ``"neighbourhood"`` (each patch sees patches within ``radius``).
     :param radius: neighbourhood radius in patches (default 1); only with ``"neighbourhood"``.
+    :param top_k: block-routed sparse attention over the patches (``attention="global"``): blocks of
+        ``block_size`` patches in row-major order, each attending to its ``top_k`` best-scoring blocks
+        and its own, with NSA's compressed branch (:class:`~rlattn.attention.MultiHeadAttention`);
+        None attends to every patch.
+    :param block_size: patches per block with ``top_k`` (default 16).
     :param readout: ``"pool"`` (attention pooling, one head), ``"pointer"`` (the same, and its
         log-weights over the N patches come first in the features, for tasks whose action is a patch:
         see :func:`init_pointer_head`; the output is then N + F wide) or ``"summary"`` (a summary token).
@@ -66,13 +71,17 @@ class PatchAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         n_layers: int = 1,
         attention: str = "global",
         radius: int | None = None,
+        top_k: int | None = None,
+        block_size: int = 16,
         readout: str = "pool",
         gate: str = "gru",
         mlp_ratio: float = 2.0,
     ):
         image = image_shape(observation_space, "PatchAttentionExtractor")
         check_sizes(features_dim, embed_dim, n_heads, n_layers=n_layers)
-        encoder = PatchEncoder(image, patch_size, embed_dim, n_heads, n_layers, attention, radius, gate, mlp_ratio)
+        encoder = PatchEncoder(
+            image, patch_size, embed_dim, n_heads, n_layers, attention, radius, gate, mlp_ratio, top_k, block_size
+        )
         self.pointer_size = encoder.n_patches if readout == "pointer" else 0
         super().__init__(observation_space, self.pointer_size + features_dim)
         self.scale = pixel_scale(observation_space)
@@ -116,6 +125,11 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     :param temporal_layers: blocks over the frame tokens.
     :param attention: within frames, ``"global"`` or ``"neighbourhood"``.
     :param radius: neighbourhood radius in patches (default 1).
+    :param top_k: block-routed sparse attention over the patches (``attention="global"``): blocks of
+        ``block_size`` patches in row-major order, each attending to its ``top_k`` best-scoring blocks
+        and its own, with NSA's compressed branch (:class:`~rlattn.attention.MultiHeadAttention`);
+        None attends to every patch.
+    :param block_size: patches per block with ``top_k`` (default 16).
     :param readout: the final look over the newest frame: ``"pool"``, ``"summary"`` or ``"pointer"``
         (its log-weights over the N patches come first in the features, N + F wide; see
         :func:`init_pointer_head`).
@@ -137,6 +151,8 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         temporal_layers: int = 1,
         attention: str = "global",
         radius: int | None = None,
+        top_k: int | None = None,
+        block_size: int = 16,
         readout: str = "pool",
         frame_readout: str = "max",
         gate: str = "gru",
@@ -148,7 +164,7 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         image = image_shape(spaces.Box(0, 255, frames.shape[1:], frames.dtype), "SpatioTemporalAttentionExtractor")
         check_sizes(features_dim, embed_dim, n_heads, spatial_layers=spatial_layers, temporal_layers=temporal_layers)
         encoder = PatchEncoder(
-            image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio
+            image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio, top_k, block_size
         )
         self.pointer_size = encoder.n_patches if readout == "pointer" else 0
         super().__init__(observation_space, self.pointer_size + features_dim)
@@ -243,6 +259,11 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
     :param spatial_layers: transformer blocks over each frame's patches (0: raw patch embeddings).
     :param attention: within frames, ``"global"`` or ``"neighbourhood"``.
     :param radius: neighbourhood radius in patches (default 1).
+    :param top_k: block-routed sparse attention over the patches (``attention="global"``): blocks of
+        ``block_size`` patches in row-major order, each attending to its ``top_k`` best-scoring blocks
+        and its own, with NSA's compressed branch (:class:`~rlattn.attention.MultiHeadAttention`);
+        None attends to every patch.
+    :param block_size: patches per block with ``top_k`` (default 16).
     :param frame_readout: the frame token: ``"max"`` (each channel's maximum over the patches: a cue on
         4 of 64 patches survives it), ``"pool"`` or ``"summary"``.
     :param readout: the look after the memory: ``"pointer"`` (its log-weights over the N patches come
@@ -263,6 +284,8 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         spatial_layers: int = 0,
         attention: str = "global",
         radius: int | None = None,
+        top_k: int | None = None,
+        block_size: int = 16,
         frame_readout: str = "max",
         readout: str = "pointer",
         gate: str = "residual",
@@ -272,7 +295,7 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         image = image_shape(observation_space, "FramePatchExtractor")
         check_sizes(look_dim, embed_dim, n_heads, spatial_layers=spatial_layers)
         encoder = PatchEncoder(
-            image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio
+            image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio, top_k, block_size
         )
         check_choice("readout", readout, IMAGE_READOUTS)
         super().__init__(observation_space, embed_dim)

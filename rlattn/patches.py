@@ -62,7 +62,9 @@ class PatchEncoder(nn.Module):
     """``(M, C, H, W)`` pixels in [0, 1] -> patch tokens ``(M, N, E)``.
 
     A linear embedding of each patch (a strided convolution), a learned 2-D position (started from a
-    sin/cos grid) and pre-norm transformer blocks with global or neighbourhood attention.
+    sin/cos grid) and pre-norm transformer blocks with global, block-routed sparse (``top_k``: blocks
+    of ``block_size`` patches in row-major order, each block attending to its ``top_k`` best and its
+    own, with NSA's compressed branch) or neighbourhood attention.
     """
 
     def __init__(
@@ -76,6 +78,8 @@ class PatchEncoder(nn.Module):
         radius: int | None,
         gate: str,
         mlp_ratio: float,
+        top_k: int | None = None,
+        block_size: int = 16,
     ):
         super().__init__()
         C, H, W = image
@@ -87,6 +91,8 @@ class PatchEncoder(nn.Module):
             pattern |= {"grid": self.grid, "radius": 1 if radius is None else radius}
         elif radius is not None:
             raise ValueError(f"radius={radius!r} is invalid with attention='global': use attention='neighbourhood'")
+        if top_k is not None:  # block-routed over the patches in row-major order, with the compressed branch
+            pattern |= {"top_k": top_k, "block_size": block_size, "compress": True}
         self.embed = nn.Conv2d(C, embed_dim, patch_size, stride=patch_size)
         self.position = nn.Parameter(sincos_grid(*self.grid, embed_dim) * 0.5)
         self.blocks = nn.ModuleList(

@@ -39,6 +39,7 @@ def histories(batch=4, seed=0):
         {"attention": "neighbourhood", "radius": 2},
         {"readout": "summary"},
         {"n_layers": 0},
+        {"top_k": 1, "block_size": 4},
     ],
 )
 def test_patch_extractor_shapes_and_maps(kwargs):
@@ -56,6 +57,21 @@ def test_patch_extractor_shapes_and_maps(kwargs):
     else:
         torch.testing.assert_close(total, torch.ones(3, 1))
     torch.testing.assert_close(extractor(x), out)  # stateless
+
+
+def test_sparse_patch_attention_routes_row_blocks_and_trains_every_patch():
+    """top_k routes blocks of patches (row-major); the compressed branch reaches the blocks not chosen."""
+    torch.manual_seed(0)
+    sparse = PatchAttentionExtractor(
+        IMAGE, features_dim=16, patch_size=4, embed_dim=32, n_heads=4, top_k=1, block_size=8
+    )
+    attn = sparse.encoder.blocks[0].attn
+    assert (attn.top_k, attn.block_size, attn.compress_gate is not None) == (1, 8, True)  # 64 patches, 8 blocks
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    tokens = sparse.encoder.embed(x).flatten(2).transpose(1, 2) + sparse.encoder.position
+    y, _ = sparse.encoder.blocks[0](tokens, torch.ones(2, 64, dtype=torch.bool), n_queries=8)  # the last row of patches
+    (grad,) = torch.autograd.grad(y.square().sum(), tokens)
+    assert (grad[0].abs().sum(-1) > 0).all()  # every patch, through the chosen blocks or the block means
 
 
 def test_pixels_are_scaled_once():
@@ -196,6 +212,10 @@ def test_a_pointer_learns_to_look_at_the_target(n_layers):
             "attention='local' is invalid: allowed are global, neighbourhood",
         ),
         (lambda: PatchAttentionExtractor(IMAGE, radius=2), "radius=2 is invalid with attention='global'"),
+        (
+            lambda: PatchAttentionExtractor(IMAGE, attention="neighbourhood", top_k=2),
+            "top_k=2 is invalid with attention='neighbourhood'",
+        ),
         (lambda: PatchAttentionExtractor(IMAGE, embed_dim=30, n_heads=4), "embed_dim=30 is invalid"),
         (lambda: SpatioTemporalAttentionExtractor(IMAGE), "expected a Dict with 'obs'"),
         (
