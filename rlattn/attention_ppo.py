@@ -63,7 +63,8 @@ class AttentionPPO(PPO):
         an episode's first step).
     :param include_reward: add the previous reward to each step's input (zero at an episode's first step).
     :param memory_kwargs: the transformer's ``features_dim`` (128), ``embed_dim`` (64), ``n_heads`` (4),
-        ``n_layers`` (2), ``gate`` (``"gru"``), ``position`` (``"rotary"``); merged with ``policy_kwargs["memory_kwargs"]``.
+        ``n_layers`` (2), ``gate`` (``"gru"``), ``position`` (``"rotary"``), ``length_scale`` (False); merged with
+        ``policy_kwargs["memory_kwargs"]``.
     :param n_steps: steps per env per rollout.
     :param batch_size: minibatch size in steps (whole env rollouts); None: ``n_steps`` (one env each).
     :param n_epochs: passes over the rollout per update.

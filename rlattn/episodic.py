@@ -135,6 +135,9 @@ class EpisodicTransformer(nn.Module):
     :param position: ``"rotary"`` (queries and keys rotated by episode positions: scores depend on
         the age difference) or ``"none"`` (scores from content alone; the causal mask and the window
         still order the steps).
+    :param length_scale: each head's logits times ``s_h log n``, n the steps it may see (learned s_h;
+        Scalable-Softmax: see :class:`~rlattn.attention.MultiHeadAttention`), in the cache's steps as
+        in training's sequences.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class EpisodicTransformer(nn.Module):
         n_layers: int = 2,
         gate: str = "gru",
         position: str = "rotary",
+        length_scale: bool = False,
     ):
         super().__init__()
         self.rotary = check_choice("position", position, EPISODIC_POSITIONS) == "rotary"
@@ -166,7 +170,9 @@ class EpisodicTransformer(nn.Module):
             )
         self.window, self.embed_dim, self.n_heads, self.features_dim = window, embed_dim, n_heads, features_dim
         self.embed = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU())
-        self.blocks = nn.ModuleList(TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate, length_scale=length_scale) for _ in range(n_layers)
+        )
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))
         self.blocks.apply(init_linear)
 

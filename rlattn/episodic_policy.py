@@ -22,7 +22,7 @@ from rlattn.episodic import CarriedMemory, EpisodicMemory, EpisodicTransformer
 from rlattn.image_extractors import FRAME_PATCH_SIZE, FramePatchExtractor, MemoryLook
 from rlattn.patches import init_pointer_head
 
-MEMORY_KEYS = ("features_dim", "embed_dim", "n_heads", "n_layers", "gate", "position")
+MEMORY_KEYS = ("features_dim", "embed_dim", "n_heads", "n_layers", "gate", "position", "length_scale")
 """what ``memory_kwargs`` may set"""
 
 

@@ -66,16 +66,24 @@ def play(n_envs: int, n_steps: int, window: int, max_length: int):
     return env.observation_space, history, tokens, torch.as_tensor(starts)
 
 
-def models(space, window, n_layers, gate="gru", attention="local", position="rotary"):
+def models(space, window, n_layers, gate="gru", attention="local", position="rotary", length_scale=False):
     """A history extractor (local attention of ``window`` steps, or global) and an episodic transformer with the same weights and positions."""
     torch.manual_seed(0)
     pattern = {"attention": "local", "window": window} if attention == "local" else {}
     extractor = HistoryAttentionExtractor(
-        space, features_dim=12, embed_dim=16, n_heads=2, n_layers=n_layers, gate=gate, position=position, **pattern
+        space,
+        features_dim=12,
+        embed_dim=16,
+        n_heads=2,
+        n_layers=n_layers,
+        gate=gate,
+        position=position,
+        length_scale=length_scale,
+        **pattern,
     )
     for p in extractor.parameters():  # larger than init so that attention is far from uniform
         p.data.normal_(0, 0.5)
-    net = EpisodicTransformer(extractor.step_dim, window, 12, 16, 2, n_layers, gate, position)
+    net = EpisodicTransformer(extractor.step_dim, window, 12, 16, 2, n_layers, gate, position, length_scale)
     net.load_state_dict(extractor.state_dict())
     return extractor, net
 
@@ -104,6 +112,8 @@ def run_cache(net, tokens, starts, carry_at):
         (12, 3, 2, 12, "gru", "local", "rotary"),
         (9, 9, 2, 9, "residual", "local", "none"),
         (4, 4, 1, 10, "residual", "local", "none"),
+        (12, 12, 2, 12, "gru", "local", "rotary+length_scale"),
+        (3, 3, 1, 10, "gru", "global", "rotary+length_scale"),
     ],
     ids=[
         "fits-2-layers",
@@ -113,6 +123,8 @@ def run_cache(net, tokens, starts, carry_at):
         "long-history-2-layers",
         "fits-2-layers-no-positions",
         "truncated-1-layer-no-positions",
+        "fits-2-layers-length-scaled",
+        "truncated-1-layer-length-scaled",
     ],
 )
 def test_cache_sequence_and_stateless_extractor_agree(history, window, n_layers, max_length, gate, attention, position):
@@ -123,7 +135,8 @@ def test_cache_sequence_and_stateless_extractor_agree(history, window, n_layers,
     """
     space, history, tokens, starts = play(n_envs=4, n_steps=30, window=history, max_length=max_length)
     assert starts[:, 1:].any() and not starts[:, 13].all()  # boundaries inside, memory carried across 13
-    extractor, net = models(space, window, n_layers, gate, attention, position)
+    position, _, scaled = position.partition("+")
+    extractor, net = models(space, window, n_layers, gate, attention, position, length_scale=bool(scaled))
     cached, positions, carried = run_cache(net, tokens, starts, carry_at=13)
     with torch.no_grad():
         empty = net.initial_memory(4).carried()
