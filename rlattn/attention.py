@@ -368,15 +368,14 @@ class MultiHeadAttention(nn.Module):
                 return explicit_attention(q, k, v, mask)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
         if self.top_k is not None:
-            if need_weights:
-                out, weights = explicit_attention(q, k, v, routed_mask(q, k, valid, self.top_k, self.block_size))
-            else:
-                out, weights = block_sparse_attention(q, k, v, valid, self.top_k, self.block_size), None
-            if self.compress_gate is not None:
-                if gate is None:
-                    raise ValueError(
-                        "gate=None is invalid with compress=True: pass the (B, H, Q, 1) gate forward() computes"
-                    )
+            if self.compress_gate is not None and gate is None:
+                raise ValueError(
+                    "gate=None is invalid with compress=True: pass the (B, H, Q, 1) gate forward() computes"
+                )
+            if not need_weights:
+                return block_sparse_attention(q, k, v, valid, self.top_k, self.block_size, gate), None
+            out, weights = explicit_attention(q, k, v, routed_mask(q, k, valid, self.top_k, self.block_size))
+            if gate is not None:
                 out = out + gate * compressed_attention(q, k, v, valid, self.block_size)
             return out, weights
         if need_weights:

@@ -23,11 +23,11 @@ is wanted, :mod:`rlattn.block_sparse_grad` does the same without keeping the gat
   that the loss trains through the attention inside the chosen blocks; a block never chosen learns
   nothing from its own content (tests/test_block_sparse.py holds that unchosen keys get none).
   :func:`compressed_attention` adds NSA's compressed branch (Yuan et al. 2025,
-  https://arxiv.org/abs/2502.11089, sections 3.3.1 and 3.3.2, with mean pooling as the compression):
-  every query also attends to every other block's summary (its mean key and mean value), and that
-  output enters through a learned gate, so the loss trains the very scores the router ranks (a
-  block's newest query against the mean keys) on every block, chosen or not. Its cost is Q x n
-  (n = K / S blocks), a 1/S share of dense attention's, run through the fused kernel.
+  https://arxiv.org/abs/2502.11089, sections 3.3.1 and 3.3.2, with mean pooling as the compression),
+  read with the router's own scores: each block's newest query attends to every other block's
+  summary (its mean key and mean value), and the block's queries add that output through a learned
+  gate. So the loss trains the very scores the router ranks on every block, chosen or not. Its cost
+  is c x n (query blocks x key blocks): K^2 / S^2, 4,096 scores per head at K = 4096, S = 64.
 """
 
 from __future__ import annotations
@@ -53,33 +53,51 @@ def _pad_old(x: Tensor, pad: int) -> Tensor:
     return F.pad(x, (0, 0, pad, 0)) if pad else x
 
 
-def route(q: Tensor, kb: Tensor, valid_b: Tensor, top_k: int) -> Tensor:
-    """Chosen key blocks per query block: q (B, H, Q, d), keys (B, H, n, S, d), valid (B, n, S) -> (B, H, c, m).
+def block_means(xb: Tensor, valid_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean valid key (or value) per block: (B, H, n, S, d), valid (B, n, S) -> (B, H, n, d), and counts (B, n)."""
+    count = valid_b.sum(-1)
+    share = valid_b.to(xb.dtype) / count.clamp(min=1)[..., None]  # (B, n, S)
+    return torch.einsum("bhnsd,bns->bhnd", xb, share), count
 
-    The queries are the newest Q positions; a query block's own block comes last. No gradient.
-    """
-    B, H, Q, d = q.shape
-    n, S = kb.shape[2], kb.shape[3]
+
+def newest_queries(q: Tensor, S: int) -> Tensor:
+    """Each query block's newest query, oldest block first: (B, H, Q, d) -> (B, H, c, d)."""
+    Q = q.shape[2]
     c = -(-Q // S)
+    return q.index_select(2, Q - 1 - S * torch.arange(c - 1, -1, -1, device=q.device))
+
+
+def route(newest: Tensor, summary: Tensor, count: Tensor, top_k: int) -> Tensor:
+    """Chosen key blocks per query block: newest queries (B, H, c, d), summaries (B, H, n, d), counts (B, n) -> (B, H, c, m).
+
+    The query blocks are the newest c of the n; a query block's own block comes last. No gradient.
+    """
+    B, H, c, _ = newest.shape
+    n = summary.shape[2]
     with torch.no_grad():
-        count = valid_b.sum(-1)  # (B, n)
-        summary = torch.einsum("bhnsd,bns->bhnd", kb, valid_b.to(kb.dtype)) / count.clamp(min=1)[:, None, :, None]
-        newest = q.index_select(2, Q - 1 - S * torch.arange(c - 1, -1, -1, device=q.device))  # (B, H, c, d)
         scores = newest @ summary.transpose(-1, -2)  # (B, H, c, n)
         scores = scores.masked_fill((count == 0)[:, None, None, :], torch.finfo(scores.dtype).min)
-        own = torch.arange(n - c, n, device=q.device)  # (c,)
-        is_own = own[:, None] == torch.arange(n, device=q.device)  # (c, n)
+        own = torch.arange(n - c, n, device=newest.device)  # (c,)
+        is_own = own[:, None] == torch.arange(n, device=newest.device)  # (c, n)
         others = scores.masked_fill(is_own, float("-inf")).topk(min(top_k, n - 1), dim=-1).indices
     return torch.cat([others, own.expand(B, H, c)[..., None]], dim=-1)
 
 
-def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, top_k: int, block_size: int) -> Tensor:
-    """Routed attention: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d) for the newest Q keys."""
+def block_sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, valid: Tensor, top_k: int, block_size: int, gate: Tensor | None = None
+) -> Tensor:
+    """Routed attention: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d) for the newest Q keys.
+
+    ``gate`` (B, H, Q, 1): add ``gate`` times the compressed branch (:func:`compressed_attention`),
+    sharing the router's block means and queries.
+    """
     B, H, Q, d = q.shape
     K, S = k.shape[2], block_size
     kb, valid_b = key_blocks(k, valid, S)
     n = kb.shape[2]
-    chosen = route(q, kb, valid_b, top_k)  # (B, H, c, m)
+    newest = newest_queries(q, S)  # (B, H, c, d)
+    summary, count = block_means(kb, valid_b) if gate is not None else _no_grad_means(kb, valid_b)
+    chosen = route(newest, summary, count, top_k)  # (B, H, c, m)
     c, m = chosen.shape[2:]
     rows = Q if c == 1 else S  # a lone partial block (the readout) is not padded to S queries
     extra = c * rows - Q  # queries padded at the old end to whole blocks
@@ -92,7 +110,31 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, top_k
     attend = gathered_attention if lean_applies(q, k, v) else _gathered_attention
     out = attend(qb, kb.reshape(B * H * n, S, d), vb, keys, flat)  # (B H c, rows, d)
     out = out.view(B, H, c * rows, d)[:, :, extra:]
+    if gate is not None:
+        means, _ = block_means(vb.view(B, H, n, S, d), valid_b)
+        out = out + gate * _read_means(newest, summary, means, count, Q, S) * valid[:, None, K - Q :, None]
     return torch.where(valid[:, None, K - Q :, None], out, v[:, :, K - Q :])  # a padded query sees only itself
+
+
+def _no_grad_means(kb: Tensor, valid_b: Tensor) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        return block_means(kb, valid_b)
+
+
+def _read_means(newest: Tensor, keys: Tensor, values: Tensor, count: Tensor, Q: int, S: int) -> Tensor:
+    """Each query block's newest query (B, H, c, d) against a null slot and the other blocks' means
+    (B, H, n, d) x2, shared by the block's Q queries: -> (B, H, Q, d)."""
+    B, H, c, d = newest.shape
+    n = keys.shape[2]
+    null = newest.new_zeros(B, H, 1, d)
+    own = torch.arange(n - c, n, device=newest.device)  # (c,)
+    seen = (own[:, None] != torch.arange(n, device=newest.device)) & (count > 0)[:, None, :]  # (B, c, n)
+    allowed = F.pad(seen, (1, 0), value=True)[:, None]  # (B, 1, c, 1 + n)
+    read = F.scaled_dot_product_attention(
+        newest, torch.cat([null, keys], dim=2), torch.cat([null, values], dim=2), attn_mask=allowed
+    )  # (B, H, c, d)
+    block_of = c - 1 - (Q - 1 - torch.arange(Q, device=newest.device)) // S  # (Q,) each query's block among the c
+    return read.index_select(2, block_of)
 
 
 def chosen_keys(valid: Tensor, flat: Tensor) -> Tensor:
@@ -123,7 +165,7 @@ def routed_mask(q: Tensor, k: Tensor, valid: Tensor, top_k: int, block_size: int
     K = k.shape[2]
     kb, valid_b = key_blocks(k, valid, block_size)
     n = kb.shape[2]
-    chosen = route(q, kb, valid_b, top_k)  # (B, H, c, m)
+    chosen = route(newest_queries(q, block_size), *_no_grad_means(kb, valid_b), top_k)  # (B, H, c, m)
     c = chosen.shape[2]
     picked = torch.zeros(B, H, c, n, dtype=torch.bool, device=q.device).scatter_(-1, chosen, True)
     keys = picked.repeat_interleave(block_size, dim=-1)[..., n * block_size - K :]  # (B, H, c, K)
@@ -134,26 +176,19 @@ def routed_mask(q: Tensor, k: Tensor, valid: Tensor, top_k: int, block_size: int
 
 
 def compressed_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, block_size: int) -> Tensor:
-    """NSA's compressed branch: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d) for the newest Q keys.
+    """NSA's compressed branch, read by the router's queries: (B, H, Q, d), (B, H, K, d) x2, valid (B, K) -> (B, H, Q, d).
 
-    Each query attends to the summaries (mean valid key, mean valid value) of every block but its own
-    (the selected branch reads that one whole) and to a null slot (key and value zero), so a query
-    with no other valid block gets zeros and no row is empty. Padded queries get zeros. Gradients
-    reach every valid key and value through the means.
+    Each block of queries, through its newest query (the one that routes it: see :func:`route`),
+    attends to the summaries (mean valid key, mean valid value) of every block but its own (the
+    selected branch reads that one whole) and to a null slot (key and value zero, so a block with no
+    other valid block gets zeros and no row is empty); the block's queries share the result. The
+    softmax is over the router's own scores, so the loss trains them on every block. Padded queries
+    get zeros. Work c x n (query blocks x key blocks), small beside the selected branch's.
+    :func:`block_sparse_attention` with a ``gate`` adds the same, sharing the router's work.
     """
     B, H, Q, d = q.shape
     K, S = k.shape[2], block_size
     kb, valid_b = key_blocks(k, valid, S)  # (B, H, n, S, d), (B, n, S)
-    vb = _pad_old(v, kb.shape[2] * S - K).reshape(kb.shape)
-    n = kb.shape[2]
-    count = valid_b.sum(-1)  # (B, n)
-    share = valid_b.to(q.dtype) / count.clamp(min=1)[..., None]  # (B, n, S)
-    null = q.new_zeros(B, H, 1, d)
-    keys = torch.cat([null, torch.einsum("bhnsd,bns->bhnd", kb, share)], dim=2)  # (B, H, 1 + n, d)
-    values = torch.cat([null, torch.einsum("bhnsd,bns->bhnd", vb, share)], dim=2)
-    own = (torch.arange(K - Q, K, device=q.device) + n * S - K) // S  # (Q,) each query's block
-    seen = (own[:, None] != torch.arange(n, device=q.device)) & (count > 0)[:, None, :]  # (B, Q, n)
-    allowed = F.pad(seen, (1, 0), value=True)[:, None]  # (B, 1, Q, 1 + n)
-    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # additive: the fused CPU kernel, 2x faster
-    return out * valid[:, None, K - Q :, None]
+    keys, count = block_means(kb, valid_b)
+    values, _ = block_means(_pad_old(v, kb.shape[2] * S - K).reshape(kb.shape), valid_b)
+    return _read_means(newest_queries(q, S), keys, values, count, Q, S) * valid[:, None, K - Q :, None]

@@ -165,8 +165,9 @@ def test_the_extractor_routes_blocks_and_ignores_padding():
 
 
 def reference_compressed(q, k, v, valid, S):
-    """Element by element, in float64: each valid query against a null slot (zeros) and the mean valid key
-    and value of every block but its own that holds a valid key; padded queries get zeros."""
+    """Element by element, in float64: each valid query gets what its block's newest query reads from a
+    null slot (zeros) and the mean valid key and value of every block but its own that holds a valid
+    key; padded queries get zeros."""
     B, H, Q, d = q.shape
     K = k.shape[2]
     pad = -K % S
@@ -182,7 +183,9 @@ def reference_compressed(q, k, v, valid, S):
                     if j_block != block[i] and members:
                         keys.append(k[b, h, members].double().mean(0))
                         values.append(v[b, h, members].double().mean(0))
-                weights = torch.softmax(torch.stack(keys) @ q[b, h, qi].double() / math.sqrt(d), 0)
+                newest = (block[i] + 1) * S - 1 - pad  # the newest position of the query's block
+                router = q[b, h, newest - (K - Q)].double()
+                weights = torch.softmax(torch.stack(keys) @ router / math.sqrt(d), 0)
                 rows.append(weights @ torch.stack(values) * float(valid[b, i]))
     return torch.stack(rows).view(B, H, Q, d).to(q.dtype)
 
