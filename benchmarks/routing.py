@@ -13,7 +13,6 @@ give about top_k over the number of other blocks), the mean weight on the cue, a
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from stable_baselines3 import PPO
 
 import envs  # noqa: F401  (registers the maze ids)
+from agents.cli import OneLineParser
 from rlattn import HistoryObservation
 from rlattn.callbacks import find_attention_extractor, policy_input
 
@@ -57,12 +57,18 @@ def measure(path: Path, history: int, length: int, episodes: int) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a train.py run folder of --extractor sparse-attention")
     parser.add_argument("--length", type=int, default=100, help="evaluation corridor length")
     parser.add_argument("--episodes", type=int, default=30)
     args = parser.parse_args()
-    history = json.loads(next(args.run.glob("*/config.json")).read_text())["history"]
+    for name in ("length", "episodes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)} is invalid: must be >= 1")
+    configs = sorted(args.run.glob("*/config.json"))
+    if not configs:
+        parser.error(f"{args.run} is not a train.py run folder: it holds no ENV/config.json")
+    history = json.loads(configs[0].read_text())["history"]
     for path in checkpoints(args.run):
         routed, mass, success, n = measure(path, history, args.length, args.episodes)
         print(f"{path.name:28s} cue block routed {routed:.2f} (n={n})  cue mass {mass:.3f}  success {success:.2f}")

@@ -216,3 +216,16 @@ def test_reuse_needs_the_same_arguments_and_saved_only_shows_what_was_saved(tmp_
     assert results.find(after.key, sweep.case_digest(after))["success"] == 1.0
     assert results.find(before.key, sweep.case_digest(before))["success"] == 0.0
     assert sweep.Results(tmp_path / "results.json").find(after.key, sweep.case_digest(after))["success"] == 1.0
+
+
+def test_routing_benchmark_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    import routing
+
+    monkeypatch.setattr(sys, "argv", ["routing.py", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        routing.main()
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"routing.py: error: {tmp_path} is not a train.py run folder: it holds no ENV/config.json\n"
+    )
