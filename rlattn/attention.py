@@ -23,8 +23,9 @@ another query. Three computations give the same numbers (tests hold this, forwar
 With ``top_k``, global attention is block-routed (:mod:`rlattn.block_sparse`, MoBA): keys in blocks
 of ``block_size``, each block of queries attends only to its ``top_k`` best-scoring blocks and its
 own, the rest never computed. With every block chosen it is global attention, number for number.
-With ``compress`` too, NSA's compressed branch (each query over every other block's mean key and
-value) is added through a learned per-head gate, which trains the scores the router ranks.
+With ``compress`` too, NSA's compressed branch (each query block's routing query over every other
+block's mean key and value, shared by the block's queries) is added through a learned per-head gate,
+which trains the scores the router ranks.
 
 One query (the readout of a history's last block) has a cheaper form of the same numbers:
 :func:`single_query_attention` folds the key and value projections into the query's side, so the K
@@ -301,12 +302,13 @@ class MultiHeadAttention(nn.Module):
         else:
             cos, sin = rotary_tables(position, E // H, x.dtype)
             q, k = rotate(qkv[:, : 2 * H], cos[:, None], sin[:, None]).split(H, dim=1)  # (B, H, d) each
-        if self.length_scale is not None:
-            q = q * (self.length_scale * valid.sum(-1, keepdim=True).clamp(min=1).log())[..., None]  # (B, H, d)
+        mask = valid[:, None, None, :]  # (B, 1, 1, W)
+        scale = self.logit_scale(valid, 1, mask)  # (B, H, 1): n = the slots the query sees
+        if scale is not None:
+            q = q * scale
         rows = torch.arange(B, device=x.device)
         keys[rows, :, slot] = k
         values[rows, :, slot] = qkv[:, 2 * H :]
-        mask = valid[:, None, None, :]  # (B, 1, 1, W)
         if need_weights:
             out, weights = explicit_attention(q[:, :, None], keys, values, mask)
             return self.proj(out.reshape(B, E)), weights[:, :, 0]

@@ -112,7 +112,7 @@ def block_sparse_attention(
     out = out.view(B, H, c * rows, d)[:, :, extra:]
     if gate is not None:
         means, _ = block_means(vb.view(B, H, n, S, d), valid_b)
-        out = out + gate * _read_means(newest, summary, means, count, Q, S) * valid[:, None, K - Q :, None]
+        out = out + gate * _read_means(newest, summary, means, count, Q, S)  # padded rows are replaced below
     return torch.where(valid[:, None, K - Q :, None], out, v[:, :, K - Q :])  # a padded query sees only itself
 
 

@@ -103,9 +103,10 @@ class HistoryAttentionExtractor(KeepsOwnInit, HistoryExtractor):
     :param top_k: block-routed sparse attention (global only): each block of ``block_size`` steps
         attends to its ``top_k`` best-scoring blocks of steps plus its own; None attends to all.
     :param block_size: steps per block with ``top_k`` (default 64).
-    :param compress: with ``top_k``, NSA's compressed branch beside the routed blocks (each step also
-        attends, through a learned gate, to every other block's mean key and value), which trains the
-        router's scores on blocks it did not choose (:func:`~rlattn.block_sparse.compressed_attention`).
+    :param compress: with ``top_k``, NSA's compressed branch beside the routed blocks (each block's
+        routing query also attends to every other block's mean key and value, and its steps add the
+        result through a learned gate), which trains the router's scores on blocks it did not choose
+        (:func:`~rlattn.block_sparse.compressed_attention`).
     :param length_scale: multiply each head's attention logits by ``s_h log n`` (n: the steps it may
         see, s_h learned): Scalable-Softmax, so a head can keep its weight on one step however long
         the history (:class:`~rlattn.attention.MultiHeadAttention`).
