@@ -46,10 +46,12 @@ from sweep import (
     add_arguments,
     best,
     check_arguments,
+    method_text,
     seeds,
     steps_text,
     success_text,
     sweep_main,
+    with_tuned,
 )
 
 import envs  # noqa: F401  (registers the maze ids)
@@ -151,7 +153,7 @@ def observed(record: dict) -> str:
     return "+".join(["obs", *(record.get("inputs") or "").split()])
 
 
-KEY_FIELDS = ("maze", "length", "method", "budget", "train_from", "inputs")
+KEY_FIELDS = ("maze", "length", "method", "budget", "train_from", "inputs", "tuned")
 """what identifies a cell of the table (a run adds its seed)"""
 COLUMNS = (
     "maze",
@@ -179,7 +181,7 @@ def row(cell: Cell) -> list[str]:
         str(s["length"]),
         trained_on(s),
         observed(s),
-        s["method"],
+        method_text(s),
         f"{s['budget']:,}",
         str(len(cell.runs)),
     ]
@@ -250,8 +252,11 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
                 for seed in seeds(args):
                     key = {"maze": maze, "length": length, "method": method, "budget": budget, "seed": seed}
                     key.update(train_from=train_from, inputs=inputs)
-                    label = f"{maze} L={length} {method} seed {seed}, {budget:,} steps{trained}"
-                    cases.append(Case(key, label, arguments_for(maze, length, method, budget, seed, args)))
+                    key, arguments = with_tuned(
+                        key, arguments_for(maze, length, method, budget, seed, args), method, args
+                    )
+                    label = f"{maze} L={length} {method_text(key)} seed {seed}, {budget:,} steps{trained}"
+                    cases.append(Case(key, label, arguments))
     return cases
 
 

@@ -43,9 +43,11 @@ from sweep import (
     Table,
     add_arguments,
     check_arguments,
+    method_text,
     seeds,
     success_text,
     sweep_main,
+    with_tuned,
 )
 
 from agents.cli import OneLineParser
@@ -60,7 +62,7 @@ SEARCH_EXTRACTORS = {
 }
 """each method's extractor and ``-params`` on the visual search"""
 MEASURES = ("target_mass", "flip_rate_top", "flip_rate_random")
-KEY_FIELDS = ("task", "length", "noise", "method", "budget")
+KEY_FIELDS = ("task", "length", "noise", "method", "budget", "tuned")
 COLUMNS = (
     "task",
     "noise",
@@ -112,9 +114,12 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
                     length = args.length if task == "tmaze" else None
                     key = {"task": task, "length": length, "noise": noise, "method": method, "budget": budget}
                     key["seed"] = seed
-                    label = f"{task} noise {noise} {method} seed {seed}, {budget:,} steps"
                     after = partial(faithfulness_of, args.faithfulness_episodes, args.faithfulness_seed)
-                    cases.append(Case(key, label, arguments_for(task, noise, method, budget, seed, args), after))
+                    key, arguments = with_tuned(
+                        key, arguments_for(task, noise, method, budget, seed, args), method, args
+                    )
+                    label = f"{task} noise {noise} {method_text(key)} seed {seed}, {budget:,} steps"
+                    cases.append(Case(key, label, arguments, after))
     return cases
 
 
@@ -126,7 +131,7 @@ def mean_of(cell: Cell, name: str) -> str:
 def row(cell: Cell) -> list[str]:
     s = cell.settings
     task = f"T-Maze L={s['length']}" if s["task"] == "tmaze" else "visual search"
-    head = [task, str(s["noise"]), s["method"], f"{s['budget']:,}", str(len(cell.runs))]
+    head = [task, str(s["noise"]), method_text(s), f"{s['budget']:,}", str(len(cell.runs))]
     return [*head, *success_text(cell), *(mean_of(cell, name) for name in MEASURES)]
 
 

@@ -38,10 +38,12 @@ from sweep import (
     add_arguments,
     best,
     check_arguments,
+    method_text,
     seeds,
     steps_text,
     success_text,
     sweep_main,
+    with_tuned,
 )
 
 from agents.cli import OneLineParser
@@ -59,7 +61,7 @@ STYLES = {
 }
 
 
-KEY_FIELDS = ("search", "set_size", "method", "budget")
+KEY_FIELDS = ("search", "set_size", "method", "budget", "tuned")
 """what identifies a cell of the table (a run adds its seed)"""
 COLUMNS = (
     "search",
@@ -100,14 +102,15 @@ def make_case(set_size: int, method: str, seed: int, args: argparse.Namespace) -
         *("--save-freq", "-1", "--verbose", "0"),
     )
     key = {"search": args.search, "set_size": set_size, "method": method, "budget": args.budget, "seed": seed}
+    key, arguments = with_tuned(key, arguments, method, args)
     after = partial(target_mass, args.mass_episodes, seed + 20_000) if method in LOOKS else None
-    return Case(key, f"set size {set_size} {method} seed {seed}, {args.budget:,} steps", arguments, after)
+    return Case(key, f"set size {set_size} {method_text(key)} seed {seed}, {args.budget:,} steps", arguments, after)
 
 
 def row(cell: Cell) -> list[str]:
     """One table row: the cell's settings, IQM and CI over seeds, the per-seed values."""
     s = cell.settings
-    head = [s["search"], str(s["set_size"]), s["method"], f"{s['budget']:,}", str(len(cell.runs))]
+    head = [s["search"], str(s["set_size"]), method_text(s), f"{s['budget']:,}", str(len(cell.runs))]
     if not cell.done:
         return [*head, *success_text(cell), *[""] * 7]
     masses = [r["target_mass"] for r in cell.done if r.get("target_mass") is not None]

@@ -162,6 +162,7 @@ class Results:
             r
             for r in self.records
             if all(r.get(k) == v for k, v in key.items())
+            and r.get("tuned") == key.get("tuned")  # an untuned case's key has no "tuned": not a tuned run's record
             and "error" not in r
             and (digest is None or record_digest(r) == digest)
         ]
@@ -245,7 +246,7 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """The flags every sweep shares: seeds, workers, cluster address, where runs and results go."""
+    """The flags every sweep shares: seeds, workers, cluster address, where runs and results go, tuned settings."""
     parser.add_argument("--seeds", type=int, default=1, help="seeds per case: SEED .. SEED+N-1")
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument("--workers", type=int, default=cores(), help="trials at once (default: the cores)")
@@ -260,6 +261,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     parser.add_argument(
+        "--tuned",
+        nargs="+",
+        default=[],
+        metavar="METHOD=FILE",
+        help="train METHOD with the settings of FILE, a best_params.json of train.py --optimize (its -params); "
+        "the table names it 'METHOD, tuned'",
+    )
+    parser.add_argument(
         "--log-folder",
         type=Path,
         default=ROOT / "logs" / "sweeps" / name,
@@ -268,10 +277,67 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
-    """``--seeds``, ``--workers`` and ``--seed`` in range (one line, exit 2)."""
+    """``--seeds``, ``--workers`` and ``--seed`` in range, ``--tuned`` files read (one line, exit 2)."""
     for flag, value, low in (("--seeds", args.seeds, 1), ("--workers", args.workers, 1), ("--seed", args.seed, 0)):
         if value < low:
             parser.error(f"{flag} {value} is invalid: must be >= {low}")
+    try:
+        args.tuned = read_tuned(args.tuned, args.methods)
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A method's tuned settings: where they came from and the ``-params`` values that set them."""
+
+    source: str
+    """the file, relative to the repository where it lies in it (what the table and the case key name)"""
+    params: tuple[str, ...]
+
+
+TUNED_USAGE = "expected METHOD=FILE, FILE a best_params.json written by train.py --optimize"
+
+
+def read_tuned(items: Sequence[str], methods: Sequence[str]) -> dict[str, Tuned]:
+    """``--tuned METHOD=FILE ...``: each method's settings from the ``params`` of its ``best_params.json``."""
+    tuned: dict[str, Tuned] = {}
+    for item in items:
+        method, sep, name = item.partition("=")
+        if not sep or not method or not name:
+            raise ConfigError(f"--tuned {item!r} is invalid: {TUNED_USAGE}")
+        if method not in methods:
+            raise ConfigError(
+                f"--tuned {item!r} is invalid: {method!r} is not among this sweep's --methods ({', '.join(methods)})"
+            )
+        if method in tuned:
+            raise ConfigError(f"--tuned {item!r} is invalid: {method!r} is tuned twice")
+        path = Path(name)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--tuned {item!r}: {name} cannot be read ({first_line(error)}); {TUNED_USAGE}") from None
+        params = record.get("params") if isinstance(record, dict) else None
+        if not isinstance(params, list) or not all(isinstance(p, str) and ":" in p for p in params):
+            raise ConfigError(f"--tuned {item!r}: {name} has no 'params' list of KEY:VALUE strings; {TUNED_USAGE}")
+        resolved = path.resolve()
+        source = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+        tuned[method] = Tuned(source, tuple(params))
+    return tuned
+
+
+def with_tuned(key: dict, arguments: tuple[str, ...], method: str, args: argparse.Namespace) -> tuple[dict, tuple]:
+    """The case's key and ``train.py`` arguments with the method's tuned settings, if ``--tuned`` gave them
+    (an untuned case is left as it was, so its folder and saved records still match)."""
+    tuned = getattr(args, "tuned", {}).get(method)
+    if tuned is None:
+        return key, arguments
+    return {**key, "tuned": tuned.source}, (*arguments, "-params", *tuned.params)
+
+
+def method_text(settings: dict) -> str:
+    """The method as a table names it: ``ppo_lstm``, or ``ppo_lstm, tuned`` for a run with ``--tuned`` settings."""
+    return f"{settings['method']}, tuned" if settings.get("tuned") else str(settings["method"])
 
 
 def seeds(args: argparse.Namespace) -> range:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stats import iqm_interval, per_seed
-from sweep import ROOT, Case, Cell, Table, add_arguments, check_arguments, seeds, sweep_main
+from sweep import ROOT, Case, Cell, Table, add_arguments, check_arguments, method_text, seeds, sweep_main, with_tuned
 
 from agents.cli import OneLineParser
 
@@ -71,7 +71,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "mlp": ("--algo", "ppo", "--extractor", "mlp"),
 }
 """each method's ``train.py`` arguments: nothing else is set, so the defaults are the ones measured"""
-KEY_FIELDS = ("task", "method", "budget")
+KEY_FIELDS = ("task", "method", "budget", "tuned")
 
 
 def arguments_for(task: Task, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple[str, ...]:
@@ -100,9 +100,10 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
         for method in args.methods:
             for seed in seeds(args):
                 key = {"task": name, "method": method, "budget": budget, "seed": seed}
-                label = f"{name} {method} seed {seed}, {budget:,} steps"
+                key, arguments = with_tuned(key, arguments_for(task, method, budget, seed, args), method, args)
+                label = f"{name} {method_text(key)} seed {seed}, {budget:,} steps"
                 after = lambda record, task=task: normalised(record, task)  # noqa: E731
-                cases.append(Case(key, label, arguments_for(task, method, budget, seed, args), after))
+                cases.append(Case(key, label, arguments, after))
     return cases
 
 
@@ -111,7 +112,7 @@ COLUMNS = ("task", "method", "budget", "seeds", "final return IQM [95% CI]", "pe
 
 def row(cell: Cell) -> list[str]:
     s = cell.settings
-    head = [s["task"], s["method"], f"{s['budget']:,}", str(len(cell.runs))]
+    head = [s["task"], method_text(s), f"{s['budget']:,}", str(len(cell.runs))]
     if not cell.done:
         return [*head, f"failed: {cell.runs[0].get('error', '?')}", "", "", ""]
     scores = [r["score"] for r in cell.done]

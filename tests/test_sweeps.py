@@ -229,3 +229,70 @@ def test_routing_benchmark_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypa
         capsys.readouterr().err
         == f"routing.py: error: {tmp_path} is not a train.py run folder: it holds no ENV/config.json\n"
     )
+
+
+def best_params_file(tmp_path: Path, params: list[str]) -> Path:
+    """A best_params.json as train.py --optimize writes it (the fields the sweeps read)."""
+    path = tmp_path / "best_params.json"
+    path.write_text(json.dumps({"study": "s", "trials": 4, "params": params, "command": "python train.py"}))
+    return path
+
+
+def test_tuned_settings_reach_train_py_and_get_their_own_cell(tmp_path):
+    """--tuned METHOD=FILE trains that method with the file's -params, in cases (and table rows) of their own;
+    the other methods' cases are unchanged, so their finished runs and saved records still match."""
+    import memory_length
+
+    from agents.plan import resolve
+
+    path = best_params_file(tmp_path, ["learning_rate:0.00042", "n_steps:64", "gamma:0.97"])
+    base = dict(maze="passive", lengths=[10], methods=["ppo_lstm", "mlp-stack"], budget=1000, seed=0, seeds=1)
+    base.update(train_from=None, plain=False, eval_freq=None, eval_episodes=4)
+    plain = {c.key["method"]: c for c in memory_length.make_cases(argparse.Namespace(**base, tuned={}))}
+    tuned_args = argparse.Namespace(**base, tuned=sweep.read_tuned([f"ppo_lstm={path}"], base["methods"]))
+    tuned = {c.key["method"]: c for c in memory_length.make_cases(tuned_args)}
+
+    assert tuned["mlp-stack"] == plain["mlp-stack"]  # same key, arguments, folder
+    lstm = tuned["ppo_lstm"]
+    assert lstm.key == {**plain["ppo_lstm"].key, "tuned": str(path.resolve())}
+    assert lstm.arguments[-4:] == ("-params", "learning_rate:0.00042", "n_steps:64", "gamma:0.97")
+    assert sweep.case_folder(tmp_path, lstm) != sweep.case_folder(tmp_path, plain["ppo_lstm"])
+    plan = resolve(config_from_args(list(lstm.arguments)))
+    assert (plan.config.algo, plan.algo_kwargs["learning_rate"], plan.algo_kwargs["gamma"]) == (
+        "ppo_lstm",
+        4.2e-4,
+        0.97,
+    )
+    assert "ppo_lstm, tuned seed 0" in lstm.label
+
+    results = sweep.Results(tmp_path / "results.json")
+    results.add({**lstm.key, "success": 1.0, "steps_to_095": 5000, "digest": sweep.case_digest(lstm)})
+    assert results.find(plain["ppo_lstm"].key) is None  # a tuned run never stands in for the untuned one
+    assert results.find(lstm.key)["success"] == 1.0
+    cells = sweep.cells(
+        results.records + [{**plain["ppo_lstm"].key, "success": 0.0, "steps_to_095": None}], memory_length.KEY_FIELDS
+    )
+    assert sorted(sweep.method_text(c.settings) for c in cells) == ["ppo_lstm", "ppo_lstm, tuned"]
+
+
+def test_bad_tuned_input_is_one_line(tmp_path, capsys):
+    from agents.cli import OneLineParser
+
+    good = best_params_file(tmp_path, ["learning_rate:0.001"])
+    (tmp_path / "other.json").write_text(json.dumps({"hyperparams": {"learning_rate": 0.001}}))
+    cases = {
+        "ppo_lstm": "'ppo_lstm' is invalid: expected METHOD=FILE, FILE a best_params.json written by train.py --optimize",
+        f"mlp={good}": "'mlp' is not among this sweep's --methods (ppo_lstm, attention)",
+        f"ppo_lstm={tmp_path / 'missing.json'}": "missing.json cannot be read",
+        f"ppo_lstm={tmp_path / 'other.json'}": "other.json has no 'params' list of KEY:VALUE strings",
+    }
+    for value, message in cases.items():
+        parser = OneLineParser(prog="memory_length.py")
+        sweep.add_arguments(parser, "test")
+        parser.add_argument("--methods", nargs="+", default=["ppo_lstm", "attention"])
+        with pytest.raises(SystemExit) as exit_:
+            sweep.check_arguments(parser, parser.parse_args(["--tuned", value]))
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
+    with pytest.raises(sweep.ConfigError, match="'ppo_lstm' is tuned twice"):
+        sweep.read_tuned([f"ppo_lstm={good}", f"ppo_lstm={good}"], ["ppo_lstm"])
