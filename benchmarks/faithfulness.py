@@ -16,8 +16,9 @@ code, :meth:`~rlattn.AttentionLoggingCallback.measure`):
 - flip rate, random: the same for a random other input.
 
 How a step or patch is masked (``valid`` set to 0 for history steps, the memory's slot left out for
-``AttentionPPO``, pixels zeroed for patches) is in :mod:`rlattn.faithfulness`. Each rate is shown
-with its counts; ``newest top`` counts decisions whose own step held the most weight (never masked).
+``AttentionPPO``, the frame's emptiest patch copied over a patch) is in :mod:`rlattn.faithfulness`.
+Each rate is shown with its counts; ``newest top`` counts decisions whose own step held the most
+weight (never masked).
 Each run's numbers also go to ``faithfulness.json`` in its folder (``--json``: all runs in one file).
 """
 
@@ -41,6 +42,7 @@ from agents.presets import env_family
 from agents.registry import ALGOS
 from agents.runfolder import final_model, find_model, load_run_config
 from rlattn import AttentionLoggingCallback
+from rlattn.faithfulness import PATCH_MASK
 
 SEED = 20_000
 """first episode seed: training uses the run's seed, its evaluations seed + 10,000"""
@@ -89,15 +91,18 @@ def measure_run(folder: Path, episodes: int = 100, seed: int = SEED, which: str 
         )
     method = saved.algo if plan.algo_entry.memory == "episodic" else plan.extractor
     record = {"run": str(folder), "model": str(path), "env": saved.env, "method": method, "seed": seed}
+    record["patch_mask"] = PATCH_MASK
     return record | scored.faithfulness.record()
 
 
 def measured(folder: Path, episodes: int, seed: int, which: str = "final") -> dict[str, Any]:
-    """The run's record from its ``faithfulness.json`` if made with these settings, else measured and saved."""
+    """The run's record from its ``faithfulness.json`` if made with these settings (and the current patch
+    mask), else measured and saved."""
     path = folder / RESULT
     if path.is_file():
         record = json.loads(path.read_text())
-        if (record.get("episodes"), record.get("seed"), record.get("which")) == (episodes, seed, which):
+        settings = (record.get("episodes"), record.get("seed"), record.get("which"), record.get("patch_mask"))
+        if settings == (episodes, seed, which, PATCH_MASK):
             return record
     record = measure_run(folder, episodes, seed, which) | {"which": which}
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -112,7 +117,7 @@ def rate(record: dict, value: str, count: str, n: str) -> str:
 
 def row(record: dict) -> list[str]:
     return [
-        Path(record["run"]).name,
+        "/".join(Path(record["run"]).parts[-3:]),
         record["env"],
         record["method"],
         str(record["episodes"]),

@@ -13,10 +13,14 @@ Each input is left out the model's own way, wherever it has one:
 - **a step of an episodic memory** (``AttentionPPO``): its cache slot marked invalid and the
   decision's step run again through every layer. With one layer that is exactly the memory without
   the step; with more, later steps' cached deeper inputs were computed while it was still visible.
-- **a patch of the frame acted on** (patch and spatio-temporal extractors): its pixels set to 0, the
-  background of the envs' displays. These extractors have no patch mask, and dropping a patch from
-  a pointer readout's keys would flip its action (the pointer's argmax) by construction. The random
-  other patch is drawn from those with any nonzero pixel: zeroing an empty patch changes nothing.
+- **a patch of the frame acted on** (patch and spatio-temporal extractors): its pixels replaced by
+  the frame's own background, the pixels of its emptiest patch (the least total intensity). On a
+  clean display that is 0 everywhere; on a noisy one it is noise drawn as the display draws it, so
+  the masked patch does not stand out as the one dark square on a noisy screen (zeroing it would
+  make it the odd one out, a new target). These extractors have no patch mask, and dropping a patch
+  from a pointer readout's keys would flip its action (the pointer's argmax) by construction. The
+  random other patch is drawn from those that differ from that background: replacing the background
+  with itself changes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from rlattn.episodic import EpisodicMemory
 from rlattn.overlay import box_mass
 
 Observation = np.ndarray | dict[str, np.ndarray]
+
+
+PATCH_MASK = "background"
+"""how a patch is masked (the frame's emptiest patch copied over it); saved with a measurement, so a
+record made with another mask (``"zeros"``, before) is measured again"""
 
 
 @dataclass(frozen=True)
@@ -146,13 +155,25 @@ def newest_frame(obs: Observation) -> np.ndarray:
     return np.asarray(obs["obs"][-1] if isinstance(obs, dict) else obs)
 
 
-def mask_patch(obs: Observation, patch: int, patch_size: int, cols: int) -> Observation:
-    """A copy of the observation with patch ``patch`` (row-major) of the frame acted on set to 0."""
+def mask_patch(obs: Observation, patch: int, patch_size: int, cols: int, fill: np.ndarray | None = None) -> Observation:
+    """A copy of the observation with patch ``patch`` (row-major) of the frame acted on replaced by
+    ``fill`` (C, patch_size, patch_size), or set to 0 without it."""
     masked = {key: value.copy() for key, value in obs.items()} if isinstance(obs, dict) else obs.copy()
     row, col = divmod(patch, cols)
     rows, columns = slice(row * patch_size, (row + 1) * patch_size), slice(col * patch_size, (col + 1) * patch_size)
-    newest_frame(masked)[:, rows, columns] = 0  # a view into the copy
+    newest_frame(masked)[:, rows, columns] = 0 if fill is None else fill  # a view into the copy
     return masked
+
+
+def background_patch(frame: np.ndarray, rows: int, cols: int, patch_size: int) -> tuple[int, np.ndarray]:
+    """The frame's emptiest patch (least total intensity, row-major index) and its pixels (C, p, p): the
+    display's background as the display draws it (0 when clean, noise when noisy)."""
+    C = frame.shape[0]
+    blocks = frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
+    totals = blocks.astype(np.float64).sum(axis=(0, 2, 4)).reshape(-1)
+    empty = int(np.argmin(totals))
+    row, col = divmod(empty, cols)
+    return empty, blocks[:, row, :, col, :].copy()
 
 
 def patch_decision(
@@ -167,10 +188,11 @@ def patch_decision(
     frame = newest_frame(obs)
     rows, cols = weights.shape
     C = frame.shape[0]
+    _, fill = background_patch(frame, rows, cols, patch_size)
     blocks = frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
-    has_content = blocks.any(axis=(0, 2, 4)).reshape(-1)
-    top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), has_content, rng)
-    masked = [mask_patch(obs, p, patch_size, cols) for p in (top, other) if p is not None]
+    differs = (blocks != fill[:, None, :, None, :]).any(axis=(0, 2, 4)).reshape(-1)
+    top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), differs, rng)
+    masked = [mask_patch(obs, p, patch_size, cols, fill) for p in (top, other) if p is not None]
     mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
     return _decision(deterministic_flips(policy, obs, masked), top, other, mass)
 
@@ -210,6 +232,8 @@ def memory_decision(
 
 __all__ = [
     "Decision",
+    "PATCH_MASK",
+    "background_patch",
     "Faithfulness",
     "deterministic_flips",
     "history_decision",

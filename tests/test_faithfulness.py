@@ -17,6 +17,7 @@ from envs.tmaze import DOWN, RIGHT, UP
 from rlattn import AttentionLoggingCallback, AttentionPPO, HistoryAttentionExtractor, HistoryObservation
 from rlattn.faithfulness import (
     Faithfulness,
+    background_patch,
     history_decision,
     mask_patch,
     mask_step,
@@ -236,3 +237,28 @@ def test_memory_action_recomputed_with_a_look_after_the_memory():
             action, state = model.predict(obs[None], state=state, deterministic=True)
             assert (memory_actions(model.policy, state, [None]) == action).all()
             obs, _, done, _, _ = env.step(int(action[0]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_on_a_noisy_display_a_masked_patch_becomes_background_noise_not_a_dark_square(seed):
+    """With pixel noise the mask is the frame's emptiest patch (noise, no item), so the masked target is gone
+    without leaving a black square that stands out; the choice still flips, a random other patch's does not."""
+    env = gym.make("rlattn/VisualSearch-v0", set_size=6, noise=128)
+    frame, info = env.reset(seed=seed)
+    search = env.unwrapped
+    grid, cell = search.grid, search.display.cell
+    empty, fill = background_patch(frame, grid, grid, cell)
+    occupied = search._scene.reshape(3, grid, cell, grid, cell).any(axis=(0, 2, 4)).reshape(-1)
+    items = set(np.flatnonzero(occupied).tolist())
+    assert empty not in items and info["target_cell"] in items
+    assert 40 < fill.mean() < 90 and fill.max() > 100  # uniform noise in [0, 128], not a dark square
+    masked = mask_patch(frame, info["target_cell"], cell, grid, fill)
+    row, col = divmod(info["target_cell"], grid)
+    np.testing.assert_array_equal(masked[:, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell], fill)
+    assert (masked != frame).any(axis=0).sum() <= cell * cell  # nothing outside the patch changed
+    weights = np.full((grid, grid), 0.1 / (grid * grid - 1))
+    weights.reshape(-1)[info["target_cell"]] = 0.9
+    decision = patch_decision(
+        RedPicker(search.display), frame, weights, cell, info["target_box"], np.random.default_rng(seed)
+    )
+    assert decision.top_flip is True and decision.random_flip is False
