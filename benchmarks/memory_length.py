@@ -46,11 +46,13 @@ from sweep import (
     add_arguments,
     best,
     check_arguments,
+    is_variant,
     method_text,
     seeds,
     steps_text,
     success_text,
     sweep_main,
+    variants,
     with_tuned,
 )
 
@@ -192,14 +194,16 @@ def row(cell: Cell) -> list[str]:
     return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed]
 
 
-def series(table: list[Cell], maze: str, method: str, mixed: bool) -> list[tuple[int, float, float, float]]:
+def series(
+    table: list[Cell], maze: str, method: str, mixed: bool, tuned: bool = False
+) -> list[tuple[int, float, float, float]]:
     """(L, IQM, CI low, CI high) of final success, by corridor length, for one line of the plot."""
     points = [
         (cell.settings["length"], cell.success.iqm, cell.success.low, cell.success.high)
         for cell in table
         if cell.success is not None
         and cell.settings["maze"] == maze
-        and cell.settings["method"] == method
+        and is_variant(cell, method, tuned)
         and (cell.settings.get("train_from") is not None) == mixed
     ]
     return sorted(points)
@@ -215,15 +219,17 @@ def plot(table: list[Cell], path: Path) -> None:
     both = len({c.settings.get("train_from") is not None for c in table}) == 2  # plain and mixed runs: tell them apart
     fig, axes = plt.subplots(1, len(mazes), figsize=(5.5 * len(mazes), 4), squeeze=False)
     for ax, maze in zip(axes[0], mazes, strict=True):
-        for i, method in enumerate(METHODS):
+        for i, (method, tuned) in enumerate(variants(table, METHODS)):
             for mixed in (False, True):
-                points = series(table, maze, method, mixed)
+                points = series(table, maze, method, mixed, tuned)
                 if not points:
                     continue
                 lengths, iqm, low, high = zip(*points, strict=True)
                 offset = 0.008 * (i - 3)  # overlapping lines stay visible
                 style = {**STYLES[method], **({"markerfacecolor": "none", "linestyle": ":"} if both and mixed else {})}
-                label = f"{method}, trained on {'mixed lengths' if mixed else 'the plain maze'}" if both else method
+                style.update({"linestyle": "--", "linewidth": 1.5} if tuned else {})
+                name = method_text({"method": method, "tuned": tuned})
+                label = f"{name}, trained on {'mixed lengths' if mixed else 'the plain maze'}" if both else name
                 line = ax.plot(lengths, [v + offset for v in iqm], label=label, **style)[0]
                 ax.fill_between(lengths, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xscale("log")

@@ -52,6 +52,7 @@ from sweep import (
 
 from agents.cli import OneLineParser
 from agents.config import ConfigError
+from rlattn.faithfulness import PATCH_MASK
 
 TASKS = {"tmaze": "rlattn/TMaze-v0", "search": "rlattn/VisualSearch-v0"}
 METHODS = ("attention", "local-attention", "sparse-attention")
@@ -99,7 +100,12 @@ def faithfulness_of(episodes: int, seed: int, record: dict) -> dict:
         found = measured(Path(record["folder"]), episodes, seed, "final")
     except ConfigError as error:
         return {name: None for name in MEASURES} | {"faithfulness_error": str(error)}
-    return {name: found.get(name) for name in MEASURES}
+    return {name: found.get(name) for name in MEASURES} | {"patch_mask": found.get("patch_mask")}
+
+
+def current(record: dict) -> bool:
+    """A saved visual-search record counts only if its flips were measured with today's patch mask."""
+    return record.get("task") != "search" or record.get("patch_mask") == PATCH_MASK
 
 
 def make_cases(args: argparse.Namespace) -> list[Case]:
@@ -119,7 +125,7 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
                         key, arguments_for(task, noise, method, budget, seed, args), method, args
                     )
                     label = f"{task} noise {noise} {method_text(key)} seed {seed}, {budget:,} steps"
-                    cases.append(Case(key, label, arguments, after))
+                    cases.append(Case(key, label, arguments, after, current))
     return cases
 
 

@@ -38,11 +38,13 @@ from sweep import (
     add_arguments,
     best,
     check_arguments,
+    is_variant,
     method_text,
     seeds,
     steps_text,
     success_text,
     sweep_main,
+    variants,
     with_tuned,
 )
 
@@ -120,11 +122,13 @@ def row(cell: Cell) -> list[str]:
     return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed, mass]
 
 
-def band(ax: Any, points: list[tuple[int, float, float, float]], method: str) -> None:
+def band(ax: Any, points: list[tuple[int, float, float, float]], method: str, tuned: bool = False) -> None:
     """IQM line and its 95% CI band, by set size."""
     if points:
         sizes, iqm, low, high = zip(*sorted(points), strict=True)
-        line = ax.plot(sizes, iqm, label=method, **STYLES[method])[0]
+        style = {**STYLES[method], **({"linestyle": "--"} if tuned else {})}
+        label = method_text({"method": method, "tuned": tuned})
+        line = ax.plot(sizes, iqm, label=label, **style)[0]
         ax.fill_between(sizes, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
 
 
@@ -139,10 +143,10 @@ def plot(table: list[Cell], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in METHODS:
-        mine = [c for c in table if c.settings["method"] == method]
-        band(left, [(c.settings["set_size"], *interval(c.success)) for c in mine if c.success], method)
-        band(right, [(c.settings["set_size"], *interval(c.steps)) for c in mine if c.steps], method)
+    for method, tuned in variants(table, METHODS):
+        mine = [c for c in table if is_variant(c, method, tuned)]
+        band(left, [(c.settings["set_size"], *interval(c.success)) for c in mine if c.success], method, tuned)
+        band(right, [(c.settings["set_size"], *interval(c.steps)) for c in mine if c.steps], method, tuned)
     searches = "/".join(sorted({c.settings["search"] for c in table}))
     left.set_ylim(-0.05, 1.05)
     left.set_ylabel("final eval success: IQM, 95% CI band")

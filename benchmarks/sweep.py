@@ -50,6 +50,9 @@ class Case:
     """``train.py`` arguments (the log folder is the case's own)"""
     after: Callable[[dict], dict] | None = None
     """further measurements of the finished run, from its record (must reuse what it wrote before)"""
+    current: Callable[[dict], bool] | None = None
+    """whether a record saved in ``--results`` still holds today's measurements (``--reuse``); else the
+    run is read from its folder again and ``after`` measures it anew"""
 
 
 def case_digest(case: Case) -> str:
@@ -226,6 +229,8 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
             old = saved.find(case.key)
         elif args.reuse:  # stands in for a run made now: the arguments must match too
             old = saved.find(case.key, case_digest(case))
+            if old is not None and case.current is not None and not case.current(old):
+                old = None
         if old is not None:
             records[i] = old
         elif not args.saved_only and finished_run(case_folder(args.log_folder, case)) is not None:
@@ -332,7 +337,27 @@ def with_tuned(key: dict, arguments: tuple[str, ...], method: str, args: argpars
     tuned = getattr(args, "tuned", {}).get(method)
     if tuned is None:
         return key, arguments
-    return {**key, "tuned": tuned.source}, (*arguments, "-params", *tuned.params)
+    return {**key, "tuned": tuned.source}, add_params(arguments, tuned.params)
+
+
+def add_params(arguments: tuple[str, ...], params: Sequence[str]) -> tuple[str, ...]:
+    """``arguments`` with ``params`` after its ``-params`` values (a later key wins), or as a new ``-params``:
+    ``train.py`` keeps only the last ``-params`` it is given, so a second one would drop the method's own."""
+    if "-params" not in arguments:
+        return (*arguments, "-params", *params)
+    start = arguments.index("-params") + 1
+    end = next((i for i in range(start, len(arguments)) if arguments[i].startswith("-")), len(arguments))
+    return (*arguments[:end], *params, *arguments[end:])
+
+
+def variants(table: list[Cell], methods: Sequence[str]) -> list[tuple[str, bool]]:
+    """The (method, tuned) pairs the table holds, in ``methods`` order, each method's untuned one first."""
+    present = {(c.settings["method"], bool(c.settings.get("tuned"))) for c in table}
+    return [(m, tuned) for m in methods for tuned in (False, True) if (m, tuned) in present]
+
+
+def is_variant(cell: Cell, method: str, tuned: bool) -> bool:
+    return cell.settings["method"] == method and bool(cell.settings.get("tuned")) == tuned
 
 
 def method_text(settings: dict) -> str:

@@ -36,7 +36,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stats import iqm_interval, per_seed
-from sweep import ROOT, Case, Cell, Table, add_arguments, check_arguments, method_text, seeds, sweep_main, with_tuned
+from sweep import (
+    ROOT,
+    Case,
+    Cell,
+    Table,
+    add_arguments,
+    check_arguments,
+    is_variant,
+    method_text,
+    seeds,
+    sweep_main,
+    variants,
+    with_tuned,
+)
 
 from agents.cli import OneLineParser
 
@@ -128,17 +141,18 @@ def plot(table: list[Cell], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(c.settings["task"] for c in table))
-    methods = [m for m in METHODS if any(c.settings["method"] == m for c in table)]
+    methods = variants(table, list(METHODS))
     fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 3, 4))
     width = 0.8 / max(len(methods), 1)
-    for j, method in enumerate(methods):
+    for j, (method, tuned) in enumerate(methods):
+        label = method_text({"method": method, "tuned": tuned})
         for i, name in enumerate(tasks):
-            cell = next((c for c in table if c.settings["task"] == name and c.settings["method"] == method), None)
+            cell = next((c for c in table if c.settings["task"] == name and is_variant(c, method, tuned)), None)
             if cell is None or not cell.done:
                 continue
             ci = iqm_interval([r["score"] for r in cell.done])
             x = i + (j - (len(methods) - 1) / 2) * width
-            bar = ax.bar(x, ci.iqm, width, color=f"C{j}", label=method if i == 0 else None)
+            bar = ax.bar(x, ci.iqm, width, color=f"C{j}", label=label if i == 0 else None)
             ax.errorbar(x, ci.iqm, [[ci.iqm - ci.low], [ci.high - ci.iqm]], color="black", capsize=2, linewidth=1)
             ax.scatter([x] * len(cell.done), [r["score"] for r in cell.done], s=8, color="black", zorder=3)
             del bar

@@ -15,9 +15,11 @@ Each input is left out the model's own way, wherever it has one:
   the step; with more, later steps' cached deeper inputs were computed while it was still visible.
 - **a patch of the frame acted on** (patch and spatio-temporal extractors): its pixels replaced by
   the frame's own background, the pixels of its emptiest patch (the least total intensity). On a
-  clean display that is 0 everywhere; on a noisy one it is noise drawn as the display draws it, so
-  the masked patch does not stand out as the one dark square on a noisy screen (zeroing it would
-  make it the odd one out, a new target). These extractors have no patch mask, and dropping a patch
+  clean display that is 0 everywhere; on a noisy one it is the display's own noise (its darkest
+  sample, so a little below the average patch: 4% at 8 x 8 x 3 pixels of uniform noise), so the
+  masked patch does not stand out as the one dark square on a noisy screen (zeroing it would make it
+  the odd one out, a new target). Where the most-attended patch is that background itself, nothing
+  can be masked and the decision's top flip is not counted. These extractors have no patch mask, and dropping a patch
   from a pointer readout's keys would flip its action (the pointer's argmax) by construction. The
   random other patch is drawn from those that differ from that background: replacing the background
   with itself changes nothing.
@@ -192,6 +194,8 @@ def patch_decision(
     blocks = frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
     differs = (blocks != fill[:, None, :, None, :]).any(axis=(0, 2, 4)).reshape(-1)
     top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), differs, rng)
+    if top is not None and not differs[top]:
+        top = None  # the background itself is the most attended: masking it would change nothing, not counted
     masked = [mask_patch(obs, p, patch_size, cols, fill) for p in (top, other) if p is not None]
     mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
     return _decision(deterministic_flips(policy, obs, masked), top, other, mass)

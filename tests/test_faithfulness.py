@@ -239,6 +239,18 @@ def test_memory_action_recomputed_with_a_look_after_the_memory():
             obs, _, done, _, _ = env.step(int(action[0]))
 
 
+class RecordingPicker(RedPicker):
+    """RedPicker that keeps every batch of frames it was asked about."""
+
+    def __init__(self, display):
+        super().__init__(display)
+        self.batches = []
+
+    def predict(self, frames, deterministic=True):
+        self.batches.append(np.array(frames))
+        return super().predict(frames, deterministic)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_on_a_noisy_display_a_masked_patch_becomes_background_noise_not_a_dark_square(seed):
     """With pixel noise the mask is the frame's emptiest patch (noise, no item), so the masked target is gone
@@ -258,7 +270,13 @@ def test_on_a_noisy_display_a_masked_patch_becomes_background_noise_not_a_dark_s
     assert (masked != frame).any(axis=0).sum() <= cell * cell  # nothing outside the patch changed
     weights = np.full((grid, grid), 0.1 / (grid * grid - 1))
     weights.reshape(-1)[info["target_cell"]] = 0.9
-    decision = patch_decision(
-        RedPicker(search.display), frame, weights, cell, info["target_box"], np.random.default_rng(seed)
-    )
+    picker = RecordingPicker(search.display)
+    decision = patch_decision(picker, frame, weights, cell, info["target_box"], np.random.default_rng(seed))
     assert decision.top_flip is True and decision.random_flip is False
+    original, top_masked = picker.batches[0][:2]
+    np.testing.assert_array_equal(original, frame)
+    np.testing.assert_array_equal(top_masked, masked)  # the policy saw the background noise, not zeros
+    weights_on_background = np.full((grid, grid), 0.5 / (grid * grid - 1))
+    weights_on_background.reshape(-1)[empty] = 0.5
+    skipped = patch_decision(picker, frame, weights_on_background, cell, None, np.random.default_rng(seed))
+    assert skipped.top_flip is None  # the background patch itself: nothing to mask, not counted

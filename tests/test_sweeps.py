@@ -296,3 +296,32 @@ def test_bad_tuned_input_is_one_line(tmp_path, capsys):
         assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
     with pytest.raises(sweep.ConfigError, match="'ppo_lstm' is tuned twice"):
         sweep.read_tuned([f"ppo_lstm={good}", f"ppo_lstm={good}"], ["ppo_lstm"])
+
+
+def test_tuned_settings_join_a_methods_own_params_and_stale_flips_are_measured_again(tmp_path, monkeypatch):
+    """On the noise sweep's visual search each method has -params of its own (one block over the patches,
+    neighbourhood or block routing): tuned settings are added to them, not put in their place. A saved
+    record whose flips came from another patch mask is not reused."""
+    import noise
+
+    from agents.plan import resolve
+    from rlattn.faithfulness import PATCH_MASK
+
+    path = best_params_file(tmp_path, ["learning_rate:0.0007", "n_layers:2"])
+    argv = ["noise.py", "--tasks", "search", "--search-noise", "64", "--methods", "local-attention"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--search-budget", "2000", "--tuned", f"local-attention={path}"])
+    (case,) = noise.make_cases(noise.parse_args())
+    monkeypatch.setattr(sys, "argv", [*argv, "--search-budget", "2000"])
+    (untuned,) = noise.make_cases(noise.parse_args())
+    plan = resolve(config_from_args(list(case.arguments)))
+    assert plan.extractor_kwargs["attention"] == "neighbourhood"  # the method's own -params kept
+    assert plan.extractor_kwargs["n_layers"] == 2 and plan.algo_kwargs["learning_rate"] == 7e-4  # the tuned win
+    assert resolve(config_from_args(list(untuned.arguments))).extractor_kwargs["n_layers"] == 1
+    assert case.current({"task": "search", "patch_mask": PATCH_MASK})
+    assert not case.current({"task": "search"})  # measured before the mask was recorded: with zeros
+
+
+def test_add_params_keeps_the_flags_after_the_params():
+    arguments = ("--algo", "ppo", "-params", "a:1", "b:2", "-n", "100")
+    assert sweep.add_params(arguments, ["b:3"]) == ("--algo", "ppo", "-params", "a:1", "b:2", "b:3", "-n", "100")
+    assert sweep.add_params(("--algo", "ppo"), ["b:3"]) == ("--algo", "ppo", "-params", "b:3")
