@@ -19,10 +19,10 @@ Each input is left out the model's own way, wherever it has one:
   sample, so a little below the average patch: 4% at 8 x 8 x 3 pixels of uniform noise), so the
   masked patch does not stand out as the one dark square on a noisy screen (zeroing it would make it
   the odd one out, a new target). Where the most-attended patch is that background itself, nothing
-  can be masked and the decision's top flip is not counted. These extractors have no patch mask, and dropping a patch
-  from a pointer readout's keys would flip its action (the pointer's argmax) by construction. The
-  random other patch is drawn from those that differ from that background: replacing the background
-  with itself changes nothing.
+  can be masked and the decision's top flip is not counted. These extractors have no patch mask,
+  and dropping a patch from a pointer readout's keys would flip its action (the pointer's argmax) by
+  construction. The random other patch is drawn from those that differ from that background:
+  replacing the background with itself changes nothing.
 """
 
 from __future__ import annotations
@@ -167,14 +167,22 @@ def mask_patch(obs: Observation, patch: int, patch_size: int, cols: int, fill: n
     return masked
 
 
+def patch_grid(frame: np.ndarray, rows: int, cols: int, patch_size: int) -> np.ndarray:
+    """A (C, rows, p, cols, p) view of the frame's patches: ``[:, r, :, c, :]`` is patch (r, c)."""
+    C = frame.shape[0]
+    return frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
+
+
 def background_patch(frame: np.ndarray, rows: int, cols: int, patch_size: int) -> tuple[int, np.ndarray]:
     """The frame's emptiest patch (least total intensity, row-major index) and its pixels (C, p, p): the
     display's background as the display draws it (0 when clean, noise when noisy)."""
-    C = frame.shape[0]
-    blocks = frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
+    return _emptiest(patch_grid(frame, rows, cols, patch_size))
+
+
+def _emptiest(blocks: np.ndarray) -> tuple[int, np.ndarray]:
     totals = blocks.astype(np.float64).sum(axis=(0, 2, 4)).reshape(-1)
     empty = int(np.argmin(totals))
-    row, col = divmod(empty, cols)
+    row, col = divmod(empty, blocks.shape[3])
     return empty, blocks[:, row, :, col, :].copy()
 
 
@@ -189,9 +197,8 @@ def patch_decision(
     """Score one decision on a frame: ``weights`` (rows, cols) the readout's attention, mean over heads."""
     frame = newest_frame(obs)
     rows, cols = weights.shape
-    C = frame.shape[0]
-    _, fill = background_patch(frame, rows, cols, patch_size)
-    blocks = frame[:, : rows * patch_size, : cols * patch_size].reshape(C, rows, patch_size, cols, patch_size)
+    blocks = patch_grid(frame, rows, cols, patch_size)
+    _, fill = _emptiest(blocks)
     differs = (blocks != fill[:, None, :, None, :]).any(axis=(0, 2, 4)).reshape(-1)
     top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), differs, rng)
     if top is not None and not differs[top]:
