@@ -90,12 +90,15 @@ def finished_run(folder: Path) -> Path | None:
 def read_record(run: Path) -> dict:
     """A finished run's measurements, from its ``result.json`` and ``evaluations.npz``."""
     result = json.loads((run / RESULT).read_text())
-    evaluations = np.load(run / "evaluations.npz")
-    successes = evaluations["successes"] if "successes" in evaluations else np.zeros(0)
-    rates = successes.mean(axis=1) if successes.size else []  # envs without is_success: returns only
-    curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=False)]
-    returns = evaluations["results"].mean(axis=1)
-    return_curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], returns, strict=True)]
+    curve: list[list] = []
+    return_curve: list[list] = []
+    if (run / "evaluations.npz").is_file():  # none when the budget ended before the first evaluation
+        evaluations = np.load(run / "evaluations.npz")
+        successes = evaluations["successes"] if "successes" in evaluations else np.zeros(0)
+        rates = successes.mean(axis=1) if successes.size else []  # envs without is_success: returns only
+        curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=False)]
+        returns = evaluations["results"].mean(axis=1)
+        return_curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], returns, strict=True)]
     reached = [t for t, rate in curve if rate >= 0.95]
     final = result["evaluation"]
     case = json.loads((run.parent.parent / CASE_FILE).read_text()) if (run.parent.parent / CASE_FILE).is_file() else {}
