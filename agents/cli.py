@@ -70,6 +70,7 @@ def optimize_flags(cfg: TrainConfig) -> dict[str, bool]:
         "--storage": cfg.storage is not None,
         "--study-name": cfg.study_name is not None,
         "--search-space": bool(cfg.search_space),
+        "--objective": cfg.objective != defaults.objective,
     }
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VEC_ENVS = ("dummy", "subproc")
+OBJECTIVES = ("curve", "final")
+"""what ``--optimize`` maximises (agents/trials.py, ``objective``)"""
 HISTORY_INPUTS = ("action", "reward")
 """what a history step can hold besides the observation (``HistoryObservation``'s include_action, include_reward)"""
 
@@ -113,7 +115,7 @@ class TrainConfig:
         "--optimize",
         default=False,
         action="store_true",
-        help="tune the hyperparameters with Optuna (TPE sampler, median pruner on evaluation success, else mean return) instead of training once: trials run on Ray Tune, one per core, or with --storage in a shared Optuna study; writes best_params.json and prints the train.py command that reuses the best settings",
+        help="tune the hyperparameters with Optuna (TPE sampler, median pruner on evaluation success, else mean return) instead of training once; the first trial runs the run's own settings (its -params, else the preset), so the search is measured against them: trials run on Ray Tune, one per core, or with --storage in a shared Optuna study; writes best_params.json and prints the train.py command that reuses the best settings",
     )
     n_trials: int = _flag("--n-trials", default=10, type=int, help="trials to run with --optimize")
     storage: str | None = _flag(
@@ -123,6 +125,12 @@ class TrainConfig:
     )
     study_name: str | None = _flag(
         "--study-name", default=None, help="with --optimize: the study's name (default: ALGO-EXTRACTOR-ENV)"
+    )
+    objective: str = _flag(
+        "--objective",
+        default="curve",
+        choices=OBJECTIVES,
+        help="with --optimize: what a trial scores, from its evaluations' success rate (else mean return): curve, the mean over every evaluation during training and the final one (the area under the evaluation curve); final, the final evaluation alone (as the RL Zoo)",
     )
     search_space: list[str] = _flag(
         "--search-space",

@@ -12,6 +12,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from agents.checks import check_algo_values
 from agents.config import ConfigError
 from agents.plan import RunPlan
+from agents.schedules import linear_start
 
 SPACE: dict[str, BaseDistribution] = {
     "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
@@ -104,3 +105,69 @@ def _check_bounds(item: str, plan: RunPlan, key: str, dist: BaseDistribution) ->
             check_algo_values(plan.algo_entry.cls, {key: value})
     except ConfigError as error:
         raise ConfigError(f"--search-space {item!r} is invalid: {str(error).removeprefix('-params ')}") from None
+
+
+def own_settings(plan: RunPlan, space: dict[str, BaseDistribution]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The run's own value of every key in ``space``, as the search's first trial, and what had to move.
+
+    A key's own value is its ``-params`` value, else the preset's, else the default of the algorithm (or
+    extractor) class; a linear schedule counts as its start. A value outside the space is replaced by
+    the nearest one inside it (a range's end, the nearest choice), and named in the second item. None
+    when a key has no value the space could hold (not a number where the space has numbers)."""
+    point: dict[str, Any] = {}
+    moved: list[str] = []
+    for key, dist in space.items():
+        value = _own_value(plan, key)
+        start = linear_start(key, value)
+        if start is not None:
+            moved.append(f"{key} {value!r} -> {start!r} (constant: the search space has no schedules)")
+            value = start
+        inside = _nearest(dist, value)
+        if inside is _NONE:
+            return None, [f"{key} {value!r} is not a value of {dist}"]
+        if inside != value:
+            moved.append(f"{key} {value!r} -> {inside!r}")
+        point[key] = inside
+    return point, moved
+
+
+_NONE = object()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _own_value(plan: RunPlan, key: str) -> Any:
+    if key in EXTRACTOR_KEYS:
+        given = plan.extractor_kwargs
+        # an episodic memory's keys have no class of their own here: the preset (or -params) gives them
+        classes: tuple[type, ...] = () if plan.algo_entry.own_extractors else (plan.extractor_entry.cls,)
+    else:
+        given, classes = plan.algo_kwargs, plan.algo_entry.cls.__mro__
+    if key in given:
+        return given[key]
+    for cls in classes:  # the first class on the way to the one that takes the key: its default
+        if "__init__" not in vars(cls):
+            continue
+        parameter = inspect.signature(cls).parameters.get(key)
+        if parameter is not None:
+            return None if parameter.default is inspect.Parameter.empty else parameter.default
+    return None
+
+
+def _nearest(dist: BaseDistribution, value: Any) -> Any:
+    """``value`` if ``dist`` holds it, else the nearest value it holds; ``_NONE`` if there is none to compare."""
+    if isinstance(dist, CategoricalDistribution):
+        same = [c for c in dist.choices if c == value and isinstance(c, bool) == isinstance(value, bool)]
+        if same:
+            return same[0]  # the choice itself: 128, not an equal 128.0
+        numbers = [c for c in dist.choices if _is_number(c)]
+        if not (_is_number(value) and numbers):
+            return _NONE
+        return min(numbers, key=lambda c: abs(c - value))
+    if not _is_number(value):
+        return _NONE
+    low, high = dist.low, dist.high  # type: ignore[attr-defined]
+    inside = min(max(value, low), high)
+    return int(round(inside)) if isinstance(dist, IntDistribution) else float(inside)

@@ -26,7 +26,7 @@ from agents.run import train
 
 Report = Callable[[int, float], bool]
 """(env steps, evaluation score) -> whether to prune the run now"""
-TUNE_FIELDS = ("optimize", "n_trials", "storage", "study_name", "search_space")
+TUNE_FIELDS = ("optimize", "n_trials", "storage", "study_name", "search_space", "objective")
 """the flags of the search itself, not of a run"""
 
 
@@ -51,6 +51,8 @@ class ReportEvaluations(BaseCallback):
         self.pruned = False
         self.evaluation: EvalCallback | None = None
         self.seen = 0
+        self.values: list[float] = []
+        """every evaluation's score so far, in order"""
 
     def _on_training_start(self) -> None:
         # SB3 passes learn()'s locals: its CallbackList holds the run's EvalCallback, which this one follows
@@ -64,17 +66,27 @@ class ReportEvaluations(BaseCallback):
         self.seen = len(evaluation.evaluations_results)
         scores = evaluation.evaluations_successes[-1] if evaluation.evaluations_successes else None
         value = float(np.mean(scores if scores else evaluation.evaluations_results[-1]))
+        self.values.append(value)
         self.pruned = self.report(self.num_timesteps, value)
         return not self.pruned
 
 
-def objective(evaluation: EvalResult | None) -> tuple[float, str]:
-    """(score, what it is): the final evaluation's success rate, else its mean return."""
+def objective(evaluation: EvalResult | None, during: list[float], kind: str) -> tuple[float, str]:
+    """(score, what it is) of a finished run, from its final evaluation's success rate (else its mean return).
+
+    ``kind`` "final": that final evaluation alone, as the RL Zoo scores a trial. "curve": the mean of
+    the evaluations ``during`` training and the final one, the area under the evaluation curve: it
+    rewards getting there early and staying there, and one lucky evaluation moves it by 1/n only."""
     if evaluation is None:
         raise KeyboardInterrupt("the trial's run was interrupted")
     if evaluation.success_rate is not None:
-        return evaluation.success_rate, "eval success"
-    return evaluation.mean_return, "mean return"
+        final, metric = evaluation.success_rate, "eval success"
+    else:
+        final, metric = evaluation.mean_return, "mean return"
+    if kind == "final":
+        return final, metric
+    values = [*during, final]
+    return float(np.mean(values)), f"{metric}, mean of {len(values)} evaluations"
 
 
 def trial_config(base: TrainConfig, params: dict[str, Any], folder: Path) -> TrainConfig:
@@ -89,8 +101,9 @@ def run_trial(base: TrainConfig, params: dict[str, Any], folder: Path, report: R
     """Train with ``params``; the score, what it measures, and whether the run was pruned."""
     reporter = ReportEvaluations(report)
     result = train(trial_config(base, params, folder), extra_callbacks=[reporter])
-    score, metric = objective(result.evaluation)
-    return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
+    score, metric = objective(result.evaluation, reporter.values, base.objective)
+    final, _ = objective(result.evaluation, [], "final")
+    return {"score": score, "metric": metric, "final": final, "pruned": reporter.pruned, "folder": str(result.folder)}
 
 
 def report_to_trial(trial: optuna.Trial, step: int, value: float) -> bool:

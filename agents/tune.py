@@ -24,7 +24,7 @@ from agents.cluster import cores, start_ray
 from agents.config import ConfigError, TrainConfig
 from agents.plan import resolve
 from agents.runfolder import env_name, new_run_folder
-from agents.search_space import search_space
+from agents.search_space import own_settings, search_space
 from agents.trials import (
     TUNE_FIELDS,
     MedianRule,
@@ -46,6 +46,8 @@ class Best:
     metric: str
     trials: int
     """trials the search ran (with --storage: all in the study, other processes' too)"""
+    first: dict[str, Any] | None = None
+    """the first trial's settings (the run's own) and its score, if it finished unpruned"""
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,24 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
-def search_on_ray(base: TrainConfig, space: dict[str, BaseDistribution], folder: Path, name: str) -> Best:
-    """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule."""
+def search_on_ray(
+    base: TrainConfig, space: dict[str, BaseDistribution], folder: Path, name: str, own: dict[str, Any] | None
+) -> Best:
+    """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
+    the first runs the settings ``own`` when given."""
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     start_ray()
     rule = ray.remote(MedianRule).remote()
-    searcher = OptunaSearch(space, metric="score", mode="max", sampler=TPESampler(seed=base.seed))
+    searcher = OptunaSearch(
+        space,
+        metric="score",
+        mode="max",
+        sampler=TPESampler(seed=base.seed),
+        points_to_evaluate=[own] if own else None,
+    )
     trainable = tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
@@ -101,14 +112,24 @@ def search_on_ray(base: TrainConfig, space: dict[str, BaseDistribution], folder:
     if not done:
         errors = [first_line(r.error) for r in results if r.error is not None]
         raise ConfigError(f"all {len(grid)} trials failed; the first: {errors[0] if errors else 'no result'}")
+    done = [(m, c) for m, c in done if not m.get("pruned")]  # a pruned run's score is of a shorter run
+    if not done:
+        raise ConfigError(f"search {name!r} has no completed trial: every trial was pruned")
     metrics, config = max(done, key=lambda pair: pair[0]["score"])
-    return Best(dict(config), metrics["score"], metrics["metric"], len(grid))
+    first = next((m["score"] for m, c in done if own and c == own), None)
+    return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first))
 
 
 def search_in_study(
-    base: TrainConfig, space: dict[str, BaseDistribution], folder: Path, storage: optuna.storages.RDBStorage, name: str
+    base: TrainConfig,
+    space: dict[str, BaseDistribution],
+    folder: Path,
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    own: dict[str, Any] | None,
 ) -> Best:
-    """``base.n_trials`` trials of the study ``name`` in ``storage``, one after another in this process."""
+    """``base.n_trials`` trials of the study ``name`` in ``storage``, one after another in this process; the
+    settings ``own`` are queued first unless the study has already run or queued them."""
     # unseeded: processes joining one study must not all draw the same settings
     sampler = TPESampler()
     study = optuna.create_study(
@@ -119,6 +140,11 @@ def search_in_study(
         sampler=sampler,
         pruner=median_pruner(),
     )
+    _check_objective(study, base.objective)
+    # Optuna's own skip_if_exists also skips settings whose trial failed: an interrupted first process
+    # would leave the study without its first trial for good
+    if own and not any(t.params == own and t.state != TrialState.FAIL for t in study.trials):
+        study.enqueue_trial(own)
     for _ in range(base.n_trials):
         trial = study.ask(space)
         try:
@@ -139,7 +165,29 @@ def search_in_study(
         best = study.best_trial
     except ValueError:
         raise ConfigError(f"study {name!r} has no completed trial: every trial failed or was pruned") from None
-    return Best(best.params, float(best.value), best.user_attrs.get("metric", "score"), len(study.trials))  # type: ignore[arg-type]
+    first = next(
+        (t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None
+    )
+    metric = best.user_attrs.get("metric", "score")
+    return Best(best.params, float(best.value), metric, len(study.trials), _first(own, first))  # type: ignore[arg-type]
+
+
+def _check_objective(study: optuna.Study, objective: str) -> None:
+    """A study scores its trials one way: ``--objective`` is saved with it, and a process with another is refused."""
+    saved = study.user_attrs.get("objective")
+    if saved is None and study.trials:
+        saved = "final"  # a study begun before --objective existed scored the final evaluation
+    if saved is None:
+        study.set_user_attr("objective", objective)
+    elif saved != objective:
+        raise ConfigError(
+            f"--objective {objective} does not match study {study.study_name!r}, whose trials are scored by {saved}: "
+            f"give --objective {saved}, or another --study-name"
+        )
+
+
+def _first(own: dict[str, Any] | None, score: float | None) -> dict[str, Any] | None:
+    return None if own is None else {"params": own, "score": score}
 
 
 def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneResult:
@@ -154,6 +202,8 @@ def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneRe
         "trials": best.trials,
         "metric": best.metric,
         "best_score": best.score,
+        "objective": base.objective,
+        "first_trial": best.first,
         "hyperparams": hyperparams,
         "params": params,
         "command": command,
@@ -169,9 +219,19 @@ def optimize(cfg: TrainConfig) -> TuneResult:
     base = replace(cfg, extractor=plan.extractor)
     name = cfg.study_name or f"{cfg.algo}-{plan.extractor}-{env_name(cfg.env)}"
     storage = open_storage(cfg.storage) if cfg.storage else None
+    own, moved = own_settings(plan, space)
     folder = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
+    print(_first_line(own, moved))
     if storage is not None:
-        best = search_in_study(base, space, folder, storage, name)
+        best = search_in_study(base, space, folder, storage, name, own)
     else:
-        best = search_on_ray(base, space, folder, name)
+        best = search_on_ray(base, space, folder, name, own)
     return write_best(base, folder, name, best)
+
+
+def _first_line(own: dict[str, Any] | None, moved: list[str]) -> str:
+    if own is None:
+        return f"first trial: sampled like the others (the run's own settings are not in the space: {moved[0]})"
+    settings = " ".join(f"{k}:{v!r}" for k, v in own.items())
+    where = f"; moved into the space: {', '.join(moved)}" if moved else ""
+    return f"first trial: the run's own settings, {settings}{where}"

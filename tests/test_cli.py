@@ -208,6 +208,8 @@ BAD_INPUTS = [
     (["--optimize", "--search-space", "n_steps:[]"], "--search-space 'n_steps:[]' is invalid"),
     (["--storage", "sqlite:///study.db"], "--storage is only for --optimize"),
     (["--n-trials", "3"], "--n-trials is only for --optimize"),
+    (["--objective", "final"], "--objective is only for --optimize"),
+    (["--optimize", "--objective", "best"], "argument --objective: invalid choice: 'best'"),
 ]
 
 

@@ -103,15 +103,83 @@ def check_best_params(folder: Path, trials: int, capsys) -> dict:
     return best
 
 
+def trial_runs(study: Path) -> list[Path]:
+    return sorted(study.glob("trials/trial_*/ppo/rlattn-TMaze-v0_1"))
+
+
+def curve_score(run: Path) -> float:
+    """The mean of a run's evaluations during training and its final one, read from its files."""
+    during = np.load(run / "evaluations.npz")["successes"].mean(axis=1)
+    final = json.loads((run / "result.json").read_text())["evaluation"]["success_rate"]
+    return float(np.mean([*during, final]))
+
+
 def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_session, tmp_path, capsys):
     space = ["--search-space", "learning_rate", "n_epochs:1:3"]
     code = main(["--optimize", "--n-trials", "2", *TINY, *TINY_PARAMS, *space, "-f", str(tmp_path)])
     assert code == 0
+    # the first trial runs the run's own settings: the preset's learning rate, its 4 epochs moved into 1..3
+    first = "first trial: the run's own settings, learning_rate:0.0003 n_epochs:3; moved into the space: n_epochs 4 -> 3"
+    out = capsys.readouterr().out
+    assert first in out
+    print(out.strip().splitlines()[-1])  # the command, for check_best_params
     study = tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_1"
     best = check_best_params(study, 2, capsys)
     assert set(best["hyperparams"]) == {"n_steps", "batch_size", "learning_rate", "n_epochs"}
-    assert 1 <= best["hyperparams"]["n_epochs"] <= 3 and best["metric"] == "eval success"
-    assert len(list(study.glob("trials/trial_*/ppo/rlattn-TMaze-v0_1/result.json"))) == 2
+    assert 1 <= best["hyperparams"]["n_epochs"] <= 3
+    assert best["first_trial"]["params"] == {"learning_rate": 3e-4, "n_epochs": 3}
+    runs = trial_runs(study)
+    assert len(runs) == 2
+    settings = [json.loads((run / "rlattn-TMaze-v0" / "args.json").read_text())["hyperparams"] for run in runs]
+    assert sum(h["learning_rate"] == 3e-4 and h["n_epochs"] == 3 for h in settings) == 1
+    # the default objective: the mean of the evaluations at 128 and 256 steps and the final one
+    assert best["objective"] == "curve" and best["metric"] == "eval success, mean of 3 evaluations"
+    assert best["best_score"] == pytest.approx(max(curve_score(run) for run in runs))
+    (own_run,) = [run for run, h in zip(runs, settings, strict=True) if h["learning_rate"] == 3e-4 and h["n_epochs"] == 3]
+    assert best["first_trial"]["score"] == pytest.approx(curve_score(own_run))
+
+
+def test_the_objective_scores_the_curve_or_the_final_evaluation():
+    from agents.evaluate import EvalResult
+    from agents.trials import objective
+
+    lucky = EvalResult(20, 1.0, 0.0, success_rate=1.0)
+    assert objective(lucky, [0.0, 0.25, 0.5], "curve") == (pytest.approx(0.4375), "eval success, mean of 4 evaluations")
+    assert objective(lucky, [0.0, 0.25, 0.5], "final") == (1.0, "eval success")
+    returns = EvalResult(20, -3.0, 1.0, success_rate=None)  # no successes reported: mean returns
+    assert objective(returns, [-5.0], "curve") == (pytest.approx(-4.0), "mean return, mean of 2 evaluations")
+    with pytest.raises(KeyboardInterrupt):
+        objective(None, [1.0], "curve")  # an interrupted run is no score
+
+
+def test_the_first_trial_is_the_run_own_settings_moved_into_the_space():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from agents.plan import resolve
+    from agents.search_space import own_settings
+
+    plan = resolve(config_from_args([*TRAIN, "--extractor", "mlp", "-params", "learning_rate:lin_5e-4", "n_steps:100"]))
+    space = {
+        "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),  # lin_5e-4 starts at 5e-4: inside
+        "n_steps": CategoricalDistribution([64, 128, 256]),  # 100: the nearest choice is 128
+        "gamma": FloatDistribution(0.9, 0.95),  # the preset's 0.99: the range's end
+        "n_epochs": IntDistribution(3, 20),  # the preset's 4: inside
+    }
+    own, moved = own_settings(plan, space)
+    assert own == {"learning_rate": 5e-4, "n_steps": 128, "gamma": 0.95, "n_epochs": 4}
+    assert moved == [
+        "learning_rate 'lin_5e-4' -> 0.0005 (constant: the search space has no schedules)",
+        "n_steps 100 -> 128",
+        "gamma 0.99 -> 0.95",
+    ]
+    # an equal choice is taken as the space holds it
+    (own, _) = own_settings(plan, {"n_steps": CategoricalDistribution([100.0, 200.0])})
+    assert own == {"n_steps": 100.0} and isinstance(own["n_steps"], float)
+    # the class's own default where neither -params nor the preset sets it (PPO's clip_range 0.2)
+    assert own_settings(plan, {"clip_range": FloatDistribution(0.1, 0.4)}) == ({"clip_range": 0.2}, [])
+    # a value the space cannot hold: no first trial of its own
+    own, moved = own_settings(plan, {"n_steps": CategoricalDistribution(["short", "long"])})
+    assert own is None and moved[0].startswith("n_steps 100 is not a value of")
 
 
 def test_optimize_with_storage_is_a_study_that_a_second_process_joins(tmp_path, capsys):
@@ -122,6 +190,37 @@ def test_optimize_with_storage_is_a_study_that_a_second_process_joins(tmp_path, 
     assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 0
     best = check_best_params(tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_2", 3, capsys)
     assert 0.9 <= best["hyperparams"]["gamma"] <= 0.9999
+    # the run's own gamma (the preset's 0.99) ran once, first, though two processes queued it
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert trials[0].params == {"gamma": 0.99} and best["first_trial"]["params"] == {"gamma": 0.99}
+    assert sum(t.params == {"gamma": 0.99} for t in trials) == 1
+    assert best["first_trial"]["score"] == trials[0].value
+    # the study scores by the curve (the default); a process scoring the final evaluation is refused
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma", "--objective", "final"]) == 2
+    assert "--objective final does not match study 'tiny', whose trials are scored by curve" in capsys.readouterr().err
+
+
+def test_a_failed_first_trial_is_queued_again_by_the_next_process(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    import agents.tune as tune
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--optimize", "--storage", storage, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
+    real = tune.run_trial
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune, "run_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([*flags, "--n-trials", "1", "--search-space", "gamma"])
+    monkeypatch.setattr(tune, "run_trial", real)
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 0
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [(t.state.name, t.params) for t in trials] == [("FAIL", {"gamma": 0.99}), ("COMPLETE", {"gamma": 0.99})]
 
 
 def test_iqm_and_its_interval_match_a_hand_computation():
