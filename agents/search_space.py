@@ -8,6 +8,7 @@ import inspect
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.checks import check_algo_values
 from agents.config import ConfigError
@@ -16,7 +17,7 @@ from agents.schedules import linear_start
 
 SPACE: dict[str, BaseDistribution] = {
     "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
-    "n_steps": CategoricalDistribution([64, 128, 256, 512, 1024, 2048]),
+    "n_steps": CategoricalDistribution([32, 64, 128, 256, 512, 1024, 2048]),
     "batch_size": CategoricalDistribution([32, 64, 128, 256]),
     "ent_coef": FloatDistribution(1e-4, 0.1, log=True),
     "gamma": FloatDistribution(0.9, 0.9999),
@@ -36,10 +37,16 @@ USAGE = "expected KEY (its default range), KEY:LOW:HIGH (numbers, LOW < HIGH) or
 
 
 def default_space(plan: RunPlan) -> dict[str, BaseDistribution]:
-    """The keys of :data:`SPACE` this run's algorithm (or attention extractor) takes, with their default ranges."""
-    algo_keys = set(inspect.signature(plan.algo_entry.cls).parameters)
-    extractor_keys: set[str] = set()
-    if not plan.algo_entry.own_extractors:
+    """The keys of :data:`SPACE` this run's algorithm (or attention extractor, or episodic memory) takes, with
+    their default ranges. An algorithm's keys are those of its class and of the classes it hands ``**kwargs``
+    to (AttentionPPO's learning rate is PPO's); ``n_steps`` is a rollout's length for on-policy algorithms only
+    (DQN's ``n_steps`` is its n-step return)."""
+    algo_keys = plan.algo_entry.keywords()
+    if not issubclass(plan.algo_entry.cls, OnPolicyAlgorithm):
+        algo_keys.discard("n_steps")
+    if plan.algo_entry.own_extractors:
+        extractor_keys = set(plan.algo_entry.memory_keys)  # AttentionPPO's memory; none for RecurrentPPO
+    else:
         extractor_keys = set(inspect.signature(plan.extractor_entry.cls).parameters)
     attention = "n_heads" in extractor_keys
     return {

@@ -152,6 +152,24 @@ def test_the_objective_scores_the_curve_or_the_final_evaluation():
         objective(None, [1.0], "curve")  # an interrupted run is no score
 
 
+def test_the_default_space_holds_what_each_algorithm_takes():
+    from agents.plan import resolve
+    from agents.search_space import search_space
+
+    def keys(*argv: str) -> set[str]:
+        return set(search_space(resolve(config_from_args([*TRAIN, *argv])), []))
+
+    ppo = {"learning_rate", "n_steps", "batch_size", "ent_coef", "gamma", "gae_lambda", "n_epochs", "clip_range"}
+    assert keys("--extractor", "mlp") == ppo
+    assert keys("--extractor", "attention") == ppo | {"embed_dim", "n_layers", "n_heads"}
+    # AttentionPPO hands PPO's keywords on through **kwargs; its memory's shape is searched too
+    assert keys("--algo", "ppo_attention") == ppo | {"embed_dim", "n_layers", "n_heads"}
+    assert keys("--algo", "ppo_lstm") == ppo
+    # DQN's n_steps is its n-step return, not a rollout: not searched
+    dqn = keys("--algo", "dqn", "--extractor", "mlp", "-params", "learning_starts:0")
+    assert dqn == {"learning_rate", "batch_size", "gamma", "exploration_fraction", "target_update_interval"}
+
+
 def test_the_first_trial_is_the_run_own_settings_moved_into_the_space():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
