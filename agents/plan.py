@@ -333,6 +333,12 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
     if algo.own_extractors:
         if plan.uses_history:
             policy_space(plan, probe)  # the previous action or reward must fit a history step
+        if algo.memory_class is not None:  # its memory's keys, checked by building it once (small)
+            memory = {k: v for k, v in plan.extractor_kwargs.items() if k in algo.memory_keys}
+            try:
+                algo.memory_class(input_dim=1, window=plan.history, **memory)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"--algo {plan.config.algo} memory on {plan.config.env}: {first_line(error)}") from None
         if plan.extractor in algo.frame_encoders:  # its own per-frame encoder: the same defaults, built once
             defaults = entry.defaults(plan, probe) if entry.defaults is not None else {}
             plan.extractor_kwargs = {**algo.frame_kwargs(plan.extractor, defaults), **plan.extractor_kwargs}

@@ -28,6 +28,7 @@ from rlattn import (
     PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
 )
+from rlattn.episodic import EpisodicTransformer
 from rlattn.episodic_policy import MEMORY_KEYS
 from rlattn.image_extractors import FramePatchExtractor
 
@@ -89,6 +90,8 @@ class AlgoEntry:
     encoder's keywords ``-params`` may set besides ``memory_keys``"""
     memory_keys: tuple[str, ...] = ()
     """``-params`` keys of its own memory (an episodic algorithm's transformer), passed as ``memory_kwargs``"""
+    memory_class: Callable[..., Any] | None = None
+    """its memory, built once from ``memory_keys`` (with ``input_dim`` and ``window``) to check them before a run"""
     logs_attention: bool = False
     """whether runs log ``attention/`` views of its memory (the class then has ``attention_maps``)"""
     plan_kwargs: Callable[[RunPlan], dict[str, Any]] | None = None
@@ -305,6 +308,7 @@ register_algo(
         own_extractors={"vector": ("mlp",), "image": ("patch-attention", "cnn")},
         frame_encoders={"patch-attention": ("PatchPolicy", FramePatchExtractor)},
         memory_keys=MEMORY_KEYS,
+        memory_class=EpisodicTransformer,
         logs_attention=True,
         plan_kwargs=_episodic,
         # evaluate_policy cannot hand predict() the rewards: the previous action only

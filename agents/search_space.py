@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
+import math
+from dataclasses import replace
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -12,7 +15,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.checks import check_algo_values
 from agents.config import ConfigError
-from agents.plan import RunPlan
+from agents.plan import RunPlan, resolve
 from agents.schedules import linear_start
 
 SPACE: dict[str, BaseDistribution] = {
@@ -58,7 +61,14 @@ def default_space(plan: RunPlan) -> dict[str, BaseDistribution]:
 
 
 def search_space(plan: RunPlan, items: list[str]) -> dict[str, BaseDistribution]:
-    """The run's default space, or only the ``--search-space`` keys, each with its default or given range."""
+    """The run's default space, or only the ``--search-space`` keys, each with its default or given range;
+    every ``embed_dim`` and ``n_heads`` in it checked to go together before any trial."""
+    space = _given_space(plan, items)
+    _check_shapes(plan, space)
+    return space
+
+
+def _given_space(plan: RunPlan, items: list[str]) -> dict[str, BaseDistribution]:
     allowed = default_space(plan)
     if not items:
         return allowed
@@ -178,3 +188,37 @@ def _nearest(dist: BaseDistribution, value: Any) -> Any:
     low, high = dist.low, dist.high  # type: ignore[attr-defined]
     inside = min(max(value, low), high)
     return int(round(inside)) if isinstance(dist, IntDistribution) else float(inside)
+
+
+SHAPE_KEYS = ("embed_dim", "n_heads")
+"""searched keys that must go together: each pair is built once, as the run would build it"""
+MAX_SHAPES = 256
+
+
+def _check_shapes(plan: RunPlan, space: dict[str, BaseDistribution]) -> None:
+    """Every (embed_dim, n_heads) the space can draw builds: the run's extractor or memory checks it."""
+    keys = [key for key in SHAPE_KEYS if key in space]
+    if not keys:
+        return
+    values = [_integers(key, space[key]) for key in keys]
+    if math.prod(map(len, values)) > MAX_SHAPES:
+        raise ConfigError(
+            f"--search-space {' '.join(keys)} can draw more than {MAX_SHAPES} shapes to check: give choices, e.g. embed_dim:[32,64,128]"
+        )
+    for combo in itertools.product(*values):
+        params = dict(zip(keys, combo, strict=True))
+        try:
+            resolve(replace(plan.config, hyperparams={**plan.config.hyperparams, **params}))
+        except ConfigError as error:
+            shape = " ".join(f"{k}={v}" for k, v in params.items())
+            raise ConfigError(
+                f"--search-space can draw {shape}, which cannot be built ({error}): give values that go together"
+            ) from None
+
+
+def _integers(key: str, dist: BaseDistribution) -> list[Any]:
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution):
+        return list(range(dist.low, dist.high + 1, dist.step))
+    raise ConfigError(f"--search-space {key} is invalid: it takes integers, as KEY:[V1,V2,...] or KEY:LOW:HIGH")

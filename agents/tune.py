@@ -120,27 +120,26 @@ def search_on_ray(
     return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first))
 
 
-def search_in_study(
-    base: TrainConfig,
-    space: dict[str, BaseDistribution],
-    folder: Path,
-    storage: optuna.storages.RDBStorage,
-    name: str,
-    own: dict[str, Any] | None,
-) -> Best:
-    """``base.n_trials`` trials of the study ``name`` in ``storage``, one after another in this process; the
-    settings ``own`` are queued first unless the study has already run or queued them."""
+def open_study(storage: optuna.storages.RDBStorage, name: str, objective: str) -> optuna.Study:
+    """The study ``name`` in ``storage`` (made if new), refused if it scores its trials another way."""
     # unseeded: processes joining one study must not all draw the same settings
-    sampler = TPESampler()
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         load_if_exists=True,
         direction="maximize",
-        sampler=sampler,
+        sampler=TPESampler(),
         pruner=median_pruner(),
     )
-    _check_objective(study, base.objective)
+    _check_objective(study, objective)
+    return study
+
+
+def search_in_study(
+    base: TrainConfig, space: dict[str, BaseDistribution], folder: Path, study: optuna.Study, own: dict[str, Any] | None
+) -> Best:
+    """``base.n_trials`` trials of ``study``, one after another in this process; the settings ``own`` are
+    queued first unless the study has already run or queued them."""
     # Optuna's own skip_if_exists also skips settings whose trial failed: an interrupted first process
     # would leave the study without its first trial for good
     if own and not any(t.params == own and t.state != TrialState.FAIL for t in study.trials):
@@ -164,7 +163,7 @@ def search_in_study(
     try:
         best = study.best_trial
     except ValueError:
-        raise ConfigError(f"study {name!r} has no completed trial: every trial failed or was pruned") from None
+        raise ConfigError(f"study {study.study_name!r} has no completed trial: every trial failed or was pruned") from None
     first = next(
         (t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None
     )
@@ -218,12 +217,12 @@ def optimize(cfg: TrainConfig) -> TuneResult:
     space = search_space(plan, cfg.search_space)
     base = replace(cfg, extractor=plan.extractor)
     name = cfg.study_name or f"{cfg.algo}-{plan.extractor}-{env_name(cfg.env)}"
-    storage = open_storage(cfg.storage) if cfg.storage else None
+    study = open_study(open_storage(cfg.storage), name, cfg.objective) if cfg.storage else None
     own, moved = own_settings(plan, space)
     folder = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
     print(_first_line(own, moved))
-    if storage is not None:
-        best = search_in_study(base, space, folder, storage, name, own)
+    if study is not None:
+        best = search_in_study(base, space, folder, study, own)
     else:
         best = search_on_ray(base, space, folder, name, own)
     return write_best(base, folder, name, best)

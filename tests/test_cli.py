@@ -209,6 +209,13 @@ BAD_INPUTS = [
     (["--storage", "sqlite:///study.db"], "--storage is only for --optimize"),
     (["--n-trials", "3"], "--n-trials is only for --optimize"),
     (["--objective", "final"], "--objective is only for --optimize"),
+    (["--optimize", "--search-space", "n_heads:[3]"], "--search-space can draw n_heads=3, which cannot be built"),
+    (
+        ["--algo", "ppo_attention", "--optimize", "--search-space", "embed_dim:[36,64]"],
+        "--search-space can draw embed_dim=36, which cannot be built",
+    ),
+    (["--optimize", "--search-space", "embed_dim:1.0:3.5"], "--search-space embed_dim is invalid: it takes integers"),
+    (["--algo", "ppo_attention", "-params", "embed_dim:36"], "memory on rlattn/TMaze-v0: embed_dim=36 is invalid"),
     (["--optimize", "--objective", "best"], "argument --objective: invalid choice: 'best'"),
 ]
 

@@ -218,6 +218,7 @@ def test_optimize_with_storage_is_a_study_that_a_second_process_joins(tmp_path, 
     # the study scores by the curve (the default); a process scoring the final evaluation is refused
     assert main([*flags, "--n-trials", "1", "--search-space", "gamma", "--objective", "final"]) == 2
     assert "--objective final does not match study 'tiny', whose trials are scored by curve" in capsys.readouterr().err
+    assert not (tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_3").exists()  # refused before any folder
 
 
 def test_a_failed_first_trial_is_queued_again_by_the_next_process(tmp_path, monkeypatch, capsys):
