@@ -76,7 +76,7 @@ def test_history_inputs_and_memory_settings_reach_the_model(tmp_path):
         (["-params", "window:4"], "-params key 'window' is not accepted by ppo_attention"),
         (["-params", "memory:8"], "-params key 'memory' is not accepted by ppo_attention"),
         (["--history-inputs", "reward"], "--history-inputs reward does not go with ppo_attention: allowed are action"),
-        (["-params", "n_heads:3"], "cannot build ppo_attention"),
+        (["-params", "n_heads:3"], "memory on rlattn/TMaze-v0: embed_dim=64 is invalid with n_heads=3"),
         (["-params", "batch_size:0"], "batch_size=0 is invalid"),
     ],
 )
