@@ -108,17 +108,24 @@ class AlgoEntry:
         """Its policy takes SB3's ``ortho_init`` (PPO, A2C and their kin)."""
         return "ortho_init" in inspect.signature(self.policy_class("vector")).parameters
 
-    def keywords(self) -> set[str]:
-        """Its constructor's keywords, and those of the classes it hands ``**kwargs`` on to."""
-        names: set[str] = set()
+    def keyword_defaults(self) -> dict[str, Any]:
+        """Its constructor's keywords and their defaults (``inspect.Parameter.empty`` where none), and those of
+        the classes it hands ``**kwargs`` on to; where two take a keyword, the nearer class's default."""
+        defaults: dict[str, Any] = {}
         for cls in self.cls.__mro__:
             if "__init__" not in vars(cls):
                 continue
             params = inspect.signature(cls).parameters
-            names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            for name, p in params.items():
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    defaults.setdefault(name, p.default)
             if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 break
-        return names
+        return defaults
+
+    def keywords(self) -> set[str]:
+        """Its constructor's keywords, and those of the classes it hands ``**kwargs`` on to."""
+        return set(self.keyword_defaults())
 
     def policy_name(self, kind: str, extractor: str | None = None) -> str:
         """SB3 policy name for a kind of observation (and the extractor, if it selects its own policy)."""

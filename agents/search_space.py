@@ -156,21 +156,16 @@ def _is_number(value: Any) -> bool:
 
 
 def _own_value(plan: RunPlan, key: str) -> Any:
-    if key in EXTRACTOR_KEYS:
-        given = plan.extractor_kwargs
-        # an episodic memory's keys have no class of their own here: the preset (or -params) gives them
-        classes: tuple[type, ...] = () if plan.algo_entry.own_extractors else (plan.extractor_entry.cls,)
+    if key not in EXTRACTOR_KEYS:
+        defaults = plan.algo_entry.keyword_defaults()
+        given = plan.algo_kwargs
+    elif plan.algo_entry.own_extractors:  # an episodic memory's keys: the preset (or -params) gives them
+        defaults, given = {}, plan.extractor_kwargs
     else:
-        given, classes = plan.algo_kwargs, plan.algo_entry.cls.__mro__
-    if key in given:
-        return given[key]
-    for cls in classes:  # the first class on the way to the one that takes the key: its default
-        if "__init__" not in vars(cls):
-            continue
-        parameter = inspect.signature(cls).parameters.get(key)
-        if parameter is not None:
-            return None if parameter.default is inspect.Parameter.empty else parameter.default
-    return None
+        defaults = {n: p.default for n, p in inspect.signature(plan.extractor_entry.cls).parameters.items()}
+        given = plan.extractor_kwargs
+    value = given.get(key, defaults.get(key))
+    return None if value is inspect.Parameter.empty else value
 
 
 def _nearest(dist: BaseDistribution, value: Any) -> Any:

@@ -102,8 +102,7 @@ def run_trial(base: TrainConfig, params: dict[str, Any], folder: Path, report: R
     reporter = ReportEvaluations(report)
     result = train(trial_config(base, params, folder), extra_callbacks=[reporter])
     score, metric = objective(result.evaluation, reporter.values, base.objective)
-    final, _ = objective(result.evaluation, [], "final")
-    return {"score": score, "metric": metric, "final": final, "pruned": reporter.pruned, "folder": str(result.folder)}
+    return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
 
 
 def report_to_trial(trial: optuna.Trial, step: int, value: float) -> bool:
