@@ -75,6 +75,28 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
+def pruning_searcher(space: dict[str, BaseDistribution], seed: int, own: dict[str, Any] | None) -> Any:
+    """Ray Tune's OptunaSearch (TPE) that tells Optuna a pruned trial was pruned.
+
+    OptunaSearch marks a trial PRUNED only when its last result lacks the metric; a pruned run still
+    reports the score of its shortened run, which TPE would otherwise take as a finished trial's."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PruningOptunaSearch(OptunaSearch):  # type: ignore[misc]
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            if result and result.get("pruned") and not error:
+                result = {k: v for k, v in result.items() if k != "score"}
+            super().on_trial_complete(trial_id, result, error)
+
+    return PruningOptunaSearch(
+        space,
+        metric="score",
+        mode="max",
+        sampler=TPESampler(seed=seed),
+        points_to_evaluate=[own] if own else None,
+    )
+
+
 def search_on_ray(
     base: TrainConfig, space: dict[str, BaseDistribution], folder: Path, name: str, own: dict[str, Any] | None
 ) -> Best:
@@ -82,17 +104,10 @@ def search_on_ray(
     the first runs the settings ``own`` when given."""
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     start_ray()
     rule = ray.remote(MedianRule).remote()
-    searcher = OptunaSearch(
-        space,
-        metric="score",
-        mode="max",
-        sampler=TPESampler(seed=base.seed),
-        points_to_evaluate=[own] if own else None,
-    )
+    searcher = pruning_searcher(space, base.seed, own)
     trainable = tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),

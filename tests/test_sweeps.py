@@ -139,6 +139,23 @@ def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_sessi
     assert best["first_trial"]["score"] == pytest.approx(curve_score(own_run))
 
 
+def test_a_pruned_ray_trial_reaches_the_sampler_as_pruned_not_as_a_finished_score():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from agents.tune import pruning_searcher
+
+    searcher = pruning_searcher({"learning_rate": FloatDistribution(1e-5, 1e-3, log=True)}, 0, None)
+    for name in ("pruned", "finished", "failed"):
+        assert searcher.suggest(name) is not None
+    # a pruned run reports the (high) score of its shortened run; TPE must not learn from it as finished
+    searcher.on_trial_complete("pruned", {"score": 0.9, "pruned": True})
+    searcher.on_trial_complete("finished", {"score": 0.4, "pruned": False})
+    searcher.on_trial_complete("failed", None, error=True)
+    states = [(t.state, t.value) for t in searcher._ot_study.trials]
+    assert states == [(TrialState.PRUNED, None), (TrialState.COMPLETE, 0.4), (TrialState.FAIL, None)]
+
+
 def test_the_objective_scores_the_curve_or_the_final_evaluation():
     from agents.evaluate import EvalResult
     from agents.trials import objective
