@@ -338,7 +338,9 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
             try:
                 algo.memory_class(input_dim=1, window=plan.history, **memory)
             except (ValueError, TypeError) as error:
-                raise ConfigError(f"--algo {plan.config.algo} memory on {plan.config.env}: {first_line(error)}") from None
+                raise ConfigError(
+                    f"--algo {plan.config.algo} memory on {plan.config.env}: {first_line(error)}"
+                ) from None
         if plan.extractor in algo.frame_encoders:  # its own per-frame encoder: the same defaults, built once
             defaults = entry.defaults(plan, probe) if entry.defaults is not None else {}
             plan.extractor_kwargs = {**algo.frame_kwargs(plan.extractor, defaults), **plan.extractor_kwargs}
