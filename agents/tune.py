@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import warnings
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
@@ -65,10 +66,27 @@ class TuneResult:
         )
 
 
+HEARTBEAT_S = 30
+"""how often a process running a study's trial tells the storage it is alive"""
+GRACE_S = 120
+"""a RUNNING trial not heard from for this long belongs to a process that died: failed, and run once more"""
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The Optuna RDB storage at ``url``, or a one-line ConfigError naming it."""
+    """The Optuna RDB storage at ``url``, or a one-line ConfigError naming it.
+
+    Each running trial sends a heartbeat; a trial whose process was killed (SIGKILL, a lost machine)
+    would otherwise stay RUNNING for good: the next trial started against the study marks it failed
+    and queues its settings once more (Optuna's RetryHeartbeatStaleTrialCallback)."""
     try:
-        return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # heartbeats and their retry are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
     except Exception as error:  # SQLAlchemy and drivers raise many kinds: all mean "cannot open it"
         raise ConfigError(
             f"--storage {url!r} cannot be opened ({first_line(error)}): expected an Optuna RDB URL such as sqlite:///study.db"
@@ -159,31 +177,45 @@ def search_in_study(
     # would leave the study without its first trial for good
     if own and not any(t.params == own and t.state != TrialState.FAIL for t in study.trials):
         study.enqueue_trial(own)
-    for _ in range(base.n_trials):
-        trial = study.ask(space)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: suggest(trial, name, distribution) for name, distribution in space.items()}
         try:
-            outcome = run_trial(base, trial.params, folder / f"trial_{trial.number}", partial(report_to_trial, trial))
+            outcome = run_trial(base, params, folder / f"trial_{trial.number}", partial(report_to_trial, trial))
         except ConfigError as error:  # settings that do not go together: the next trial samples others
             print(f"trial {trial.number} failed: {error}")
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
             raise
         trial.set_user_attr("metric", outcome["metric"])
-        pruned = outcome["pruned"]
-        study.tell(
-            trial, None if pruned else outcome["score"], state=TrialState.PRUNED if pruned else TrialState.COMPLETE
-        )
+        if outcome["pruned"]:
+            raise optuna.TrialPruned(f"at {outcome['metric']} {outcome['score']:.3f}")
+        return float(outcome["score"])
+
+    # study.optimize, not ask/tell: it runs the storage's heartbeat beside each trial and fails stale ones
+    study.optimize(objective, n_trials=base.n_trials, catch=(ConfigError,))
     try:
         best = study.best_trial
     except ValueError:
-        raise ConfigError(f"study {study.study_name!r} has no completed trial: every trial failed or was pruned") from None
-    first = next(
-        (t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None
-    )
+        raise ConfigError(
+            f"study {study.study_name!r} has no completed trial: every trial failed or was pruned"
+        ) from None
+    first = next((t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None)
     metric = best.user_attrs.get("metric", "score")
     return Best(best.params, float(best.value), metric, len(study.trials), _first(own, first))  # type: ignore[arg-type]
+
+
+def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """``trial``'s value for ``name`` drawn from ``distribution`` (a queued trial gets its queued value)."""
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    raise TypeError(f"no suggestion for {type(distribution).__name__} {name!r}")
 
 
 def _check_objective(study: optuna.Study, objective: str) -> None:

@@ -119,7 +119,9 @@ def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_sessi
     code = main(["--optimize", "--n-trials", "2", *TINY, *TINY_PARAMS, *space, "-f", str(tmp_path)])
     assert code == 0
     # the first trial runs the run's own settings: the preset's learning rate, its 4 epochs moved into 1..3
-    first = "first trial: the run's own settings, learning_rate:0.0003 n_epochs:3; moved into the space: n_epochs 4 -> 3"
+    first = (
+        "first trial: the run's own settings, learning_rate:0.0003 n_epochs:3; moved into the space: n_epochs 4 -> 3"
+    )
     out = capsys.readouterr().out
     assert first in out
     print(out.strip().splitlines()[-1])  # the command, for check_best_params
@@ -135,7 +137,9 @@ def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_sessi
     # the default objective: the mean of the evaluations at 128 and 256 steps and the final one
     assert best["objective"] == "curve" and best["metric"] == "eval success, mean of 3 evaluations"
     assert best["best_score"] == pytest.approx(max(curve_score(run) for run in runs))
-    (own_run,) = [run for run, h in zip(runs, settings, strict=True) if h["learning_rate"] == 3e-4 and h["n_epochs"] == 3]
+    (own_run,) = [
+        run for run, h in zip(runs, settings, strict=True) if h["learning_rate"] == 3e-4 and h["n_epochs"] == 3
+    ]
     assert best["first_trial"]["score"] == pytest.approx(curve_score(own_run))
 
 
@@ -257,6 +261,33 @@ def test_a_failed_first_trial_is_queued_again_by_the_next_process(tmp_path, monk
     assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 0
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     assert [(t.state.name, t.params) for t in trials] == [("FAIL", {"gamma": 0.99}), ("COMPLETE", {"gamma": 0.99})]
+
+
+def test_a_trial_whose_process_died_is_failed_and_run_again_by_the_next_process(tmp_path, monkeypatch):
+    import time
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    import agents.tune as tune
+
+    monkeypatch.setattr(tune, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tune, "GRACE_S", 1)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--optimize", "--storage", url, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
+    # a process killed mid-trial (SIGKILL: no chance to tell the study): its trial RUNNING, its last heartbeat old
+    storage = tune.open_storage(url)
+    study = tune.open_study(storage, "tiny", "curve")
+    dead = study.ask({"gamma": FloatDistribution(0.9, 0.9999)})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(1.5)
+    assert main([*flags, "--n-trials", "2", "--search-space", "gamma"]) == 0
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].params == {"gamma": 0.99}  # the run's own settings, queued first
+    # the dead trial's settings ran again, as a trial of their own
+    assert trials[2].params == dead.params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[2]) == dead.number
 
 
 def test_iqm_and_its_interval_match_a_hand_computation():
