@@ -158,10 +158,9 @@ def plot(table: list[Cell], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # the right panel is empty when no cell reached 0.95
             ax.legend()
-    n_seeds = max(len(c.runs) for c in table)
-    fig.suptitle(
-        f"VisualSearch, {searches} search, {table[0].settings['budget']:,} env steps per run, {n_seeds} seed(s)"
-    )
+    counts = sorted({len(c.runs) for c in table})
+    seeds = f"{counts[0]} seed(s)" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds per point"
+    fig.suptitle(f"VisualSearch, {searches} search, {table[0].settings['budget']:,} env steps per run, {seeds}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
