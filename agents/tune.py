@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+    json_to_distribution,
+)
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
@@ -116,7 +123,12 @@ def pruning_searcher(space: dict[str, BaseDistribution], seed: int, own: dict[st
 
 
 def search_on_ray(
-    base: TrainConfig, space: dict[str, BaseDistribution], folder: Path, name: str, own: dict[str, Any] | None
+    base: TrainConfig,
+    space: dict[str, BaseDistribution],
+    folder: Path,
+    name: str,
+    own: dict[str, Any] | None,
+    workers: int | None = None,
 ) -> Best:
     """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
     the first runs the settings ``own`` when given."""
@@ -129,7 +141,9 @@ def search_on_ray(
     trainable = tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=base.n_trials, max_concurrent_trials=cores()),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=base.n_trials, max_concurrent_trials=workers or cores()
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(folder.resolve() / "tune"),
@@ -153,8 +167,11 @@ def search_on_ray(
     return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first))
 
 
-def open_study(storage: optuna.storages.RDBStorage, name: str, objective: str) -> optuna.Study:
-    """The study ``name`` in ``storage`` (made if new), refused if it scores its trials another way."""
+def open_study(
+    storage: optuna.storages.RDBStorage, name: str, objective: str, space: dict[str, BaseDistribution]
+) -> optuna.Study:
+    """The study ``name`` in ``storage`` (made if new), refused if it scores its trials another way or
+    searches another space."""
     # unseeded: processes joining one study must not all draw the same settings
     study = optuna.create_study(
         storage=storage,
@@ -165,6 +182,7 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, objective: str) -
         pruner=median_pruner(),
     )
     _check_objective(study, objective)
+    _check_space(study, space)
     return study
 
 
@@ -178,20 +196,58 @@ def search_in_study(
     if own and not any(t.params == own and t.state != TrialState.FAIL for t in study.trials):
         study.enqueue_trial(own)
 
+    taken: set[int] = set()
+    """trials this process ran that another process failed meanwhile (their heartbeat had stopped)"""
+
+    def report(trial: optuna.Trial, step: int, value: float) -> bool:
+        try:
+            return report_to_trial(trial, step, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            taken.add(trial.number)
+            return True  # stop the run: its settings were queued again when the study failed it
+
+    current: list[int] = []
+
     def objective(trial: optuna.Trial) -> float:
+        current[:] = [trial.number]
         params = {name: suggest(trial, name, distribution) for name, distribution in space.items()}
         try:
-            outcome = run_trial(base, params, folder / f"trial_{trial.number}", partial(report_to_trial, trial))
+            outcome = run_trial(base, params, folder / f"trial_{trial.number}", partial(report, trial))
         except ConfigError as error:  # settings that do not go together: the next trial samples others
             print(f"trial {trial.number} failed: {error}")
             raise
+        if any(t.number == trial.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+            taken.add(trial.number)
+        if trial.number in taken:
+            raise TakenOverError(trial.number)
         trial.set_user_attr("metric", outcome["metric"])
         if outcome["pruned"]:
-            raise optuna.TrialPruned(f"at {outcome['metric']} {outcome['score']:.3f}")
+            print(f"trial {trial.number} pruned at {outcome['metric']} {outcome['score']:.3f}")
+            raise optuna.TrialPruned()
+        print(f"trial {trial.number}: {outcome['metric']} {outcome['score']:.3f}")
         return float(outcome["score"])
 
     # study.optimize, not ask/tell: it runs the storage's heartbeat beside each trial and fails stale ones
-    study.optimize(objective, n_trials=base.n_trials, catch=(ConfigError,))
+    # (its own log lines off: a failed trial would print a traceback beside our one line; one line per
+    # trial is printed here instead)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        for _ in range(base.n_trials):
+            current.clear()
+            try:
+                study.optimize(objective, n_trials=1, catch=(ConfigError,))
+            except (TakenOverError, ValueError) as error:
+                # Optuna cannot tell a trial that another process has failed: ValueError
+                number = error.number if isinstance(error, TakenOverError) else current[0] if current else -1
+                if number not in taken:
+                    raise
+                print(
+                    f"trial {number} was failed by another process (this one sent no heartbeat for {GRACE_S} s; "
+                    "the study runs its settings again once): going on"
+                )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     try:
         best = study.best_trial
     except ValueError:
@@ -201,6 +257,14 @@ def search_in_study(
     first = next((t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None)
     metric = best.user_attrs.get("metric", "score")
     return Best(best.params, float(best.value), metric, len(study.trials), _first(own, first))  # type: ignore[arg-type]
+
+
+class TakenOverError(Exception):
+    """This process's trial was failed by another (its heartbeat stopped): its result is not told."""
+
+    def __init__(self, number: int):
+        super().__init__(f"trial {number} was failed by another process")
+        self.number = number
 
 
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
@@ -232,6 +296,32 @@ def _check_objective(study: optuna.Study, objective: str) -> None:
         )
 
 
+def _check_space(study: optuna.Study, space: dict[str, BaseDistribution]) -> None:
+    """A study searches one space: it is saved with the study, and a process searching another is refused
+    (a trial queued again after its process died carries its settings, which must mean the same here).
+    A study begun before the space was saved is compared with its trials' own distributions."""
+    saved = study.user_attrs.get("space")
+    if saved is not None:
+        theirs = {name: json_to_distribution(text) for name, text in saved.items()}
+    else:
+        theirs = next((dict(t.distributions) for t in study.trials if t.distributions), {})
+        if not theirs:
+            study.set_user_attr("space", {name: distribution_to_json(d) for name, d in space.items()})
+            return
+    differ = sorted(set(theirs) ^ set(space)) or sorted(k for k in space if theirs[k] != space[k])
+    if not differ:
+        if saved is None:
+            study.set_user_attr("space", {name: distribution_to_json(d) for name, d in space.items()})
+        return
+    key = differ[0]
+    there = repr(theirs[key]) if key in theirs else "not searched"
+    here = repr(space[key]) if key in space else "not searched"
+    raise ConfigError(
+        f"this run's search space does not match study {study.study_name!r} at {key!r} (there: {there}; "
+        f"here: {here}): give the --algo, --extractor and --search-space of its other processes, or another --study-name"
+    )
+
+
 def _first(own: dict[str, Any] | None, score: float | None) -> dict[str, Any] | None:
     return None if own is None else {"params": own, "score": score}
 
@@ -258,20 +348,21 @@ def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneRe
     return TuneResult(folder, best, command)
 
 
-def optimize(cfg: TrainConfig) -> TuneResult:
-    """Check every setting, open the storage, then search and write the best settings."""
+def optimize(cfg: TrainConfig, workers: int | None = None) -> TuneResult:
+    """Check every setting, open the storage, then search and write the best settings (on Ray: ``workers``
+    trials at once, default one per core)."""
     plan = resolve(trial_config(cfg, {}, Path(cfg.log_folder)))
     space = search_space(plan, cfg.search_space)
     base = replace(cfg, extractor=plan.extractor)
     name = cfg.study_name or f"{cfg.algo}-{plan.extractor}-{env_name(cfg.env)}"
-    study = open_study(open_storage(cfg.storage), name, cfg.objective) if cfg.storage else None
+    study = open_study(open_storage(cfg.storage), name, cfg.objective, space) if cfg.storage else None
     own, moved = own_settings(plan, space)
     folder = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
     print(_first_line(own, moved))
     if study is not None:
         best = search_in_study(base, space, folder, study, own)
     else:
-        best = search_on_ray(base, space, folder, name, own)
+        best = search_on_ray(base, space, folder, name, own, workers)
     return write_best(base, folder, name, best)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agents.cli import config_from_args, main
+from agents.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -141,6 +142,46 @@ def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_sessi
         run for run, h in zip(runs, settings, strict=True) if h["learning_rate"] == 3e-4 and h["n_epochs"] == 3
     ]
     assert best["first_trial"]["score"] == pytest.approx(curve_score(own_run))
+
+
+def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(ray_session, tmp_path, monkeypatch):
+    args = sweep_args(tmp_path)
+    args.tune, args.tune_seed, args.tuned_folder = 2, 0, tmp_path / "tuned"
+    cases = tiny_cases(seeds=(1, 2))
+    tuned = sweep.tune_cases(cases, args)
+    (path,) = (tmp_path / "tuned").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["trials"] == 2 and record["searched"]["n_trials"] == 2 and path.name.endswith("_tune2.json")
+    # the algorithm's settings, but not those the cell's own -params fix (n_steps, batch_size)
+    space = ["learning_rate", "ent_coef", "gamma", "gae_lambda", "n_epochs", "clip_range"]
+    assert record["searched"]["space"] == space and set(record["first_trial"]["params"]) == set(space)
+    searched = record["searched"]["arguments"]
+    assert searched[searched.index("--seed") + 1] == "0"  # searched on --tune-seed, not on the cell's seeds
+    # the search's trials trained on the sweep's own arguments (budget, env, evaluation)
+    trial_args = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "tune").glob("**/trials/**/args.json")]
+    assert len(trial_args) == 2 and {a["n_timesteps"] for a in trial_args} == {256}
+    assert {a["seed"] for a in trial_args} == {0}
+    for case, before in zip(tuned, cases, strict=True):
+        assert case.key == {**before.key, "tuned": str(path.resolve())}
+        assert case.label.endswith(", tuned")
+        cfg = config_from_args(list(case.arguments))
+        assert cfg.seed == before.key["seed"]
+        found = dict(p.split(":", 1) for p in record["params"])
+        assert {k: repr(v) for k, v in cfg.hyperparams.items() if k in found} == found
+
+    # the same arguments again: the search is read, not run
+    def no_search(cfg, **kwargs):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr("agents.tune.optimize", no_search)
+    assert [c.arguments for c in sweep.tune_cases(cases, args)] == [c.arguments for c in tuned]
+    # other arguments (more trials) are another search; with --saved-only that is an error, not a search
+    args.tune, args.saved_only = 3, True
+    with pytest.raises(ConfigError, match="--tune 3: no search of mlp with these arguments"):
+        sweep.tune_cases(cases, args)
+    args.saved_only = False
+    with pytest.raises(AssertionError, match="searched again"):
+        sweep.tune_cases(cases, args)
 
 
 def test_a_pruned_ray_trial_reaches_the_sampler_as_pruned_not_as_a_finished_score():
@@ -277,10 +318,11 @@ def test_a_trial_whose_process_died_is_failed_and_run_again_by_the_next_process(
     flags = ["--optimize", "--storage", url, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
     # a process killed mid-trial (SIGKILL: no chance to tell the study): its trial RUNNING, its last heartbeat old
     storage = tune.open_storage(url)
-    study = tune.open_study(storage, "tiny", "curve")
-    dead = study.ask({"gamma": FloatDistribution(0.9, 0.9999)})
+    space = {"gamma": FloatDistribution(0.9, 0.9999)}
+    study = tune.open_study(storage, "tiny", "curve", space)
+    dead = study.ask(space)
     storage.record_heartbeat(dead._trial_id)
-    time.sleep(1.5)
+    time.sleep(2.1)  # the storage's clock counts whole seconds
     assert main([*flags, "--n-trials", "2", "--search-space", "gamma"]) == 0
     trials = optuna.load_study(study_name="tiny", storage=url).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
@@ -288,6 +330,49 @@ def test_a_trial_whose_process_died_is_failed_and_run_again_by_the_next_process(
     # the dead trial's settings ran again, as a trial of their own
     assert trials[2].params == dead.params
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[2]) == dead.number
+
+
+def test_a_trial_failed_by_another_process_meanwhile_is_reported_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
+    import optuna
+    from optuna.trial import TrialState
+
+    import agents.tune as tune
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--optimize", "--storage", url, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
+    real = tune.run_trial
+
+    def taken_over(base, params, folder, report):
+        # this process was silent too long (paused, its heartbeat lost): another process failed its trial
+        monkeypatch.setattr(tune, "run_trial", real)
+        storage = optuna.storages.RDBStorage(url)
+        (running,) = [
+            t for t in storage.get_all_trials(storage.get_study_id_from_name("tiny")) if t.state.name == "RUNNING"
+        ]
+        storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+        assert report(128, 0.5) is True  # the run is told to stop at its next evaluation
+        return {"score": 0.5, "metric": "eval success", "pruned": True, "folder": str(folder)}
+
+    monkeypatch.setattr(tune, "run_trial", taken_over)
+    assert main([*flags, "--n-trials", "2", "--search-space", "gamma"]) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 was failed by another process (this one sent no heartbeat for 120 s;" in out
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+
+
+def test_a_study_searches_one_space(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--optimize", "--storage", storage, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 0
+    capsys.readouterr()
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma:0.95:0.99"]) == 2
+    # (Optuna's own log handler may also write here, to a stream an earlier test's capture closed)
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py: error:")]
+    assert err.startswith("train.py: error: this run's search space does not match study 'tiny' at 'gamma' (there: ")
+    assert "low=0.9," in err and "low=0.95," in err
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma", "ent_coef"]) == 2
+    assert "at 'ent_coef' (there: not searched; here: FloatDistribution(" in capsys.readouterr().err
 
 
 def test_iqm_and_its_interval_match_a_hand_computation():
