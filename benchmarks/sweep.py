@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,21 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "the table names it 'METHOD, tuned'",
     )
     parser.add_argument(
+        "--tune",
+        type=int,
+        default=None,
+        metavar="N",
+        help="first tune every method that --tuned does not name with train.py --optimize, N trials each on "
+        "--tune-seed, for each of its cells; the cells then train with the settings found ('METHOD, tuned')",
+    )
+    parser.add_argument("--tune-seed", type=int, default=0, help="the seed the --tune searches train on")
+    parser.add_argument(
+        "--tuned-folder",
+        type=Path,
+        default=ROOT / "benchmarks" / "tuned" / name,
+        help="where --tune keeps each cell's best settings (a later run with the same arguments reuses them)",
+    )
+    parser.add_argument(
         "--log-folder",
         type=Path,
         default=ROOT / "logs" / "sweeps" / name,
@@ -286,7 +301,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
     """``--seeds``, ``--workers`` and ``--seed`` in range, ``--tuned`` files read (one line, exit 2)."""
-    for flag, value, low in (("--seeds", args.seeds, 1), ("--workers", args.workers, 1), ("--seed", args.seed, 0)):
+    bounds = [("--seeds", args.seeds, 1), ("--workers", args.workers, 1), ("--seed", args.seed, 0)]
+    bounds += [("--tune", args.tune, 1)] if args.tune is not None else []
+    bounds += [("--tune-seed", args.tune_seed, 0)]
+    for flag, value, low in bounds:
         if value < low:
             parser.error(f"{flag} {value} is invalid: must be >= {low}")
     try:
@@ -351,6 +369,85 @@ def add_params(arguments: tuple[str, ...], params: Sequence[str]) -> tuple[str, 
     start = arguments.index("-params") + 1
     end = next((i for i in range(start, len(arguments)) if arguments[i].startswith("-")), len(arguments))
     return (*arguments[:end], *params, *arguments[end:])
+
+
+def tune_cases(cases: list[Case], args: argparse.Namespace) -> list[Case]:
+    """``--tune N``: each cell of an untuned method searched with ``train.py --optimize`` (N trials of the
+    cell's own run on ``--tune-seed``, the first trial its own settings), then its cases with the settings
+    found. A cell whose search already ran with the same arguments (its file in ``--tuned-folder``) is
+    not searched again."""
+    groups: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        if case.key.get("tuned") is None:  # --tuned gave this method its settings
+            cell = {k: v for k, v in case.key.items() if k != "seed"}
+            groups.setdefault(json.dumps(cell, sort_keys=True, default=str), []).append(i)
+    out = list(cases)
+    for indices in groups.values():
+        first = cases[indices[0]]
+        tuned = tuned_cell(first, args)
+        for i in indices:
+            case = cases[i]
+            key = {**case.key, "tuned": tuned.source}
+            out[i] = replace(
+                case, key=key, label=f"{case.label}, tuned", arguments=add_params(case.arguments, tuned.params)
+            )
+    return out
+
+
+def with_seed(arguments: Sequence[str], seed: int) -> list[str]:
+    """``train.py`` arguments with ``--seed`` set to ``seed``."""
+    out = list(arguments)
+    if "--seed" in out:
+        out[out.index("--seed") + 1] = str(seed)
+        return out
+    return [*out, "--seed", str(seed)]
+
+
+def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
+    """The tuned settings of ``case``'s cell: read from ``--tuned-folder`` if a search with the same
+    arguments wrote them, else searched now (``train.py --optimize`` on Ray, ``--workers`` trials at once).
+
+    Every method searches its algorithm's settings only (:func:`tuned_keys`), so each gets the same kind
+    of search and keeps its own architecture and whatever the sweep fixes."""
+    from agents.tune import optimize
+
+    cell = {k: v for k, v in case.key.items() if k != "seed"}
+    readable = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)) for value in cell.values())
+    path = Path(args.tuned_folder) / f"{readable}_tune{args.tune}.json"
+    arguments = with_seed(case.arguments, args.tune_seed)
+    keys = tuned_keys(arguments)
+    searched = {"arguments": arguments, "n_trials": args.tune, "space": keys}
+    record = json.loads(path.read_text()) if path.is_file() else None
+    name = case.label.rsplit(" seed ", 1)[0]
+    if record is None or record.get("searched") != searched:
+        if args.saved_only:
+            raise ConfigError(f"--tune {args.tune}: no search of {name} with these arguments in {path.parent}")
+        start(args.address, args.workers)  # before optimize's own start: the sweep's workers import its modules
+        print(f"tuning {name}: {args.tune} trials on seed {args.tune_seed}, searching {' '.join(keys)}")
+        log_folder = Path(args.log_folder) / "tune" / f"{readable}_{case_digest(case)}"
+        flags = ["--optimize", "--n-trials", str(args.tune), "-f", str(log_folder), "--search-space", *keys]
+        try:
+            result = optimize(config_from_args([*arguments, *flags]), workers=args.workers)
+        except ConfigError as error:
+            raise ConfigError(f"tuning {name}: {error}") from None
+        print(result.summary())
+        record = {**json.loads((result.folder / "best_params.json").read_text()), "searched": searched}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    resolved = path.resolve()
+    source = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+    return Tuned(source, tuple(record["params"]))
+
+
+def tuned_keys(arguments: Sequence[str]) -> list[str]:
+    """What ``--tune`` searches for a run: its algorithm's keys of the default space, not the attention
+    architecture (``embed_dim``, ``n_layers``, ``n_heads``: the baselines have none to search) and not
+    what the run's own ``-params`` fix."""
+    from agents.plan import resolve
+    from agents.search_space import EXTRACTOR_KEYS, default_space
+
+    cfg = config_from_args(list(arguments))
+    return [k for k in default_space(resolve(cfg)) if k not in EXTRACTOR_KEYS and k not in cfg.hyperparams]
 
 
 def variants(table: list[Cell], methods: Sequence[str]) -> list[tuple[str, bool]]:
@@ -463,6 +560,8 @@ class Table:
 def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Table) -> int:
     """Run the cases, print the table (and its Markdown with ``--markdown``), save the plot; exit code 2 on a config error."""
     try:
+        if getattr(args, "tune", None):
+            cases = tune_cases(cases, args)
         records = run_cases(cases, args)
     except ConfigError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
