@@ -351,8 +351,10 @@ def test_mazes_train_on_mixed_lengths_and_evaluate_on_the_plain_maze():
     plan = resolve(TrainConfig(env="rlattn/TMaze-L300-v0", verbose=0))
     assert plan.env_kwargs == {"min_corridor_length": 10, "slack": 30} and plan.eval_env_kwargs == {}
     assert plan.history == 331 and plan.n_timesteps == 500_000  # the history holds the longest training episode
-    lstm = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 1000}, verbose=0))
-    assert lstm.env_kwargs == {"corridor_length": 1000, "min_corridor_length": 10, "slack": 100}
+    # from L = 1000 on every algorithm trains from corridor 2 (README, "L = 1000 over seeds")
+    for algo in ("ppo", "ppo_lstm"):
+        long = resolve(TrainConfig(algo=algo, env="rlattn/TMaze-v0", env_kwargs={"corridor_length": 1000}, verbose=0))
+        assert long.env_kwargs == {"corridor_length": 1000, "min_corridor_length": 2, "slack": 100}
     short = resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0))
     assert short.env_kwargs == {"min_corridor_length": 1, "slack": 1}
 

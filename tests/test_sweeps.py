@@ -432,7 +432,7 @@ def test_memory_length_trains_each_method_from_its_presets_shortest_corridor():
 
     args = argparse.Namespace(
         maze="passive",
-        lengths=[1000],
+        lengths=[300, 1000],
         methods=["ppo_attention", "attention"],
         budget=1000,
         seed=0,
@@ -442,9 +442,16 @@ def test_memory_length_trains_each_method_from_its_presets_shortest_corridor():
         eval_freq=None,
         eval_episodes=20,
     )
-    cases = {case.key["method"]: case for case in memory_length.make_cases(args)}
-    assert cases["ppo_attention"].key["train_from"] == 2 and cases["attention"].key["train_from"] == 10
-    episodic = cases["ppo_attention"].arguments
+    cases = {(case.key["method"], case.key["length"]): case for case in memory_length.make_cases(args)}
+    shortest = {cell: case.key["train_from"] for cell, case in cases.items()}
+    # from L = 1000 on every method trains from corridor 2; below, ppo_attention from 2, the others from L/10 <= 10
+    assert shortest == {
+        ("ppo_attention", 300): 2,
+        ("attention", 300): 10,
+        ("ppo_attention", 1000): 2,
+        ("attention", 1000): 2,
+    }
+    episodic = cases["ppo_attention", 1000].arguments
     kwargs = episodic[episodic.index("--env-kwargs") + 1 : episodic.index("-n")]
     assert kwargs == ("corridor_length:1000", "min_corridor_length:2", "slack:100", "tight_fraction:0.5")
     told = memory_length.make_cases(argparse.Namespace(**{**vars(args), "train_from": 5}))
