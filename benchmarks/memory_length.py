@@ -277,7 +277,7 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         metavar="MIN",
-        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: the preset's, a tenth of L and at most 10; ppo_attention on long mazes: 2)",
+        help="train on corridor lengths MIN..L (log-uniform) with L/10 slack and evaluate on L without slack, as the presets do (default: the preset's, a tenth of L and at most 10; ppo_attention from L = 50 and every method from L = 1000 on: 2)",
     )
     parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
