@@ -424,7 +424,7 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
             raise ConfigError(f"--tune {args.tune}: no search of {name} with these arguments in {path.parent}")
         start(args.address, args.workers)  # before optimize's own start: the sweep's workers import its modules
         print(f"tuning {name}: {args.tune} trials on seed {args.tune_seed}, searching {' '.join(keys)}")
-        log_folder = Path(args.log_folder) / "tune" / f"{readable}_{case_digest(case)}"
+        log_folder = Path(args.log_folder) / "searches" / f"{readable}_{case_digest(case)}"
         flags = ["--optimize", "--n-trials", str(args.tune), "-f", str(log_folder), "--search-space", *keys]
         try:
             result = optimize(config_from_args([*arguments, *flags]), workers=args.workers)

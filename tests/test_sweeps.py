@@ -158,7 +158,7 @@ def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(ray
     searched = record["searched"]["arguments"]
     assert searched[searched.index("--seed") + 1] == "0"  # searched on --tune-seed, not on the cell's seeds
     # the search's trials trained on the sweep's own arguments (budget, env, evaluation)
-    trial_args = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "tune").glob("**/trials/**/args.json")]
+    trial_args = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "searches").glob("**/trials/**/args.json")]
     assert len(trial_args) == 2 and {a["n_timesteps"] for a in trial_args} == {256}
     assert {a["seed"] for a in trial_args} == {0}
     for case, before in zip(tuned, cases, strict=True):
