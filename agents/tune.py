@@ -303,11 +303,8 @@ def _check_space(study: optuna.Study, space: dict[str, BaseDistribution]) -> Non
     saved = study.user_attrs.get("space")
     if saved is not None:
         theirs = {name: json_to_distribution(text) for name, text in saved.items()}
-    else:
-        theirs = next((dict(t.distributions) for t in study.trials if t.distributions), {})
-        if not theirs:
-            study.set_user_attr("space", {name: distribution_to_json(d) for name, d in space.items()})
-            return
+    else:  # the trials' own, or none yet: this space is the study's
+        theirs = next((dict(t.distributions) for t in study.trials if t.distributions), space)
     differ = sorted(set(theirs) ^ set(space)) or sorted(k for k in space if theirs[k] != space[k])
     if not differ:
         if saved is None:

@@ -62,10 +62,19 @@ def case_digest(case: Case) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def readable(settings: dict[str, Any]) -> str:
+    """Settings as a file name: their values joined by ``_``, each reduced to letters, digits and ``.+-``."""
+    return "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)) for value in settings.values())
+
+
+def cell_of(case: Case) -> dict[str, Any]:
+    """The settings of a case's table cell: its key without the seed."""
+    return {k: v for k, v in case.key.items() if k != "seed"}
+
+
 def case_folder(log_folder: Path, case: Case) -> Path:
     """The case's folder under ``log_folder``: a pure function of its key and arguments."""
-    readable = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)) for value in case.key.values())
-    return log_folder / f"{readable}_{case_digest(case)}"
+    return log_folder / f"{readable(case.key)}_{case_digest(case)}"
 
 
 def record_digest(record: dict) -> str | None:
@@ -379,8 +388,7 @@ def tune_cases(cases: list[Case], args: argparse.Namespace) -> list[Case]:
     groups: dict[str, list[int]] = {}
     for i, case in enumerate(cases):
         if case.key.get("tuned") is None:  # --tuned gave this method its settings
-            cell = {k: v for k, v in case.key.items() if k != "seed"}
-            groups.setdefault(json.dumps(cell, sort_keys=True, default=str), []).append(i)
+            groups.setdefault(json.dumps(cell_of(case), sort_keys=True, default=str), []).append(i)
     out = list(cases)
     for indices in groups.values():
         first = cases[indices[0]]
@@ -411,9 +419,8 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
     of search and keeps its own architecture and whatever the sweep fixes."""
     from agents.tune import optimize
 
-    cell = {k: v for k, v in case.key.items() if k != "seed"}
-    readable = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)) for value in cell.values())
-    path = Path(args.tuned_folder) / f"{readable}_tune{args.tune}.json"
+    cell = readable(cell_of(case))
+    path = Path(args.tuned_folder) / f"{cell}_tune{args.tune}.json"
     arguments = with_seed(case.arguments, args.tune_seed)
     keys = tuned_keys(arguments)
     searched = {"arguments": arguments, "n_trials": args.tune, "space": keys}
@@ -424,7 +431,7 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
             raise ConfigError(f"--tune {args.tune}: no search of {name} with these arguments in {path.parent}")
         start(args.address, args.workers)  # before optimize's own start: the sweep's workers import its modules
         print(f"tuning {name}: {args.tune} trials on seed {args.tune_seed}, searching {' '.join(keys)}")
-        log_folder = Path(args.log_folder) / "searches" / f"{readable}_{case_digest(case)}"
+        log_folder = Path(args.log_folder) / "searches" / f"{cell}_{case_digest(case)}"
         flags = ["--optimize", "--n-trials", str(args.tune), "-f", str(log_folder), "--search-space", *keys]
         try:
             result = optimize(config_from_args([*arguments, *flags]), workers=args.workers)
