@@ -71,6 +71,31 @@ class ReportEvaluations(BaseCallback):
         return not self.pruned
 
 
+class StopAtBudget(BaseCallback):
+    """End training once the run has its budget of env steps, so that every trial is scored on the same.
+
+    SB3 trains until a rollout ends past ``total_timesteps``: with n_steps x n_envs larger than what
+    is left, a trial would train on up to a whole rollout more than the others. A rollout that ends
+    exactly at the budget is kept and trained on; one that would cross it stops there, untrained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget = 0
+        self.rollout_end: int | None = None
+
+    def _on_training_start(self) -> None:
+        self.budget = int(self.locals["total_timesteps"])
+
+    def _on_rollout_start(self) -> None:
+        n_steps = getattr(self.model, "n_steps", None)  # on-policy: a rollout is n_steps per env
+        self.rollout_end = self.num_timesteps + n_steps * self.model.n_envs if n_steps else None
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps < self.budget:
+            return True
+        return self.rollout_end is not None and self.num_timesteps >= self.rollout_end  # off-policy: stop here
+
+
 def objective(evaluation: EvalResult | None, during: list[float], kind: str) -> tuple[float, str]:
     """(score, what it is) of a finished run, from its final evaluation's success rate (else its mean return).
 
@@ -100,7 +125,7 @@ def trial_config(base: TrainConfig, params: dict[str, Any], folder: Path) -> Tra
 def run_trial(base: TrainConfig, params: dict[str, Any], folder: Path, report: Report) -> dict[str, Any]:
     """Train with ``params``; the score, what it measures, and whether the run was pruned."""
     reporter = ReportEvaluations(report)
-    result = train(trial_config(base, params, folder), extra_callbacks=[reporter])
+    result = train(trial_config(base, params, folder), extra_callbacks=[reporter, StopAtBudget()])
     score, metric = objective(result.evaluation, reporter.values, base.objective)
     return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
 

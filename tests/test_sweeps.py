@@ -201,6 +201,23 @@ def test_a_pruned_ray_trial_reaches_the_sampler_as_pruned_not_as_a_finished_scor
     assert states == [(TrialState.PRUNED, None), (TrialState.COMPLETE, 0.4), (TrialState.FAIL, None)]
 
 
+@pytest.mark.parametrize(("n_steps", "env_steps", "updates"), [(96, 256, 1), (64, 256, 2)])
+def test_a_trial_trains_its_budget_not_a_rollout_past_it(tmp_path, n_steps, env_steps, updates):
+    """256 steps on 2 envs: rollouts of 192 would train 384 steps in SB3's loop; a trial stops at 256 and
+    leaves the second rollout untrained. Rollouts of 128 end at the budget: both trained."""
+    from stable_baselines3 import PPO
+
+    from agents.trials import run_trial
+
+    cfg = config_from_args([*TINY, "-params", f"n_steps:{n_steps}", "batch_size:64", "n_epochs:1"])
+    outcome = run_trial(cfg, {}, tmp_path, lambda step, value: False)
+    result = json.loads((Path(outcome["folder"]) / "result.json").read_text())
+    assert result["env_steps"] == env_steps
+    assert result["evaluation"]["episodes"] == 4  # stopped at the budget, not interrupted: evaluated
+    model = PPO.load(Path(outcome["folder"]) / "rlattn-TMaze-v0.zip")
+    assert model._n_updates == updates  # one epoch per trained rollout
+
+
 def test_the_objective_scores_the_curve_or_the_final_evaluation():
     from agents.evaluate import EvalResult
     from agents.trials import objective
