@@ -33,14 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
         flags = meta.pop("flags")
-        meta.pop("kv", None)
+        if meta.pop("kv", None):  # given twice, a key:value flag keeps both lists (a later key wins)
+            meta.update(action="extend", default=[])
         kind = meta.pop("registry", None)
         if kind == "algos":  # read at parse time: entries registered after import count
             meta.update(choices=list(ALGOS), help=algo_help())
         elif kind == "extractors":
             meta["help"] = f"feature extractor. {extractor_help()}"
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc,operator]
-        parser.add_argument(*flags, dest=f.name, default=default, **meta)
+        parser.add_argument(*flags, dest=f.name, **{"default": default, **meta})
     return parser
 
 

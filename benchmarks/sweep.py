@@ -372,7 +372,7 @@ def with_tuned(key: dict, arguments: tuple[str, ...], method: str, args: argpars
 
 def add_params(arguments: tuple[str, ...], params: Sequence[str]) -> tuple[str, ...]:
     """``arguments`` with ``params`` after its ``-params`` values (a later key wins), or as a new ``-params``:
-    ``train.py`` keeps only the last ``-params`` it is given, so a second one would drop the method's own."""
+    one list, so the printed command reads as ``train.py`` takes it."""
     if "-params" not in arguments:
         return (*arguments, "-params", *params)
     start = arguments.index("-params") + 1

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.build import resolve
-from agents.cli import main
+from agents.cli import config_from_args, main
 from agents.config import TrainConfig
 from agents.runfolder import new_run_folder
 
@@ -87,6 +87,16 @@ def test_evaluation_runs_on_its_own_env_keywords(tmp_path):
     assert (np.load(run / "evaluations.npz")["ep_lengths"] == 21).all()  # the turn or the time-out, both at step 21
     lengths = np.loadtxt(run / "0.monitor.csv", delimiter=",", skiprows=2, usecols=1, ndmin=1)
     assert len(set(lengths.tolist())) > 1  # training episodes vary
+
+
+def test_a_key_value_flag_given_twice_keeps_both_lists_a_later_key_winning():
+    cfg = config_from_args(
+        ["-params", "n_steps:64", "batch_size:32", "--env-kwargs", "corridor_length:5"]
+        + ["-params", "n_steps:128", "--env-kwargs", "slack:2"]
+    )
+    assert cfg.hyperparams == {"n_steps": 128, "batch_size": 32}
+    assert cfg.env_kwargs == {"corridor_length": 5, "slack": 2}
+    assert config_from_args([]).hyperparams == {}
 
 
 def test_second_run_gets_the_next_folder_and_list_envs(tmp_path):
