@@ -65,12 +65,12 @@ class TuneResult:
     command: str
     exit_code: int = 0
 
-    def summary(self) -> str:
+    def best_line(self) -> str:
         settings = " ".join(f"{k}:{v!r}" for k, v in self.best.params.items())
-        return (
-            f"best of {self.best.trials} trials: {self.best.metric} {self.best.score:.3f} with {settings}; "
-            f"written to {self.folder / BEST}\nreuse with: {self.command}"
-        )
+        return f"best of {self.best.trials} trials: {self.best.metric} {self.best.score:.3f} with {settings}"
+
+    def summary(self) -> str:
+        return f"{self.best_line()}; written to {self.folder / BEST}\nreuse with: {self.command}"
 
 
 HEARTBEAT_S = 30
@@ -360,7 +360,7 @@ def optimize(cfg: TrainConfig, workers: int | None = None) -> TuneResult:
         best = search_in_study(base, space, folder, study, own)
     else:
         best = search_on_ray(base, space, folder, name, own, workers)
-    return write_best(base, folder, name, best)
+    return write_best(replace(base, extractor=cfg.extractor), folder, name, best)  # the command as the user wrote it
 
 
 def _first_line(own: dict[str, Any] | None, moved: list[str]) -> str:

@@ -433,14 +433,16 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
         print(f"tuning {name}: {args.tune} trials on seed {args.tune_seed}, searching {' '.join(keys)}")
         log_folder = Path(args.log_folder) / "searches" / f"{cell}_{case_digest(case)}"
         flags = ["--optimize", "--n-trials", str(args.tune), "-f", str(log_folder), "--search-space", *keys]
+        began = time.perf_counter()
         try:
             result = optimize(config_from_args([*arguments, *flags]), workers=args.workers)
         except ConfigError as error:
             raise ConfigError(f"tuning {name}: {error}") from None
-        print(result.summary())
-        record = {**json.loads((result.folder / "best_params.json").read_text()), "searched": searched}
+        wall = time.perf_counter() - began
+        record = {**json.loads((result.folder / "best_params.json").read_text()), "searched": searched, "wall_s": wall}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"{name}: {result.best_line()}; search wall time {wall:.1f} s; its cases train with them ({path})")
     resolved = path.resolve()
     source = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
     return Tuned(source, tuple(record["params"]))

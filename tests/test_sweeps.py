@@ -144,7 +144,9 @@ def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_sessi
     assert best["first_trial"]["score"] == pytest.approx(curve_score(own_run))
 
 
-def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(ray_session, tmp_path, monkeypatch):
+def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(
+    ray_session, tmp_path, monkeypatch, capsys
+):
     args = sweep_args(tmp_path)
     args.tune, args.tune_seed, args.tuned_folder = 2, 0, tmp_path / "tuned"
     cases = tiny_cases(seeds=(1, 2))
@@ -152,6 +154,7 @@ def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(ray
     (path,) = (tmp_path / "tuned").glob("*.json")
     record = json.loads(path.read_text())
     assert record["trials"] == 2 and record["searched"]["n_trials"] == 2 and path.name.endswith("_tune2.json")
+    assert record["wall_s"] > 0 and f"search wall time {record['wall_s']:.1f} s" in capsys.readouterr().out
     # the algorithm's settings, but not those the cell's own -params fix (n_steps, batch_size)
     space = ["learning_rate", "ent_coef", "gamma", "gae_lambda", "n_epochs", "clip_range"]
     assert record["searched"]["space"] == space and set(record["first_trial"]["params"]) == set(space)
@@ -182,6 +185,19 @@ def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(ray
     args.saved_only = False
     with pytest.raises(AssertionError, match="searched again"):
         sweep.tune_cases(cases, args)
+
+
+def test_the_reuse_command_is_the_search_command_as_written(tmp_path, monkeypatch):
+    """ppo_attention resolves its per-step encoder to mlp; the command to reuse a search says what the user wrote."""
+    from agents import tune
+
+    found = tune.Best({"learning_rate": 1e-4}, 0.5, "eval success", 2)
+    monkeypatch.setattr(tune, "search_on_ray", lambda base, *args: found if base.extractor == "mlp" else None)
+    argv = ["--algo", "ppo_attention", *TRAIN, "-params", "n_steps:64", "--optimize", "-f", str(tmp_path)]
+    result = tune.optimize(config_from_args(argv))  # the trials run the resolved encoder
+    assert "--extractor" not in result.command and "--algo ppo_attention" in result.command
+    assert config_from_args(shlex.split(result.command)[2:]).hyperparams == {"n_steps": 64, "learning_rate": 1e-4}
+    assert result.best_line() == "best of 2 trials: eval success 0.500 with learning_rate:0.0001"
 
 
 def test_a_pruned_ray_trial_reaches_the_sampler_as_pruned_not_as_a_finished_score():
