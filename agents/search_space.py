@@ -52,12 +52,23 @@ def default_space(plan: RunPlan) -> dict[str, BaseDistribution]:
     else:
         extractor_keys = set(inspect.signature(plan.extractor_entry.cls).parameters)
     attention = "n_heads" in extractor_keys
-    return {
+    space = {
         key: dist
         for key, dist in SPACE.items()
         if (key in EXTRACTOR_KEYS and attention and key in extractor_keys)
         or (key not in EXTRACTOR_KEYS and key in algo_keys)
     }
+    if "n_steps" in space:
+        space["n_steps"] = _rollouts_within(plan, space["n_steps"])
+    return space
+
+
+def _rollouts_within(plan: RunPlan, dist: BaseDistribution) -> BaseDistribution:
+    """The rollout lengths whose rollout (n_steps on each env) fits the budget: a trial stops at its budget,
+    so a longer one would never be trained on. The shortest stays when none fits."""
+    choices = dist.choices  # type: ignore[attr-defined]
+    fits = [n for n in choices if n * plan.n_envs <= plan.n_timesteps] or [min(choices)]
+    return CategoricalDistribution(fits)
 
 
 def search_space(plan: RunPlan, items: list[str]) -> dict[str, BaseDistribution]:

@@ -19,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 from ray import tune
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.config import TrainConfig
 from agents.evaluate import EvalResult
@@ -72,11 +73,14 @@ class ReportEvaluations(BaseCallback):
 
 
 class StopAtBudget(BaseCallback):
-    """End training once the run has its budget of env steps, so that every trial is scored on the same.
+    """End an on-policy run once it has collected its budget of env steps, so that every trial is scored
+    on the same number.
 
     SB3 trains until a rollout ends past ``total_timesteps``: with n_steps x n_envs larger than what
-    is left, a trial would train on up to a whole rollout more than the others. A rollout that ends
-    exactly at the budget is kept and trained on; one that would cross it stops there, untrained."""
+    is left, a trial would collect and train on up to a whole rollout more than the others. A rollout
+    that ends exactly at the budget is kept and trained on; one that would cross it stops at the budget,
+    untrained (the default search space holds only rollouts that fit the budget). Off-policy runs train
+    every ``train_freq`` steps and pass the budget by less than that: left as SB3 runs them."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,13 +91,13 @@ class StopAtBudget(BaseCallback):
         self.budget = int(self.locals["total_timesteps"])
 
     def _on_rollout_start(self) -> None:
-        n_steps = getattr(self.model, "n_steps", None)  # on-policy: a rollout is n_steps per env
-        self.rollout_end = self.num_timesteps + n_steps * self.model.n_envs if n_steps else None
+        if isinstance(self.model, OnPolicyAlgorithm):  # a rollout is n_steps on each env
+            self.rollout_end = self.num_timesteps + self.model.n_steps * self.model.n_envs
 
     def _on_step(self) -> bool:
-        if self.num_timesteps < self.budget:
+        if self.rollout_end is None or self.num_timesteps < self.budget:
             return True
-        return self.rollout_end is not None and self.num_timesteps >= self.rollout_end  # off-policy: stop here
+        return self.num_timesteps >= self.rollout_end
 
 
 def objective(evaluation: EvalResult | None, during: list[float], kind: str) -> tuple[float, str]:

@@ -217,21 +217,37 @@ def test_a_pruned_ray_trial_reaches_the_sampler_as_pruned_not_as_a_finished_scor
     assert states == [(TrialState.PRUNED, None), (TrialState.COMPLETE, 0.4), (TrialState.FAIL, None)]
 
 
-@pytest.mark.parametrize(("n_steps", "env_steps", "updates"), [(96, 256, 1), (64, 256, 2)])
-def test_a_trial_trains_its_budget_not_a_rollout_past_it(tmp_path, n_steps, env_steps, updates):
+@pytest.mark.parametrize(
+    ("algo", "n_steps", "env_steps", "updates"),
+    [("ppo", 96, 256, 1), ("ppo", 64, 256, 2), ("ppo_lstm", 96, 256, 1), ("ppo_attention", 96, 256, 1)],
+)
+def test_a_trial_trains_its_budget_not_a_rollout_past_it(tmp_path, algo, n_steps, env_steps, updates):
     """256 steps on 2 envs: rollouts of 192 would train 384 steps in SB3's loop; a trial stops at 256 and
     leaves the second rollout untrained. Rollouts of 128 end at the budget: both trained."""
-    from stable_baselines3 import PPO
-
+    from agents.registry import ALGOS
     from agents.trials import run_trial
 
-    cfg = config_from_args([*TINY, "-params", f"n_steps:{n_steps}", "batch_size:64", "n_epochs:1"])
+    extractor = () if algo == "ppo_attention" else ("--extractor", "mlp")
+    argv = [*TRAIN, *extractor, "--eval-episodes", "4", "--save-freq", "-1", "--verbose", "0", "--algo", algo]
+    cfg = config_from_args([*argv, "-params", f"n_steps:{n_steps}", "batch_size:64", "n_epochs:1"])
     outcome = run_trial(cfg, {}, tmp_path, lambda step, value: False)
     result = json.loads((Path(outcome["folder"]) / "result.json").read_text())
     assert result["env_steps"] == env_steps
     assert result["evaluation"]["episodes"] == 4  # stopped at the budget, not interrupted: evaluated
-    model = PPO.load(Path(outcome["folder"]) / "rlattn-TMaze-v0.zip")
+    model = ALGOS[algo].cls.load(Path(outcome["folder"]) / "rlattn-TMaze-v0.zip")
     assert model._n_updates == updates  # one epoch per trained rollout
+
+
+def test_the_default_space_holds_rollouts_that_fit_the_budget():
+    from agents.plan import resolve
+    from agents.search_space import search_space
+
+    def rollouts(*argv: str) -> list[int]:
+        return list(search_space(resolve(config_from_args([*TINY, *argv])), [])["n_steps"].choices)
+
+    assert rollouts() == [32, 64, 128]  # 256 steps on 2 envs
+    assert rollouts("-n", "40000", "--n-envs", "8") == [32, 64, 128, 256, 512, 1024, 2048]
+    assert rollouts("-n", "100", "--n-envs", "8") == [32]  # none fits: the shortest
 
 
 def test_the_objective_scores_the_curve_or_the_final_evaluation():
