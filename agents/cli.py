@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif kind == "extractors":
             meta["help"] = f"feature extractor. {extractor_help()}"
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc,operator]
-        parser.add_argument(*flags, dest=f.name, **{"default": default, **meta})
+        meta.setdefault("default", default)
+        parser.add_argument(*flags, dest=f.name, **meta)
     return parser
 
 
