@@ -45,6 +45,13 @@ class HParamCallback(BaseCallback):
         return True
 
 
+def steps_so_far(callback: BaseCallback) -> int:
+    """The vectorised steps a resumed model has already taken (0 for a new one): a callback that counts its
+    calls to act every N of them starts its count there, so a resumed run keeps the first run's schedule
+    (evaluations and checkpoints at the same env steps as an uninterrupted run) instead of restarting it."""
+    return callback.model.num_timesteps // callback.model.n_envs
+
+
 class AtomicCheckpointCallback(BaseCallback):
     """Every ``save_freq`` env steps: ``rl_model_<steps>_steps.zip`` (and the replay buffer), atomically."""
 
@@ -52,6 +59,9 @@ class AtomicCheckpointCallback(BaseCallback):
         super().__init__()
         self.every = max(save_freq // n_envs, 1)
         self.folder = folder
+
+    def _on_training_start(self) -> None:
+        self.n_calls = steps_so_far(self)
 
     def _on_step(self) -> bool:
         if self.n_calls % self.every == 0:
@@ -73,7 +83,20 @@ class SaveBestCallback(BaseCallback):
 
 
 class ResumableEvalCallback(EvalCallback):
-    """SB3's EvalCallback that can start from an earlier run's ``evaluations.npz`` (so it is extended, not overwritten)."""
+    """SB3's EvalCallback that can start from an earlier run's ``evaluations.npz`` (so it is extended, not
+    overwritten), evaluating a resumed run at the env steps the first run's schedule gives."""
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        self.n_calls = steps_so_far(self)
+        # evaluations after the step this run goes on from (a checkpoint older than the run's end) belong to
+        # a stretch that is trained again: dropped, so the curve holds each step once and in order
+        keep = sum(t <= self.model.num_timesteps for t in self.evaluations_timesteps)
+        if keep < len(self.evaluations_timesteps):
+            for name in ("evaluations_timesteps", "evaluations_results", "evaluations_length", "evaluations_successes"):
+                setattr(self, name, getattr(self, name)[:keep])
+            means = [float(np.mean(r)) for r in self.evaluations_results]
+            self.best_mean_reward = max(means, default=-np.inf)
 
     def restore(self, path: Path) -> None:
         if not path.is_file():

@@ -14,6 +14,7 @@ from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.cli import config_from_args
 from agents.config import TrainConfig
 from agents.run import train
 from agents.runfolder import save_atomic
@@ -72,6 +73,7 @@ def test_sigint_saves_then_resume_reaches_the_total_and_continues_the_run(tmp_pa
     assert (run / f"progress_until_{stopped_at}.csv").is_file() and (run / "progress.csv").is_file()
     timesteps = np.load(run / "evaluations.npz")["timesteps"]
     assert timesteps[0] == 1024 and timesteps[-1] > stopped_at  # evaluations extended, not overwritten
+    assert timesteps.tolist() == list(range(1024, total + 1, 1024))  # the first run's schedule, whenever it stopped
     events = EventAccumulator(str(run))
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
@@ -156,6 +158,18 @@ def test_an_interrupt_before_or_after_a_transition_is_stored_keeps_the_counter_a
     model.load_replay_buffer(result.folder / "replay_buffer.pkl")
     assert model.num_timesteps == (600 if where == "step" else 608)  # rollouts of 4 steps x 2 envs
     assert model.replay_buffer.size() == model.num_timesteps // 2
+
+
+def test_resuming_from_an_older_checkpoint_trains_its_stretch_again_and_evaluates_each_step_once(tmp_path):
+    """A run resumed from its 512-step checkpoint after it had evaluated at 768 and 1024: those evaluations
+    are of a stretch that trains again, so they are dropped and made anew, once each, on the same schedule."""
+    args = ["--env-kwargs", "corridor_length:3", "--n-envs", "2", "--eval-episodes", "2", "-f", str(tmp_path)]
+    args += ["--eval-freq", "256", "--save-freq", "512", "--verbose", "0", "-params", "n_steps:64", "batch_size:64"]
+    first = train(config_from_args([*args, "-n", "1024"]))
+    assert np.load(first.folder / "evaluations.npz")["timesteps"].tolist() == [256, 512, 768, 1024]
+    resumed = train(config_from_args(["-i", str(first.folder / "rl_model_512_steps.zip"), "--verbose", "0"]))
+    assert resumed.folder == first.folder and resumed.timesteps == 1024
+    assert np.load(first.folder / "evaluations.npz")["timesteps"].tolist() == [256, 512, 768, 1024]
 
 
 def test_resume_refuses_other_settings_and_a_total_already_reached(tmp_path):
