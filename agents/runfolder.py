@@ -122,7 +122,7 @@ def find_model(target: str, flag: str = "--replay") -> tuple[Path, Path]:
     )
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """``write`` to a file beside ``path``, then rename it into place: a crash mid-write never leaves a
     broken file under the real name, and the last good one stays until the new one is complete."""
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -143,15 +143,15 @@ def save_atomic(model: BaseAlgorithm, path: Path) -> Path:
     """The model as ``path`` (a .zip), atomically; with it, the statistics of its ``VecNormalize`` if it has one."""
     normalization = model.get_vec_normalize_env()
     if normalization is not None:
-        _write_atomic(normalization_file(path), lambda target: normalization.save(str(target)))
-    return _write_atomic(path, model.save)
+        write_atomic(normalization_file(path), lambda target: normalization.save(str(target)))
+    return write_atomic(path, model.save)
 
 
 def save_replay_atomic(model: BaseAlgorithm, folder: Path) -> Path | None:
     """Off-policy algorithms: the replay buffer as ``replay_buffer.pkl``, atomically; else nothing."""
     if not isinstance(model, OffPolicyAlgorithm):
         return None
-    return _write_atomic(folder / REPLAY_BUFFER, model.save_replay_buffer)
+    return write_atomic(folder / REPLAY_BUFFER, model.save_replay_buffer)
 
 
 def keep_progress(folder: Path, timesteps: int) -> None:
@@ -183,7 +183,7 @@ def write_result(folder: Path, plan: RunPlan, record: dict[str, Any]) -> Path:
     settings = {"config": asdict(plan.config), **resolved_settings(plan)}
     result = RunRecord(**record, settings=settings)
     text = json.dumps(asdict(result), indent=2, default=str) + "\n"
-    return _write_atomic(folder / RESULT, lambda path: path.write_text(text))
+    return write_atomic(folder / RESULT, lambda path: path.write_text(text))
 
 
 def read_result(folder: Path) -> dict[str, Any]:

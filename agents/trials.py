@@ -6,6 +6,7 @@ Both ways of running trials use it: a Ray Tune trial (:class:`TuneTrial`, the me
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from functools import partial
@@ -72,6 +73,18 @@ class ReportEvaluations(BaseCallback):
         return not self.pruned
 
 
+def reported_evaluations(run: Path) -> tuple[list[int], list[float]]:
+    """The (env steps, score) pairs a finished trial's run reported, read back from its ``evaluations.npz``
+    (:class:`ReportEvaluations`' values: each evaluation's success rate, else its mean return)."""
+    file = run / "evaluations.npz"
+    if not file.is_file():
+        return [], []
+    with np.load(file) as saved:
+        successes = saved["successes"] if "successes" in saved else np.zeros(0)
+        scores = successes.mean(axis=1) if successes.size else saved["results"].mean(axis=1)
+        return [int(t) for t in saved["timesteps"]], [float(v) for v in scores]
+
+
 class StopAtBudget(BaseCallback):
     """End an on-policy run once it has collected its budget of env steps, so that every trial is scored
     on the same number.
@@ -134,6 +147,24 @@ def run_trial(base: TrainConfig, params: dict[str, Any], folder: Path, report: R
     return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
 
 
+def finished_trial(folder: Path, kind: str, report: Report) -> dict[str, Any] | None:
+    """The outcome of a trial (of a search gone on with after an interrupt) whose run had finished before
+    Ray Tune took its result: read back from the run's files, its evaluations reported again, instead of
+    training it again. None when the trial's folder holds no finished run. A run that ended short of its
+    budget was pruned (a run that ends by its budget collects all of it)."""
+    for file in sorted(folder.glob("*/*/result.json")):
+        record = json.loads(file.read_text())
+        if record.get("interrupted_by") is not None or record.get("evaluation") is None:
+            continue
+        steps, values = reported_evaluations(file.parent)
+        for step, value in zip(steps, values, strict=True):
+            report(step, value)
+        score, metric = objective(EvalResult(**record["evaluation"]), values, kind)
+        pruned = record["env_steps"] < record["settings"]["n_timesteps"]
+        return {"score": score, "metric": metric, "pruned": pruned, "folder": str(file.parent)}
+    return None
+
+
 def report_to_trial(trial: optuna.Trial, step: int, value: float) -> bool:
     """An Optuna trial's report: record the value at ``step``, ask its study's pruner."""
     trial.report(value, step)
@@ -159,6 +190,16 @@ class MedianRule:
             state = TrialState.PRUNED if pruned else TrialState.COMPLETE
             self.study.tell(trial, None if pruned else value, state=state)
 
+    def replay(self, name: str | None, reports: list[tuple[int, float]], value: float, pruned: bool) -> int:
+        """A trial that finished before the search was restored: its reports and its end, as they came
+        then (1), or nothing for ``name`` None (0)."""
+        if name is None:
+            return 0
+        for step, reported in reports:
+            self.report(name, step, reported)
+        self.finish(name, value, pruned)
+        return 1
+
 
 def _ask_rule(rule: Any, name: str, step: int, value: float) -> bool:
     return ray.get(rule.report.remote(name, step, value))
@@ -173,7 +214,11 @@ class TuneTrial(tune.Trainable):
 
     def step(self) -> dict[str, Any]:
         name = self.trial_id
-        outcome = run_trial(self.base, self.params, self.folder / f"trial_{name}", partial(_ask_rule, self.rule, name))
+        report = partial(_ask_rule, self.rule, name)
+        folder = self.folder / f"trial_{name}"
+        outcome = finished_trial(folder, self.base.objective, report) or run_trial(
+            self.base, self.params, folder, report
+        )
         ray.get(self.rule.finish.remote(name, outcome["score"], outcome["pruned"]))
         return outcome
 

@@ -40,11 +40,15 @@ from agents.trials import (
     config_flags,
     median_pruner,
     report_to_trial,
+    reported_evaluations,
     run_trial,
     trial_config,
 )
 
 BEST = "best_params.json"
+SEARCH = "search.json"
+"""in a search's folder from its start: what it searches (its settings and space), so that an unfinished
+search is resumed only by the same search"""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class TuneResult:
     best: Best
     command: str
     exit_code: int = 0
+    resumed: int | None = None
+    """when the search went on from an interrupted one: the trials that had finished before"""
 
     def best_line(self) -> str:
         settings = " ".join(f"{k}:{v!r}" for k, v in self.best.params.items())
@@ -71,6 +77,33 @@ class TuneResult:
 
     def summary(self) -> str:
         return f"{self.best_line()}; written to {self.folder / BEST}\nreuse with: {self.command}"
+
+
+@dataclass(frozen=True)
+class StoppedSearch:
+    """A search on Ray interrupted before all its trials finished: nothing is written, and the same
+    command goes on with it (its finished trials kept)."""
+
+    folder: Path
+    finished: int
+    n_trials: int
+    exit_code: int = 130
+
+    def summary(self) -> str:
+        return (
+            f"search interrupted after {self.finished} of {self.n_trials} trials, no best settings written "
+            f"({self.folder}): run the same command to go on with it"
+        )
+
+
+class RestoreError(Exception):
+    """An interrupted search whose saved state Ray Tune cannot restore."""
+
+
+class SearchInterruptedError(Exception):
+    def __init__(self, finished: int, n_trials: int, folder: Path):
+        super().__init__(f"{finished} of {n_trials} trials finished")
+        self.finished, self.n_trials, self.folder = finished, n_trials, folder
 
 
 HEARTBEAT_S = 30
@@ -129,32 +162,56 @@ def search_on_ray(
     name: str,
     own: dict[str, Any] | None,
     workers: int | None = None,
-) -> Best:
+    restore: bool = False,
+) -> tuple[Best, int | None]:
     """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
-    the first runs the settings ``own`` when given."""
+    the first runs the settings ``own`` when given. With ``restore`` the search in ``folder`` goes on from
+    where it was interrupted: its finished trials are kept (and told to the median rule), its unfinished
+    ones run again, the rest are sampled as they would have been. Returns the best and, when restored,
+    how many trials had finished before."""
     import ray
     from ray import tune
 
     start_ray()
     rule = ray.remote(MedianRule).remote()
-    searcher = pruning_searcher(space, base.seed, own)
-    trainable = tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=base.n_trials, max_concurrent_trials=workers or cores()
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(folder.resolve() / "tune"),
-            stop={"training_iteration": 1},
-            verbose=0,
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-        ),
+    trainable = tune.with_resources(
+        tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule), {"cpu": 1}
     )
+    before: int | None = None
+    if restore:
+        # trials that failed (settings that do not go together) stay failed, as the sampler was told
+        try:
+            tuner = tune.Tuner.restore(
+                str(folder.resolve() / "tune" / name), trainable=trainable, resume_unfinished=True
+            )
+            restored = tuner.get_results()
+        except Exception as error:  # a state Ray Tune cannot read back: the caller starts a new search
+            ray.kill(rule)  # type: ignore[arg-type]
+            raise RestoreError(first_line(error)) from None
+        before = sum(ray.get(replay_to_rule(rule, restored[i].metrics or {})) for i in range(len(restored)))
+        print(f"search {name!r} resumed: {before} of {base.n_trials} trials had finished; the others run now")
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=pruning_searcher(space, base.seed, own),
+                num_samples=base.n_trials,
+                max_concurrent_trials=workers or cores(),
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(folder.resolve() / "tune"),
+                stop={"training_iteration": 1},
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            ),
+        )
     grid = tuner.fit()
     ray.kill(rule)  # type: ignore[arg-type]
     results = [grid[i] for i in range(len(grid))]
+    ended = sum(1 for r in results if r.error is not None or (r.metrics and "score" in r.metrics))
+    if ended < base.n_trials:  # Ctrl-C: Ray Tune saved the search's state and returned
+        raise SearchInterruptedError(ended, base.n_trials, folder)
     done = [(r.metrics, r.config or {}) for r in results if r.error is None and r.metrics and "score" in r.metrics]
     if not done:
         errors = [first_line(r.error) for r in results if r.error is not None]
@@ -164,7 +221,19 @@ def search_on_ray(
         raise ConfigError(f"search {name!r} has no completed trial: every trial was pruned")
     metrics, config = max(done, key=lambda pair: pair[0]["score"])
     first = next((m["score"] for m, c in done if own and c == own), None)
-    return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first))
+    return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first)), before
+
+
+def replay_to_rule(rule: Any, metrics: dict[str, Any]) -> Any:
+    """A finished trial of a restored search, told to the new median rule as it was told to the first one:
+    the evaluations it reported (from its run's ``evaluations.npz``), then its end. An unfinished trial
+    (no score yet) is not: it runs again and reports anew. Returns the rule's answer (1 if told, else 0)."""
+    if "score" not in metrics or "folder" not in metrics:
+        return rule.replay.remote(None, [], 0.0, False)
+    steps, values = reported_evaluations(Path(metrics["folder"]))
+    return rule.replay.remote(
+        str(metrics["trial_id"]), list(zip(steps, values, strict=True)), metrics["score"], metrics["pruned"]
+    )
 
 
 def open_study(
@@ -345,22 +414,95 @@ def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneRe
     return TuneResult(folder, best, command)
 
 
-def optimize(cfg: TrainConfig, workers: int | None = None) -> TuneResult:
+def optimize(cfg: TrainConfig, workers: int | None = None) -> TuneResult | StoppedSearch:
     """Check every setting, open the storage, then search and write the best settings (on Ray: ``workers``
-    trials at once, default one per core)."""
+    trials at once, default one per core).
+
+    On Ray, an earlier search with the same settings and space in the same log folder that was
+    interrupted (no ``best_params.json``) is gone on with instead of starting another: its finished
+    trials are kept. (A study in ``--storage`` keeps its trials by itself.) An interrupted search
+    returns :class:`StoppedSearch` and writes no best settings."""
     plan = resolve(trial_config(cfg, {}, Path(cfg.log_folder)))
     space = search_space(plan, cfg.search_space)
     base = replace(cfg, extractor=plan.extractor)
     name = cfg.study_name or f"{cfg.algo}-{plan.extractor}-{env_name(cfg.env)}"
     study = open_study(open_storage(cfg.storage), name, cfg.objective, space) if cfg.storage else None
     own, moved = own_settings(plan, space)
-    folder = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
+    signature = search_signature(base, space)
+    parent = Path(cfg.log_folder) / cfg.algo / "optimize"
+    earlier = unfinished_search(parent, name, signature) if study is None else None
+    folder = earlier or new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
+    (folder / SEARCH).write_text(json.dumps(signature, indent=1) + "\n")
     print(_first_line(own, moved))
+    resumed = None
     if study is not None:
         best = search_in_study(base, space, folder, study, own)
     else:
-        best = search_on_ray(base, space, folder, name, own, workers)
-    return write_best(replace(base, extractor=cfg.extractor), folder, name, best)  # the command as the user wrote it
+        try:
+            best, resumed, folder = _search_on_ray_or_anew(cfg, base, space, folder, name, own, workers, earlier)
+        except SearchInterruptedError as stop:
+            return StoppedSearch(stop.folder, stop.finished, stop.n_trials)
+    result = write_best(replace(base, extractor=cfg.extractor), folder, name, best)  # the command as the user wrote it
+    return replace(result, resumed=resumed)
+
+
+def _search_on_ray_or_anew(
+    cfg: TrainConfig,
+    base: TrainConfig,
+    space: dict[str, BaseDistribution],
+    folder: Path,
+    name: str,
+    own: dict[str, Any] | None,
+    workers: int | None,
+    earlier: Path | None,
+) -> tuple[Best, int | None, Path]:
+    """The search on Ray in ``folder``, going on with it if it is ``earlier``'s; a search whose saved state
+    Ray Tune cannot read back is said so in one line and made anew in a new folder."""
+    try:
+        return (*search_on_ray(base, space, folder, name, own, workers, restore=earlier is not None), folder)
+    except RestoreError as error:
+        anew = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
+        (anew / SEARCH).write_text((folder / SEARCH).read_text())
+        print(f"the interrupted search in {folder} cannot be gone on with ({error}): searching anew in {anew}")
+        return (*search_on_ray(base, space, anew, name, own, workers), anew)
+
+
+def search_signature(base: TrainConfig, space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """What a search is: its run's flags (trials, objective and seed among them) and the space it draws from."""
+    return {
+        "flags": config_flags(base, skip=("verbose",)),
+        "space": {key: distribution_to_json(d) for key, d in space.items()},
+    }
+
+
+def unfinished_search(parent: Path, name: str, signature: dict[str, Any]) -> Path | None:
+    """The latest search folder under ``parent`` (``ENV_N``) that searched ``signature``, if it did not finish
+    (no ``best_params.json``) and left a Ray Tune experiment that can be restored; else None."""
+    from ray import tune
+
+    def number(folder: Path) -> int:
+        tail = folder.name.rsplit("_", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    for folder in sorted(parent.glob("*_*"), key=number, reverse=True):
+        if not (folder / SEARCH).is_file() or json.loads((folder / SEARCH).read_text()) != signature:
+            continue
+        # the latest search of these settings decides: finished, the same command searches anew
+        experiment = folder.resolve() / "tune" / name
+        finished = (folder / BEST).is_file()
+        return folder if not finished and _has_trials(experiment) and tune.Tuner.can_restore(str(experiment)) else None
+    return None
+
+
+def _has_trials(experiment: Path) -> bool:
+    """Whether Ray Tune saved the state of ``experiment`` with at least one trial in it (an interrupt before
+    its first trial leaves nothing to go on with: such a search starts anew)."""
+    for state in sorted(experiment.glob("experiment_state-*.json"), reverse=True):
+        try:
+            return bool(json.loads(state.read_text()).get("trial_data"))
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _first_line(own: dict[str, Any] | None, moved: list[str]) -> str:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from ray import tune
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stats import Interval, iqm_interval, per_seed, steps_interval
 
 from agents.checks import first_line
@@ -34,7 +36,7 @@ from agents.cli import OneLineParser, config_from_args
 from agents.cluster import cores, start_ray
 from agents.config import ConfigError
 from agents.run import train
-from agents.runfolder import RESULT
+from agents.runfolder import REPLAY_BUFFER, RESULT, normalization_file, save_atomic, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILE = "case.json"
@@ -120,30 +122,140 @@ def read_record(run: Path) -> dict:
         "curve": curve,
         "return_curve": return_curve,
         "folder": str(run),
+        **({"resumed_at": case["resumed_at"]} if case.get("resumed_at") else {}),
     }
 
 
-def _train_case(case: Case, folder: Path) -> str | None:
-    """Train the case afresh in ``folder``; None, or the one-line error that stopped it."""
-    shutil.rmtree(folder, ignore_errors=True)  # an unfinished attempt leaves nothing to reuse
-    start = time.perf_counter()
-    try:
-        train(config_from_args([*case.arguments, "-f", str(folder)]))
-    except ConfigError as error:
-        return str(error)
-    except SystemExit:
-        return f"train.py rejected the arguments {' '.join(case.arguments)}"
-    info = {"key": case.key, "arguments": list(case.arguments), "wall_s": time.perf_counter() - start}
-    (folder / CASE_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
+RESUME_FILE = "resume.json"
+"""in an unfinished run's folder: the point to resume it from (its model and replay buffer files, env
+steps, the case's wall time until then, the steps at which it was resumed before)"""
+CHECKPOINT_S = 300.0
+"""how often (seconds) a trial saves the point it would resume from if killed with its sweep"""
+
+
+class SaveForResume(BaseCallback):
+    """A trial's resume point, saved at the start of a rollout (every step counted has been learned from,
+    none is half-collected) at most every ``every_s`` seconds: the model (with its reward statistics) as
+    ``resume_<steps>.zip``, an off-policy model's replay buffer as ``resume_<steps>_replay_buffer.pkl``,
+    then ``resume.json`` naming them, each written atomically and ``resume.json`` last, so a kill at any
+    moment leaves a whole point; the previous point's files go after. A trial that its sweep's interrupt,
+    a crash or a lost machine kills goes on from there when the same sweep command runs again."""
+
+    def __init__(self, case_folder: Path, every_s: float, before: dict, started: float):
+        super().__init__()
+        self.case_folder, self.every_s, self.before, self.started = case_folder, every_s, before, started
+        """``before``: the resume point this attempt started from ({} for a new run); ``started``: its clock"""
+        self.run: Path | None = None
+        self.budget = 0
+        self.point: dict = dict(before)
+
+    def _on_training_start(self) -> None:
+        (self.run,) = {config.parent.parent for config in self.case_folder.glob("*/*/*/config.json")}
+        self.budget = int(self.locals["total_timesteps"])  # SB3's absolute total, a resumed run's too
+        self.saved = time.perf_counter()
+
+    def _on_rollout_start(self) -> None:
+        now = time.perf_counter()
+        if now - self.saved >= self.every_s and self.model.num_timesteps > self.point.get("env_steps", 0):
+            assert self.run is not None
+            stem = f"resume_{self.model.num_timesteps}"
+            model = save_atomic(self.model, self.run / f"{stem}.zip")
+            replay = None
+            if isinstance(self.model, OffPolicyAlgorithm):
+                replay = write_atomic(self.run / f"{stem}_{REPLAY_BUFFER}", self.model.save_replay_buffer).name
+            self.write(model.name, replay)
+            self.saved = now
+
+    def write(self, model: str, replay: str | None) -> None:
+        """``resume.json`` naming the point's files (``replay`` None: the run's own replay buffer file), then
+        the previous point's own files removed."""
+        assert self.run is not None
+        run, previous = self.run, self.point
+        self.point = {
+            **self.before,
+            "model": model,
+            "replay": replay,
+            "env_steps": self.model.num_timesteps,
+            "wall_s": self.wall_s(),
+        }
+        write_atomic(run / RESUME_FILE, lambda path: path.write_text(json.dumps(self.point) + "\n"))
+        if previous.get("model", "").startswith("resume_") and previous["model"] != model:
+            for name in point_files(previous):
+                (run / name).unlink(missing_ok=True)
+
+    def wall_s(self) -> float:
+        return self.before.get("wall_s", 0.0) + time.perf_counter() - self.started
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def point_files(point: dict) -> list[str]:
+    """The files of a resume point made by :class:`SaveForResume`: model, reward statistics, replay buffer."""
+    model = Path(point["model"])
+    return [model.name, normalization_file(model).name, *([point["replay"]] if point.get("replay") else [])]
+
+
+def resume_point(folder: Path) -> tuple[Path, dict] | None:
+    """The model an unfinished run in the case's ``folder`` resumes from, and its ``resume.json``; None
+    when there is none (the case trains afresh). A point's replay buffer is put where ``-i`` reads it."""
+    for file in sorted(folder.glob(f"*/*/{RESUME_FILE}")):
+        point = json.loads(file.read_text())
+        model = file.parent / point["model"]
+        if model.is_file():
+            if point.get("replay") and (file.parent / point["replay"]).is_file():
+                shutil.copyfile(file.parent / point["replay"], file.parent / REPLAY_BUFFER)
+            return model, point
     return None
 
 
-def run_case(case: Case, log_folder: Path) -> dict:
-    """The case's record: read from its run folder if that finished, else trained there first."""
+def _train_case(case: Case, folder: Path, checkpoint_s: float = CHECKPOINT_S) -> str | None:
+    """Train the case in ``folder``, from its resume point if an earlier attempt left one, else afresh;
+    None, or the one-line error that stopped it. ``checkpoint_s`` < 0 saves no resume point."""
+    found = resume_point(folder) if checkpoint_s >= 0 else None
+    if found is not None:
+        model, before = found
+        arguments = ["-i", str(model), "--verbose", "0"]
+        before = {**before, "resumed_at": [*before.get("resumed_at", []), before["env_steps"]]}
+        print(f"{case.label}: resumed at {before['env_steps']:,} env steps from {model}", flush=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # an unfinished attempt without a resume point: start over
+        arguments, before = [*case.arguments, "-f", str(folder)], {}
+    start = time.perf_counter()
+    keeper = SaveForResume(folder, checkpoint_s, before, start) if checkpoint_s >= 0 else None
+    try:
+        result = train(config_from_args(arguments), extra_callbacks=[keeper] if keeper else [])
+    except ConfigError as error:
+        if found is None:
+            return str(error)
+        print(f"{case.label}: cannot resume from {found[0]} ({error}); training afresh", flush=True)
+        (found[0].parent / RESUME_FILE).replace(found[0].parent / f"{RESUME_FILE}.refused")
+        return _train_case(case, folder, checkpoint_s)
+    except SystemExit:
+        return f"train.py rejected the arguments {' '.join(arguments)}"
+    if result.interrupted_by:
+        # train.py's own save is the latest point, unless it holds the whole budget (interrupted in the last
+        # update, the rollout counted but not learned from): -i would refuse it, the last point serves
+        if keeper is not None and keeper.run is not None and result.timesteps < keeper.budget:
+            keeper.write(result.model_path.name, None)
+        return f"interrupted ({result.interrupted_by}) at {result.timesteps:,} env steps; the same command resumes it"
+    wall_s = before.get("wall_s", 0.0) + time.perf_counter() - start  # set-up and evaluations included
+    info = {"key": case.key, "arguments": list(case.arguments), "wall_s": wall_s}
+    if before.get("resumed_at"):
+        info["resumed_at"] = before["resumed_at"]
+    (folder / CASE_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
+    for leftover in [*result.folder.glob("resume_*"), *result.folder.glob(f".{Path(RESUME_FILE).stem}*")]:
+        leftover.unlink()
+    (result.folder / RESUME_FILE).unlink(missing_ok=True)
+    return None
+
+
+def run_case(case: Case, log_folder: Path, checkpoint_s: float = CHECKPOINT_S) -> dict:
+    """The case's record: read from its run folder if that finished, else trained there first (or resumed)."""
     folder = case_folder(log_folder, case)
     run = finished_run(folder)
     if run is None:
-        error = _train_case(case, folder)
+        error = _train_case(case, folder, checkpoint_s)
         run = finished_run(folder)
         if run is None:
             return {**case.key, "error": error or "the run did not finish"}
@@ -156,12 +268,12 @@ def run_case(case: Case, log_folder: Path) -> dict:
 class CaseTrial(tune.Trainable):
     """One case as a Ray Tune trial: the whole run in one step (the actor's main thread, where signals work)."""
 
-    def setup(self, config: dict, cases: list[Case], log_folder: Path) -> None:  # type: ignore[override]
+    def setup(self, config: dict, cases: list[Case], log_folder: Path, checkpoint_s: float) -> None:  # type: ignore[override]
         torch.set_num_threads(1)  # one trial per core
-        self.case, self.log_folder = cases[config["index"]], log_folder
+        self.case, self.log_folder, self.checkpoint_s = cases[config["index"]], log_folder, checkpoint_s
 
     def step(self) -> dict:
-        return {"record": json.dumps(run_case(self.case, self.log_folder), default=str)}
+        return {"record": json.dumps(run_case(self.case, self.log_folder, self.checkpoint_s), default=str)}
 
 
 class Results:
@@ -208,10 +320,12 @@ def start(address: str | None, workers: int) -> None:
     start_ray(address, max(cores(), workers), paths=[Path(__file__).resolve().parent])
 
 
-def run_on_ray(cases: list[Case], log_folder: Path, workers: int, saved: Results) -> list[dict]:
+def run_on_ray(
+    cases: list[Case], log_folder: Path, workers: int, saved: Results, checkpoint_s: float = CHECKPOINT_S
+) -> list[dict]:
     """Every case as a Ray Tune trial, ``workers`` at a time; their records in case order."""
     collect = _Collect(saved)
-    trainable = tune.with_parameters(CaseTrial, cases=cases, log_folder=log_folder.resolve())
+    trainable = tune.with_parameters(CaseTrial, cases=cases, log_folder=log_folder.resolve(), checkpoint_s=checkpoint_s)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"index": tune.grid_search(list(range(len(cases))))},
@@ -252,7 +366,8 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
     if pending:
         start(args.address, args.workers)
         print(f"running {len(pending)} trials, {args.workers} at a time: " + "; ".join(cases[i].label for i in pending))
-        new = run_on_ray([cases[i] for i in pending], args.log_folder, args.workers, saved)
+        checkpoint_s = getattr(args, "checkpoint_every", CHECKPOINT_S)
+        new = run_on_ray([cases[i] for i in pending], args.log_folder, args.workers, saved, checkpoint_s)
         records.update(zip(pending, new, strict=True))
     elapsed = time.perf_counter() - start_time
     print(
@@ -269,6 +384,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--workers", type=int, default=cores(), help="trials at once (default: the cores)")
     parser.add_argument(
         "--address", default=None, help="join this Ray cluster (HOST:PORT or auto) instead of a local Ray"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=CHECKPOINT_S,
+        metavar="SECONDS",
+        help="each trial saves where to resume from this often: a trial killed with its sweep goes on from there "
+        "when the same command runs again (-1: it starts over)",
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
     parser.add_argument(
@@ -316,6 +439,8 @@ def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
     for flag, value, low in bounds:
         if value < low:
             parser.error(f"{flag} {value} is invalid: must be >= {low}")
+    if args.checkpoint_every < 0 and args.checkpoint_every != -1:
+        parser.error(f"--checkpoint-every {args.checkpoint_every:g} is invalid: must be >= 0 seconds, or -1 for none")
     try:
         args.tuned = read_tuned(args.tuned, args.methods)
     except ConfigError as error:
@@ -417,7 +542,7 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
 
     Every method searches its algorithm's settings only (:func:`tuned_keys`), so each gets the same kind
     of search and keeps its own architecture and whatever the sweep fixes."""
-    from agents.tune import optimize
+    from agents.tune import StoppedSearch, optimize
 
     cell = readable(cell_of(case))
     path = Path(args.tuned_folder) / f"{cell}_tune{args.tune}.json"
@@ -434,15 +559,22 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
         log_folder = Path(args.log_folder) / "searches" / f"{cell}_{case_digest(case)}"
         flags = ["--optimize", "--n-trials", str(args.tune), "-f", str(log_folder), "--search-space", *keys]
         began = time.perf_counter()
-        try:
+        try:  # an interrupted search of this cell goes on where it stopped
             result = optimize(config_from_args([*arguments, *flags]), workers=args.workers)
         except ConfigError as error:
             raise ConfigError(f"tuning {name}: {error}") from None
+        if isinstance(result, StoppedSearch):
+            print(f"tuning {name}: {result.summary()}", flush=True)
+            raise SystemExit(result.exit_code)
         wall = time.perf_counter() - began
         record = {**json.loads((result.folder / "best_params.json").read_text()), "searched": searched, "wall_s": wall}
+        when = ""
+        if result.resumed is not None:  # the wall time is this attempt's only
+            record["resumed_after_trials"] = result.resumed
+            when = f" (resumed after {result.resumed} finished trials)"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"{name}: {result.best_line()}; search wall time {wall:.1f} s; its cases train with them ({path})")
+        print(f"{name}: {result.best_line()}; search wall time {wall:.1f} s{when}; its cases train with them ({path})")
     resolved = path.resolve()
     source = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
     return Tuned(source, tuple(record["params"]))

@@ -3,12 +3,18 @@
 
 import argparse
 import json
+import multiprocessing
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.cli import config_from_args, main
 from agents.config import ConfigError
@@ -93,6 +99,69 @@ def test_an_interrupted_sweep_rerun_trains_no_finished_trial(ray_session, tmp_pa
     assert sorted(p.name for p in args.log_folder.glob("*/ppo/*")) == ["rlattn-TMaze-v0_1"] * 2
 
 
+class StopAt(BaseCallback):
+    """At ``steps`` env steps: the process ends on the spot as a kill -9 would (``hard``: no save, no result
+    file), or Ctrl-C arrives (train.py saves the model and writes an interrupted result)."""
+
+    def __init__(self, steps: int, hard: bool):
+        super().__init__()
+        self.steps, self.hard = steps, hard
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.steps:
+            if self.hard:
+                os._exit(3)
+            raise KeyboardInterrupt
+        return True
+
+
+def train_case_stopped_at(case: sweep.Case, folder: Path, steps: int, hard: bool) -> str | None:
+    """One attempt at the case, as its Ray trial makes it (a resume point at every rollout), stopped at ``steps``."""
+    real = sweep.train
+    sweep.train = lambda cfg, extra_callbacks=(): real(cfg, [*extra_callbacks, StopAt(steps, hard)])
+    try:
+        return sweep._train_case(case, folder, checkpoint_s=0)
+    finally:
+        sweep.train = real
+
+
+RESUMABLE = ("--env-kwargs", "corridor_length:3", "-n", "1024", "--n-envs", "2", "--eval-freq", "384")
+RESUMABLE += ("--extractor", "mlp", "--eval-episodes", "4", "--save-freq", "-1", "--verbose", "0", *TINY_PARAMS)
+
+
+def test_a_trial_killed_with_its_sweep_resumes_from_its_last_rollout(tmp_path):
+    """Rollouts of 128 env steps, evaluations every 384. The first attempt dies without a word at 640 (its last
+    resume point: 512), the second gets Ctrl-C at 896 (train.py saves what it learned: 768), the third
+    finishes: the rerun sweep goes on from each instead of starting over, on the first run's schedule."""
+    case = sweep.Case({"method": "mlp", "seed": 0}, "mlp seed 0", RESUMABLE)
+    folder = sweep.case_folder(tmp_path, case)
+    child = multiprocessing.get_context("spawn").Process(target=train_case_stopped_at, args=(case, folder, 640, True))
+    child.start()
+    child.join(timeout=300)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 3
+    run = folder / "ppo" / "rlattn-TMaze-v0_1"
+    assert not (run / "result.json").exists() and sweep.finished_run(folder) is None
+    assert json.loads((run / "resume.json").read_text())["env_steps"] == 512
+    first_wall = json.loads((run / "resume.json").read_text())["wall_s"]
+
+    error = train_case_stopped_at(case, folder, 896, hard=False)
+    assert error == "interrupted (SIGINT) at 768 env steps; the same command resumes it"
+    point = json.loads((run / "resume.json").read_text())
+    assert (point["model"], point["env_steps"], point["resumed_at"]) == ("rlattn-TMaze-v0.zip", 768, [512])
+    assert point["wall_s"] > first_wall
+
+    record = sweep.run_case(case, tmp_path, checkpoint_s=0)
+    assert "error" not in record and record["resumed_at"] == [512, 768]
+    assert [t for t, _ in record["curve"]] == [384, 768]  # not 896: the schedule of a run never stopped
+    result = json.loads((run / "result.json").read_text())
+    assert result["env_steps"] == 1024 and result["interrupted_by"] is None
+    assert record["wall_s"] > point["wall_s"]  # every attempt's time counted
+    assert not [p.name for p in run.iterdir() if p.name.startswith(("resume", ".resume"))]
+    assert [p.name for p in (folder / "ppo").iterdir()] == [run.name]  # one run, continued each time
+
+
 def check_best_params(folder: Path, trials: int, capsys) -> dict:
     """best_params.json is there, and the printed command parses back to its settings."""
     best = json.loads((folder / "best_params.json").read_text())
@@ -144,6 +213,49 @@ def test_optimize_on_ray_tune_writes_the_best_settings_and_the_command(ray_sessi
     assert best["first_trial"]["score"] == pytest.approx(curve_score(own_run))
 
 
+def finished_runs(study: Path) -> dict[Path, int]:
+    """Each trial's finished run (an interrupted trial leaves a run without a result), with its result's mtime."""
+    return {p: p.stat().st_mtime_ns for p in study.glob("trials/trial_*/ppo/*/result.json")}
+
+
+def test_an_interrupted_search_is_gone_on_with_by_the_same_command(tmp_path):
+    """Ctrl-C during the second of three trials (one at a time): nothing is written and the exit code is 130;
+    the same command restores the search, keeps the trials that finished and runs only the others."""
+    command = [sys.executable, str(ROOT / "train.py"), "--optimize", "--n-trials", "3", *TINY, *TINY_PARAMS]
+    command += ["--search-space", "learning_rate", "-n", "2048", "--eval-freq", "512", "-f", "logs"]
+    one_core = {"preexec_fn": lambda: os.sched_setaffinity(0, {0})}  # Ray gets 1 CPU: one trial at a time
+    study = tmp_path / "logs" / "ppo" / "optimize" / "rlattn-TMaze-v0_1"
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **one_core
+    )
+    deadline = time.monotonic() + 300
+    # one trial at a time: the second trial's folder appears once Ray Tune has taken the first one's result
+    while len(list(study.glob("trials/trial_*"))) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    before = finished_runs(study)
+    # Ray Tune counts a trial once it has taken its result; a run may finish just before the interrupt
+    # without that (then it is read back from its files when the search goes on, not trained again)
+    last = out.strip().splitlines()[-1]
+    taken = int(last.removeprefix("search interrupted after ").split(" ")[0])
+    assert last == (
+        f"search interrupted after {taken} of 3 trials, no best settings written (logs/ppo/optimize/"
+        "rlattn-TMaze-v0_1): run the same command to go on with it"
+    )
+    assert 1 <= taken <= len(before) < 3 and not (study / "best_params.json").exists()
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, **one_core)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed: {taken} of 3 trials had finished; the others run now" in again.stdout
+    after = finished_runs(study)
+    assert len(after) == 3 and all(after[p] == stamp for p, stamp in before.items())  # none trained twice
+    best = json.loads((study / "best_params.json").read_text())
+    assert best["trials"] == 3 and [p.name for p in (tmp_path / "logs" / "ppo" / "optimize").iterdir()] == [study.name]
+
+
 def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(
     ray_session, tmp_path, monkeypatch, capsys
 ):
@@ -192,7 +304,9 @@ def test_the_reuse_command_is_the_search_command_as_written(tmp_path, monkeypatc
     from agents import tune
 
     found = tune.Best({"learning_rate": 1e-4}, 0.5, "eval success", 2)
-    monkeypatch.setattr(tune, "search_on_ray", lambda base, *args: found if base.extractor == "mlp" else None)
+    monkeypatch.setattr(
+        tune, "search_on_ray", lambda base, *args, **kwargs: (found, None) if base.extractor == "mlp" else None
+    )
     argv = ["--algo", "ppo_attention", *TRAIN, "-params", "n_steps:64", "--optimize", "-f", str(tmp_path)]
     result = tune.optimize(config_from_args(argv))  # the trials run the resolved encoder
     assert "--extractor" not in result.command and "--algo ppo_attention" in result.command
@@ -236,6 +350,22 @@ def test_a_trial_trains_its_budget_not_a_rollout_past_it(tmp_path, algo, n_steps
     assert result["evaluation"]["episodes"] == 4  # stopped at the budget, not interrupted: evaluated
     model = ALGOS[algo].cls.load(Path(outcome["folder"]) / "rlattn-TMaze-v0.zip")
     assert model._n_updates == updates  # one epoch per trained rollout
+
+
+@pytest.mark.parametrize("prune_at", [None, 128])
+def test_a_trial_that_finished_before_its_search_was_interrupted_is_read_back_as_it_ended(tmp_path, prune_at):
+    """Ray Tune may not have taken a trial's result when the search stops: going on, the trial reads its
+    finished run back (the same score, its evaluations reported again to the rule, pruned or not) instead
+    of training it again."""
+    from agents.trials import finished_trial, run_trial
+
+    cfg = config_from_args([*TINY, *TINY_PARAMS])  # 256 steps, evaluations at 128 and 256
+    outcome = run_trial(cfg, {}, tmp_path / "trial_x", lambda step, value: step == prune_at)
+    reported: list[tuple[int, float]] = []
+    again = finished_trial(tmp_path / "trial_x", cfg.objective, lambda step, value: reported.append((step, value)))
+    assert again == outcome and again["pruned"] == (prune_at is not None)
+    assert [step for step, _ in reported] == ([128] if prune_at else [128, 256])
+    assert finished_trial(tmp_path / "no_trial", cfg.objective, lambda step, value: False) is None
 
 
 def test_the_default_space_holds_rollouts_that_fit_the_budget():
@@ -455,6 +585,11 @@ def test_bad_sweep_input_is_one_line(capsys):
         sweep.check_arguments(parser, parser.parse_args(["--seeds", "0"]))
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "memory_length.py: error: --seeds 0 is invalid: must be >= 1\n"
+    with pytest.raises(SystemExit):
+        sweep.check_arguments(parser, parser.parse_args(["--checkpoint-every", "-5"]))
+    assert capsys.readouterr().err == (
+        "memory_length.py: error: --checkpoint-every -5 is invalid: must be >= 0 seconds, or -1 for none\n"
+    )
 
 
 @pytest.mark.parametrize(
