@@ -79,7 +79,13 @@ def measure(method: str, history: int | None, args: argparse.Namespace) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="rlattn/TMaze-v0")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], help="env keywords as key:value literals")
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        action="extend",
+        default=[],
+        help="env keywords as key:value literals (given twice: joined)",
+    )
     parser.add_argument("--steps", type=int, default=16_384, help="env steps per method")
     parser.add_argument("--history", type=int, default=64, help="history length K (ppo_attention: memory W)")
     parser.add_argument("--memories", type=int, nargs="*", default=[], help="more memory lengths for ppo_attention")
