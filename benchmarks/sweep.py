@@ -198,13 +198,11 @@ def point_files(point: dict) -> list[str]:
 
 def resume_point(folder: Path) -> tuple[Path, dict] | None:
     """The model an unfinished run in the case's ``folder`` resumes from, and its ``resume.json``; None
-    when there is none (the case trains afresh). A point's replay buffer is put where ``-i`` reads it."""
+    when there is none (the case trains afresh)."""
     for file in sorted(folder.glob(f"*/*/{RESUME_FILE}")):
         point = json.loads(file.read_text())
         model = file.parent / point["model"]
         if model.is_file():
-            if point.get("replay") and (file.parent / point["replay"]).is_file():
-                shutil.copyfile(file.parent / point["replay"], file.parent / REPLAY_BUFFER)
             return model, point
     return None
 
@@ -215,6 +213,8 @@ def _train_case(case: Case, folder: Path, checkpoint_s: float = CHECKPOINT_S) ->
     found = resume_point(folder) if checkpoint_s >= 0 else None
     if found is not None:
         model, before = found
+        if before.get("replay") and (model.parent / before["replay"]).is_file():  # where -i reads it
+            shutil.copyfile(model.parent / before["replay"], model.parent / REPLAY_BUFFER)
         arguments = ["-i", str(model), "--verbose", "0"]
         before = {**before, "resumed_at": [*before.get("resumed_at", []), before["env_steps"]]}
         print(f"{case.label}: resumed at {before['env_steps']:,} env steps from {model}", flush=True)
@@ -340,7 +340,25 @@ def run_on_ray(
     )
     grid = tuner.fit()
     failed = {r.config["index"]: first_line(r.error) for r in grid if r.error is not None}
-    return [collect.records.get(i) or {**case.key, "error": failed.get(i, "no result")} for i, case in enumerate(cases)]
+    # a trial with neither a record nor an error was stopped with its sweep (Ctrl-C): Ray Tune's own
+    # "Tuner.restore" advice does not apply, the same sweep command goes on with it
+    return [collect.records.get(i) or {**case.key, "error": failed.get(i, INTERRUPTED)} for i, case in enumerate(cases)]
+
+
+INTERRUPTED = "interrupted"
+"""the error of a trial stopped with its sweep"""
+
+
+def not_done_text(run: dict) -> str:
+    """A table's text for a run without a result: failed (its one-line error), or interrupted."""
+    error = run.get("error", "?")
+    return "interrupted: the same command goes on with it" if error == INTERRUPTED else f"failed: {error}"
+
+
+def pending_label(case: Case, log_folder: Path, checkpoint_s: float) -> str:
+    """The case as the sweep's "running" line names it, with the env steps it resumes at if it does."""
+    found = resume_point(case_folder(log_folder, case)) if checkpoint_s >= 0 else None
+    return case.label if found is None else f"{case.label} (resumes at {found[1]['env_steps']:,} env steps)"
 
 
 def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
@@ -365,10 +383,17 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
             pending.append(i)
     if pending:
         start(args.address, args.workers)
-        print(f"running {len(pending)} trials, {args.workers} at a time: " + "; ".join(cases[i].label for i in pending))
         checkpoint_s = getattr(args, "checkpoint_every", CHECKPOINT_S)
+        labels = [pending_label(cases[i], args.log_folder, checkpoint_s) for i in pending]
+        print(f"running {len(pending)} trials, {args.workers} at a time: " + "; ".join(labels))
         new = run_on_ray([cases[i] for i in pending], args.log_folder, args.workers, saved, checkpoint_s)
         records.update(zip(pending, new, strict=True))
+        stopped = sum(r.get("error") == INTERRUPTED for r in new)
+        if stopped:
+            print(
+                f"{stopped} trials were interrupted: run the same command to go on (finished trials are read from "
+                "their run folders, unfinished ones resume from their last saved point)"
+            )
     elapsed = time.perf_counter() - start_time
     print(
         f"sweep wall time {elapsed:.1f} s: {len(pending)} trials run ({args.workers} workers), "
@@ -649,7 +674,7 @@ def cells(records: list[dict], fields: Sequence[str]) -> list[Cell]:
 def success_text(cell: Cell) -> tuple[str, str]:
     """(IQM [CI] of final success, per-seed values) for a table."""
     if cell.success is None:
-        return f"failed: {cell.runs[0].get('error', '?')}", ""
+        return not_done_text(cell.runs[0]), ""
     return str(cell.success), per_seed([r.get("success") for r in cell.runs])
 
 

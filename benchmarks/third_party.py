@@ -45,6 +45,7 @@ from sweep import (
     check_arguments,
     is_variant,
     method_text,
+    not_done_text,
     seeds,
     sweep_main,
     variants,
@@ -127,7 +128,7 @@ def row(cell: Cell) -> list[str]:
     s = cell.settings
     head = [s["task"], method_text(s), f"{s['budget']:,}", str(len(cell.runs))]
     if not cell.done:
-        return [*head, f"failed: {cell.runs[0].get('error', '?')}", "", "", ""]
+        return [*head, not_done_text(cell.runs[0]), "", "", ""]
     scores = [r["score"] for r in cell.done]
     best = sum(r["best_score"] for r in cell.done) / len(cell.done)
     values = [r.get("score") for r in cell.runs]

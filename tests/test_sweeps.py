@@ -144,6 +144,8 @@ def test_a_trial_killed_with_its_sweep_resumes_from_its_last_rollout(tmp_path):
     run = folder / "ppo" / "rlattn-TMaze-v0_1"
     assert not (run / "result.json").exists() and sweep.finished_run(folder) is None
     assert json.loads((run / "resume.json").read_text())["env_steps"] == 512
+    assert sweep.pending_label(case, tmp_path, 0) == "mlp seed 0 (resumes at 512 env steps)"
+    assert sweep.pending_label(case, tmp_path, -1) == "mlp seed 0"  # --checkpoint-every -1: starts over
     first_wall = json.loads((run / "resume.json").read_text())["wall_s"]
 
     error = train_case_stopped_at(case, folder, 896, hard=False)
