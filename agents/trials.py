@@ -190,15 +190,11 @@ class MedianRule:
             state = TrialState.PRUNED if pruned else TrialState.COMPLETE
             self.study.tell(trial, None if pruned else value, state=state)
 
-    def replay(self, name: str | None, reports: list[tuple[int, float]], value: float, pruned: bool) -> int:
-        """A trial that finished before the search was restored: its reports and its end, as they came
-        then (1), or nothing for ``name`` None (0)."""
-        if name is None:
-            return 0
+    def replay(self, name: str, reports: list[tuple[int, float]], value: float, pruned: bool) -> None:
+        """A trial that finished before the search was restored: its reports and its end, as they came then."""
         for step, reported in reports:
             self.report(name, step, reported)
         self.finish(name, value, pruned)
-        return 1
 
 
 def _ask_rule(rule: Any, name: str, step: int, value: float) -> bool:

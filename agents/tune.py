@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -188,7 +189,7 @@ def search_on_ray(
         except Exception as error:  # a state Ray Tune cannot read back: the caller starts a new search
             ray.kill(rule)  # type: ignore[arg-type]
             raise RestoreError(first_line(error)) from None
-        before = sum(ray.get(replay_to_rule(rule, restored[i].metrics or {})) for i in range(len(restored)))
+        before = sum(replay_to_rule(rule, restored[i].metrics or {}) for i in range(len(restored)))
         print(f"search {name!r} resumed: {before} of {base.n_trials} trials had finished; the others run now")
     else:
         tuner = tune.Tuner(
@@ -224,16 +225,16 @@ def search_on_ray(
     return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first)), before
 
 
-def replay_to_rule(rule: Any, metrics: dict[str, Any]) -> Any:
+def replay_to_rule(rule: Any, metrics: dict[str, Any]) -> bool:
     """A finished trial of a restored search, told to the new median rule as it was told to the first one:
     the evaluations it reported (from its run's ``evaluations.npz``), then its end. An unfinished trial
-    (no score yet) is not: it runs again and reports anew. Returns the rule's answer (1 if told, else 0)."""
+    (no score yet) is not: it runs again and reports anew. Returns whether it was told."""
     if "score" not in metrics or "folder" not in metrics:
-        return rule.replay.remote(None, [], 0.0, False)
+        return False
     steps, values = reported_evaluations(Path(metrics["folder"]))
-    return rule.replay.remote(
-        str(metrics["trial_id"]), list(zip(steps, values, strict=True)), metrics["score"], metrics["pruned"]
-    )
+    reports = list(zip(steps, values, strict=True))
+    ray.get(rule.replay.remote(str(metrics["trial_id"]), reports, metrics["score"], metrics["pruned"]))
+    return True
 
 
 def open_study(
