@@ -69,8 +69,12 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
     if not algo.own_extractors:
         policy_kwargs["features_extractor_class"] = entry.cls
         policy_kwargs["features_extractor_kwargs"] = plan.extractor_kwargs
-    elif frame := algo.frame_kwargs(plan.extractor, plan.extractor_kwargs):
-        policy_kwargs["features_extractor_kwargs"] = frame
+    elif plan.extractor in algo.frame_encoders:
+        policy_name, encoder = algo.frame_encoders[plan.extractor]
+        if policy_name is None:  # the kind's own policy, with this encoder in front of its memory
+            policy_kwargs["features_extractor_class"] = encoder
+        if frame := algo.frame_kwargs(plan.extractor, plan.extractor_kwargs):
+            policy_kwargs["features_extractor_kwargs"] = frame
     if algo.actor_critic:
         # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.
         policy_kwargs.setdefault("ortho_init", entry.ortho_init)

@@ -346,7 +346,7 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
             plan.extractor_kwargs = {**algo.frame_kwargs(plan.extractor, defaults), **plan.extractor_kwargs}
             try:
                 encoder = algo.frame_encoders[plan.extractor][1]
-                encoder(probe.observation_space, **algo.frame_kwargs(plan.extractor, plan.extractor_kwargs))
+                encoder(policy_space(plan, probe), **algo.frame_kwargs(plan.extractor, plan.extractor_kwargs))
             except (ValueError, TypeError, AssertionError) as error:
                 raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None
         return

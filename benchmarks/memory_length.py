@@ -99,6 +99,10 @@ def preset_training_env(maze: str, length: int, algo: str) -> dict:
     return extra
 
 
+PRESET_ARGS = argparse.Namespace(plain=False, train_from=None)
+"""arguments that leave the shortest training corridor to the presets"""
+
+
 def train_from_for(maze: str, length: int, method: str, args: argparse.Namespace) -> int | None:
     """The shortest training corridor of a run at ``length``: ``--train-from``, else the method's preset's
     (a tenth of L, at most 10, unless the preset says otherwise); None for the plain maze."""
@@ -197,15 +201,27 @@ def row(cell: Cell) -> list[str]:
 def series(
     table: list[Cell], maze: str, method: str, mixed: bool, tuned: bool = False
 ) -> list[tuple[int, float, float, float]]:
-    """(L, IQM, CI low, CI high) of final success, by corridor length, for one line of the plot."""
-    points = [
-        (cell.settings["length"], cell.success.iqm, cell.success.low, cell.success.high)
-        for cell in table
-        if cell.success is not None
-        and cell.settings["maze"] == maze
-        and is_variant(cell, method, tuned)
-        and (cell.settings.get("train_from") is not None) == mixed
-    ]
+    """(L, IQM, CI low, CI high) of final success, by corridor length, for one line of the plot.
+
+    Where cells of the line share a length (mixed lengths from different shortest corridors, e.g. 10..1000
+    before the presets moved to 2..1000), the line takes the one trained as the method's preset trains now,
+    else the one with the most seeds.
+    """
+    by_length: dict[int, list[Cell]] = {}
+    for cell in table:
+        if (
+            cell.success is not None
+            and cell.settings["maze"] == maze
+            and is_variant(cell, method, tuned)
+            and (cell.settings.get("train_from") is not None) == mixed
+        ):
+            by_length.setdefault(cell.settings["length"], []).append(cell)
+    points = []
+    for length, cells in by_length.items():
+        preset = train_from_for(maze, length, method, PRESET_ARGS) if len(cells) > 1 else None
+        cell = max(cells, key=lambda c: (c.settings.get("train_from") == preset, len(c.runs)))
+        assert cell.success is not None
+        points.append((length, cell.success.iqm, cell.success.low, cell.success.high))
     return sorted(points)
 
 

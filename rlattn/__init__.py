@@ -5,7 +5,7 @@ from rlattn.attention_ppo import AttentionPPO
 from rlattn.blocks import GRUGate, KeepsOwnInit, TransformerBlock
 from rlattn.callbacks import AttentionLoggingCallback
 from rlattn.episodic import EpisodicMemory, EpisodicTransformer
-from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor
+from rlattn.extractors import HistoryAttentionExtractor, HistoryFlattenExtractor, StepEncoder
 from rlattn.image_extractors import (
     FramePatchExtractor,
     MemoryLook,
@@ -30,6 +30,7 @@ __all__ = [
     "MultiHeadAttention",
     "PatchAttentionExtractor",
     "SpatioTemporalAttentionExtractor",
+    "StepEncoder",
     "TransformerBlock",
     "attention_mask",
     "structure_mask",

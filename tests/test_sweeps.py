@@ -644,6 +644,23 @@ def test_memory_length_trains_each_method_from_its_presets_shortest_corridor():
     assert {case.key["train_from"] for case in told} == {5}
 
 
+def test_a_plot_line_draws_one_point_per_length_the_one_trained_as_the_preset_trains():
+    """Cells of one line that share a length (an older shortest corridor beside the preset's) give one point:
+    the preset's, whatever the order; a length with one cell keeps it."""
+    import memory_length
+
+    def runs(length, train_from, successes):
+        key = dict(maze="passive", length=length, method="ppo_lstm", budget=1000, train_from=train_from, inputs=None)
+        return [{**key, "seed": seed, "success": value, "steps_to_095": None} for seed, value in enumerate(successes)]
+
+    # at L = 1000 the preset trains ppo_lstm from corridor 2; the 10..1000 cell has more seeds and another result
+    older, preset, shorter = runs(1000, 10, [1.0, 1.0, 1.0, 1.0]), runs(1000, 2, [0.0, 0.0, 0.0]), runs(100, 10, [1.0])
+    for records in (older + preset + shorter, preset + shorter + older):
+        table = sweep.cells(records, memory_length.KEY_FIELDS)
+        points = memory_length.series(table, "passive", "ppo_lstm", mixed=True)
+        assert [(length, iqm) for length, iqm, _, _ in points] == [(100, 1.0), (1000, 0.0)]
+
+
 def test_reuse_needs_the_same_arguments_and_saved_only_shows_what_was_saved(tmp_path):
     """A preset change that alters a case's train.py arguments must not hand back the old run's record."""
     before, after = (

@@ -4,6 +4,7 @@ import json
 
 import gymnasium as gym
 import pytest
+import torch
 
 from agents.cli import main
 from agents.config import TrainConfig
@@ -49,3 +50,54 @@ def test_trains_and_evaluates_on_third_party_envs(env, algo, tmp_path):
     (result,) = tmp_path.glob("*/*/result.json")
     record = json.loads(result.read_text())
     assert record["env_steps"] == 256 and record["evaluation"]["episodes"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:observation key 'mission'")
+def test_ppo_lstm_encodes_a_wide_step_before_its_lstm_and_hands_a_narrow_one_on():
+    """RecurrentPPO's LSTMs see at most 64 numbers a step: MiniGrid's 1,180 go through Linear + ReLU first
+    (its update runs the LSTMs step by step, at a cost that grows with their input width); a narrow step,
+    with or without the previous action, is SB3's flattening, so those policies are the ones built before."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
+
+    from agents.build import build_model, make_vec
+    from rlattn import StepEncoder
+
+    def built(env, **cfg):
+        plan = resolve(TrainConfig(algo="ppo_lstm", env=env, verbose=0, seed=3, **cfg))
+        venv = make_vec(plan, 2, seed=0)
+        policy = build_model(plan, venv).policy
+        venv.close()
+        return plan, policy
+
+    _, wide = built(MEMORY)
+    assert isinstance(wide.features_extractor, StepEncoder) and wide.features_extractor.features_dim == 64
+    assert wide.lstm_actor.input_size == 64 and wide.lstm_critic.input_size == 64
+    assert isinstance(wide.features_extractor.encode[0], torch.nn.Linear)
+    assert wide.features_extractor.encode[0].in_features == wide.observation_space.shape[0] == 1180
+    _, wider = built(MEMORY, hyperparams={"features_dim": 128})
+    assert wider.lstm_actor.input_size == 128
+
+    # the Active T-Maze's preset adds the previous action: a one-step history, a Dict step
+    for env, default in (("rlattn/TMaze-v0", FlattenExtractor), ("rlattn/TMazeActive-v0", CombinedExtractor)):
+        plan, narrow = built(env)
+        assert isinstance(narrow.features_extractor.encode, torch.nn.Identity)
+        venv = make_vec(plan, 1, seed=0)
+        kwargs = {**plan.policy_kwargs, "ortho_init": True}
+        sb3 = RecurrentPPO(narrow.__class__, venv, seed=3, policy_kwargs=kwargs, device="cpu").policy
+        assert isinstance(sb3.features_extractor, default)
+        assert narrow.lstm_actor.input_size == sb3.lstm_actor.input_size
+        ours, theirs = narrow.state_dict(), sb3.state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same policy, weight for weight
+        obs, _ = narrow.obs_to_tensor(venv.reset())
+        features = narrow.extract_features(obs, narrow.features_extractor)
+        assert torch.equal(features, sb3.extract_features(obs, sb3.features_extractor))
+        venv.close()
+
+
+def test_bad_step_width_for_ppo_lstm_is_one_line():
+    from agents.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"features_dim=0 is invalid: must be an integer >= 1"):
+        resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0, hyperparams={"features_dim": 0}))
