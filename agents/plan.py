@@ -15,7 +15,8 @@ from agents.checks import check_algo_values, check_device, check_env_id, check_i
 from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
-from rlattn import FlatObservation, HistoryObservation
+from rlattn import ChannelFirst, FlatObservation, HistoryObservation
+from rlattn.wrappers import channel_last_image
 
 _SET_BY_US = {
     "self",
@@ -103,12 +104,15 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make`` with this project's ids registered (also inside subprocess workers).
 
     A Dict or Tuple observation (MiniGrid's, POPGym's) becomes one float vector (:class:`~rlattn.FlatObservation`),
-    the same for every algorithm and extractor, so baselines and attention see the same inputs.
+    the same for every algorithm and extractor, so baselines and attention see the same inputs; a
+    channel-last image becomes channel-first (:class:`~rlattn.ChannelFirst`), as every image extractor reads it.
     """
     assert envs.NAMESPACE  # importing envs registered the ids
     env = gym.make(env_id, **kwargs)
     if isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
         return FlatObservation(env)
+    if channel_last_image(env.observation_space):
+        return ChannelFirst(env)
     return env
 
 

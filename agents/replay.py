@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,17 @@ def _make_env(plan: RunPlan, seed: int) -> VecEnv:
     env_kwargs = plan.eval_env_kwargs  # replay plays the evaluation task
 
     def make() -> gym.Env:
-        try:
-            env = make_env(cfg.env, **env_kwargs, render_mode="rgb_array")
-        except TypeError:  # an env without render modes
-            env = make_env(cfg.env, **env_kwargs)
+        env: gym.Env | None = None
+        with warnings.catch_warnings():  # gymnasium warns where the env does not list the mode: checked below
+            warnings.simplefilter("ignore")
+            try:
+                env = make_env(cfg.env, **env_kwargs, render_mode="rgb_array")
+            except (TypeError, AssertionError):  # an env without render modes, or without this one
+                pass
+        if env is None or "rgb_array" not in env.metadata.get("render_modes", ()):
+            if env is not None:
+                env.close()
+            env = make_env(cfg.env, **env_kwargs)  # no frames: the attention is drawn alone (_picture)
         return plan.wrap(env)
 
     venv: VecEnv = DummyVecEnv([make])
@@ -117,8 +125,16 @@ def _picture(
             weights = patch_weights(extractor, policy_input(model.policy, obs))
         mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
         return overlay(frame, weights, box), mass
-    picture = np.asarray(venv.get_images()[0], dtype=np.uint8)
+    rendered = venv.get_images()[0] if venv.render_mode == "rgb_array" else None
     history_weights = _history_weights(model, obs, state)
+    if rendered is None:
+        if history_weights is None:
+            raise ConfigError(
+                f"--replay has nothing to draw: the env renders no rgb_array frames (its render_mode is "
+                f"{venv.render_mode!r}) and the policy has no attention over a history to show instead"
+            )
+        return heatmap_image(history_weights, np.zeros(history_weights.shape[-1])), None  # the attention alone
+    picture = np.asarray(rendered, dtype=np.uint8)
     if history_weights is not None:
         strip = heatmap_image(history_weights, np.zeros(history_weights.shape[-1]), min_width=picture.shape[1])
         picture = np.concatenate([_pad_width(picture, strip.shape[1]), _pad_width(strip, picture.shape[1])], axis=0)

@@ -12,11 +12,12 @@ from rlattn.image_extractors import (
     PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
 )
-from rlattn.wrappers import FlatObservation, HistoryObservation
+from rlattn.wrappers import ChannelFirst, FlatObservation, HistoryObservation
 
 __all__ = [
     "AttentionPPO",
     "AttentionLoggingCallback",
+    "ChannelFirst",
     "EpisodicMemory",
     "EpisodicTransformer",
     "FlatObservation",

@@ -170,7 +170,9 @@ class AttentionPPO(PPO):
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
-            self.policy.remember(memory, env_actions, rewards)
+            # the memory reads the rewards the env paid, as predict(reward=...) gets them, not VecNormalize's
+            paid = rewards if self._vec_normalize_env is None else self._vec_normalize_env.get_original_reward()
+            self.policy.remember(memory, env_actions, paid)
             self._bootstrap_timeouts(rewards, dones, infos, memory)
             if isinstance(self.action_space, spaces.Discrete):
                 actions_np = actions_np.reshape(-1, 1)

@@ -12,7 +12,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
 
 from rlattn.extractors import HistoryAttentionExtractor
 from rlattn.faithfulness import Faithfulness, history_decision, memory_decision, newest_frame, patch_decision
@@ -145,16 +145,21 @@ class AttentionLoggingCallback(BaseCallback):
         found: list[tuple[np.ndarray | dict, int, dict]] = []
         found_memories: list[Any] = []
         m = self.env.num_envs
+        reads_reward = getattr(self.model.policy, "include_reward", False)
+        normaliser = unwrap_vec_normalize(self.env)  # the memory reads the rewards the env paid, as in training
         for first in range(0, self.n_episodes, m):
             self.env.seed(self.seed + first)
             obs: Any = self.env.reset()  # an array or a dict of arrays: SB3's VecEnvObs, never a tuple here
             infos = list(self.env.reset_infos)
             decisions: list = [None] * min(m, self.n_episodes - first)
             memories: list = [None] * len(decisions)
-            state, starts, t = None, np.ones(m, dtype=bool), 0
+            state, starts, t, rewards = None, np.ones(m, dtype=bool), 0, np.zeros(m, dtype=np.float32)
             while any(d is None for d in decisions):
-                action, state = self.model.predict(obs, state=state, episode_start=starts, deterministic=True)
-                next_obs, _, dones, next_infos = self.env.step(action)
+                # a memory that reads rewards gets them as in training (SB3's own predict takes none)
+                paid = {"reward": rewards} if reads_reward else {}
+                action, state = self.model.predict(obs, state=state, episode_start=starts, deterministic=True, **paid)
+                next_obs, rewards, dones, next_infos = self.env.step(action)
+                rewards = rewards if normaliser is None else normaliser.get_original_reward()
                 for j, decision in enumerate(decisions):
                     if dones[j] and decision is None:
                         decisions[j] = (_one_env(obs, j), t, infos[j])

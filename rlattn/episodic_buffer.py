@@ -93,7 +93,7 @@ class _EpisodicParts(ABC):
         tensor = lambda a: torch.as_tensor(env_major(a, envs), device=self.device)  # noqa: E731
         return EpisodicBatch(
             observations=self._observations(envs),
-            actions=tensor(self.actions),
+            actions=tensor(self.actions).float(),  # as SB3's buffers hand them over (MultiBinary's int8 too)
             old_values=tensor(self.values).flatten(),
             old_log_prob=tensor(self.log_probs).flatten(),
             advantages=tensor(self.advantages).flatten(),

@@ -37,13 +37,27 @@ def step_size(space: spaces.Space) -> int:
 
 
 def pixel_scale(space: spaces.Space) -> float:
-    """1/255 for uint8 values that SB3 hands over unscaled (it scales only single image spaces), else 1."""
-    return 1.0 / 255.0 if space.dtype == np.uint8 and not is_image_space(space, check_channels=False) else 1.0
+    """For uint8 values that SB3 hands over unscaled (it scales only single image spaces): one over
+    their largest bound (1/255 for pixels; flags of 0 or 1 stay as they are); else 1."""
+    if space.dtype != np.uint8 or is_image_space(space, check_channels=False):
+        return 1.0
+    assert isinstance(space, spaces.Box)
+    return 1.0 / max(1.0, float(np.max(space.high)))
 
 
 def valid_steps(observations: dict[str, Tensor]) -> Tensor:
-    """(B, K) bool of the real steps of a batch of histories; the newest always counts."""
-    valid = observations["valid"] > 0.5  # a fresh tensor
+    """(B, K) bool of the real steps of a batch of histories; the newest always counts.
+
+    A mask of other values than 0 and 1 is a one-line ValueError: ``VecNormalize`` normalises every key
+    of a Dict observation unless told which (``norm_obs_keys``), and a normalised mask reads as padding.
+    """
+    mask = observations["valid"]
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(
+            f"HistoryObservation's 'valid' mask holds {mask[(mask != 0) & (mask != 1)][0].item():.4g}: allowed are 0 "
+            "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']))"
+        )
+    valid = mask > 0.5  # a fresh tensor
     valid[:, -1] = True
     return valid
 

@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 
 from rlattn.validation import check_int
 
@@ -96,16 +97,51 @@ def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[E
     return _concatenated(kept)
 
 
+def channel_last_image(space: gym.Space) -> bool:
+    """A single image Box (uint8, 0..255, three axes) with its channels last, as SB3 reads its shape."""
+    if not (isinstance(space, spaces.Box) and is_image_space(space, check_channels=False)):
+        return False
+    with warnings.catch_warnings():  # SB3 warns where the shape is ambiguous, and then takes channels last too
+        warnings.simplefilter("ignore")
+        return not is_image_space_channels_first(space)
+
+
+def _channel_first_space(space: spaces.Box) -> spaces.Box:
+    return spaces.Box(0, 255, (space.shape[2], space.shape[0], space.shape[1]), space.dtype)
+
+
+def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
+    """A Box step as a history holds it: unchanged, except
+
+    - a scalar (shape ``()``) as one number (1,);
+    - a channel-last image (H, W, C) channel-first (C, H, W), as SB3 moves a single image's channels
+      (it never looks inside a history);
+    - a 2-D uint8 0..255 step (a frame without a channel axis) flattened: K of them stacked would be
+      one (K, H, W) image to SB3, which would move its axes.
+    """
+    if space.shape == ():
+        return (lambda x: np.asarray(x, dtype=space.dtype).reshape(1)), spaces.Box(
+            space.low.reshape(1), space.high.reshape(1), (1,), space.dtype
+        )
+    if channel_last_image(space):
+        return (lambda x: np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 0))), _channel_first_space(space)
+    if len(space.shape) == 2 and space.dtype == np.uint8 and np.all(space.low == 0) and np.all(space.high == 255):
+        size = int(np.prod(space.shape))
+        return (lambda x: np.asarray(x, dtype=space.dtype).reshape(-1)), spaces.Box(0, 255, (size,), space.dtype)
+    return (lambda x: np.asarray(x, dtype=space.dtype)), space
+
+
 def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
     """How one observation or action of ``space`` becomes an array.
 
-    Box as is; Discrete and MultiDiscrete one-hot; MultiBinary a float vector; Dict and Tuple (nested
-    too) one float32 vector of their leaves in key order: float Box leaves flattened with their values
+    Box as is (scalars as one number, channel-last images channel-first, 2-D uint8 frames
+    flattened: see ``_box_step``); Discrete and MultiDiscrete one-hot; MultiBinary a float vector;
+    Dict and Tuple (nested too) one float32 vector of their leaves in key order: float Box leaves flattened with their values
     unscaled, integer Box leaves as codes (one-hot or binary, see ``_flat_box``), leaves that hold no
     numbers (Text, a MiniGrid mission) dropped with a warning.
     """
     if isinstance(space, spaces.Box):
-        return (lambda x: np.asarray(x, dtype=space.dtype)), space
+        return _box_step(space)
     if isinstance(space, spaces.Discrete):
         return _one_hot_encoder(np.array([space.n]), np.array([space.start]))
     if isinstance(space, spaces.MultiDiscrete):
@@ -143,6 +179,29 @@ class FlatObservation(gym.ObservationWrapper):
         return self._encode(observation)
 
 
+class ChannelFirst(gym.ObservationWrapper):
+    """A channel-last image observation (H, W, C) as channel-first (C, H, W), the layout every image
+    extractor here (and SB3's CNN policies) reads. SB3 does this itself for a lone image
+    (``VecTransposeImage``), but not inside a history or a frame stack, and not for code that reads
+    the env's shape first (patch sizes): ``train.py`` applies it to every channel-last image env.
+
+    :param env: an env whose observation is a uint8 0..255 image with its channels last.
+    """
+
+    def __init__(self, env: gym.Env):
+        if not channel_last_image(env.observation_space):
+            raise ValueError(
+                f"observation space {env.observation_space} is not supported by ChannelFirst: "
+                "allowed are uint8 0..255 images (H, W, C) with the channels last"
+            )
+        super().__init__(env)
+        assert isinstance(env.observation_space, spaces.Box)
+        self.observation_space = _channel_first_space(env.observation_space)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return np.ascontiguousarray(np.moveaxis(np.asarray(observation), -1, 0))
+
+
 def _stacked(space: spaces.Box, length: int) -> tuple[spaces.Box, np.ndarray]:
     """The space of ``length`` stacked steps, and a padding step that lies inside it."""
     low = np.broadcast_to(space.low, (length, *space.shape))
@@ -156,9 +215,10 @@ class HistoryObservation(gym.Wrapper):
 
     Observation: ``Dict(obs=(K, *step_shape), valid=(K,))``, newest step last. ``valid`` is 1 for real
     steps of the current episode and 0 for padding (which holds a fixed in-space filler); the newest
-    step is always valid. Box observations keep their shape and dtype; Discrete and MultiDiscrete
-    become one-hot float vectors, MultiBinary a float vector, Dict and Tuple one float vector of their
-    leaves (see :func:`step_encoder`).
+    step is always valid. Box observations keep their dtype and shape, but for scalars (one number),
+    channel-last images (channels first) and 2-D uint8 frames (flat); Discrete and MultiDiscrete become
+    one-hot float vectors, MultiBinary a float vector, Dict and Tuple one float vector of their leaves
+    (see :func:`step_encoder`).
 
     :param env: any Gymnasium env with a Box, Discrete, MultiDiscrete or MultiBinary observation, or a
         Dict or Tuple of them (flattened into one float32 vector per step; text keys dropped with a warning).
