@@ -52,9 +52,10 @@ def valid_steps(observations: dict[str, Tensor]) -> Tensor:
     of a Dict observation unless told which (``norm_obs_keys``), and a normalised mask reads as padding.
     """
     mask = observations["valid"]
-    if bool(((mask != 0) & (mask != 1)).any()):
+    other = mask[(mask != 0) & (mask != 1)]
+    if other.numel():
         raise ValueError(
-            f"HistoryObservation's 'valid' mask holds {mask[(mask != 0) & (mask != 1)][0].item():.4g}: allowed are 0 "
+            f"HistoryObservation's 'valid' mask holds {other[0].item():.4g}: allowed are 0 "
             "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']))"
         )
     valid = mask > 0.5  # a fresh tensor

@@ -110,6 +110,11 @@ def _channel_first_space(space: spaces.Box) -> spaces.Box:
     return spaces.Box(0, 255, (space.shape[2], space.shape[0], space.shape[1]), space.dtype)
 
 
+def _channels_first(image: Any) -> np.ndarray:
+    """(H, W, C) -> (C, H, W), contiguous."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(image), -1, 0))
+
+
 def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     """A Box step as a history holds it: unchanged, except
 
@@ -124,7 +129,7 @@ def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
             space.low.reshape(1), space.high.reshape(1), (1,), space.dtype
         )
     if channel_last_image(space):
-        return (lambda x: np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 0))), _channel_first_space(space)
+        return _channels_first, _channel_first_space(space)
     if len(space.shape) == 2 and space.dtype == np.uint8 and np.all(space.low == 0) and np.all(space.high == 255):
         size = int(np.prod(space.shape))
         return (lambda x: np.asarray(x, dtype=space.dtype).reshape(-1)), spaces.Box(0, 255, (size,), space.dtype)
@@ -136,9 +141,9 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
 
     Box as is (scalars as one number, channel-last images channel-first, 2-D uint8 frames
     flattened: see ``_box_step``); Discrete and MultiDiscrete one-hot; MultiBinary a float vector;
-    Dict and Tuple (nested too) one float32 vector of their leaves in key order: float Box leaves flattened with their values
-    unscaled, integer Box leaves as codes (one-hot or binary, see ``_flat_box``), leaves that hold no
-    numbers (Text, a MiniGrid mission) dropped with a warning.
+    Dict and Tuple (nested too) one float32 vector of their leaves in key order: float Box leaves
+    flattened with their values unscaled, integer Box leaves as codes (one-hot or binary, see
+    ``_flat_box``), leaves that hold no numbers (Text, a MiniGrid mission) dropped with a warning.
     """
     if isinstance(space, spaces.Box):
         return _box_step(space)
@@ -199,7 +204,7 @@ class ChannelFirst(gym.ObservationWrapper):
         self.observation_space = _channel_first_space(env.observation_space)
 
     def observation(self, observation: Any) -> np.ndarray:
-        return np.ascontiguousarray(np.moveaxis(np.asarray(observation), -1, 0))
+        return _channels_first(observation)
 
 
 def _stacked(space: spaces.Box, length: int) -> tuple[spaces.Box, np.ndarray]:
