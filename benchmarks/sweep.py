@@ -721,6 +721,11 @@ class Table:
     """the Markdown separator row"""
     row: Callable[[Cell], list[str]]
     plot: Callable[[list[Cell], Path], None] | None = None
+    compare: Callable[[Cell, list[Cell]], list[str]] | None = None
+    """the last columns of a row, from its cell and every cell of the table (a ratio to another method's row)"""
+
+    def rows(self, grouped: list[Cell]) -> list[list[str]]:
+        return [self.row(cell) + (self.compare(cell, grouped) if self.compare else []) for cell in grouped]
 
 
 def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Table) -> int:
@@ -733,7 +738,7 @@ def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Ta
         print(f"{name}: error: {error}", file=sys.stderr)
         return 2
     grouped = cells(records, table.fields)
-    rows = [table.row(cell) for cell in grouped]
+    rows = table.rows(grouped)
     print_rows(table.columns, rows, table.align)
     if args.markdown:
         print_rows(table.columns, rows, table.align, markdown=True)

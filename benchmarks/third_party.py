@@ -24,7 +24,8 @@ flattened), ``mlp-stack-16`` (the last 16 steps flattened: a short frame stack c
 ``ppo_lstm`` (sb3-contrib's RecurrentPPO) and ``mlp`` (the newest step only).
 
 Reported per cell: IQM of the final normalised return over seeds with a 95% stratified-bootstrap CI
-(rliable), the per-seed values, the best evaluation, and training env steps/s. The plot draws each
+(rliable), the per-seed values, the best evaluation, training env steps/s, and those steps/s over
+``ppo_lstm``'s on the same task (where it ran in the same table). The plot draws each
 method's IQM and CI per task.
 """
 
@@ -121,7 +122,19 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-COLUMNS = ("task", "method", "budget", "seeds", "final return IQM [95% CI]", "per seed", "best (mean)", "steps/s")
+COLUMNS = (
+    "task",
+    "method",
+    "budget",
+    "seeds",
+    "final return IQM [95% CI]",
+    "per seed",
+    "best (mean)",
+    "steps/s",
+    "x ppo_lstm",
+)
+BASELINE = "ppo_lstm"
+"""the method whose training env steps/s the others are measured against (the issue's 5x target)"""
 
 
 def row(cell: Cell) -> list[str]:
@@ -133,6 +146,24 @@ def row(cell: Cell) -> list[str]:
     best = sum(r["best_score"] for r in cell.done) / len(cell.done)
     values = [r.get("score") for r in cell.runs]
     return [*head, str(iqm_interval(scores)), per_seed(values), f"{best:.2f}", f"{cell.mean('steps_per_s'):,.0f}"]
+
+
+def speed_ratio(cell: Cell, table: list[Cell]) -> list[str]:
+    """Training env steps/s over the untuned ``ppo_lstm`` cell's on the same task and budget, from this sweep's records."""
+    s = cell.settings
+    baseline = next(
+        (
+            c
+            for c in table
+            if c.settings["method"] == BASELINE
+            and not c.settings.get("tuned")
+            and (c.settings["task"], c.settings["budget"]) == (s["task"], s["budget"])
+        ),
+        None,
+    )
+    if baseline is None or not baseline.done or not cell.done:
+        return ["-"]
+    return [f"{cell.mean('steps_per_s') / baseline.mean('steps_per_s'):.1f}x"]
 
 
 def plot(table: list[Cell], path: Path) -> None:
@@ -189,7 +220,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    table = Table(KEY_FIELDS, COLUMNS, "|---|---|---:|---:|---:|---|---:|---:|", row, plot)
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---|---:|---:|---:|---|---:|---:|---:|", row, plot, speed_ratio)
     return sweep_main("third_party.py", make_cases(args), args, table)
 
 

@@ -661,6 +661,37 @@ def test_a_plot_line_draws_one_point_per_length_the_one_trained_as_the_preset_tr
         assert [(length, iqm) for length, iqm, _, _ in points] == [(100, 1.0), (1000, 0.0)]
 
 
+def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only():
+    """The speed column divides by the untuned ppo_lstm cell of the same task and budget; without one it says '-'."""
+    import third_party
+
+    def runs(task, method, speeds, tuned=False):
+        key = dict(task=task, method=method, budget=1000, tuned=tuned)
+        return [
+            {**key, "seed": seed, "success": None, "score": 0.5, "best_score": 0.5, "steps_per_s": value}
+            for seed, value in enumerate(speeds)
+        ]
+
+    records = (
+        runs("MemoryS7", "ppo_lstm", [500.0, 700.0])
+        + runs("MemoryS7", "ppo_lstm", [100.0], tuned=True)
+        + runs("MemoryS7", "ppo_attention", [2400.0, 2400.0])
+        + runs("MemoryS11", "ppo_lstm", [200.0])
+        + runs("MemoryS11", "mlp", [300.0])
+        + runs("RepeatPrevious", "mlp", [900.0])
+    )
+    table = third_party.Table(
+        third_party.KEY_FIELDS, third_party.COLUMNS, "", third_party.row, None, third_party.speed_ratio
+    )
+    rows = {(r[0], r[1]): r for r in table.rows(sweep.cells(records, third_party.KEY_FIELDS))}
+    assert all(len(r) == len(third_party.COLUMNS) for r in rows.values())
+    ratio = {cell: r[-1] for cell, r in rows.items()}
+    assert ratio[("MemoryS7", "ppo_attention")] == "4.0x"  # 2,400 over the mean of 500 and 700, not the tuned 100
+    assert ratio[("MemoryS7", "ppo_lstm")] == "1.0x"
+    assert ratio[("MemoryS11", "mlp")] == "1.5x"
+    assert ratio[("RepeatPrevious", "mlp")] == "-"
+
+
 def test_reuse_needs_the_same_arguments_and_saved_only_shows_what_was_saved(tmp_path):
     """A preset change that alters a case's train.py arguments must not hand back the old run's record."""
     before, after = (
