@@ -101,3 +101,55 @@ def test_bad_step_width_for_ppo_lstm_is_one_line():
 
     with pytest.raises(ConfigError, match=r"features_dim=0 is invalid: must be an integer >= 1"):
         resolve(TrainConfig(algo="ppo_lstm", env="rlattn/TMaze-v0", verbose=0, hyperparams={"features_dim": 0}))
+
+
+@pytest.mark.filterwarnings("ignore:observation key 'mission'")
+def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_path, capsys, monkeypatch):
+    """On MemoryS7 the room's first cell shows the cue and both end objects, every other start the end objects only;
+    a run on another env is one line, exit 2."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import minigrid_starts
+
+    args = ["--algo", "ppo_attention", "--env", "minigrid:MiniGrid-MemoryS7-v0", "-n", "128", "--n-envs", "2"]
+    args += [
+        "-params",
+        "n_steps:64",
+        "batch_size:64",
+        "--eval-freq",
+        "-1",
+        "-f",
+        str(tmp_path / "mg"),
+        "--verbose",
+        "0",
+    ]
+    assert main(args) == 0
+    (folder,) = (tmp_path / "mg").glob("*/*/")
+    played = minigrid_starts.play(folder, 40, minigrid_starts.SEED, "final")
+    assert len(played) == 40
+    views = {(x, view) for x, view, _ in played}
+    assert {x for x, _ in views} <= {1, 2, 3, 4} and len({x for x, _ in views}) >= 3
+    assert all(view == ("cue and end objects" if x == 1 else "end objects only") for x, view in views)
+    minigrid_starts.report(folder, played)
+    assert "by first view: cue and end objects:" in capsys.readouterr().out
+
+    other = [
+        "--algo",
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "-n",
+        "64",
+        "--n-envs",
+        "1",
+        "-params",
+        "n_steps:64",
+        "batch_size:64",
+    ]
+    assert main([*other, "--eval-freq", "-1", "-f", str(tmp_path / "cp"), "--verbose", "0"]) == 0
+    (cartpole,) = (tmp_path / "cp").glob("*/*/")
+    monkeypatch.setattr("sys.argv", ["minigrid_starts.py", str(cartpole)])
+    assert minigrid_starts.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CartPole-v1 is not a MiniGrid Memory env" in err[0]

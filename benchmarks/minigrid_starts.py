@@ -1,0 +1,117 @@
+"""MiniGrid Memory: a trained run's success by what its first observation shows.
+
+    python benchmarks/minigrid_starts.py logs/sweeps/third_party/MemoryS11_ppo-attention_2000000_0_*/ppo_attention/*/
+    python benchmarks/minigrid_starts.py RUN [RUN ...] --episodes 400 --model best
+
+The agent starts anywhere from the start room to the end of the hallway, facing the hallway's end.
+Whether its first observation holds the cue (the object in the start room) and the two objects at
+the hallway's end decides what the task asks of a memory there:
+
+- cue and end objects in one view (``MemoryS7`` from the room's first cell): the answer is in that
+  one observation; a memory only has to find that step again;
+- the cue alone: the cue must be held and combined later with the end's layout, seen many steps on;
+- the end objects alone, or nothing: the agent must first turn back to see the cue.
+
+For each run folder written by ``train.py`` (its model loaded with the run's own settings), plays
+``--episodes`` deterministic evaluation episodes (seeds ``--seed ..``, unseen in training and its
+evaluations) and prints the success rate (the matching object reached) for each start cell and for
+each kind of first view.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from faithfulness import SEED, SIDE_BY_SIDE, model_file
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents.build import make_vec
+from agents.checks import first_line
+from agents.cli import OneLineParser
+from agents.config import ConfigError
+from agents.plan import resolve
+from agents.registry import ALGOS
+from agents.runfolder import load_run_config
+
+VIEWS = ("cue and end objects", "cue only", "end objects only", "neither")
+
+
+def first_view(env: VecEnv, index: int) -> tuple[int, str]:
+    """The start cell's column and what the first observation shows, for the episode env ``index`` starts now."""
+    x = int(env.get_attr("agent_pos", [index])[0][0])
+    height = int(env.get_attr("height", [index])[0])
+    end = int(env.get_attr("success_pos", [index])[0][0])  # the end objects' column
+
+    def sees(cell: tuple[int, int]) -> bool:
+        return bool(env.env_method("agent_sees", *cell, indices=[index])[0])
+
+    cue = sees((1, height // 2 - 1))
+    ends = sees((end, height // 2 - 2)) and sees((end, height // 2 + 2))
+    return x, VIEWS[0] if cue and ends else VIEWS[1] if cue else VIEWS[2] if ends else VIEWS[3]
+
+
+def play(folder: Path, episodes: int, seed: int, which: str) -> list[tuple[int, str, bool]]:
+    """(start column, first view, success) for each of ``episodes`` deterministic episodes."""
+    saved = load_run_config(folder, f"run {str(folder)!r}")
+    if "MiniGrid-Memory" not in saved.env:
+        raise ConfigError(f"run {str(folder)!r} is invalid: its env {saved.env} is not a MiniGrid Memory env")
+    plan = resolve(replace(saved, device="cpu", verbose=0, log_folder=str(folder.parent)))
+    path = model_file(folder, which)
+    try:
+        model = ALGOS[saved.algo].cls.load(path, device="cpu")
+    except Exception as error:
+        raise ConfigError(f"run {str(path)!r} cannot be loaded as {saved.algo}: {first_line(error)}") from None
+    n_envs = min(episodes, SIDE_BY_SIDE)
+    env = make_vec(plan, n_envs, seed, evaluation=True)
+    obs = env.reset()
+    starts = [first_view(env, i) for i in range(n_envs)]
+    state, episode_start = None, np.ones(n_envs, dtype=bool)
+    played: list[tuple[int, str, bool]] = []
+    while len(played) < episodes:
+        actions, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=True)  # type: ignore[arg-type]
+        obs, rewards, dones, _ = env.step(actions)
+        episode_start = dones
+        for i in np.flatnonzero(dones):
+            played.append((*starts[i], bool(rewards[i] > 0)))  # MiniGrid Memory pays only the matching object
+            starts[i] = first_view(env, i)  # the env has already reset
+    env.close()
+    return played[:episodes]
+
+
+def report(folder: Path, played: list[tuple[int, str, bool]]) -> None:
+    print(f"{folder}: {len(played)} episodes, success {np.mean([s for _, _, s in played]):.2f}")
+    for label, key in (("start column", 0), ("first view", 1)):
+        groups: dict[object, list[bool]] = defaultdict(list)
+        for episode in played:
+            groups[episode[key]].append(episode[2])
+        order = sorted(groups) if key == 0 else [v for v in VIEWS if v in groups]
+        cells = [f"{value}: {np.mean(groups[value]):.2f} ({len(groups[value])})" for value in order]
+        print(f"  by {label}: " + ", ".join(cells))
+
+
+def main() -> int:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders written by train.py on a MiniGrid Memory env")
+    parser.add_argument("--episodes", type=int, default=400, help="evaluation episodes per run")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the first episode")
+    parser.add_argument(
+        "--model", choices=("best", "final"), default="final", help="best_model.zip (else final), or final"
+    )
+    args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error(f"--episodes {args.episodes} is invalid: must be >= 1")
+    try:
+        for folder in args.runs:
+            report(folder, play(folder, args.episodes, args.seed, args.model))
+    except ConfigError as error:
+        print(f"minigrid_starts.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
