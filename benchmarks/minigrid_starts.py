@@ -13,8 +13,8 @@ the hallway's end decides what the task asks of a memory there:
 - the end objects alone, or nothing: the agent must first turn back to see the cue.
 
 For each run folder written by ``train.py`` (its model loaded with the run's own settings), plays
-``--episodes`` deterministic evaluation episodes (seeds ``--seed ..``, unseen in training and its
-evaluations) and prints the success rate (the matching object reached) for each start cell and for
+``--episodes`` deterministic evaluation episodes (episode ``i`` on env seed ``--seed`` + i; training
+and its evaluations use other seeds, though ``MemoryS7`` has only a few layouts) and prints the success rate (the matching object reached) for each start cell and for
 each kind of first view.
 """
 
@@ -55,7 +55,8 @@ def first_view(env: VecEnv, index: int) -> tuple[int, str]:
 
 
 def play(folder: Path, episodes: int, seed: int, which: str) -> list[tuple[int, str, bool]]:
-    """(start column, first view, success) for each of ``episodes`` deterministic episodes."""
+    """(start column, first view, success) for each of ``episodes`` deterministic episodes; episode ``i`` has
+    seed ``seed + i`` (the envs play them ``SIDE_BY_SIDE`` at a time, each its first episode after a seeded reset)."""
     saved = load_run_config(folder, f"run {str(folder)!r}")
     if "MiniGrid-Memory" not in saved.env:
         raise ConfigError(f"run {str(folder)!r} is invalid: its env {saved.env} is not a MiniGrid Memory env")
@@ -65,21 +66,29 @@ def play(folder: Path, episodes: int, seed: int, which: str) -> list[tuple[int, 
         model = ALGOS[saved.algo].cls.load(path, device="cpu")
     except Exception as error:
         raise ConfigError(f"run {str(path)!r} cannot be loaded as {saved.algo}: {first_line(error)}") from None
+    reads_reward = getattr(
+        model.policy, "include_reward", False
+    )  # a memory that reads rewards gets them, as in training
     n_envs = min(episodes, SIDE_BY_SIDE)
-    env = make_vec(plan, n_envs, seed, evaluation=True)
-    obs = env.reset()
-    starts = [first_view(env, i) for i in range(n_envs)]
-    state, episode_start = None, np.ones(n_envs, dtype=bool)
+    env = make_vec(plan, n_envs, seed, evaluation=True)  # evaluation envs pay the env's own rewards
     played: list[tuple[int, str, bool]] = []
-    while len(played) < episodes:
-        actions, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=True)  # type: ignore[arg-type]
-        obs, rewards, dones, _ = env.step(actions)
-        episode_start = dones
-        for i in np.flatnonzero(dones):
-            played.append((*starts[i], bool(rewards[i] > 0)))  # MiniGrid Memory pays only the matching object
-            starts[i] = first_view(env, i)  # the env has already reset
+    for first in range(0, episodes, n_envs):
+        env.seed(seed + first)
+        obs = env.reset()
+        batch = min(n_envs, episodes - first)
+        starts = [first_view(env, i) for i in range(batch)]
+        ended: list[bool | None] = [None] * batch
+        state, episode_start, rewards = None, np.ones(n_envs, dtype=bool), np.zeros(n_envs, dtype=np.float32)
+        while any(e is None for e in ended):
+            paid = {"reward": rewards} if reads_reward else {}
+            actions, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=True, **paid)  # type: ignore[arg-type]
+            obs, rewards, episode_start, infos = env.step(actions)
+            for i in np.flatnonzero(episode_start[:batch]):
+                if ended[i] is None:  # the matching object pays > 0; the other object and a time-out pay 0
+                    ended[i] = bool(infos[i]["episode"]["r"] > 0)
+        played += [(x, view, bool(success)) for (x, view), success in zip(starts, ended, strict=True)]
     env.close()
-    return played[:episodes]
+    return played
 
 
 def report(folder: Path, played: list[tuple[int, str, bool]]) -> None:

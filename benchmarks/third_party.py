@@ -25,7 +25,7 @@ flattened), ``mlp-stack-16`` (the last 16 steps flattened: a short frame stack c
 
 Reported per cell: IQM of the final normalised return over seeds with a 95% stratified-bootstrap CI
 (rliable), the per-seed values, the best evaluation, training env steps/s, and those steps/s over
-``ppo_lstm``'s on the same task (where it ran in the same table). The plot draws each
+``ppo_lstm``'s on the same task (tuned over tuned; where it ran in the same table). The plot draws each
 method's IQM and CI per task.
 """
 
@@ -149,14 +149,15 @@ def row(cell: Cell) -> list[str]:
 
 
 def speed_ratio(cell: Cell, table: list[Cell]) -> list[str]:
-    """Training env steps/s over the untuned ``ppo_lstm`` cell's on the same task and budget, from this sweep's records."""
+    """Training env steps/s over the ``ppo_lstm`` cell's on the same task and budget, tuned over tuned and
+    untuned over untuned (tuned settings change the cost of an update), from this sweep's records."""
     s = cell.settings
     baseline = next(
         (
             c
             for c in table
             if c.settings["method"] == BASELINE
-            and not c.settings.get("tuned")
+            and bool(c.settings.get("tuned")) == bool(s.get("tuned"))
             and (c.settings["task"], c.settings["budget"]) == (s["task"], s["budget"])
         ),
         None,

@@ -662,7 +662,7 @@ def test_a_plot_line_draws_one_point_per_length_the_one_trained_as_the_preset_tr
 
 
 def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only():
-    """The speed column divides by the untuned ppo_lstm cell of the same task and budget; without one it says '-'."""
+    """The speed column divides by the ppo_lstm cell of the same task, budget and tuning; without one it says '-'."""
     import third_party
 
     def runs(task, method, speeds, tuned=False):
@@ -676,6 +676,7 @@ def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only()
         runs("MemoryS7", "ppo_lstm", [500.0, 700.0])
         + runs("MemoryS7", "ppo_lstm", [100.0], tuned=True)
         + runs("MemoryS7", "ppo_attention", [2400.0, 2400.0])
+        + runs("MemoryS7", "ppo_attention", [300.0], tuned=True)
         + runs("MemoryS11", "ppo_lstm", [200.0])
         + runs("MemoryS11", "mlp", [300.0])
         + runs("RepeatPrevious", "mlp", [900.0])
@@ -688,6 +689,7 @@ def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only()
     ratio = {cell: r[-1] for cell, r in rows.items()}
     assert ratio[("MemoryS7", "ppo_attention")] == "4.0x"  # 2,400 over the mean of 500 and 700, not the tuned 100
     assert ratio[("MemoryS7", "ppo_lstm")] == "1.0x"
+    assert ratio[("MemoryS7", "ppo_attention, tuned")] == "3.0x"  # over the tuned ppo_lstm's 100
     assert ratio[("MemoryS11", "mlp")] == "1.5x"
     assert ratio[("RepeatPrevious", "mlp")] == "-"
 

@@ -3,6 +3,7 @@
 import json
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,39 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
     assert all(view == ("cue and end objects" if x == 1 else "end objects only") for x, view in views)
     minigrid_starts.report(folder, played)
     assert "by first view: cue and end objects:" in capsys.readouterr().out
+
+    # a scripted policy that walks to the end and takes the matching object from odd start columns, the other
+    # object from even ones: each episode's success must be its own start's
+    envs, original = [], minigrid_starts.make_vec
+
+    def make_vec(*args, **kwargs):
+        envs.append(original(*args, **kwargs))
+        return envs[-1]
+
+    class Scripted:
+        policy = None
+
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            env, actions = envs[-1], []
+            for i in range(env.num_envs):
+                (x, y), heading = env.get_attr("agent_pos", [i])[0], env.get_attr("agent_dir", [i])[0]
+                if episode_start[i]:
+                    self.odd = getattr(self, "odd", {}) | {i: x % 2 == 1}
+                (end, good) = env.get_attr("success_pos", [i])[0]
+                goal = good if self.odd[i] else 2 * y - good  # the failure cell mirrors the success cell
+                need = 0 if x < end else (3 if goal < y else 1)  # east, else north or south
+                actions.append(2 if heading == need else 0 if (heading - need) % 4 == 1 else 1)
+            return np.array(actions), state
+
+    class Loader:
+        cls = type("Cls", (), {"load": staticmethod(lambda *a, **k: Scripted())})
+
+    monkeypatch.setattr(minigrid_starts, "make_vec", make_vec)
+    monkeypatch.setattr(minigrid_starts, "ALGOS", {"ppo_attention": Loader})
+    scripted = minigrid_starts.play(folder, 40, minigrid_starts.SEED, "final")
+    assert len(scripted) == 40 and {x % 2 for x, _, _ in scripted} == {0, 1}
+    assert all(success == (x % 2 == 1) for x, _, success in scripted)
+    monkeypatch.undo()
 
     other = [
         "--algo",
