@@ -37,7 +37,7 @@ from agents.callbacks import TARGET_KEYS
 from agents.checks import first_line
 from agents.cli import OneLineParser
 from agents.config import ConfigError
-from agents.plan import resolve
+from agents.plan import RunPlan, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS
 from agents.runfolder import final_model, find_model, load_run_config
@@ -71,8 +71,8 @@ def model_file(folder: Path, which: str) -> Path:
     return path
 
 
-def measure_run(folder: Path, episodes: int = 100, seed: int = SEED, which: str = "best") -> dict[str, Any]:
-    """Play ``episodes`` episodes with the run's model and score each decision: the record of one run."""
+def load_run(folder: Path, which: str) -> tuple[RunPlan, Any, Path]:
+    """The run's plan (its own settings, on the CPU), its model (``which`` as in :func:`model_file`) and the model's file."""
     saved = load_run_config(folder, f"run {str(folder)!r}")
     plan = resolve(replace(saved, device="cpu", verbose=0, log_folder=str(folder.parent)))
     path = model_file(folder, which)
@@ -80,6 +80,23 @@ def measure_run(folder: Path, episodes: int = 100, seed: int = SEED, which: str 
         model = ALGOS[saved.algo].cls.load(path, device="cpu")
     except Exception as error:
         raise ConfigError(f"run {str(path)!r} cannot be loaded as {saved.algo}: {first_line(error)}") from None
+    return plan, model, path
+
+
+def add_run_arguments(parser: OneLineParser, episodes: int, help_episodes: str, model: str) -> None:
+    """The arguments of a script that replays trained runs: the run folders, episodes, first seed, which model."""
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders written by train.py")
+    parser.add_argument("--episodes", type=int, default=episodes, help=help_episodes)
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the first episode")
+    parser.add_argument(
+        "--model", choices=("best", "final"), default=model, help="best_model.zip (else final), or final"
+    )
+
+
+def measure_run(folder: Path, episodes: int = 100, seed: int = SEED, which: str = "best") -> dict[str, Any]:
+    """Play ``episodes`` episodes with the run's model and score each decision: the record of one run."""
+    plan, model, path = load_run(folder, which)
+    saved = plan.config
     env: VecEnv = make_vec(plan, min(episodes, SIDE_BY_SIDE), seed, evaluation=True)
     callback = AttentionLoggingCallback(env, episodes, TARGET_KEYS.get(env_family(saved.env)), seed)
     callback.init_callback(model)
@@ -138,12 +155,7 @@ def print_table(records: list[dict]) -> None:
 
 def main() -> int:
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders written by train.py")
-    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per run (one decision each)")
-    parser.add_argument("--seed", type=int, default=SEED, help="seed of the first episode")
-    parser.add_argument(
-        "--model", choices=("best", "final"), default="best", help="best_model.zip (else final), or final"
-    )
+    add_run_arguments(parser, 100, "evaluation episodes per run (one decision each)", "best")
     parser.add_argument("--json", type=Path, default=None, help="also write all the records to this file")
     args = parser.parse_args()
     if args.episodes < 1:

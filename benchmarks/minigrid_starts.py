@@ -22,20 +22,15 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from faithfulness import SEED, SIDE_BY_SIDE, model_file
+from faithfulness import SIDE_BY_SIDE, add_run_arguments, load_run
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.build import make_vec
-from agents.checks import first_line
 from agents.cli import OneLineParser
 from agents.config import ConfigError
-from agents.plan import resolve
-from agents.registry import ALGOS
-from agents.runfolder import load_run_config
 
 VIEWS = ("cue and end objects", "cue only", "end objects only", "neither")
 
@@ -57,18 +52,10 @@ def first_view(env: VecEnv, index: int) -> tuple[int, str]:
 def play(folder: Path, episodes: int, seed: int, which: str) -> list[tuple[int, str, bool]]:
     """(start column, first view, success) for each of ``episodes`` deterministic episodes; episode ``i`` has
     seed ``seed + i`` (the envs play them ``SIDE_BY_SIDE`` at a time, each its first episode after a seeded reset)."""
-    saved = load_run_config(folder, f"run {str(folder)!r}")
-    if "MiniGrid-Memory" not in saved.env:
-        raise ConfigError(f"run {str(folder)!r} is invalid: its env {saved.env} is not a MiniGrid Memory env")
-    plan = resolve(replace(saved, device="cpu", verbose=0, log_folder=str(folder.parent)))
-    path = model_file(folder, which)
-    try:
-        model = ALGOS[saved.algo].cls.load(path, device="cpu")
-    except Exception as error:
-        raise ConfigError(f"run {str(path)!r} cannot be loaded as {saved.algo}: {first_line(error)}") from None
-    reads_reward = getattr(
-        model.policy, "include_reward", False
-    )  # a memory that reads rewards gets them, as in training
+    plan, model, _ = load_run(folder, which)
+    if "MiniGrid-Memory" not in plan.config.env:
+        raise ConfigError(f"run {str(folder)!r} is invalid: its env {plan.config.env} is not a MiniGrid Memory env")
+    reads_reward = getattr(model.policy, "include_reward", False)  # a memory that reads rewards gets them
     n_envs = min(episodes, SIDE_BY_SIDE)
     env = make_vec(plan, n_envs, seed, evaluation=True)  # evaluation envs pay the env's own rewards
     played: list[tuple[int, str, bool]] = []
@@ -104,12 +91,7 @@ def report(folder: Path, played: list[tuple[int, str, bool]]) -> None:
 
 def main() -> int:
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders written by train.py on a MiniGrid Memory env")
-    parser.add_argument("--episodes", type=int, default=400, help="evaluation episodes per run")
-    parser.add_argument("--seed", type=int, default=SEED, help="seed of the first episode")
-    parser.add_argument(
-        "--model", choices=("best", "final"), default="final", help="best_model.zip (else final), or final"
-    )
+    add_run_arguments(parser, 400, "evaluation episodes per run", "final")
     args = parser.parse_args()
     if args.episodes < 1:
         parser.error(f"--episodes {args.episodes} is invalid: must be >= 1")

@@ -112,6 +112,7 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import minigrid_starts
+    from faithfulness import SEED
 
     args = ["--algo", "ppo_attention", "--env", "minigrid:MiniGrid-MemoryS7-v0", "-n", "128", "--n-envs", "2"]
     args += [
@@ -127,7 +128,7 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
     ]
     assert main(args) == 0
     (folder,) = (tmp_path / "mg").glob("*/*/")
-    played = minigrid_starts.play(folder, 40, minigrid_starts.SEED, "final")
+    played = minigrid_starts.play(folder, 40, SEED, "final")
     assert len(played) == 40
     views = {(x, view) for x, view, _ in played}
     assert {x for x, _ in views} <= {1, 2, 3, 4} and len({x for x, _ in views}) >= 3
@@ -158,12 +159,15 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
                 actions.append(2 if heading == need else 0 if (heading - need) % 4 == 1 else 1)
             return np.array(actions), state
 
-    class Loader:
-        cls = type("Cls", (), {"load": staticmethod(lambda *a, **k: Scripted())})
+    load_run = minigrid_starts.load_run
+
+    def load_scripted(folder, which):
+        plan, _, path = load_run(folder, which)
+        return plan, Scripted(), path
 
     monkeypatch.setattr(minigrid_starts, "make_vec", make_vec)
-    monkeypatch.setattr(minigrid_starts, "ALGOS", {"ppo_attention": Loader})
-    scripted = minigrid_starts.play(folder, 40, minigrid_starts.SEED, "final")
+    monkeypatch.setattr(minigrid_starts, "load_run", load_scripted)
+    scripted = minigrid_starts.play(folder, 40, SEED, "final")
     assert len(scripted) == 40 and {x % 2 for x, _, _ in scripted} == {0, 1}
     assert all(success == (x % 2 == 1) for x, _, success in scripted)
     monkeypatch.undo()
