@@ -45,10 +45,10 @@ class AttentionPPO(PPO):
     ``policy_kwargs["features_extractor_class"]`` to change it), then attends over the last
     ``memory`` steps of its episode (itself included) through a transformer with rotary positions.
 
-    **Minibatches are whole env rollouts**: each re-encodes about ``batch_size / n_steps`` envs' rollouts
-    (rounded, at least one; the last group of an epoch takes what is left when that does not divide
-    ``n_envs``)
-    as causal sequences. Gradients flow through every step of the rollout exactly as in the rollout
+    **Minibatches are whole env rollouts**: ``g = ceil(n_envs / k)`` groups per epoch, k = ``batch_size /
+    n_steps`` rounded to the nearest integer (halves to even; at least 1, at most ``n_envs``), the
+    shuffled envs split into g groups whose sizes differ by at most one (10 envs with k = 4: 4, 3, 3);
+    each group re-encodes its envs' rollouts as causal sequences. Gradients flow through every step of the rollout exactly as in the rollout
     (same keys, same masks); the memory carried in from before the rollout is a fixed prefix whose
     layer inputs get no gradient, while its keys and values are recomputed with the current weights.
 

@@ -7,7 +7,7 @@ the extras -> :class:`~rlattn.episodic.EpisodicTransformer` (F) -> ``mlp_extract
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -38,12 +38,15 @@ def action_size(space: spaces.Space) -> int:
 
 
 def action_features(space: spaces.Space, actions: Tensor) -> Tensor:
-    """Actions as the env received them (B, ...) -> (B, A): one-hot if discrete, else flat floats."""
+    """The policy's actions (B, ...) -> (B, A): one-hot if discrete, else flat floats.
+
+    Discrete actions are SB3's indices 0 .. n-1, which SB3 hands to the env as they are whatever the
+    space's ``start`` (SB3's env checker warns that a non-zero start is not supported)."""
     B = actions.shape[0]
     if isinstance(space, spaces.Discrete):
-        return torch.nn.functional.one_hot((actions.long().view(B) - int(space.start)), int(space.n)).float()
+        return torch.nn.functional.one_hot(actions.long().view(B), int(space.n)).float()
     if isinstance(space, spaces.MultiDiscrete):
-        parts = (actions.long().view(B, -1) - torch.as_tensor(space.start.reshape(-1), device=actions.device)).unbind(1)
+        parts = actions.long().view(B, -1).unbind(1)
         nvec = space.nvec.reshape(-1)
         return torch.cat([torch.nn.functional.one_hot(p, int(n)) for p, n in zip(parts, nvec, strict=True)], 1).float()
     return actions.float().view(B, -1)
@@ -155,6 +158,27 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
         log_prob = distribution.log_prob(actions)
         shape = self.action_space.shape or ()
         return actions.reshape((-1, *shape)), self.value_net(latent_vf), log_prob
+
+    def _needs_memory(self, name: str) -> NoReturn:
+        raise ValueError(
+            f"{type(self).__name__}.{name} is invalid without the episode's memory: use model.predict(obs, state, "
+            "episode_start) or policy.act(obs, memory) (SB3's memoryless version would skip the memory)"
+        )
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> NoReturn:
+        self._needs_memory("forward")
+
+    def predict_values(self, obs: PyTorchObs) -> NoReturn:
+        self._needs_memory("predict_values")
+
+    def get_distribution(self, obs: PyTorchObs) -> NoReturn:
+        self._needs_memory("get_distribution")
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: Tensor) -> NoReturn:
+        self._needs_memory("evaluate_actions")
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> NoReturn:
+        self._needs_memory("_predict")
 
     def remember(self, memory: EpisodicMemory, actions: np.ndarray, rewards: np.ndarray | None) -> None:
         """Set the next step's extras from the actions the envs received and their rewards (None: zeros)."""

@@ -186,6 +186,39 @@ def test_save_load_round_trip_gives_identical_actions(tmp_path):
     assert np.array_equal(play(model), play(loaded))
 
 
+def test_sb3s_memoryless_policy_calls_are_refused_in_one_line():
+    """SB3's forward, predict_values, get_distribution and evaluate_actions would skip the memory: each is
+    refused with one line naming the method and what to call instead (not a shape error, not a silent answer)."""
+    model = small_model(tmaze())
+    obs = model.policy.obs_to_tensor(tmaze().reset(seed=0)[0][None])[0]
+    calls = {
+        "forward": lambda: model.policy(obs),
+        "predict_values": lambda: model.policy.predict_values(obs),
+        "get_distribution": lambda: model.policy.get_distribution(obs),
+        "evaluate_actions": lambda: model.policy.evaluate_actions(obs, torch.zeros(1)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(
+            ValueError, match=rf"\.{name} is invalid without the episode's memory: use model\.predict"
+        ) as error:
+            call()
+        assert "\n" not in str(error.value)
+    actions, _ = model.predict(tmaze().reset(seed=0)[0])  # the memory's own path still acts
+    assert model.action_space.contains(int(actions))
+
+
+def test_previous_actions_are_the_policys_indices_whatever_the_spaces_start():
+    """SB3 acts with indices 0 .. n-1 and hands them to the env unchanged, start or not: the memory's
+    one-hot of the previous action takes them as they are (it raised on index 0 with start=1)."""
+    from rlattn.episodic_policy import action_features
+
+    for start in (1, -1, 0):
+        features = action_features(gym.spaces.Discrete(3, start=start), torch.tensor([0, 2, 1]))
+        assert torch.equal(features, torch.eye(3)[[0, 2, 1]])
+    multi = gym.spaces.MultiDiscrete([2, 3], start=[1, 5])
+    assert torch.equal(action_features(multi, torch.tensor([[1, 2]])), torch.tensor([[0.0, 1, 0, 0, 1]]))
+
+
 def test_evaluate_policy_runs_with_the_memory():
     model = small_model(tmaze(), include_action=True)
     mean, std = evaluate_policy(model, make_vec_env(lambda: tmaze(), n_envs=2), n_eval_episodes=4)
@@ -294,7 +327,14 @@ def test_attention_ppo_solves_the_passive_tmaze():
 
 @pytest.mark.parametrize(
     "n_envs, batch_size, sizes",
-    [(8, 256, [2, 2, 2, 2]), (3, 256, [2, 1]), (2, 1000, [2]), (4, 10, [1, 1, 1, 1]), (5, 128, [1, 1, 1, 1, 1])],
+    [
+        (8, 256, [2, 2, 2, 2]),
+        (3, 256, [2, 1]),
+        (2, 1000, [2]),
+        (4, 10, [1, 1, 1, 1]),
+        (5, 128, [1, 1, 1, 1, 1]),
+        (10, 512, [4, 3, 3]),  # ceil(10 / 4) = 3 groups, as even as they go
+    ],
 )
 def test_minibatches_are_groups_of_whole_env_rollouts(n_envs, batch_size, sizes):
     """About batch_size / n_steps envs per minibatch (n_steps 128), every env once per epoch."""
