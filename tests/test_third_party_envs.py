@@ -130,9 +130,12 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
     (folder,) = (tmp_path / "mg").glob("*/*/")
     played = minigrid_starts.play(folder, 40, SEED, "final")
     assert len(played) == 40
-    views = {(x, view) for x, view, _ in played}
+    views = {(e.start, e.view) for e in played}
     assert {x for x, _ in views} <= {1, 2, 3, 4} and len({x for x, _ in views}) >= 3
     assert all(view == ("cue and end objects" if x == 1 else "end objects only") for x, view in views)
+    # the memory's attention at a decision (none where the untrained policy ran out of time): a layer of 4 heads
+    assert all(e.cue_mass.shape == (1, 4) and 0 < e.cue_share <= 1 for e in played if e.cue_mass is not None)
+    assert all(0 <= m <= 1 + 1e-6 for e in played if e.cue_mass is not None for m in e.cue_mass.ravel())
     minigrid_starts.report(folder, played)
     assert "by first view: cue and end objects:" in capsys.readouterr().out
 
@@ -145,10 +148,20 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
         return envs[-1]
 
     class Scripted:
+        """Walks as above; its "memory" puts all its attention on the episode's first step."""
+
         policy = None
+
+        def attention_maps(self, state):
+            window = np.arange(64)
+            positions = np.where(window[None] <= self.t[:, None], window[None], -1)
+            weights = np.zeros((len(self.t), 1, 1, 64))
+            weights[:, 0, 0, 0] = 1.0
+            return torch.as_tensor(weights), torch.as_tensor(positions)
 
         def predict(self, obs, state=None, episode_start=None, deterministic=True):
             env, actions = envs[-1], []
+            self.t = np.where(episode_start, 0, getattr(self, "t", 0) + 1)
             for i in range(env.num_envs):
                 (x, y), heading = env.get_attr("agent_pos", [i])[0], env.get_attr("agent_dir", [i])[0]
                 if episode_start[i]:
@@ -168,8 +181,18 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
     monkeypatch.setattr(minigrid_starts, "make_vec", make_vec)
     monkeypatch.setattr(minigrid_starts, "load_run", load_scripted)
     scripted = minigrid_starts.play(folder, 40, SEED, "final")
-    assert len(scripted) == 40 and {x % 2 for x, _, _ in scripted} == {0, 1}
-    assert all(success == (x % 2 == 1) for x, _, success in scripted)
+    assert len(scripted) == 40 and {e.start % 2 for e in scripted} == {0, 1}
+    assert all(e.success == (e.start % 2 == 1) for e in scripted)
+    # from the first cell the cue shows at step 0 only (the walk east leaves it behind): all the weight is on
+    # it, and it is one of the 6 steps in memory at the decision (4 moves east, a turn, the move onto the end)
+    firsts = [e for e in scripted if e.start == 1]
+    assert firsts and all(e.cue_mass.item() == 1.0 and e.cue_share == pytest.approx(1 / 6) for e in firsts)
+    # starting further on, the walk never sees the cue
+    assert all(e.cue_mass is None and e.cue_share is None for e in scripted if e.start > 1)
+    minigrid_starts.report(folder, scripted)
+    out = capsys.readouterr().out
+    assert "attention at the decision on steps that showed the cue" in out
+    assert f"successes ({len(firsts)}): 1.00 (evenly spread: 0.17)" in out and "failures (" not in out
     monkeypatch.undo()
 
     other = [
