@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 ARGS ?=
+# PyTorch's CPU wheels: torch==2.13.0 matches their 2.13.0+cpu, which pip ranks above PyPI's CUDA build
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup train test lint
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt --extra-index-url $(TORCH_INDEX) torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
