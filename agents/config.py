@@ -39,7 +39,7 @@ class TrainConfig:
         "--history",
         default=None,
         type=int,
-        help="how many past steps a decision can see, its own included: the history K of the stateless extractors, the memory window W of ppo_attention (longer than the env's episodes is fine). Default: the preset, else a whole episode where the env says how long that is, else 16",
+        help="how many past steps a decision can see, its own included: the history K of the stateless extractors, the memory window W of ppo_attention (longer than the env's episodes is fine). Default: the preset, else a whole episode where the env says how long that is, else 64",
     )
     history_inputs: list[str] | None = _flag(
         "--history-inputs",
