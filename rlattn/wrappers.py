@@ -21,8 +21,14 @@ def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray) -> tuple[Encoder, spac
     size = int(np.sum(nvec))
 
     def encode(x: Any) -> np.ndarray:
+        codes = np.asarray(x, dtype=np.int64).reshape(-1) - start
+        if np.any(codes < 0) or np.any(codes >= nvec):  # numpy would wrap a negative index silently
+            raise ValueError(
+                f"value {np.asarray(x).tolist()} is invalid: allowed are integers from {start.tolist()} to "
+                f"{(start + nvec - 1).tolist()} (SB3 acts with 0..n-1 whatever a Discrete action space's start)"
+            )
         out = np.zeros(size, dtype=np.float32)
-        out[offsets + (np.asarray(x, dtype=np.int64).reshape(-1) - start)] = 1.0
+        out[offsets + codes] = 1.0
         return out
 
     return encode, spaces.Box(0.0, 1.0, (size,), np.float32)

@@ -104,6 +104,22 @@ def test_previous_action_and_reward_per_step():
     np.testing.assert_array_equal(obs["reward"][:, 0], [0, 0, 1])
 
 
+def test_a_value_outside_a_discrete_space_is_refused_in_one_line_not_wrapped_around():
+    """Discrete(3, start=1) holds 1..3: an action 0 (SB3's index for the first action) would one-hot to the
+    last slot through numpy's negative index, silently the same as action 3."""
+    base = Counter(BOX)
+    base.action_space = spaces.Discrete(3, start=1)
+    env = HistoryObservation(base, length=2, include_action=True)
+    env.reset(seed=0)
+    obs, *_ = env.step(1)
+    np.testing.assert_array_equal(obs["action"][-1], [1, 0, 0])
+    with pytest.raises(ValueError, match=r"^value 0 is invalid: allowed are integers from \[1\] to \[3\]") as error:
+        env.step(0)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match=r"^value 4 is invalid"):
+        env.step(4)
+
+
 def test_image_observations_keep_shape_and_dtype():
     space = spaces.Box(0, 255, (3, 8, 8), np.uint8)
     env = HistoryObservation(Counter(space), length=4)
