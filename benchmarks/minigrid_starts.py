@@ -49,9 +49,12 @@ class Episode(NamedTuple):
     """the matching object reached"""
     cue_mass: np.ndarray | None = None
     """(L, H) the memory's attention at the decision on the steps that showed the cue; None without an
-    episodic memory, when no step showed the cue, or when the episode ran out of time (no decision)"""
+    episodic memory, when no step in the memory showed the cue (none did, or they left its window), or
+    when the episode ran out of time (no decision)"""
     cue_share: float | None = None
     """the share of the memory's steps at the decision that showed the cue"""
+    cue_steps: int = 0
+    """how many of the episode's observations showed the cue (counted for an episodic memory only)"""
 
 
 def sees_cue(env: VecEnv, index: int) -> bool:
@@ -108,7 +111,7 @@ def play(folder: Path, episodes: int, seed: int, which: str) -> list[Episode]:
                     on_cue = np.isin(positions[i], shown[i]) & (positions[i] >= 0)
                     looked[i] = (
                         (weights[i][..., on_cue].sum(-1), float(on_cue.sum() / (positions[i] >= 0).sum()))
-                        if shown[i]
+                        if on_cue.any()
                         else (None, None)
                     )
             obs, rewards, episode_start, infos = env.step(actions)
@@ -118,8 +121,8 @@ def play(folder: Path, episodes: int, seed: int, which: str) -> list[Episode]:
                     ended[i] = bool(infos[i]["episode"]["r"] > 0)
                     decided[i] = (None, None) if infos[i].get("TimeLimit.truncated") else looked[i]
         played += [
-            Episode(x, view, bool(success), *looked_at)
-            for (x, view), success, looked_at in zip(starts, ended, decided, strict=True)
+            Episode(x, view, bool(success), *looked_at, len(cues))
+            for (x, view), success, looked_at, cues in zip(starts, ended, decided, shown, strict=True)
         ]
     env.close()
     return played

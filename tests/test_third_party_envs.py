@@ -148,15 +148,17 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
         return envs[-1]
 
     class Scripted:
-        """Walks as above; its "memory" puts all its attention on the episode's first step."""
+        """Walks as above, except from the third column: there it walks west into the room (seeing the cue)
+        and on into the wall until time runs out. Its "memory" holds the episode's steps newest first (slot
+        j the step at position t - j: slots are not positions) and puts all its weight on position 0."""
 
         policy = None
 
-        def attention_maps(self, state):
-            window = np.arange(64)
-            positions = np.where(window[None] <= self.t[:, None], window[None], -1)
-            weights = np.zeros((len(self.t), 1, 1, 64))
-            weights[:, 0, 0, 0] = 1.0
+        def attention_maps(self, state):  # 256 slots: longer than MemoryS7's 245-step episodes
+            slots = np.arange(256)[None]
+            positions = np.where(slots <= self.t[:, None], self.t[:, None] - slots, -1)
+            weights = np.zeros((len(self.t), 1, 1, 256))
+            weights[np.arange(len(self.t)), 0, 0, self.t] = 1.0
             return torch.as_tensor(weights), torch.as_tensor(positions)
 
         def predict(self, obs, state=None, episode_start=None, deterministic=True):
@@ -166,9 +168,11 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
                 (x, y), heading = env.get_attr("agent_pos", [i])[0], env.get_attr("agent_dir", [i])[0]
                 if episode_start[i]:
                     self.odd = getattr(self, "odd", {}) | {i: x % 2 == 1}
+                    self.third = getattr(self, "third", {}) | {i: x == 3}
                 (end, good) = env.get_attr("success_pos", [i])[0]
                 goal = good if self.odd[i] else 2 * y - good  # the failure cell mirrors the success cell
                 need = 0 if x < end else (3 if goal < y else 1)  # east, else north or south
+                need = 2 if self.third[i] else need  # west, for ever
                 actions.append(2 if heading == need else 0 if (heading - need) % 4 == 1 else 1)
             return np.array(actions), state
 
@@ -182,13 +186,17 @@ def test_minigrid_starts_plays_a_run_and_sorts_episodes_by_their_first_view(tmp_
     monkeypatch.setattr(minigrid_starts, "load_run", load_scripted)
     scripted = minigrid_starts.play(folder, 40, SEED, "final")
     assert len(scripted) == 40 and {e.start % 2 for e in scripted} == {0, 1}
-    assert all(e.success == (e.start % 2 == 1) for e in scripted)
+    assert all(e.success == (e.start % 2 == 1 and e.start != 3) for e in scripted)
+    # from the third column the walk saw the cue and ran out of time: no decision, so no attention at one
+    thirds = [e for e in scripted if e.start == 3]
+    assert thirds and all(e.cue_steps > 0 and e.cue_mass is None and e.cue_share is None for e in thirds)
     # from the first cell the cue shows at step 0 only (the walk east leaves it behind): all the weight is on
     # it, and it is one of the 6 steps in memory at the decision (4 moves east, a turn, the move onto the end)
     firsts = [e for e in scripted if e.start == 1]
     assert firsts and all(e.cue_mass.item() == 1.0 and e.cue_share == pytest.approx(1 / 6) for e in firsts)
-    # starting further on, the walk never sees the cue
-    assert all(e.cue_mass is None and e.cue_share is None for e in scripted if e.start > 1)
+    assert all(e.cue_steps == 1 for e in firsts)
+    # starting further east, the walk never sees it
+    assert all(e.cue_steps == 0 and e.cue_mass is None for e in scripted if e.start in (2, 4))
     minigrid_starts.report(folder, scripted)
     out = capsys.readouterr().out
     assert "attention at the decision on steps that showed the cue" in out
