@@ -39,7 +39,6 @@ from pathlib import Path
 
 import gymnasium as gym
 from sweep import (
-    ROOT,
     Case,
     Cell,
     Table,
@@ -298,7 +297,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plain", action="store_true", help="train on the plain L-step maze at every L")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a twentieth of the budget, >= 5000")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "memory_length.png")
+    parser.add_argument("--plot", type=Path, default=None, help="where the plot goes (default: beside --results, .png)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     add_arguments(parser, "memory_length")
     args = parser.parse_args()

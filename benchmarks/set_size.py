@@ -175,7 +175,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-freq", type=int, default=25_000)
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--mass-episodes", type=int, default=100, help="searches replayed to measure target mass")
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "set_size.png")
+    parser.add_argument("--plot", type=Path, default=None, help="where the plot goes (default: beside --results, .png)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     add_arguments(parser, "set_size")
     args = parser.parse_args()

@@ -742,6 +742,6 @@ def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Ta
     print_rows(table.columns, rows, table.align)
     if args.markdown:
         print_rows(table.columns, rows, table.align, markdown=True)
-    if table.plot is not None:
-        save_plot(grouped, args.plot, table.plot)
+    if table.plot is not None:  # beside the results unless told: a scratch sweep leaves the committed plot alone
+        save_plot(grouped, getattr(args, "plot", None) or args.results.with_suffix(".png"), table.plot)
     return 0

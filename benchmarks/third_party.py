@@ -38,7 +38,6 @@ from pathlib import Path
 
 from stats import iqm_interval, per_seed
 from sweep import (
-    ROOT,
     Case,
     Cell,
     Table,
@@ -206,7 +205,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: the task's, see TASKS)")
     parser.add_argument("--eval-freq", type=int, default=None, help="default: a tenth of the budget, >= 5000")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "third_party.png")
+    parser.add_argument("--plot", type=Path, default=None, help="where the plot goes (default: beside --results, .png)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     add_arguments(parser, "third_party")
     args = parser.parse_args()

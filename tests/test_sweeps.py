@@ -77,6 +77,23 @@ def test_sweep_runs_each_case_as_a_ray_trial_and_reads_its_result_json(ray_sessi
     assert cell.success is not None and cell.success.values == tuple(r["success"] for r in records)
 
 
+def test_the_plot_goes_beside_the_results_unless_told(tmp_path, capsys):
+    """A sweep with its own --results (a scratch run) draws its plot there, not over the committed one."""
+    cases = tiny_cases()
+    saved = sweep.Results(tmp_path / "scratch.json")
+    for case in cases:
+        saved.add({**case.key, "success": 1.0, "steps_to_095": 256, "curve": [[256, 1.0]]})
+    drawn: list[Path] = []
+    table = sweep.Table(["method"], ["method"], "|---|", lambda c: [c.settings["method"]], lambda t, p: drawn.append(p))
+    args = argparse.Namespace(**{**vars(sweep_args(tmp_path)), "results": tmp_path / "scratch.json"})
+    args.saved_only, args.markdown, args.plot = True, False, None
+    assert sweep.sweep_main("test", cases, args, table) == 0
+    args.plot = tmp_path / "elsewhere.png"
+    assert sweep.sweep_main("test", cases, args, table) == 0
+    assert drawn == [tmp_path / "scratch.png", tmp_path / "elsewhere.png"]
+    assert f"plot: {tmp_path / 'scratch.png'}" in capsys.readouterr().out
+
+
 def test_an_interrupted_sweep_rerun_trains_no_finished_trial(ray_session, tmp_path, monkeypatch):
     args, cases = sweep_args(tmp_path), tiny_cases()
     trained: list[int] = []
