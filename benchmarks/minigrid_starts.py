@@ -18,8 +18,8 @@ and its evaluations use other seeds, though ``MemoryS7`` has only a few layouts)
 each kind of first view. For a run with an episodic memory (``ppo_attention``) it also prints where the
 memory looked at each episode's decision (its last step, the move onto one of the two end cells): the
 attention weight of each layer and head on the steps whose observation showed the cue, averaged over
-the episodes that saw the cue and reached an end cell, beside the share those steps hold of the memory (what weights
-spread evenly would put there), for the successes and the failures apart.
+the episodes that saw the cue and reached an end cell, beside the share those steps hold of the memory
+(what weights spread evenly would put there), for the successes and the failures apart.
 """
 
 from __future__ import annotations

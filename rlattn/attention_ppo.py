@@ -48,9 +48,10 @@ class AttentionPPO(PPO):
     **Minibatches are whole env rollouts**: ``g = ceil(n_envs / k)`` groups per epoch, k = ``batch_size /
     n_steps`` rounded to the nearest integer (halves to even; at least 1, at most ``n_envs``), the
     shuffled envs split into g groups whose sizes differ by at most one (10 envs with k = 4: 4, 3, 3);
-    each group re-encodes its envs' rollouts as causal sequences. Gradients flow through every step of the rollout exactly as in the rollout
-    (same keys, same masks); the memory carried in from before the rollout is a fixed prefix whose
-    layer inputs get no gradient, while its keys and values are recomputed with the current weights.
+    each group re-encodes its envs' rollouts as causal sequences. Gradients flow through every step of
+    the rollout exactly as in the rollout (same keys, same masks); the memory carried in from before the
+    rollout is a fixed prefix whose layer inputs get no gradient, while its keys and values are
+    recomputed with the current weights.
 
     ``predict(obs, state, episode_start, deterministic)`` carries an :class:`~rlattn.EpisodicMemory`
     as ``state`` (None: fresh episodes), so ``evaluate_policy`` works. With ``include_reward`` it
