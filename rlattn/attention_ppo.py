@@ -67,7 +67,8 @@ class AttentionPPO(PPO):
         ``n_layers`` (2), ``gate`` (``"gru"``), ``position`` (``"rotary"``), ``length_scale`` (False); merged with
         ``policy_kwargs["memory_kwargs"]``.
     :param n_steps: steps per env per rollout.
-    :param batch_size: minibatch size in steps (whole env rollouts); None: ``n_steps`` (one env each).
+    :param batch_size: minibatch size in steps (whole env rollouts); None: ``n_steps`` (one env each). With
+        ``normalize_advantage`` a minibatch of a single step (``n_steps=1``, one env a group) is left unnormalised.
     :param n_epochs: passes over the rollout per update.
     :param kwargs: every other PPO keyword (``learning_rate``, ``gamma``, ``gae_lambda``, ``clip_range``,
         ``ent_coef``, ``vf_coef``, ``target_kl``, ``policy_kwargs``, ``seed``, ``device``, ...).
@@ -116,6 +117,9 @@ class AttentionPPO(PPO):
         )
         self.memory, self.include_action, self.include_reward = memory, include_action, include_reward
         self._last_memory: EpisodicMemory | None = None
+        # PPO checks batch_size > 1 against its own flat minibatches when normalize_advantage is set; ours are
+        # whole rollouts (batch_size / n_steps envs each), so its check is switched off here and set back after.
+        normalize_advantage = kwargs.pop("normalize_advantage", True)
         super().__init__(
             policy,
             env,
@@ -123,9 +127,11 @@ class AttentionPPO(PPO):
             batch_size=n_steps,
             n_epochs=n_epochs,
             policy_kwargs=policy_kwargs,
+            normalize_advantage=False,
             _init_setup_model=False,
             **kwargs,
-        )  # fmt: skip  (PPO's own batch check does not know whole-rollout minibatches: ours follows)
+        )
+        self.normalize_advantage = normalize_advantage
         self.batch_size = check_int("batch_size", n_steps if batch_size is None else batch_size)
         if _init_setup_model:
             self._setup_model()

@@ -280,6 +280,24 @@ def test_bad_arguments_name_the_value(kwargs, match):
         AttentionPPO("MlpPolicy", tmaze(), **settings)
 
 
+def test_one_step_rollouts_train_in_minibatches_of_several_envs():
+    """n_steps=1 with batch_size=8: SB3's PPO would refuse a batch of 1 (its own flat minibatches); ours are
+    whole rollouts, 8 envs of one step each, and their advantages are normalised."""
+    model = small_model(make_vec_env(lambda: tmaze(), n_envs=8, seed=0), n_steps=1, batch_size=8, n_epochs=1)
+    assert model.normalize_advantage and model.env_groups()[0].size == 8
+    seen: list[int] = []
+    loss = model._loss
+
+    def spy(batch, *args):
+        seen.append(batch.advantages.numel())
+        return loss(batch, *args)
+
+    model._loss = spy
+    model.learn(16)
+    assert seen == [8, 8]
+    assert not small_model(tmaze(), n_steps=1, normalize_advantage=False).normalize_advantage
+
+
 def test_predict_asks_for_rewards_when_steps_hold_them():
     model = small_model(tmaze(), include_reward=True)
     obs, _ = tmaze().reset(seed=0)
