@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.logger import HParam
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents import schedules
 from agents.build import make_vec
+from agents.checks import first_line
+from agents.config import ConfigError
 from agents.plan import RunPlan
 from agents.presets import env_family
 from agents.runfolder import BEST_MODEL, save_atomic, save_replay_atomic
@@ -53,21 +59,43 @@ def steps_so_far(callback: BaseCallback) -> int:
 
 
 class AtomicCheckpointCallback(BaseCallback):
-    """Every ``save_freq`` env steps: ``rl_model_<steps>_steps.zip`` (and the replay buffer), atomically."""
+    """Every ``save_freq`` env steps: ``rl_model_<steps>_steps.zip`` (and the replay buffer), atomically.
+
+    On-policy algorithms learn only at the end of a rollout, so their checkpoint waits for the next
+    rollout's start: the weights then have learned from every step the file's counter holds (a
+    checkpoint taken mid-rollout would say 50,000 steps for weights of 49,152, and a run resumed from
+    it would skip the difference). Its name gives that count (with 8 envs of 128 steps: 50,176).
+    Off-policy algorithms store a step's transition after the step's callbacks, so theirs waits for the
+    rollout's end (``train_freq`` steps): the replay buffer then holds every step counted.
+    """
 
     def __init__(self, save_freq: int, folder: Path, n_envs: int):
         super().__init__()
         self.every = max(save_freq // n_envs, 1)
         self.folder = folder
+        self._due = False
 
     def _on_training_start(self) -> None:
         self.n_calls = steps_so_far(self)
 
     def _on_step(self) -> bool:
         if self.n_calls % self.every == 0:
-            save_atomic(self.model, self.folder / f"rl_model_{self.num_timesteps}_steps.zip")
-            save_replay_atomic(self.model, self.folder)
+            self._due = True
         return True
+
+    def _on_rollout_start(self) -> None:
+        if self._due and isinstance(self.model, OnPolicyAlgorithm):
+            self._due = False
+            self._save()
+
+    def _on_rollout_end(self) -> None:
+        if self._due and not isinstance(self.model, OnPolicyAlgorithm):
+            self._due = False
+            self._save()
+
+    def _save(self) -> None:
+        save_atomic(self.model, self.folder / f"rl_model_{self.num_timesteps}_steps.zip")
+        save_replay_atomic(self.model, self.folder)
 
 
 class SaveBestCallback(BaseCallback):
@@ -98,15 +126,44 @@ class ResumableEvalCallback(EvalCallback):
             means = [float(np.mean(r)) for r in self.evaluations_results]
             self.best_mean_reward = max(means, default=-np.inf)
 
+    def _on_step(self) -> bool:
+        """SB3's step, its ``evaluations.npz`` written beside the real one and renamed into place."""
+        if self.log_path is None or not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
+            return super()._on_step()
+        real = Path(self.log_path).with_suffix(".npz")
+        partial = real.with_name(f".{real.stem}.partial.npz")
+        self.log_path = str(partial)
+        try:
+            go_on = super()._on_step()
+            if partial.is_file():
+                os.replace(partial, real)
+        finally:
+            self.log_path = str(real.with_suffix(""))
+            partial.unlink(missing_ok=True)
+        return go_on
+
     def restore(self, path: Path) -> None:
+        """The evaluations of the run being resumed; one line if the file cannot be read."""
         if not path.is_file():
             return
-        with np.load(path) as saved:
-            self.evaluations_timesteps = [int(t) for t in saved["timesteps"]]
-            self.evaluations_results = [list(r) for r in saved["results"]]
-            self.evaluations_length = [list(n) for n in saved["ep_lengths"]]
-            if "successes" in saved:
-                self.evaluations_successes = [list(s) for s in saved["successes"]]
+        try:
+            with np.load(path) as saved:
+                timesteps = [int(t) for t in saved["timesteps"]]
+                results = [list(r) for r in saved["results"]]
+                lengths = [list(n) for n in saved["ep_lengths"]]
+                successes = [list(s) for s in saved["successes"]] if "successes" in saved else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ConfigError(
+                f"{path} cannot be read ({first_line(error)}): move it aside to resume without the earlier evaluations"
+            ) from None
+        if not len(timesteps) == len(results) == len(lengths):
+            raise ConfigError(
+                f"{path} is inconsistent ({len(timesteps)} steps, {len(results)} results, {len(lengths)} lengths): "
+                "move it aside to resume without the earlier evaluations"
+            )
+        self.evaluations_timesteps, self.evaluations_results, self.evaluations_length = timesteps, results, lengths
+        if successes is not None:
+            self.evaluations_successes = successes
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
@@ -115,11 +172,12 @@ class LearnedSteps(BaseCallback):
     """The env steps the model has learned from: on-policy algorithms drop a half-collected rollout
     when interrupted, so the saved step counter leaves it out and a resumed run collects it again.
     Off-policy algorithms count a step before storing its transition; an interrupt in between leaves
-    the step uncounted too (``stored_steps``), so the counter matches the saved replay buffer."""
+    the step uncounted too (``saved_steps``), so the counter matches the saved replay buffer."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         super().__init__()
-        self.learned = 0
+        self.learned = start
+        """the model's step counter when training starts (a resumed run's), until the callback sees it"""
         self._buffer: Any = None
         """the off-policy model's replay buffer (None on-policy)"""
         self._step: tuple[int, int] | None = None
@@ -140,8 +198,13 @@ class LearnedSteps(BaseCallback):
             self._step = (self.num_timesteps, self._buffer.pos)
         return True
 
-    def stored_steps(self) -> int:
-        """The off-policy step counter without a last step whose transition the interrupt kept out of the buffer."""
+    def saved_steps(self) -> int:
+        """The step counter to save a model with after an interrupt or a crash: on-policy, the steps learned
+        from; off-policy, the steps counted without a last one whose transition was kept out of the buffer."""
+        if getattr(self, "model", None) is None:  # stopped before training started: nothing new
+            return self.learned
+        if not isinstance(self.model, OffPolicyAlgorithm):
+            return self.learned
         counted = self.model.num_timesteps
         if self._buffer is not None and self._step == (counted, self._buffer.pos):
             return counted - self.model.n_envs

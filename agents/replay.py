@@ -21,7 +21,7 @@ from agents.plan import RunPlan, make_env, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS, is_image
 from agents.run import check_only_changes
-from agents.runfolder import find_model, load_run_config
+from agents.runfolder import as_started, find_model, load_run_config
 from rlattn import HistoryAttentionExtractor
 from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
@@ -190,7 +190,7 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     if isinstance(cfg.episodes, bool) or not isinstance(cfg.episodes, int) or cfg.episodes < 1:
         raise ConfigError(f"--episodes {cfg.episodes!r} is invalid: must be an integer >= 1")
     saved = load_run_config(folder, f"--replay {cfg.replay!r}")
-    plan = resolve(replace(saved, device=cfg.device, verbose=0, log_folder=str(folder.parent)))
+    plan = as_started(resolve(replace(saved, device=cfg.device, verbose=0, log_folder=str(folder.parent))), folder)
     video = Path(cfg.video) if cfg.video else folder / "replay.gif"
     if video.suffix.lower() != ".gif":
         raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")

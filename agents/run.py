@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -25,14 +26,15 @@ from agents.evaluate import EvalResult, evaluate
 from agents.plan import RunPlan, resolve
 from agents.registry import ALGOS
 from agents.runfolder import (
-    REPLAY_BUFFER,
     append_command,
+    as_started,
     evaluation_record,
     final_model,
     keep_progress,
     load_run_config,
     new_run_folder,
     normalization_file,
+    replay_buffer_for,
     save_atomic,
     save_replay_atomic,
     write_result,
@@ -58,8 +60,15 @@ class RunResult:
     interrupted_by: str | None
     """the signal's name (SIGINT, SIGTERM) when the run was interrupted"""
     model_path: Path
+    trained_all: bool = False
+    """every env step asked for was trained (an interrupt came after training, while saving or evaluating)"""
 
     def summary(self) -> str:
+        if self.interrupted_by and self.trained_all:
+            return (
+                f"interrupted ({self.interrupted_by}) after training all {self.timesteps} env steps, before the final "
+                f"evaluation: model saved to {self.model_path}; evaluate it with: python train.py --replay {self.model_path}"
+            )
         if self.interrupted_by:
             return (
                 f"interrupted ({self.interrupted_by}) at {self.timesteps} env steps: model saved to {self.model_path}; "
@@ -77,21 +86,40 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, turned into the same path as Ctrl-C: save, then stop."""
 
 
-@contextmanager
-def _signals_interrupt() -> Iterator[list[int]]:
-    """While training, SIGINT and SIGTERM raise in the main thread; yields the signal received."""
-    received: list[int] = []
+class _Signals:
+    """SIGINT and SIGTERM: while ``raising`` (training, the final evaluation) each raises
+    :class:`Interrupted` in the main thread; otherwise (saving) it is only noted, so a second Ctrl-C
+    cannot cut a save short. ``received`` holds every signal seen, first first."""
 
-    def handler(signum: int, frame: object) -> None:
-        received.append(signum)
-        raise Interrupted(signal.Signals(signum).name)
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.raising = False
+        self._previous: dict[int, Any] = {}
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
+    def __enter__(self) -> _Signals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._previous.items():
             signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        name = signal.Signals(signum).name
+        if self.raising:
+            raise Interrupted(name)
+        print(f"{name} received: the model is being saved, then the run stops", file=sys.stderr, flush=True)
+
+    def arm(self) -> None:
+        """From now on a signal raises; one that came before (while not raising) raises at once."""
+        self.raising = True
+        if self.received:
+            raise Interrupted(signal.Signals(self.received[0]).name)
+
+    @property
+    def first(self) -> str | None:
+        return signal.Signals(self.received[0]).name if self.received else None
 
 
 def check_only_changes(cfg: TrainConfig, may_change: set[str], when: str) -> None:
@@ -130,8 +158,8 @@ def _load(plan: RunPlan, file: Path, venv: VecEnv) -> BaseAlgorithm:
         model = ALGOS[plan.config.algo].cls.load(file, env=venv, device=plan.config.device)
     except Exception as error:
         raise ConfigError(f"-i {str(file)!r} cannot be loaded as {plan.config.algo}: {first_line(error)}") from None
-    replay = file.parent / REPLAY_BUFFER
-    if isinstance(model, OffPolicyAlgorithm) and replay.is_file():
+    replay = replay_buffer_for(model, file.parent) if isinstance(model, OffPolicyAlgorithm) else None
+    if replay is not None:
         model.load_replay_buffer(replay)
     normalization = model.get_vec_normalize_env()
     if normalization is not None:
@@ -195,51 +223,71 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
 
     Set-up problems raise ConfigError before any training and leave nothing behind. SIGINT (Ctrl-C)
     and SIGTERM save the model under the final name (and the replay buffer), then stop without the
-    final evaluation; any other error during training saves ``crashed_model.zip`` and re-raises.
-    Every save is atomic. ``extra_callbacks`` run after the run's own (evaluation among them).
+    final evaluation (one during that evaluation leaves it out); any other error during training saves
+    ``crashed_model.zip`` and re-raises. Signals that come while saving are noted and wait for the save
+    to finish. Every save is atomic. ``extra_callbacks`` run after the run's own (evaluation among them).
     """
     resumed = cfg.trained_agent is not None
+    defaults = TrainConfig()
+    for flag, given in (("--episodes", cfg.episodes != defaults.episodes), ("--video", cfg.video != defaults.video)):
+        if given and not resumed:  # (-i refuses them with the rest of the flags it cannot change)
+            raise ConfigError(f"{flag} is invalid when training: it goes with --replay RUN (see --help)")
     if resumed:
         cfg = resume_config(cfg)
     plan = resolve(cfg)
+    if resumed:
+        plan = as_started(plan, Path(cfg.trained_agent).parent, total=cfg.n_timesteps is None)  # type: ignore[arg-type]
     if cfg.verbose and plan.env_kwargs != plan.eval_env_kwargs:
         print(f"training envs: {plan.env_kwargs}; evaluation envs: {plan.eval_env_kwargs}", flush=True)
     folder, model, venv, eval_env, callbacks = _start(plan, resumed)
     start, started_at = time.perf_counter(), model.num_timesteps
-    learned = LearnedSteps()
-    with _signals_interrupt() as received:
+    learned = LearnedSteps(started_at)
+    with _Signals() as signals:
         try:
+            signals.arm()
             model.learn(
                 plan.n_timesteps - model.num_timesteps,
                 callback=[learned, *callbacks, *extra_callbacks],
                 progress_bar=cfg.progress,
                 reset_num_timesteps=not resumed,
             )
+            signals.raising = False
         except KeyboardInterrupt:
-            received = received or [signal.SIGINT]
-            if isinstance(model, OffPolicyAlgorithm):
-                model.num_timesteps = learned.stored_steps()
-            else:
-                model.num_timesteps = learned.learned
+            signals.raising = False
+            if not signals.received:
+                signals.received.append(signal.SIGINT)
+            model.num_timesteps = learned.saved_steps()
         except BaseException:
+            signals.raising = False
+            model.num_timesteps = learned.saved_steps()
             save_atomic(model, folder / "crashed_model.zip")
             save_replay_atomic(model, folder)
             _close(venv)
             raise
         final = save_atomic(model, final_model(folder, cfg.env))
         save_replay_atomic(model, folder)
-    elapsed = time.perf_counter() - start
-    speed = (model.num_timesteps - started_at) / max(elapsed, 1e-9)
-    _close(venv)
-    interrupted = signal.Signals(received[0]).name if received else None
-    result = None if interrupted else evaluate(model, eval_env, cfg.eval_episodes)
-    _close(eval_env)
-    record = {
-        "env_steps": model.num_timesteps,
-        "steps_per_second": speed,
-        "wall_seconds": elapsed,
-        "interrupted_by": interrupted,
-        "evaluation": evaluation_record(result),
-    }
-    write_result(folder, plan, record)
-    return RunResult(folder, result, model.num_timesteps, speed, interrupted, final)
+        elapsed = time.perf_counter() - start
+        speed = (model.num_timesteps - started_at) / max(elapsed, 1e-9)
+        _close(venv)
+        result = None
+        trained_all = model.num_timesteps >= plan.n_timesteps
+        if not signals.received:
+            try:
+                signals.arm()
+                result = evaluate(model, eval_env, cfg.eval_episodes)
+                signals.raising = False
+            except KeyboardInterrupt:  # during the final evaluation: the model is saved, the evaluation left out
+                signals.raising = False
+                if not signals.received:
+                    signals.received.append(signal.SIGINT)
+        _close(eval_env)
+        interrupted = signals.first
+        record = {
+            "env_steps": model.num_timesteps,
+            "steps_per_second": speed,
+            "wall_seconds": elapsed,
+            "interrupted_by": interrupted,
+            "evaluation": evaluation_record(result),
+        }
+        write_result(folder, plan, record)
+    return RunResult(folder, result, model.num_timesteps, speed, interrupted, final, trained_all)

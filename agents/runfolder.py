@@ -11,13 +11,15 @@ LOG_FOLDER/ALGO/ENV_N/
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 import rlattn
-from agents.checks import check_model_file
+from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult
 from agents.plan import RunPlan
@@ -82,6 +84,47 @@ def append_command(folder: Path, env_id: str) -> None:
 
 def resolved_settings(plan: RunPlan) -> dict[str, Any]:
     return {k: v for k, v in asdict(plan).items() if k != "config"}
+
+
+STARTED_WITH = (
+    "extractor",
+    "history",
+    "n_envs",
+    "algo_kwargs",
+    "extractor_kwargs",
+    "policy_kwargs",
+    "env_kwargs",
+    "eval_env_kwargs",
+    "history_inputs",
+    "normalize_reward",
+)
+"""the resolved settings a resumed or replayed run takes from its ``config.json``, not from today's presets"""
+
+
+def as_started(plan: RunPlan, folder: Path, total: bool = False) -> RunPlan:
+    """``plan`` with the settings the run in ``folder`` was started with (its ``config.json``) where the
+    presets of this version resolve them differently, so a resumed or replayed run is the run that was
+    trained; a warning names each difference. ``total``: the run's total env steps too (a resume without
+    ``-n`` of a run started without one). A run folder without the file: ``plan`` unchanged."""
+    path = folder / env_name(plan.config.env) / "config.json"
+    if not path.is_file():
+        return plan
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON object was expected, not {type(saved).__name__}")
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} cannot be read: {first_line(error)}") from None
+    now = json.loads(json.dumps(resolved_settings(plan), default=str))
+    keys = (*STARTED_WITH, "n_timesteps") if total else STARTED_WITH
+    changed = {key: saved[key] for key in keys if key in saved and saved[key] != now.get(key)}
+    if not changed:
+        return plan
+    differences = "; ".join(f"{key} {value!r} (now {now.get(key)!r})" for key, value in changed.items())
+    warnings.warn(f"{folder} goes on with the settings it was started with: {differences}", stacklevel=2)
+    if "history_inputs" in changed:
+        changed["history_inputs"] = tuple(changed["history_inputs"])
+    return replace(plan, **changed)
 
 
 def load_run_config(folder: Path, what: str) -> TrainConfig:
@@ -147,18 +190,60 @@ def save_atomic(model: BaseAlgorithm, path: Path) -> Path:
     return write_atomic(path, model.save)
 
 
+def replay_steps_file(folder: Path) -> Path:
+    """Beside ``replay_buffer.pkl``: the step counter of the model it was saved with."""
+    return folder / f"{Path(REPLAY_BUFFER).stem}.json"
+
+
 def save_replay_atomic(model: BaseAlgorithm, folder: Path) -> Path | None:
-    """Off-policy algorithms: the replay buffer as ``replay_buffer.pkl``, atomically; else nothing."""
+    """Off-policy algorithms: the replay buffer as ``replay_buffer.pkl``, atomically, then the model's step
+    counter beside it (``replay_buffer.json``: a resume from an older checkpoint must not take it); else nothing."""
     if not isinstance(model, OffPolicyAlgorithm):
         return None
-    return write_atomic(folder / REPLAY_BUFFER, model.save_replay_buffer)
+    replay_steps_file(folder).unlink(missing_ok=True)  # until both are written, the pair is not vouched for
+    path = write_atomic(folder / REPLAY_BUFFER, model.save_replay_buffer)
+    text = json.dumps({"env_steps": model.num_timesteps}) + "\n"
+    write_atomic(replay_steps_file(folder), lambda target: target.write_text(text))
+    return path
+
+
+def replay_buffer_for(model: BaseAlgorithm, folder: Path) -> Path | None:
+    """The run's replay buffer if it was saved with this model's step counter (or by a version that did not
+    write the counter: then as before, whatever the model); a warning when it was saved with another."""
+    path = folder / REPLAY_BUFFER
+    if not path.is_file():
+        return None
+    if not replay_steps_file(folder).is_file():
+        return path
+    try:
+        steps = json.loads(replay_steps_file(folder).read_text())["env_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        steps = None
+    if steps != model.num_timesteps:
+        saved = "at an unknown step" if steps is None else f"at {steps} env steps"
+        warnings.warn(
+            f"{path} was saved {saved}, the model at {model.num_timesteps}: the resumed run starts with an empty replay buffer",
+            stacklevel=2,
+        )
+        return None
+    return path
 
 
 def keep_progress(folder: Path, timesteps: int) -> None:
-    """SB3's CSV logger starts progress.csv afresh: keep the earlier part under its step count."""
+    """SB3's CSV logger starts progress.csv afresh: keep the earlier part as ``progress_until_<steps>.csv``
+    (``_2``, ``_3``, ... if that name is taken); one without a logged row is removed."""
     progress = folder / "progress.csv"
-    if progress.is_file():
-        os.replace(progress, folder / f"progress_until_{timesteps}.csv")
+    if not progress.is_file():
+        return
+    with open(progress) as file:
+        rows = sum(1 for _ in itertools.islice(file, 2))
+    if rows < 2:  # a run stopped before its first log: a header at most
+        progress.unlink()
+        return
+    target, n = folder / f"progress_until_{timesteps}.csv", 2
+    while target.exists():
+        target, n = folder / f"progress_until_{timesteps}_{n}.csv", n + 1
+    os.replace(progress, target)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,8 @@ BAD_INPUTS = [
     (["--save-freq", "-5"], "--save-freq=-5 is invalid"),
     (["--seed", "-1"], "--seed=-1 is invalid"),
     (["--verbose", "7"], "--verbose=7 is invalid"),
+    (["--episodes", "3"], "--episodes is invalid when training: it goes with --replay RUN"),
+    (["--video", "run.gif"], "--video is invalid when training: it goes with --replay RUN"),
     (["-params", "learning_rate:-0.001"], "learning_rate=-0.001 is invalid: must be a number > 0"),
     (["-params", "gamma:1.5"], "gamma=1.5 is invalid: must be a number >= 0 and <= 1"),
     (["-params", "n_steps:0"], "n_steps=0 is invalid: must be an integer >= 1"),

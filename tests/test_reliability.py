@@ -54,9 +54,8 @@ def test_sigint_saves_then_resume_reaches_the_total_and_continues_the_run(tmp_pa
     assert out.strip().splitlines()[-1].startswith("interrupted (SIGINT) at ")
     assert f"resume with: python train.py -i {model_file.relative_to(tmp_path)}" in out
     stopped_at = PPO.load(model_file, device="cpu").num_timesteps
-    # the 1024-step checkpoint is written on the last step of the 4th rollout, which the signal may beat to
-    # its update (then 768); a half-collected rollout is never counted
-    assert 768 <= stopped_at < total and stopped_at % 256 == 0
+    # the 1024-step checkpoint is written after the 4th rollout's update; a half-collected rollout is never counted
+    assert 1024 <= stopped_at < total and stopped_at % 256 == 0
     assert "Traceback" not in err and not list(run.glob(".*partial*"))
 
     resumed = subprocess.run(
@@ -262,3 +261,141 @@ def test_a_run_keeps_the_history_inputs_it_was_trained_with(tmp_path):
     assert load_run_config(folder, "-i").history_inputs == []
     args.write_text(json.dumps({"env": "rlattn/TMazeActive-v0", "history_inputs": ["reward"]}))
     assert load_run_config(folder, "-i").history_inputs == ["reward"]  # asked for on the command line
+
+
+TINY = ["--env-kwargs", "corridor_length:3", "--n-envs", "2", "--eval-episodes", "2", "--verbose", "0"]
+"""one rollout of PPO's T-Maze preset is 2 envs x 128 steps = 256 env steps"""
+
+
+def test_signals_while_saving_or_in_the_final_evaluation_lose_nothing(tmp_path, monkeypatch):
+    """A second Ctrl-C while the interrupted run saves is noted and the save finishes; one during the final
+    evaluation leaves the evaluation out. Either way the model and result.json are written."""
+    import os
+
+    import agents.run as run_module
+
+    real_save, saves, handler = run_module.save_atomic, [], signal.getsignal(signal.SIGINT)
+
+    def save_with_a_second_signal(model, path):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at once, inside the save
+        saves.append(path.name)
+        return real_save(model, path)
+
+    monkeypatch.setattr(run_module, "save_atomic", save_with_a_second_signal)
+    args = [*TINY, "-f", str(tmp_path / "a"), "-n", "1024", "--eval-freq", "-1", "--save-freq", "-1"]
+    result = train(config_from_args(args), extra_callbacks=[InterruptAt(300, "step")])
+    assert result.interrupted_by == "SIGINT" and saves == ["rlattn-TMaze-v0.zip"]
+    assert PPO.load(result.model_path, device="cpu").num_timesteps == 256
+    record = json.loads((result.folder / "result.json").read_text())
+    assert record["interrupted_by"] == "SIGINT" and record["env_steps"] == 256 and record["evaluation"] is None
+
+    monkeypatch.setattr(run_module, "save_atomic", real_save)
+
+    def evaluation_cut_short(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("the signal did not stop the evaluation")
+
+    monkeypatch.setattr(run_module, "evaluate", evaluation_cut_short)
+    result = train(config_from_args([*TINY, "-f", str(tmp_path / "b"), "-n", "512", "--eval-freq", "-1"]))
+    assert result.interrupted_by == "SIGTERM" and result.evaluation is None and result.exit_code == 143
+    assert PPO.load(result.model_path, device="cpu").num_timesteps == 512  # all of it trained and saved
+    assert json.loads((result.folder / "result.json").read_text())["interrupted_by"] == "SIGTERM"
+    assert signal.getsignal(signal.SIGINT) is handler  # the handlers given back
+
+
+class StopBeforeTraining(BaseCallback):
+    """Ctrl-C while SB3 sets up ``learn`` (after the model's callbacks are given it, before training starts)."""
+
+    def _init_callback(self) -> None:
+        raise KeyboardInterrupt
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_an_interrupt_before_training_starts_keeps_the_step_count(tmp_path):
+    args = [*TINY, "-f", str(tmp_path), "--eval-freq", "-1", "--save-freq", "-1"]
+    first = train(config_from_args([*args, "-n", "512"]))
+    resumed = train(config_from_args(["-i", str(first.model_path), "-n", "1024"]), [StopBeforeTraining()])
+    assert resumed.interrupted_by == "SIGINT"
+    assert PPO.load(first.model_path, device="cpu").num_timesteps == 512  # not 0: nothing to train again
+
+
+def test_on_policy_checkpoints_hold_every_step_their_name_counts(tmp_path):
+    """Checkpoints every 200 steps with rollouts of 128: each is written after the update that learned its
+    steps, named by them (256, 512), so a run resumed from one neither skips nor repeats a step."""
+    args = [*TINY, "-f", str(tmp_path), "--eval-freq", "-1", "--save-freq", "200", "-n", "640"]
+    result = train(config_from_args([*args, "-params", "n_steps:64", "batch_size:64", "n_epochs:2", "target_kl:None"]))
+    names = sorted(p.name for p in result.folder.glob("rl_model_*_steps.zip"))
+    assert names == ["rl_model_256_steps.zip", "rl_model_512_steps.zip"]
+    for name in names:
+        model = PPO.load(result.folder / name, device="cpu")
+        steps = int(name.split("_")[2])
+        assert model.num_timesteps == steps and model._n_updates == steps // 128 * 2  # 2 epochs per update
+
+
+def test_a_damaged_evaluations_file_stops_a_resume_in_one_line_and_no_partial_file_stays(tmp_path):
+    from agents.config import ConfigError
+
+    args = [*TINY, "-f", str(tmp_path), "--eval-freq", "256", "--save-freq", "-1", "-n", "512"]
+    first = train(config_from_args(args))
+    evaluations = first.folder / "evaluations.npz"
+    assert np.load(evaluations)["timesteps"].tolist() == [256, 512]
+    assert not list(first.folder.glob(".*partial*"))  # written beside, renamed into place
+    evaluations.write_bytes(evaluations.read_bytes()[:100])  # cut short, as a kill mid-write of a plain save would
+    with pytest.raises(ConfigError, match=r"evaluations.npz cannot be read \(.*\): move it aside") as error:
+        train(config_from_args(["-i", str(first.model_path), "-n", "1024"]))
+    assert "\n" not in str(error.value) and first.model_path.is_file()
+
+
+def test_a_dqn_run_resumed_from_an_older_checkpoint_does_not_take_the_newer_replay_buffer(tmp_path):
+    args = [*TINY, "--algo", "dqn", "-f", str(tmp_path), "--eval-freq", "-1", "--save-freq", "400", "-n", "1600"]
+    first = train(config_from_args([*args, "-params", "learning_starts:100", "buffer_size:5000"]))
+    assert json.loads((first.folder / "replay_buffer.json").read_text()) == {"env_steps": 1600}
+    with pytest.warns(UserWarning, match="saved at 1600 env steps, the model at 800: .* empty replay buffer"):
+        train(config_from_args(["-i", str(first.folder / "rl_model_800_steps.zip"), "-n", "1000"]))
+    model = DQN.load(first.model_path, device="cpu")
+    model.load_replay_buffer(first.folder / "replay_buffer.pkl")
+    assert model.num_timesteps == 1000 and model.replay_buffer.size() == 200 // 2  # only the resumed stretch
+    resumed = train(config_from_args(["-i", str(first.model_path), "-n", "1200"]))  # the pair matches: taken
+    model = DQN.load(resumed.model_path, device="cpu")
+    model.load_replay_buffer(first.folder / "replay_buffer.pkl")
+    assert model.replay_buffer.size() == 200  # the resumed stretch's 100 slots kept, 100 new
+
+
+def test_a_resumed_or_replayed_run_keeps_the_settings_it_was_started_with(tmp_path, monkeypatch):
+    """A run started under other presets (here a history of 3 more steps than today's) resumes and replays
+    with its own settings, with a warning naming the difference: today's would not fit its model."""
+    import dataclasses
+
+    import agents.plan as plan_module
+    from agents.plan import resolve
+    from agents.replay import replay
+
+    args = [*TINY, "-f", str(tmp_path), "--eval-freq", "-1", "--save-freq", "-1", "--extractor", "attention"]
+    today = resolve(config_from_args([*args, "-n", "256"])).history
+    original = plan_module.preset_for
+    monkeypatch.setattr(plan_module, "preset_for", lambda *a: dataclasses.replace(original(*a), history=today + 3))
+    first = train(config_from_args([*args, "-n", "256"]))
+    monkeypatch.setattr(plan_module, "preset_for", original)
+    with pytest.warns(UserWarning, match=rf"started with: history {today + 3} \(now {today}\)"):
+        resumed = train(config_from_args(["-i", str(first.model_path), "-n", "512"]))
+    assert resumed.timesteps == 512 and resumed.interrupted_by is None
+    assert json.loads((first.folder / "result.json").read_text())["settings"]["history"] == today + 3
+    with pytest.warns(UserWarning, match=rf"history {today + 3} \(now {today}\)"):
+        played = replay(config_from_args(["--replay", str(first.folder), "--episodes", "1"]))
+    assert len(played.returns) == 1
+
+
+def test_keeping_the_progress_log_never_overwrites_one_and_drops_empty_ones(tmp_path):
+    from agents.runfolder import keep_progress
+
+    (tmp_path / "progress.csv").write_text("time/total_timesteps\n256\n")
+    keep_progress(tmp_path, 256)
+    (tmp_path / "progress.csv").write_text("")  # a resume stopped before its first log
+    keep_progress(tmp_path, 256)
+    (tmp_path / "progress.csv").write_text("time/total_timesteps\n512\n")  # resumed from the same model again
+    keep_progress(tmp_path, 256)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress_until_256.csv", "progress_until_256_2.csv"]
+    assert (tmp_path / "progress_until_256.csv").read_text().endswith("256\n")
