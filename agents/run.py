@@ -158,9 +158,10 @@ def _load(plan: RunPlan, file: Path, venv: VecEnv) -> BaseAlgorithm:
         model = ALGOS[plan.config.algo].cls.load(file, env=venv, device=plan.config.device)
     except Exception as error:
         raise ConfigError(f"-i {str(file)!r} cannot be loaded as {plan.config.algo}: {first_line(error)}") from None
-    replay = replay_buffer_for(model, file.parent) if isinstance(model, OffPolicyAlgorithm) else None
-    if replay is not None:
-        model.load_replay_buffer(replay)
+    if isinstance(model, OffPolicyAlgorithm):
+        replay = replay_buffer_for(model, file.parent)
+        if replay is not None:
+            model.load_replay_buffer(replay)
     normalization = model.get_vec_normalize_env()
     if normalization is not None:
         restore_normalization(normalization, normalization_file(file))
