@@ -7,7 +7,8 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,21 @@ class _Signals:
             raise Interrupted(name)
         print(f"{name} received: the model is being saved, then the run stops", file=sys.stderr, flush=True)
 
-    def arm(self) -> None:
-        """From now on a signal raises; one that came before (while not raising) raises at once."""
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        """Signals raise inside the block (one that came before raises at once) and are only noted after
+        it; a KeyboardInterrupt from elsewhere is recorded as SIGINT."""
         self.raising = True
-        if self.received:
-            raise Interrupted(signal.Signals(self.received[0]).name)
+        try:
+            if self.received:
+                raise Interrupted(signal.Signals(self.received[0]).name)
+            yield
+        except KeyboardInterrupt:
+            if not self.received:
+                self.received.append(signal.SIGINT)
+            raise
+        finally:
+            self.raising = False
 
     @property
     def first(self) -> str | None:
@@ -245,21 +256,16 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
     learned = LearnedSteps(started_at)
     with _Signals() as signals:
         try:
-            signals.arm()
-            model.learn(
-                plan.n_timesteps - model.num_timesteps,
-                callback=[learned, *callbacks, *extra_callbacks],
-                progress_bar=cfg.progress,
-                reset_num_timesteps=not resumed,
-            )
-            signals.raising = False
+            with signals.armed():
+                model.learn(
+                    plan.n_timesteps - model.num_timesteps,
+                    callback=[learned, *callbacks, *extra_callbacks],
+                    progress_bar=cfg.progress,
+                    reset_num_timesteps=not resumed,
+                )
         except KeyboardInterrupt:
-            signals.raising = False
-            if not signals.received:
-                signals.received.append(signal.SIGINT)
             model.num_timesteps = learned.saved_steps()
         except BaseException:
-            signals.raising = False
             model.num_timesteps = learned.saved_steps()
             save_atomic(model, folder / "crashed_model.zip")
             save_replay_atomic(model, folder)
@@ -274,13 +280,10 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
         trained_all = model.num_timesteps >= plan.n_timesteps
         if not signals.received:
             try:
-                signals.arm()
-                result = evaluate(model, eval_env, cfg.eval_episodes)
-                signals.raising = False
+                with signals.armed():
+                    result = evaluate(model, eval_env, cfg.eval_episodes)
             except KeyboardInterrupt:  # during the final evaluation: the model is saved, the evaluation left out
-                signals.raising = False
-                if not signals.received:
-                    signals.received.append(signal.SIGINT)
+                pass
         _close(eval_env)
         interrupted = signals.first
         record = {

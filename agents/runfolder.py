@@ -202,9 +202,14 @@ def save_replay_atomic(model: BaseAlgorithm, folder: Path) -> Path | None:
         return None
     replay_steps_file(folder).unlink(missing_ok=True)  # until both are written, the pair is not vouched for
     path = write_atomic(folder / REPLAY_BUFFER, model.save_replay_buffer)
-    text = json.dumps({"env_steps": model.num_timesteps}) + "\n"
-    write_atomic(replay_steps_file(folder), lambda target: target.write_text(text))
+    write_replay_steps(folder, model.num_timesteps)
     return path
+
+
+def write_replay_steps(folder: Path, env_steps: int) -> None:
+    """``replay_buffer.json``: the step counter of the model the folder's replay buffer belongs to."""
+    text = json.dumps({"env_steps": env_steps}) + "\n"
+    write_atomic(replay_steps_file(folder), lambda target: target.write_text(text))
 
 
 def replay_buffer_for(model: BaseAlgorithm, folder: Path) -> Path | None:

@@ -36,7 +36,7 @@ from agents.cli import OneLineParser, config_from_args
 from agents.cluster import cores, start_ray
 from agents.config import ConfigError
 from agents.run import train
-from agents.runfolder import REPLAY_BUFFER, RESULT, normalization_file, replay_steps_file, save_atomic, write_atomic
+from agents.runfolder import REPLAY_BUFFER, RESULT, normalization_file, save_atomic, write_atomic, write_replay_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILE = "case.json"
@@ -215,7 +215,7 @@ def _train_case(case: Case, folder: Path, checkpoint_s: float = CHECKPOINT_S) ->
         model, before = found
         if before.get("replay") and (model.parent / before["replay"]).is_file():  # where -i reads it
             shutil.copyfile(model.parent / before["replay"], model.parent / REPLAY_BUFFER)
-            replay_steps_file(model.parent).write_text(json.dumps({"env_steps": before["env_steps"]}) + "\n")
+            write_replay_steps(model.parent, before["env_steps"])
         arguments = ["-i", str(model), "--verbose", "0"]
         before = {**before, "resumed_at": [*before.get("resumed_at", []), before["env_steps"]]}
         print(f"{case.label}: resumed at {before['env_steps']:,} env steps from {model}", flush=True)
