@@ -24,7 +24,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.config import TrainConfig
 from agents.evaluate import EvalResult
-from agents.run import train
+from agents.resume import CHECKPOINT_S, train_resumable
 
 Report = Callable[[int, float], bool]
 """(env steps, evaluation score) -> whether to prune the run now"""
@@ -45,7 +45,11 @@ def _walk(callback: BaseCallback) -> Iterator[BaseCallback]:
 
 
 class ReportEvaluations(BaseCallback):
-    """After each evaluation of the run, report its success rate (else its mean return); stop when told to prune."""
+    """After each evaluation of the run, report its success rate (else its mean return); stop when told to prune.
+
+    A resumed run's evaluation callback starts with the evaluations of the attempts before (up to the
+    step it goes on from): they are reported first, as they came, so that a trial killed with its search
+    is judged on its whole curve; if the pruner stops it on one of them, the run stops at once."""
 
     def __init__(self, report: Report):
         super().__init__()
@@ -60,16 +64,25 @@ class ReportEvaluations(BaseCallback):
         # SB3 passes learn()'s locals: its CallbackList holds the run's EvalCallback, which this one follows
         found = [c for c in _walk(self.locals["callback"]) if isinstance(c, EvalCallback)]
         self.evaluation = found[0] if found else None
+        self.seen, self.values, self.pruned = 0, [], False
+        self._report_new()
+
+    def _report_new(self) -> None:
+        """Every evaluation not reported yet, in order, until the pruner says stop."""
+        evaluation = self.evaluation
+        if evaluation is None:
+            return
+        while self.seen < len(evaluation.evaluations_results) and not self.pruned:
+            i = self.seen
+            successes = evaluation.evaluations_successes
+            scores = successes[i] if len(successes) > i and successes[i] else evaluation.evaluations_results[i]
+            value = float(np.mean(scores))
+            self.values.append(value)
+            self.seen += 1
+            self.pruned = self.report(int(evaluation.evaluations_timesteps[i]), value)
 
     def _on_step(self) -> bool:
-        evaluation = self.evaluation
-        if evaluation is None or len(evaluation.evaluations_results) == self.seen:
-            return True
-        self.seen = len(evaluation.evaluations_results)
-        scores = evaluation.evaluations_successes[-1] if evaluation.evaluations_successes else None
-        value = float(np.mean(scores if scores else evaluation.evaluations_results[-1]))
-        self.values.append(value)
-        self.pruned = self.report(self.num_timesteps, value)
+        self._report_new()
         return not self.pruned
 
 
@@ -139,10 +152,17 @@ def trial_config(base: TrainConfig, params: dict[str, Any], folder: Path) -> Tra
     return replace(base, **search, hyperparams=hyperparams, log_folder=str(folder), verbose=0, save_freq=-1)
 
 
-def run_trial(base: TrainConfig, params: dict[str, Any], folder: Path, report: Report) -> dict[str, Any]:
-    """Train with ``params``; the score, what it measures, and whether the run was pruned."""
+def run_trial(
+    base: TrainConfig, params: dict[str, Any], folder: Path, report: Report, checkpoint_s: float = CHECKPOINT_S
+) -> dict[str, Any]:
+    """Train with ``params`` in ``folder`` (going on from the resume point of an attempt that was killed
+    there, see :func:`agents.resume.train_resumable`); the score, what it measures, and whether the run
+    was pruned."""
     reporter = ReportEvaluations(report)
-    result = train(trial_config(base, params, folder), extra_callbacks=[reporter, StopAtBudget()])
+    attempt = train_resumable(
+        trial_config(base, params, folder), folder, f"trial {folder.name}", [reporter, StopAtBudget()], checkpoint_s
+    )
+    result = attempt.result
     score, metric = objective(result.evaluation, reporter.values, base.objective)
     return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
 

@@ -282,7 +282,8 @@ def search_in_study(
         current[:] = [trial.number]
         params = {name: suggest(trial, name, distribution) for name, distribution in space.items()}
         try:
-            outcome = run_trial(base, params, folder / f"trial_{trial.number}", partial(report, trial))
+            # no resume points: a trial failed with its process is run again as another trial, maybe elsewhere
+            outcome = run_trial(base, params, folder / f"trial_{trial.number}", partial(report, trial), checkpoint_s=-1)
         except ConfigError as error:  # settings that do not go together: the next trial samples others
             print(f"trial {trial.number} failed: {error}")
             raise

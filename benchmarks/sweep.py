@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,16 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 from ray import tune
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stats import Interval, iqm_interval, per_seed, steps_interval
 
 from agents.checks import first_line
 from agents.cli import OneLineParser, config_from_args
 from agents.cluster import cores, start_ray
 from agents.config import ConfigError
-from agents.run import train
-from agents.runfolder import REPLAY_BUFFER, RESULT, normalization_file, save_atomic, write_atomic, write_replay_steps
+from agents.resume import CHECKPOINT_S, resume_point, train_resumable
+from agents.runfolder import RESULT
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILE = "case.json"
@@ -126,128 +123,23 @@ def read_record(run: Path) -> dict:
     }
 
 
-RESUME_FILE = "resume.json"
-"""in an unfinished run's folder: the point to resume it from (its model and replay buffer files, env
-steps, the case's wall time until then, the steps at which it was resumed before)"""
-CHECKPOINT_S = 300.0
-"""how often (seconds) a trial saves the point it would resume from if killed with its sweep"""
-
-
-class SaveForResume(BaseCallback):
-    """A trial's resume point, saved at the start of a rollout (every step counted has been learned from,
-    none is half-collected) at most every ``every_s`` seconds: the model (with its reward statistics) as
-    ``resume_<steps>.zip``, an off-policy model's replay buffer as ``resume_<steps>_replay_buffer.pkl``,
-    then ``resume.json`` naming them, each written atomically and ``resume.json`` last, so a kill at any
-    moment leaves a whole point; the previous point's files go after. A trial that its sweep's interrupt,
-    a crash or a lost machine kills goes on from there when the same sweep command runs again."""
-
-    def __init__(self, case_folder: Path, every_s: float, before: dict, started: float):
-        super().__init__()
-        self.case_folder, self.every_s, self.before, self.started = case_folder, every_s, before, started
-        """``before``: the resume point this attempt started from ({} for a new run); ``started``: its clock"""
-        self.run: Path | None = None
-        self.budget = 0
-        self.point: dict = dict(before)
-
-    def _on_training_start(self) -> None:
-        (self.run,) = {config.parent.parent for config in self.case_folder.glob("*/*/*/config.json")}
-        self.budget = int(self.locals["total_timesteps"])  # SB3's absolute total, a resumed run's too
-        self.saved = time.perf_counter()
-
-    def _on_rollout_start(self) -> None:
-        now = time.perf_counter()
-        if now - self.saved >= self.every_s and self.model.num_timesteps > self.point.get("env_steps", 0):
-            assert self.run is not None
-            stem = f"resume_{self.model.num_timesteps}"
-            model = save_atomic(self.model, self.run / f"{stem}.zip")
-            replay = None
-            if isinstance(self.model, OffPolicyAlgorithm):
-                replay = write_atomic(self.run / f"{stem}_{REPLAY_BUFFER}", self.model.save_replay_buffer).name
-            self.write(model.name, replay)
-            self.saved = now
-
-    def write(self, model: str, replay: str | None) -> None:
-        """``resume.json`` naming the point's files (``replay`` None: the run's own replay buffer file), then
-        the previous point's own files removed."""
-        assert self.run is not None
-        run, previous = self.run, self.point
-        self.point = {
-            **self.before,
-            "model": model,
-            "replay": replay,
-            "env_steps": self.model.num_timesteps,
-            "wall_s": self.wall_s(),
-        }
-        write_atomic(run / RESUME_FILE, lambda path: path.write_text(json.dumps(self.point) + "\n"))
-        if previous.get("model", "").startswith("resume_") and previous["model"] != model:
-            for name in point_files(previous):
-                (run / name).unlink(missing_ok=True)
-
-    def wall_s(self) -> float:
-        return self.before.get("wall_s", 0.0) + time.perf_counter() - self.started
-
-    def _on_step(self) -> bool:
-        return True
-
-
-def point_files(point: dict) -> list[str]:
-    """The files of a resume point made by :class:`SaveForResume`: model, reward statistics, replay buffer."""
-    model = Path(point["model"])
-    return [model.name, normalization_file(model).name, *([point["replay"]] if point.get("replay") else [])]
-
-
-def resume_point(folder: Path) -> tuple[Path, dict] | None:
-    """The model an unfinished run in the case's ``folder`` resumes from, and its ``resume.json``; None
-    when there is none (the case trains afresh)."""
-    for file in sorted(folder.glob(f"*/*/{RESUME_FILE}")):
-        point = json.loads(file.read_text())
-        model = file.parent / point["model"]
-        if model.is_file():
-            return model, point
-    return None
-
-
 def _train_case(case: Case, folder: Path, checkpoint_s: float = CHECKPOINT_S) -> str | None:
     """Train the case in ``folder``, from its resume point if an earlier attempt left one, else afresh;
     None, or the one-line error that stopped it. ``checkpoint_s`` < 0 saves no resume point."""
-    found = resume_point(folder) if checkpoint_s >= 0 else None
-    if found is not None:
-        model, before = found
-        if before.get("replay") and (model.parent / before["replay"]).is_file():  # where -i reads it
-            shutil.copyfile(model.parent / before["replay"], model.parent / REPLAY_BUFFER)
-            write_replay_steps(model.parent, before["env_steps"])
-        arguments = ["-i", str(model), "--verbose", "0"]
-        before = {**before, "resumed_at": [*before.get("resumed_at", []), before["env_steps"]]}
-        print(f"{case.label}: resumed at {before['env_steps']:,} env steps from {model}", flush=True)
-    else:
-        shutil.rmtree(folder, ignore_errors=True)  # an unfinished attempt without a resume point: start over
-        arguments, before = [*case.arguments, "-f", str(folder)], {}
-    start = time.perf_counter()
-    keeper = SaveForResume(folder, checkpoint_s, before, start) if checkpoint_s >= 0 else None
+    arguments = [*case.arguments, "-f", str(folder)]
     try:
-        result = train(config_from_args(arguments), extra_callbacks=[keeper] if keeper else [])
+        attempt = train_resumable(config_from_args(arguments), folder, case.label, checkpoint_s=checkpoint_s)
     except ConfigError as error:
-        if found is None:
-            return str(error)
-        print(f"{case.label}: cannot resume from {found[0]} ({error}); training afresh", flush=True)
-        (found[0].parent / RESUME_FILE).replace(found[0].parent / f"{RESUME_FILE}.refused")
-        return _train_case(case, folder, checkpoint_s)
+        return str(error)
     except SystemExit:
         return f"train.py rejected the arguments {' '.join(arguments)}"
+    result = attempt.result
     if result.interrupted_by:
-        # train.py's own save is the latest point, unless it holds the whole budget (interrupted in the last
-        # update, the rollout counted but not learned from): -i would refuse it, the last point serves
-        if keeper is not None and keeper.run is not None and result.timesteps < keeper.budget:
-            keeper.write(result.model_path.name, None)
         return f"interrupted ({result.interrupted_by}) at {result.timesteps:,} env steps; the same command resumes it"
-    wall_s = before.get("wall_s", 0.0) + time.perf_counter() - start  # set-up and evaluations included
-    info = {"key": case.key, "arguments": list(case.arguments), "wall_s": wall_s}
-    if before.get("resumed_at"):
-        info["resumed_at"] = before["resumed_at"]
+    info = {"key": case.key, "arguments": list(case.arguments), "wall_s": attempt.wall_s}
+    if attempt.resumed_at:
+        info["resumed_at"] = attempt.resumed_at
     (folder / CASE_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
-    for leftover in [*result.folder.glob("resume_*"), *result.folder.glob(f".{Path(RESUME_FILE).stem}*")]:
-        leftover.unlink()
-    (result.folder / RESUME_FILE).unlink(missing_ok=True)
     return None
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents import resume
 from agents.cli import config_from_args, main
 from agents.config import ConfigError
 
@@ -134,12 +135,12 @@ class StopAt(BaseCallback):
 
 def train_case_stopped_at(case: sweep.Case, folder: Path, steps: int, hard: bool) -> str | None:
     """One attempt at the case, as its Ray trial makes it (a resume point at every rollout), stopped at ``steps``."""
-    real = sweep.train
-    sweep.train = lambda cfg, extra_callbacks=(): real(cfg, [*extra_callbacks, StopAt(steps, hard)])
+    real = resume.train
+    resume.train = lambda cfg, extra_callbacks=(): real(cfg, [*extra_callbacks, StopAt(steps, hard)])
     try:
         return sweep._train_case(case, folder, checkpoint_s=0)
     finally:
-        sweep.train = real
+        resume.train = real
 
 
 RESUMABLE = ("--env-kwargs", "corridor_length:3", "-n", "1024", "--n-envs", "2", "--eval-freq", "384")
@@ -179,6 +180,54 @@ def test_a_trial_killed_with_its_sweep_resumes_from_its_last_rollout(tmp_path):
     assert record["wall_s"] > point["wall_s"]  # every attempt's time counted
     assert not [p.name for p in run.iterdir() if p.name.startswith(("resume", ".resume"))]
     assert [p.name for p in (folder / "ppo").iterdir()] == [run.name]  # one run, continued each time
+
+
+def stop_trial_at(folder: Path, steps: int) -> None:
+    """One attempt at a search trial (a resume point at every rollout) that dies without a word at ``steps``."""
+    from agents.trials import run_trial
+
+    real = resume.train
+    resume.train = lambda cfg, extra_callbacks=(): real(cfg, [*extra_callbacks, StopAt(steps, hard=True)])
+    run_trial(config_from_args(list(RESUMABLE)), {}, folder, lambda step, value: False, checkpoint_s=0)
+
+
+@pytest.mark.parametrize("prune_at", [None, 384])
+def test_a_search_trial_killed_with_its_search_goes_on_from_its_last_rollout(tmp_path, prune_at):
+    """Rollouts of 128 env steps, evaluations every 384; the trial's process dies at 640 (its last resume point:
+    512), as Ray kills a trial when its search is interrupted. Run again, the trial goes on from 512 in the same
+    run folder, reports its evaluation at 384 again first (a restored search's median rule has not seen it) and
+    is scored on its whole curve; pruned on that evaluation, it stops at once."""
+    from agents.trials import run_trial
+
+    folder = tmp_path / "trial_x"
+    child = multiprocessing.get_context("spawn").Process(target=stop_trial_at, args=(folder, 640))
+    child.start()
+    child.join(timeout=300)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 3
+    run = folder / "ppo" / "rlattn-TMaze-v0_1"
+    assert json.loads((run / "resume.json").read_text())["env_steps"] == 512
+
+    reported: list[tuple[int, float]] = []
+
+    def report(step: int, value: float) -> bool:
+        reported.append((step, value))
+        return step == prune_at
+
+    outcome = run_trial(config_from_args(list(RESUMABLE)), {}, folder, report, checkpoint_s=0)
+    result = json.loads((run / "result.json").read_text())
+    assert outcome["folder"] == str(run) and result["interrupted_by"] is None
+    if prune_at is None:
+        assert [step for step, _ in reported] == [384, 768] and not outcome["pruned"]
+        assert result["env_steps"] == 1024
+        final = result["evaluation"]["success_rate"]
+        assert outcome["score"] == pytest.approx(np.mean([*(value for _, value in reported), final]))
+    else:
+        assert [step for step, _ in reported] == [384] and outcome["pruned"]
+        assert result["env_steps"] == 512 + 2  # one step of the 2 envs, then stopped
+    assert not [p.name for p in run.iterdir() if p.name.startswith(("resume", ".resume"))]
+    assert [p.name for p in (folder / "ppo").iterdir()] == [run.name]  # one run, continued
 
 
 def check_best_params(folder: Path, trials: int, capsys) -> dict:
@@ -363,7 +412,7 @@ def test_a_trial_trains_its_budget_not_a_rollout_past_it(tmp_path, algo, n_steps
     extractor = () if algo == "ppo_attention" else ("--extractor", "mlp")
     argv = [*TRAIN, *extractor, "--eval-episodes", "4", "--save-freq", "-1", "--verbose", "0", "--algo", algo]
     cfg = config_from_args([*argv, "-params", f"n_steps:{n_steps}", "batch_size:64", "n_epochs:1"])
-    outcome = run_trial(cfg, {}, tmp_path, lambda step, value: False)
+    outcome = run_trial(cfg, {}, tmp_path / "trial_x", lambda step, value: False)
     result = json.loads((Path(outcome["folder"]) / "result.json").read_text())
     assert result["env_steps"] == env_steps
     assert result["evaluation"]["episodes"] == 4  # stopped at the budget, not interrupted: evaluated
