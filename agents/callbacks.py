@@ -21,7 +21,7 @@ from agents.checks import first_line
 from agents.config import ConfigError
 from agents.plan import RunPlan
 from agents.presets import env_family
-from agents.runfolder import BEST_MODEL, save_atomic, save_replay_atomic
+from agents.runfolder import BEST_MODEL, save_atomic, save_replay_atomic, write_atomic
 from rlattn import AttentionLoggingCallback
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never share seeds with training envs
@@ -125,6 +125,21 @@ class ResumableEvalCallback(EvalCallback):
                 setattr(self, name, getattr(self, name)[:keep])
             means = [float(np.mean(r)) for r in self.evaluations_results]
             self.best_mean_reward = max(means, default=-np.inf)
+            self._write_kept()
+
+    def _write_kept(self) -> None:
+        """``evaluations.npz`` cut to the evaluations kept (as SB3 writes it), so that what is read from the
+        run's files before its next evaluation is the curve it goes on from."""
+        if self.log_path is None:
+            return
+        columns = {
+            "timesteps": self.evaluations_timesteps,
+            "results": self.evaluations_results,
+            "ep_lengths": self.evaluations_length,
+        }
+        if self.evaluations_successes:
+            columns["successes"] = self.evaluations_successes
+        write_atomic(Path(self.log_path).with_suffix(".npz"), lambda target: np.savez(target, **columns))
 
     def _on_step(self) -> bool:
         """SB3's step, its ``evaluations.npz`` written beside the real one and renamed into place."""

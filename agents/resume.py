@@ -122,8 +122,9 @@ def train_resumable(
     checkpoint_s: float = CHECKPOINT_S,
 ) -> Attempt:
     """Train in ``folder`` (``fresh.log_folder``) from the resume point an earlier attempt left there, else
-    afresh with ``fresh`` (an unfinished attempt without a point is removed first). A point that ``-i``
-    refuses is set aside (``resume.json.refused``, said in one line) and the run trains afresh. An
+    afresh with ``fresh`` (the run folders of an unfinished attempt without a point, ``folder/ALGO/RUN``,
+    are removed first: the caller has found no finished run there). A point that ``-i`` refuses is said
+    in one line, and the run trains afresh. An
     interrupted attempt leaves its own save as the next point; a finished one removes its points.
     ``checkpoint_s`` < 0 neither saves nor uses points. ConfigError: a fresh run that cannot start."""
     found = resume_point(folder) if checkpoint_s >= 0 else None
@@ -132,11 +133,13 @@ def train_resumable(
         if before.get("replay") and (model.parent / before["replay"]).is_file():  # where -i reads it
             shutil.copyfile(model.parent / before["replay"], model.parent / REPLAY_BUFFER)
             write_replay_steps(model.parent, before["env_steps"])
-        cfg = config_from_args(["-i", str(model), "--verbose", "0"])
+        cfg = config_from_args(["-i", str(model), "--verbose", "0", "--device", fresh.device])
         before = {**before, "resumed_at": [*before.get("resumed_at", []), before["env_steps"]]}
         print(f"{label}: resumed at {before['env_steps']:,} env steps from {model}", flush=True)
     else:
-        shutil.rmtree(folder, ignore_errors=True)
+        for run in folder.glob("*/*"):  # an unfinished attempt without a point: start over
+            if run.is_dir():
+                shutil.rmtree(run)
         cfg, before = fresh, {}
     start = time.perf_counter()
     keeper = SaveForResume(folder, checkpoint_s, before, start) if checkpoint_s >= 0 else None

@@ -168,7 +168,7 @@ def search_on_ray(
     """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
     the first runs the settings ``own`` when given. With ``restore`` the search in ``folder`` goes on from
     where it was interrupted: its finished trials are kept (and told to the median rule), its unfinished
-    ones run again, the rest are sampled as they would have been. Returns the best and, when restored,
+    ones go on from their resume points (or start over), the rest are sampled as they would have been. Returns the best and, when restored,
     how many trials had finished before."""
     import ray
     from ray import tune
@@ -228,7 +228,7 @@ def search_on_ray(
 def replay_to_rule(rule: Any, metrics: dict[str, Any]) -> bool:
     """A finished trial of a restored search, told to the new median rule as it was told to the first one:
     the evaluations it reported (from its run's ``evaluations.npz``), then its end. An unfinished trial
-    (no score yet) is not: it runs again and reports anew. Returns whether it was told."""
+    (no score yet) is not: it goes on (see :class:`agents.trials.ReportEvaluations`) and reports itself. Returns whether it was told."""
     if "score" not in metrics or "folder" not in metrics:
         return False
     steps, values = reported_evaluations(Path(metrics["folder"]))

@@ -166,9 +166,23 @@ def test_resuming_from_an_older_checkpoint_trains_its_stretch_again_and_evaluate
     args += ["--eval-freq", "256", "--save-freq", "512", "--verbose", "0", "-params", "n_steps:64", "batch_size:64"]
     first = train(config_from_args([*args, "-n", "1024"]))
     assert np.load(first.folder / "evaluations.npz")["timesteps"].tolist() == [256, 512, 768, 1024]
-    resumed = train(config_from_args(["-i", str(first.folder / "rl_model_512_steps.zip"), "--verbose", "0"]))
+    on_disk = ReadEvaluationsAtStart(first.folder / "evaluations.npz")
+    resumed = train(config_from_args(["-i", str(first.folder / "rl_model_512_steps.zip"), "--verbose", "0"]), [on_disk])
+    assert on_disk.timesteps == [256, 512]  # the file is cut too: what is read meanwhile is the curve gone on from
     assert resumed.folder == first.folder and resumed.timesteps == 1024
     assert np.load(first.folder / "evaluations.npz")["timesteps"].tolist() == [256, 512, 768, 1024]
+
+
+class ReadEvaluationsAtStart(BaseCallback):
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.timesteps = path, None
+
+    def _on_training_start(self) -> None:
+        self.timesteps = np.load(self.path)["timesteps"].tolist()
+
+    def _on_step(self) -> bool:
+        return True
 
 
 def test_resume_refuses_other_settings_and_a_total_already_reached(tmp_path):

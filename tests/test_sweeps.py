@@ -589,7 +589,7 @@ def test_a_trial_failed_by_another_process_meanwhile_is_reported_and_the_search_
     flags = ["--optimize", "--storage", url, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
     real = tune.run_trial
 
-    def taken_over(base, params, folder, report):
+    def taken_over(base, params, folder, report, **kwargs):
         # this process was silent too long (paused, its heartbeat lost): another process failed its trial
         monkeypatch.setattr(tune, "run_trial", real)
         storage = optuna.storages.RDBStorage(url)
