@@ -132,14 +132,16 @@ class ResumableEvalCallback(EvalCallback):
         run's files before its next evaluation is the curve it goes on from."""
         if self.log_path is None:
             return
-        columns = {
-            "timesteps": self.evaluations_timesteps,
-            "results": self.evaluations_results,
-            "ep_lengths": self.evaluations_length,
-        }
-        if self.evaluations_successes:
-            columns["successes"] = self.evaluations_successes
-        write_atomic(Path(self.log_path).with_suffix(".npz"), lambda target: np.savez(target, **columns))
+        timesteps, results = np.asarray(self.evaluations_timesteps), np.asarray(self.evaluations_results)
+        lengths, successes = np.asarray(self.evaluations_length), np.asarray(self.evaluations_successes)
+
+        def save(target: Path) -> None:
+            if successes.size:
+                np.savez(target, timesteps=timesteps, results=results, ep_lengths=lengths, successes=successes)
+            else:
+                np.savez(target, timesteps=timesteps, results=results, ep_lengths=lengths)
+
+        write_atomic(Path(self.log_path).with_suffix(".npz"), save)
 
     def _on_step(self) -> bool:
         """SB3's step, its ``evaluations.npz`` written beside the real one and renamed into place."""
