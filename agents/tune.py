@@ -220,9 +220,18 @@ def search_on_ray(
     done = [(m, c) for m, c in done if not m.get("pruned")]  # a pruned run's score is of a shorter run
     if not done:
         raise ConfigError(f"search {name!r} has no completed trial: every trial was pruned")
-    metrics, config = max(done, key=lambda pair: pair[0]["score"])
+    metrics, config = done[best_index([m["score"] for m, _ in done], [c for _, c in done], own)]
     first = next((m["score"] for m, c in done if own and c == own), None)
     return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first)), before
+
+
+def best_index(scores: list[float], params: list[dict[str, Any]], own: dict[str, Any] | None) -> int:
+    """The best of the completed trials (``scores`` and ``params`` in trial order): the highest score, the
+    earliest of equals, except that a tie with the run's own settings (``own``) keeps them: a search that
+    found nothing better than where it started does not move."""
+    top = max(scores)
+    tied = [i for i, score in enumerate(scores) if score == top]
+    return next((i for i in tied if own is not None and params[i] == own), tied[0])
 
 
 def replay_to_rule(rule: Any, metrics: dict[str, Any]) -> bool:
@@ -319,12 +328,11 @@ def search_in_study(
                 )
     finally:
         optuna.logging.set_verbosity(verbosity)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ConfigError(
-            f"study {study.study_name!r} has no completed trial: every trial failed or was pruned"
-        ) from None
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not completed:
+        raise ConfigError(f"study {study.study_name!r} has no completed trial: every trial failed or was pruned")
+    completed.sort(key=lambda t: t.number)
+    best = completed[best_index([float(t.value) for t in completed], [t.params for t in completed], own)]  # type: ignore[arg-type]
     first = next((t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None)
     metric = best.user_attrs.get("metric", "score")
     return Best(best.params, float(best.value), metric, len(study.trials), _first(own, first))  # type: ignore[arg-type]

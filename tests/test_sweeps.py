@@ -436,6 +436,18 @@ def test_a_trial_that_finished_before_its_search_was_interrupted_is_read_back_as
     assert finished_trial(tmp_path / "no_trial", cfg.objective, lambda step, value: False) is None
 
 
+def test_a_tie_with_the_run_own_settings_keeps_them():
+    """All eight trials of ppo_lstm's search at L = 100 scored 0.000: the best is then the run's own settings,
+    not whichever trial came first; a higher score still wins, and without own settings the earliest best."""
+    from agents.tune import best_index
+
+    own, a, b = {"learning_rate": 3e-4}, {"learning_rate": 1e-4}, {"learning_rate": 5e-4}
+    assert best_index([0.0, 0.0, 0.0], [a, own, b], own) == 1
+    assert best_index([0.0, 0.0, 0.1], [a, own, b], own) == 2
+    assert best_index([0.2, 0.2, 0.1], [a, b, own], own) == 0
+    assert best_index([0.0, 0.3, 0.3], [a, b, own], None) == 1
+
+
 def test_the_default_space_holds_rollouts_that_fit_the_budget():
     from agents.plan import resolve
     from agents.search_space import search_space
