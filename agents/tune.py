@@ -190,7 +190,8 @@ def search_on_ray(
             ray.kill(rule)  # type: ignore[arg-type]
             raise RestoreError(first_line(error)) from None
         before = sum(replay_to_rule(rule, restored[i].metrics or {}) for i in range(len(restored)))
-        print(f"search {name!r} resumed: {before} of {base.n_trials} trials had finished; the others run now")
+        rest = "the others run now" if before < base.n_trials else "choosing the best of them"
+        print(f"search {name!r} resumed: {before} of {base.n_trials} trials had finished; {rest}")
     else:
         tuner = tune.Tuner(
             trainable,
