@@ -124,9 +124,9 @@ def train_resumable(
     """Train in ``folder`` (``fresh.log_folder``) from the resume point an earlier attempt left there, else
     afresh with ``fresh`` (the run folders of an unfinished attempt without a point, ``folder/ALGO/RUN``,
     are removed first: the caller has found no finished run there). A point that ``-i`` refuses is said
-    in one line, and the run trains afresh. An
-    interrupted attempt leaves its own save as the next point; a finished one removes its points.
-    ``checkpoint_s`` < 0 neither saves nor uses points. ConfigError: a fresh run that cannot start."""
+    in one line, and the run trains afresh. An interrupted attempt leaves its own save as the next point;
+    a finished one removes its points. ``checkpoint_s`` < 0 neither saves nor uses points.
+    ConfigError: a fresh run that cannot start."""
     found = resume_point(folder) if checkpoint_s >= 0 else None
     if found is not None:
         model, before = found

@@ -168,8 +168,8 @@ def search_on_ray(
     """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
     the first runs the settings ``own`` when given. With ``restore`` the search in ``folder`` goes on from
     where it was interrupted: its finished trials are kept (and told to the median rule), its unfinished
-    ones go on from their resume points (or start over), the rest are sampled as they would have been. Returns the best and, when restored,
-    how many trials had finished before."""
+    ones go on from their resume points (or start over), the rest are sampled as they would have been.
+    Returns the best and, when restored, how many trials had finished before."""
     import ray
     from ray import tune
 
@@ -238,7 +238,8 @@ def best_index(scores: list[float], params: list[dict[str, Any]], own: dict[str,
 def replay_to_rule(rule: Any, metrics: dict[str, Any]) -> bool:
     """A finished trial of a restored search, told to the new median rule as it was told to the first one:
     the evaluations it reported (from its run's ``evaluations.npz``), then its end. An unfinished trial
-    (no score yet) is not: it goes on (see :class:`agents.trials.ReportEvaluations`) and reports itself. Returns whether it was told."""
+    (no score yet) is not: it goes on (see :class:`agents.trials.ReportEvaluations`) and reports itself.
+    Returns whether it was told."""
     if "score" not in metrics or "folder" not in metrics:
         return False
     steps, values = reported_evaluations(Path(metrics["folder"]))
@@ -332,7 +333,6 @@ def search_in_study(
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not completed:
         raise ConfigError(f"study {study.study_name!r} has no completed trial: every trial failed or was pruned")
-    completed.sort(key=lambda t: t.number)
     best = completed[best_index([float(t.value) for t in completed], [t.params for t in completed], own)]  # type: ignore[arg-type]
     first = next((t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None)
     metric = best.user_attrs.get("metric", "score")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,17 @@ class StopAt(BaseCallback):
         return True
 
 
+def exit_code_in_child(target: Callable[..., object], *args: object) -> int | None:
+    """``target(*args)`` in a spawned process (killed after 300 s): its exit code."""
+    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    child.start()
+    child.join(timeout=300)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    return child.exitcode
+
+
 def train_case_stopped_at(case: sweep.Case, folder: Path, steps: int, hard: bool) -> str | None:
     """One attempt at the case, as its Ray trial makes it (a resume point at every rollout), stopped at ``steps``."""
     real = resume.train
@@ -153,12 +165,7 @@ def test_a_trial_killed_with_its_sweep_resumes_from_its_last_rollout(tmp_path):
     finishes: the rerun sweep goes on from each instead of starting over, on the first run's schedule."""
     case = sweep.Case({"method": "mlp", "seed": 0}, "mlp seed 0", RESUMABLE)
     folder = sweep.case_folder(tmp_path, case)
-    child = multiprocessing.get_context("spawn").Process(target=train_case_stopped_at, args=(case, folder, 640, True))
-    child.start()
-    child.join(timeout=300)
-    if child.is_alive():
-        child.kill()
-    assert child.exitcode == 3
+    assert exit_code_in_child(train_case_stopped_at, case, folder, 640, True) == 3
     run = folder / "ppo" / "rlattn-TMaze-v0_1"
     assert not (run / "result.json").exists() and sweep.finished_run(folder) is None
     assert json.loads((run / "resume.json").read_text())["env_steps"] == 512
@@ -200,12 +207,7 @@ def test_a_search_trial_killed_with_its_search_goes_on_from_its_last_rollout(tmp
     from agents.trials import run_trial
 
     folder = tmp_path / "trial_x"
-    child = multiprocessing.get_context("spawn").Process(target=stop_trial_at, args=(folder, 640))
-    child.start()
-    child.join(timeout=300)
-    if child.is_alive():
-        child.kill()
-    assert child.exitcode == 3
+    assert exit_code_in_child(stop_trial_at, folder, 640) == 3
     run = folder / "ppo" / "rlattn-TMaze-v0_1"
     assert json.loads((run / "resume.json").read_text())["env_steps"] == 512
 
