@@ -319,6 +319,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     parser.add_argument(
+        "--new-plot",
+        action="store_true",
+        help="the plot draws this command's runs only (by default it adds them to the runs it drew before, "
+        "listed beside it in .runs.json)",
+    )
+    parser.add_argument(
         "--tuned",
         nargs="+",
         default=[],
@@ -583,11 +589,47 @@ def best(record: dict) -> float:
     return max((rate for _, rate in record.get("curve", [])), default=float("nan"))
 
 
-def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], None]) -> None:
+def plotted_runs_path(plot_path: Path) -> Path:
+    """Where the runs a plot draws are listed: beside it (``memory_length.png``: ``memory_length.runs.json``)."""
+    return plot_path.with_suffix(".runs.json")
+
+
+def run_identity(record: dict, fields: Sequence[str]) -> dict:
+    """What names one run of a table: its cell's settings and its seed."""
+    return {**{k: record.get(k) for k in fields}, "seed": record.get("seed")}
+
+
+def plotted_records(records: list[dict], path: Path, fields: Sequence[str], results: Path) -> list[dict]:
+    """The runs a sweep draws: those its plot at ``path`` drew before, each replaced by this command's run
+    where it has one and otherwise read again from ``results`` (the latest record), then this command's
+    other runs. A sweep of part of a table so adds to its plot; ``--new-plot`` draws this command's runs
+    only."""
+    listed = plotted_runs_path(path)
+    if not listed.is_file():
+        return records
+
+    def text(identity: dict) -> str:
+        return json.dumps(identity, sort_keys=True, default=str)
+
+    now = {text(run_identity(r, fields)): r for r in records}
+    saved, out, seen = Results(results), [], set()
+    for identity in json.loads(listed.read_text()):
+        name = text(identity)
+        record = now.get(name) or saved.find(identity)
+        if record is not None and name not in seen:
+            out.append(record)
+            seen.add(name)
+    return out + [r for name, r in now.items() if name not in seen]
+
+
+def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], None], fields: Sequence[str]) -> None:
+    """Draw ``table`` at ``path`` and list the runs it drew beside it (see :func:`plotted_records`)."""
     if any(cell.done for cell in table):
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(table, path)
-        print(f"plot: {path}")
+        drawn = [run_identity(r, fields) for cell in table for r in cell.done]
+        plotted_runs_path(path).write_text(json.dumps(drawn, indent=1, default=str) + "\n")
+        print(f"plot: {path} ({len(drawn)} runs, listed in {plotted_runs_path(path).name})")
 
 
 def print_rows(columns: Sequence[str], rows: list[list[str]], align: str, markdown: bool = False) -> None:
@@ -636,5 +678,8 @@ def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Ta
     if args.markdown:
         print_rows(table.columns, rows, table.align, markdown=True)
     if table.plot is not None:  # beside the results unless told: a scratch sweep leaves the committed plot alone
-        save_plot(grouped, getattr(args, "plot", None) or args.results.with_suffix(".png"), table.plot)
+        path = getattr(args, "plot", None) or args.results.with_suffix(".png")
+        if not getattr(args, "new_plot", False):  # the plot keeps the runs it drew that this command did not make
+            grouped = cells(plotted_records(records, path, table.fields, args.results), table.fields)
+        save_plot(grouped, path, table.plot, table.fields)
     return 0
