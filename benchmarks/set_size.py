@@ -65,6 +65,8 @@ STYLES = {
 
 KEY_FIELDS = ("search", "set_size", "method", "budget", "tuned")
 """what identifies a cell of the table (a run adds its seed)"""
+PLOT_SLOT = ("search", "set_size", "method", "tuned")
+"""where the plot draws a cell: a run of another budget there replaces the plot's earlier one"""
 COLUMNS = (
     "search",
     "set size",
@@ -122,12 +124,14 @@ def row(cell: Cell) -> list[str]:
     return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed, mass]
 
 
-def band(ax: Any, points: list[tuple[int, float, float, float]], method: str, tuned: bool = False) -> None:
-    """IQM line and its 95% CI band, by set size."""
+def band(
+    ax: Any, points: list[tuple[int, float, float, float]], method: str, tuned: bool = False, search: str = ""
+) -> None:
+    """IQM line and its 95% CI band, by set size (``search`` named in the label where the plot has several)."""
     if points:
         sizes, iqm, low, high = zip(*sorted(points), strict=True)
-        style = {**STYLES[method], **({"linestyle": "--"} if tuned else {})}
-        label = method_text({"method": method, "tuned": tuned})
+        style = {**STYLES[method], **({"linestyle": "--"} if tuned else {}), **({"linestyle": ":"} if search else {})}
+        label = method_text({"method": method, "tuned": tuned}) + (f", {search} search" if search else "")
         line = ax.plot(sizes, iqm, label=label, **style)[0]
         ax.fill_between(sizes, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
 
@@ -143,11 +147,15 @@ def plot(table: list[Cell], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for method, tuned in variants(table, METHODS):
-        mine = [c for c in table if is_variant(c, method, tuned)]
-        band(left, [(c.settings["set_size"], *interval(c.success)) for c in mine if c.success], method, tuned)
-        band(right, [(c.settings["set_size"], *interval(c.steps)) for c in mine if c.steps], method, tuned)
-    searches = "/".join(sorted({c.settings["search"] for c in table}))
+    kinds = sorted({c.settings["search"] for c in table}, key=lambda k: k != "feature")
+    for search in kinds:  # one line per search: a conjunction cell is not a point of the feature line
+        named = search if len(kinds) > 1 and search != kinds[0] else ""
+        for method, tuned in variants(table, METHODS):
+            mine = [c for c in table if is_variant(c, method, tuned) and c.settings["search"] == search]
+            success = [(c.settings["set_size"], *interval(c.success)) for c in mine if c.success]
+            band(left, success, method, tuned, named)
+            band(right, [(c.settings["set_size"], *interval(c.steps)) for c in mine if c.steps], method, tuned, named)
+    searches = "/".join(kinds)
     left.set_ylim(-0.05, 1.05)
     left.set_ylabel("final eval success: IQM, 95% CI band")
     right.set_yscale("log")
@@ -160,7 +168,8 @@ def plot(table: list[Cell], path: Path) -> None:
             ax.legend()
     counts = sorted({len(c.runs) for c in table})
     seeds = f"{counts[0]} seed(s)" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds per point"
-    fig.suptitle(f"VisualSearch, {searches} search, {table[0].settings['budget']:,} env steps per run, {seeds}")
+    budgets = "/".join(f"{b:,}" for b in sorted({c.settings["budget"] for c in table}))
+    fig.suptitle(f"VisualSearch, {searches} search, {budgets} env steps per run, {seeds}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -193,7 +202,7 @@ def main() -> int:
     cases = [
         make_case(n, method, seed, args) for n in args.set_sizes for method in args.methods for seed in seeds(args)
     ]
-    table = Table(KEY_FIELDS, COLUMNS, "|---|---:|---|" + "---:|" * (len(COLUMNS) - 3), row, plot)
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---:|---|" + "---:|" * (len(COLUMNS) - 3), row, plot, plot_slot=PLOT_SLOT)
     return sweep_main("set_size.py", cases, args, table)
 
 

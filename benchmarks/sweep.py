@@ -319,6 +319,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     parser.add_argument(
+        "--new-plot",
+        action="store_true",
+        help="the plot draws this command's runs only (by default it adds them to the runs it drew before, "
+        "listed beside it in .runs.json)",
+    )
+    parser.add_argument(
         "--tuned",
         nargs="+",
         default=[],
@@ -583,11 +589,72 @@ def best(record: dict) -> float:
     return max((rate for _, rate in record.get("curve", [])), default=float("nan"))
 
 
-def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], None]) -> None:
+def plotted_runs_path(plot_path: Path) -> Path:
+    """Where the runs a plot draws are listed: beside it (``memory_length.png``: ``memory_length.runs.json``)."""
+    return plot_path.with_suffix(".runs.json")
+
+
+def run_identity(record: dict, fields: Sequence[str]) -> dict:
+    """What names one run of a table: its cell's settings and its seed."""
+    return {**{k: record.get(k) for k in fields}, "seed": record.get("seed")}
+
+
+def plotted_records(
+    records: list[dict], path: Path, fields: Sequence[str], results: Path, slot: Sequence[str] | None = None
+) -> list[dict]:
+    """The runs a sweep draws: those its plot at ``path`` drew before, each replaced by this command's run
+    where it has one and otherwise read again from ``results`` (the latest record), then this command's
+    other runs. A sweep of part of a table so adds to its plot; ``--new-plot`` draws this command's runs
+    only. ``slot`` (fields among ``fields``) says where the plot draws a cell: a listed run whose slot this
+    command filled with another cell (another budget, another search) leaves the plot."""
+    listed = plotted_runs_path(path)
+    if not listed.is_file():
+        return records
+    try:
+        identities = [run_identity(i, fields) for i in json.loads(listed.read_text())]
+    except (ValueError, TypeError, AttributeError) as error:
+        print(f"plot: {listed} is unreadable ({error}): the plot draws this command's runs only")
+        return records
+
+    def text(identity: dict) -> str:
+        return json.dumps(identity, sort_keys=True, default=str)
+
+    def place(identity: dict) -> str:
+        return text({k: identity.get(k) for k in slot}) if slot is not None else ""
+
+    # a run that failed or was interrupted now does not hide its earlier record
+    now = {text(run_identity(r, fields)): r for r in records if "error" not in r}
+    cells_now = {text({k: r.get(k) for k in fields}) for r in now.values()}
+    filled = {place(r) for r in now.values()} if slot is not None else set()
+    saved, missing = Results(results), 0
+    out: list[dict] = []
+    seen: set[str] = set()
+    for identity in identities:
+        name = text(identity)
+        if name in seen:
+            continue
+        cell = text({k: identity[k] for k in fields})
+        if slot is not None and place(identity) in filled and cell not in cells_now:
+            continue  # this command drew another cell there
+        record = now.get(name) or saved.find(identity)
+        if record is None:
+            missing += 1
+            continue
+        out.append(record)
+        seen.add(name)
+    if missing:
+        print(f"plot: {missing} of the {len(identities)} runs it drew before are not in {results}: they leave it")
+    return out + [r for name, r in now.items() if name not in seen]
+
+
+def save_plot(table: list[Cell], path: Path, plot: Callable[[list[Cell], Path], None], fields: Sequence[str]) -> None:
+    """Draw ``table`` at ``path`` and list the runs it drew beside it (see :func:`plotted_records`)."""
     if any(cell.done for cell in table):
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(table, path)
-        print(f"plot: {path}")
+        drawn = [run_identity(r, fields) for cell in table for r in cell.done]
+        plotted_runs_path(path).write_text(json.dumps(drawn, indent=1, default=str) + "\n")
+        print(f"plot: {path} ({len(drawn)} runs, listed in {plotted_runs_path(path).name})")
 
 
 def print_rows(columns: Sequence[str], rows: list[list[str]], align: str, markdown: bool = False) -> None:
@@ -616,6 +683,8 @@ class Table:
     plot: Callable[[list[Cell], Path], None] | None = None
     compare: Callable[[Cell, list[Cell]], list[str]] | None = None
     """the last columns of a row, from its cell and every cell of the table (a ratio to another method's row)"""
+    plot_slot: Sequence[str] | None = None
+    """the fields that say where the plot draws a cell, where it draws one cell only (see :func:`plotted_records`)"""
 
     def rows(self, grouped: list[Cell]) -> list[list[str]]:
         return [self.row(cell) + (self.compare(cell, grouped) if self.compare else []) for cell in grouped]
@@ -636,5 +705,9 @@ def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Ta
     if args.markdown:
         print_rows(table.columns, rows, table.align, markdown=True)
     if table.plot is not None:  # beside the results unless told: a scratch sweep leaves the committed plot alone
-        save_plot(grouped, getattr(args, "plot", None) or args.results.with_suffix(".png"), table.plot)
+        path = getattr(args, "plot", None) or args.results.with_suffix(".png")
+        if not getattr(args, "new_plot", False):  # the plot keeps the runs it drew that this command did not make
+            drawn = plotted_records(records, path, table.fields, args.results, table.plot_slot)
+            grouped = cells(drawn, table.fields)
+        save_plot(grouped, path, table.plot, table.fields)
     return 0

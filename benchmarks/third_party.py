@@ -86,6 +86,8 @@ METHODS: dict[str, tuple[str, ...]] = {
 }
 """each method's ``train.py`` arguments: nothing else is set, so the defaults are the ones measured"""
 KEY_FIELDS = ("task", "method", "budget", "tuned")
+PLOT_SLOT = ("task", "method", "tuned")
+"""where the plot draws a cell (one bar): a run of another budget there replaces the plot's earlier one"""
 
 
 def arguments_for(task: Task, method: str, budget: int, seed: int, args: argparse.Namespace) -> tuple[str, ...]:
@@ -220,7 +222,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    table = Table(KEY_FIELDS, COLUMNS, "|---|---|---:|---:|---:|---|---:|---:|---:|", row, plot, speed_ratio)
+    table = Table(KEY_FIELDS, COLUMNS, "|---|---|---:|---:|---:|---|---:|---:|---:|", row, plot, speed_ratio, PLOT_SLOT)
     return sweep_main("third_party.py", make_cases(args), args, table)
 
 

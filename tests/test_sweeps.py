@@ -96,6 +96,103 @@ def test_the_plot_goes_beside_the_results_unless_told(tmp_path, capsys):
     assert f"plot: {tmp_path / 'scratch.png'}" in capsys.readouterr().out
 
 
+def test_a_sweep_of_part_of_a_table_adds_to_its_plot_and_new_plot_starts_it_over(tmp_path, monkeypatch, capsys):
+    """The committed plot keeps the runs a sweep of other cells did not make; a rerun cell replaces its old
+    runs there; ``--new-plot`` draws the command's own runs only."""
+
+    def case(method: str, seed: int) -> sweep.Case:
+        return sweep.Case({"method": method, "seed": seed}, f"{method} seed {seed}", ())
+
+    def record(method: str, seed: int, success: float) -> dict:
+        return {"method": method, "seed": seed, "success": success, "steps_to_095": None, "curve": [[256, success]]}
+
+    saved = sweep.Results(tmp_path / "results.json")
+    for method, seed in [("a", 0), ("a", 1), ("b", 0), ("b", 1)]:
+        saved.add(record(method, seed, 0.25))
+    drawn: list[list[tuple[str, list[float]]]] = []
+
+    def plot(table: list[sweep.Cell], path: Path) -> None:
+        drawn.append([(c.settings["method"], [r["success"] for r in c.done]) for c in table])
+
+    table = sweep.Table(["method"], ["method"], "|---|", lambda c: [c.settings["method"]], plot)
+    args = sweep_args(tmp_path)
+    args.markdown, args.plot, args.saved_only, args.new_plot = False, None, True, False
+    grid = [case(m, s) for m in "ab" for s in (0, 1)]
+    assert sweep.sweep_main("test", grid, args, table) == 0
+    assert drawn[-1] == [("a", [0.25, 0.25]), ("b", [0.25, 0.25])]
+    listed = json.loads((tmp_path / "results.runs.json").read_text())
+    assert listed == [{"method": m, "seed": s} for m in "ab" for s in (0, 1)]
+
+    # a sweep trains b's seed 1 again and a new method c: a's runs and b's seed 0 stay in the plot
+    made = [record("b", 1, 1.0), record("c", 0, 0.5)]
+    for r in made:
+        saved.add(r)
+    monkeypatch.setattr(sweep, "run_cases", lambda cases, args: made)
+    args.saved_only = False
+    assert sweep.sweep_main("test", [case("b", 1), case("c", 0)], args, table) == 0
+    assert drawn[-1] == [("a", [0.25, 0.25]), ("b", [0.25, 1.0]), ("c", [0.5])]
+    out = capsys.readouterr().out
+    assert f"plot: {tmp_path / 'results.png'} (5 runs" in out, out
+    assert len(json.loads((tmp_path / "results.runs.json").read_text())) == 5
+
+    # a saved record dropped from the results file (its run removed) leaves the plot, nothing fails
+    saved.records = [r for r in saved.records if r["method"] != "a" or r["seed"] != 0]
+    saved.add(record("b", 0, 0.75))  # a later record of a listed run is read again
+    monkeypatch.setattr(sweep, "run_cases", lambda cases, args: [record("c", 0, 0.5)])
+    assert sweep.sweep_main("test", [case("c", 0)], args, table) == 0
+    assert drawn[-1] == [("a", [0.25]), ("b", [0.75, 1.0]), ("c", [0.5])]
+    assert "1 of the 5 runs it drew before are not in" in capsys.readouterr().out
+
+    # --saved-only of one cell adds nothing new and keeps the rest; --new-plot draws only its grid
+    monkeypatch.undo()
+    args.saved_only = True
+    assert sweep.sweep_main("test", [case("c", 0)], args, table) == 0
+    assert drawn[-1] == [("a", [0.25]), ("b", [0.75, 1.0]), ("c", [0.5])]
+    args.new_plot = True
+    assert sweep.sweep_main("test", [case("c", 0)], args, table) == 0
+    assert drawn[-1] == [("c", [0.5])]
+    assert json.loads((tmp_path / "results.runs.json").read_text()) == [{"method": "c", "seed": 0}]
+
+
+def test_a_plots_earlier_runs_survive_a_failed_rerun_and_leave_for_another_budget_in_their_place(tmp_path, capsys):
+    """With the third-party table's fields: a rerun that failed keeps the earlier record in the plot; a run
+    of another budget at the same task, method and variant takes the bar's place; an unreadable list of
+    drawn runs gives way to this command's runs with a message."""
+    fields, slot = ("task", "method", "budget", "tuned"), ("task", "method", "tuned")
+
+    def record(task: str, budget: int, seed: int, success: float | None = 0.5, **extra: object) -> dict:
+        return {"task": task, "method": "ppo_attention", "budget": budget, "tuned": None, "seed": seed} | (
+            {"success": success, **extra} if "error" not in extra else extra
+        )
+
+    results = sweep.Results(tmp_path / "third_party.json")
+    earlier = [record("S7", 1_000_000, s) for s in (0, 1)] + [record("S11", 500_000, s, 0.6) for s in (0, 1)]
+    for r in earlier:
+        results.add(r)
+    plot = tmp_path / "third_party.png"
+    sweep.plotted_runs_path(plot).write_text(json.dumps([sweep.run_identity(r, fields) for r in earlier]))
+
+    def drawn(records: list[dict]) -> list[tuple[str, int, int, float]]:
+        got = sweep.plotted_records(records, plot, fields, results.path, slot)
+        return [(r["task"], r["budget"], r["seed"], r["success"]) for r in got]
+
+    failed = [record("S7", 1_000_000, 1, error="interrupted")]
+    assert drawn(failed) == [
+        ("S7", 1_000_000, 0, 0.5),
+        ("S7", 1_000_000, 1, 0.5),
+        ("S11", 500_000, 0, 0.6),
+        ("S11", 500_000, 1, 0.6),
+    ]
+    longer = [record("S11", 2_000_000, 0, 0.9)]
+    assert drawn(longer) == [("S7", 1_000_000, 0, 0.5), ("S7", 1_000_000, 1, 0.5), ("S11", 2_000_000, 0, 0.9)]
+    same_cell = [record("S11", 500_000, 1, 0.7)]  # one seed of a listed cell again: the other seed stays
+    assert drawn(same_cell)[2:] == [("S11", 500_000, 0, 0.6), ("S11", 500_000, 1, 0.7)]
+
+    sweep.plotted_runs_path(plot).write_text("[{")
+    assert drawn(longer) == [("S11", 2_000_000, 0, 0.9)]
+    assert "is unreadable" in capsys.readouterr().out
+
+
 def test_an_interrupted_sweep_rerun_trains_no_finished_trial(ray_session, tmp_path, monkeypatch):
     args, cases = sweep_args(tmp_path), tiny_cases()
     trained: list[int] = []
