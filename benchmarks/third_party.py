@@ -176,25 +176,27 @@ def plot(table: list[Cell], path: Path) -> None:
 
     tasks = list(dict.fromkeys(c.settings["task"] for c in table))
     methods = variants(table, list(METHODS))
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 3, 4))
+    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 4.5, 4))
     width = 0.8 / max(len(methods), 1)
     for j, (method, tuned) in enumerate(methods):
-        label = method_text({"method": method, "tuned": tuned})
+        label: str | None = method_text({"method": method, "tuned": tuned})
+        # a method keeps its colour; its tuned runs are the same colour, hatched
+        style = {"color": f"C{list(METHODS).index(method)}", **({"hatch": "//", "alpha": 0.6} if tuned else {})}
         for i, name in enumerate(tasks):
             cell = next((c for c in table if c.settings["task"] == name and is_variant(c, method, tuned)), None)
             if cell is None or not cell.done:
                 continue
             ci = iqm_interval([r["score"] for r in cell.done])
             x = i + (j - (len(methods) - 1) / 2) * width
-            bar = ax.bar(x, ci.iqm, width, color=f"C{j}", label=label if i == 0 else None)
+            ax.bar(x, ci.iqm, width, label=label, **style)
+            label = None  # once in the legend, at the variant's first bar
             ax.errorbar(x, ci.iqm, [[ci.iqm - ci.low], [ci.high - ci.iqm]], color="black", capsize=2, linewidth=1)
             ax.scatter([x] * len(cell.done), [r["score"] for r in cell.done], s=8, color="black", zorder=3)
-            del bar
     ax.set_xticks(range(len(tasks)), tasks, rotation=20)
     ax.set_ylabel("final normalised return: IQM, 95% CI, seeds")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
