@@ -54,10 +54,15 @@ class Case:
     run is read from its folder again and ``after`` measures it anew"""
 
 
+def settings_text(values: Any) -> str:
+    """Settings as one canonical string, to group or match them (key order does not count)."""
+    return json.dumps(values, sort_keys=True, default=str)
+
+
 def case_digest(case: Case) -> str:
     """A short hash of the case's key and ``train.py`` arguments: a preset change that alters the
     arguments (a new training-env keyword, say) gives the same key a new digest."""
-    text = json.dumps([case.key, list(case.arguments)], sort_keys=True, default=str)
+    text = settings_text([case.key, list(case.arguments)])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -437,7 +442,7 @@ def tune_cases(cases: list[Case], args: argparse.Namespace) -> list[Case]:
     groups: dict[str, list[int]] = {}
     for i, case in enumerate(cases):
         if case.key.get("tuned") is None:  # --tuned gave this method its settings
-            groups.setdefault(json.dumps(cell_of(case), sort_keys=True, default=str), []).append(i)
+            groups.setdefault(settings_text(cell_of(case)), []).append(i)
     out = list(cases)
     for indices in groups.values():
         first = cases[indices[0]]
@@ -559,7 +564,7 @@ def cells(records: list[dict], fields: Sequence[str]) -> list[Cell]:
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for record in records:
         settings = {k: record.get(k) for k in fields}
-        groups.setdefault(json.dumps(settings, sort_keys=True, default=str), (settings, []))[1].append(record)
+        groups.setdefault(settings_text(settings), (settings, []))[1].append(record)
     out = []
     for settings, group in groups.values():
         runs = sorted(group, key=lambda r: r.get("seed", 0))
@@ -616,25 +621,22 @@ def plotted_records(
         print(f"plot: {listed} is unreadable ({error}): the plot draws this command's runs only")
         return records
 
-    def text(identity: dict) -> str:
-        return json.dumps(identity, sort_keys=True, default=str)
-
     def place(identity: dict) -> str:
-        return text({k: identity.get(k) for k in slot}) if slot is not None else ""
+        return settings_text({k: identity.get(k) for k in slot}) if slot is not None else ""
 
     # a run that failed or was interrupted now does not hide its earlier record
-    now = {text(run_identity(r, fields)): r for r in records if "error" not in r}
-    cells_now = {text({k: r.get(k) for k in fields}) for r in now.values()}
+    now = {settings_text(run_identity(r, fields)): r for r in records if "error" not in r}
+    cells_now = {settings_text({k: r.get(k) for k in fields}) for r in now.values()}
     filled = {place(r) for r in now.values()} if slot is not None else set()
     saved, missing = Results(results), 0
     out: list[dict] = []
     seen: set[str] = set()
     for identity in identities:
-        name = text(identity)
+        name = settings_text(identity)
         if name in seen:
             continue
-        cell = text({k: identity[k] for k in fields})
-        if slot is not None and place(identity) in filled and cell not in cells_now:
+        cell = settings_text({k: identity[k] for k in fields})
+        if place(identity) in filled and cell not in cells_now:
             continue  # this command drew another cell there
         record = now.get(name) or saved.find(identity)
         if record is None:
