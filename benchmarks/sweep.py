@@ -13,6 +13,8 @@ as trials finish (``--reuse`` and ``--saved-only`` read it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -60,10 +62,26 @@ def settings_text(values: Any) -> str:
 
 
 def case_digest(case: Case) -> str:
-    """A short hash of the case's key and ``train.py`` arguments: a preset change that alters the
-    arguments (a new training-env keyword, say) gives the same key a new digest."""
-    text = settings_text([case.key, list(case.arguments)])
+    """A short hash of the case's key, its ``train.py`` arguments and what ``train.py`` resolves them to
+    (every preset and default filled in): a preset change gives the same key a new digest, whether it
+    alters the arguments (a new training-env keyword, say) or only the values behind them (another
+    ``n_heads`` in a preset), so ``--reuse`` and a run folder of the old settings are not taken for it."""
+    text = settings_text([case.key, list(case.arguments), resolved_text(tuple(case.arguments))])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+@functools.cache
+def resolved_text(arguments: tuple[str, ...]) -> str:
+    """The run ``train.py`` would make of ``arguments`` (:func:`agents.plan.resolve`: algorithm, extractor,
+    policy and env keywords, history, envs, budget) as canonical text; empty where they do not resolve
+    (such a case fails when it runs, with its own message)."""
+    from agents.plan import resolve
+
+    try:
+        plan = resolve(config_from_args(list(arguments)))
+    except (ConfigError, SystemExit):
+        return ""
+    return settings_text({f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "config"})
 
 
 def readable(settings: dict[str, Any]) -> str:
@@ -320,7 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="reuse runs already in --results with the same settings and train.py arguments (after a preset change they train again)",
+        help="reuse runs already in --results with the same settings, train.py arguments and resolved presets (after a preset change they train again)",
     )
     parser.add_argument("--saved-only", action="store_true", help="run nothing: table and plot from --results")
     parser.add_argument(

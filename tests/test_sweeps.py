@@ -2,6 +2,7 @@
 (on Ray Tune and in a shared study), and the statistics over seeds checked by hand."""
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -869,6 +870,28 @@ def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only()
     assert ratio[("MemoryS7", "ppo_attention, tuned")] == "3.0x"  # over the tuned ppo_lstm's 100
     assert ratio[("MemoryS11", "mlp")] == "1.5x"
     assert ratio[("RepeatPrevious", "mlp")] == "-"
+
+
+def test_a_preset_change_behind_the_same_arguments_gives_a_case_a_new_digest(monkeypatch):
+    """Another n_heads in the preset: same key, same train.py arguments, another run, so another digest
+    (``--reuse`` and the case's run folder must not hand back the old preset's run)."""
+    from agents import presets
+
+    case = sweep.Case({"method": "attention", "seed": 0}, "attention", (*TRAIN, "--extractor", "attention"))
+    sweep.resolved_text.cache_clear()
+    before = sweep.case_digest(case)
+    assert sweep.case_digest(case) == before and '"n_heads": 1' in sweep.resolved_text(tuple(case.arguments))
+    preset = presets.PRESETS[("ppo", "TMaze")]
+    attention = {**preset.per_extractor["attention"], "n_heads": 2}
+    changed = dataclasses.replace(preset, per_extractor={**preset.per_extractor, "attention": attention})
+    monkeypatch.setitem(presets.PRESETS, ("ppo", "TMaze"), changed)
+    sweep.resolved_text.cache_clear()
+    assert sweep.case_digest(case) != before and '"n_heads": 2' in sweep.resolved_text(tuple(case.arguments))
+    monkeypatch.undo()
+    sweep.resolved_text.cache_clear()
+    assert sweep.case_digest(case) == before
+    # arguments that do not resolve still get a digest (the case fails when it runs, with its own message)
+    assert sweep.resolved_text(("--env-kwargs", "corridor_length:0")) == ""
 
 
 def test_reuse_needs_the_same_arguments_and_saved_only_shows_what_was_saved(tmp_path):
