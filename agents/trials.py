@@ -59,12 +59,14 @@ class ReportEvaluations(BaseCallback):
         self.seen = 0
         self.values: list[float] = []
         """every evaluation's score so far, in order"""
+        self.steps: list[int] = []
+        """the env steps of each of ``values``"""
 
     def _on_training_start(self) -> None:
         # SB3 passes learn()'s locals: its CallbackList holds the run's EvalCallback, which this one follows
         found = [c for c in _walk(self.locals["callback"]) if isinstance(c, EvalCallback)]
         self.evaluation = found[0] if found else None
-        self.seen, self.values, self.pruned = 0, [], False
+        self.seen, self.values, self.steps, self.pruned = 0, [], [], False
         self._report_new()
 
     def _report_new(self) -> None:
@@ -78,8 +80,9 @@ class ReportEvaluations(BaseCallback):
             scores = successes[i] if len(successes) > i and successes[i] else evaluation.evaluations_results[i]
             value = float(np.mean(scores))
             self.values.append(value)
+            self.steps.append(int(evaluation.evaluations_timesteps[i]))
             self.seen += 1
-            self.pruned = self.report(int(evaluation.evaluations_timesteps[i]), value)
+            self.pruned = self.report(self.steps[-1], value)
 
     def _on_step(self) -> bool:
         self._report_new()
@@ -156,15 +159,22 @@ def run_trial(
     base: TrainConfig, params: dict[str, Any], folder: Path, report: Report, checkpoint_s: float = CHECKPOINT_S
 ) -> dict[str, Any]:
     """Train with ``params`` in ``folder`` (going on from the resume point of an attempt that was killed
-    there, see :func:`agents.resume.train_resumable`); the score, what it measures, and whether the run
-    was pruned."""
+    there, see :func:`agents.resume.train_resumable`); the score, what it measures, whether the run
+    was pruned, and the (env steps, score) pairs it reported."""
     reporter = ReportEvaluations(report)
     attempt = train_resumable(
         trial_config(base, params, folder), folder, f"trial {folder.name}", [reporter, StopAtBudget()], checkpoint_s
     )
     result = attempt.result
     score, metric = objective(result.evaluation, reporter.values, base.objective)
-    return {"score": score, "metric": metric, "pruned": reporter.pruned, "folder": str(result.folder)}
+    reports = [[step, value] for step, value in zip(reporter.steps, reporter.values, strict=True)]
+    return {
+        "score": score,
+        "metric": metric,
+        "pruned": reporter.pruned,
+        "folder": str(result.folder),
+        "reports": reports,
+    }
 
 
 def finished_trial(folder: Path, kind: str, report: Report) -> dict[str, Any] | None:
@@ -181,7 +191,8 @@ def finished_trial(folder: Path, kind: str, report: Report) -> dict[str, Any] | 
             report(step, value)
         score, metric = objective(EvalResult(**record["evaluation"]), values, kind)
         pruned = record["env_steps"] < record["settings"]["n_timesteps"]
-        return {"score": score, "metric": metric, "pruned": pruned, "folder": str(file.parent)}
+        reports = [[step, value] for step, value in zip(steps, values, strict=True)]
+        return {"score": score, "metric": metric, "pruned": pruned, "folder": str(file.parent), "reports": reports}
     return None
 
 

@@ -34,6 +34,7 @@ from agents.config import ConfigError, TrainConfig
 from agents.plan import resolve
 from agents.runfolder import env_name, new_run_folder
 from agents.search_space import own_settings, search_space
+from agents.trial_log import TrialLogCallback, read_trials
 from agents.trials import (
     TUNE_FIELDS,
     MedianRule,
@@ -47,6 +48,9 @@ from agents.trials import (
 )
 
 BEST = "best_params.json"
+FROM_LOG = "from_trial_log.json"
+"""in a search's folder: the trials it took from its trial log when it began (by id), counted again when it
+is restored"""
 SEARCH = "search.json"
 """in a search's folder from its start: what it searches (its settings and space), so that an unfinished
 search is resumed only by the same search"""
@@ -164,12 +168,16 @@ def search_on_ray(
     own: dict[str, Any] | None,
     workers: int | None = None,
     restore: bool = False,
+    trial_log: Path | None = None,
 ) -> tuple[Best, int | None]:
     """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
     the first runs the settings ``own`` when given. With ``restore`` the search in ``folder`` goes on from
     where it was interrupted: its finished trials are kept (and told to the median rule), its unfinished
     ones go on from their resume points (or start over), the rest are sampled as they would have been.
-    Returns the best and, when restored, how many trials had finished before."""
+    With ``trial_log`` (:mod:`agents.trial_log`) each trial is logged there as it ends; a new search
+    (not ``restore``) takes the trials that log holds of the same search as run, tells them to the
+    sampler and the median rule, and runs only the others.
+    Returns the best and, when restored or gone on with from the log, how many trials had ended before."""
     import ray
     from ray import tune
 
@@ -178,7 +186,28 @@ def search_on_ray(
     trainable = tune.with_resources(
         tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule), {"cpu": 1}
     )
+    search = log_signature(base, space)
+    in_log = read_trials(trial_log, search) if trial_log is not None else {}
+    callbacks: list[tune.Callback] = [TrialLogCallback(trial_log, search)] if trial_log is not None else []
     before: int | None = None
+    if restore:  # the trials this search took from its log when it began (the restored sampler knows them)
+        taken = json.loads((folder / FROM_LOG).read_text()) if (folder / FROM_LOG).is_file() else []
+        logged = {trial_id: in_log[trial_id] for trial_id in taken if trial_id in in_log}
+        if len(logged) < len(taken):
+            print(
+                f"search {name!r}: {len(taken) - len(logged)} of the trials it took from {trial_log} are gone from it"
+            )
+    else:
+        logged = in_log
+        (folder / FROM_LOG).write_text(json.dumps(list(logged)) + "\n")
+        if logged:
+            before = len(logged)
+            rest = "the others run now" if before < base.n_trials else "choosing the best of them"
+            print(
+                f"search {name!r} goes on from the trial log {trial_log}: {before} of {base.n_trials} trials had ended; {rest}"
+            )
+    for trial_id, entry in logged.items():
+        tell_rule(rule, trial_id, entry)
     if restore:
         # trials that failed (settings that do not go together) stay failed, as the sampler was told
         try:
@@ -189,15 +218,18 @@ def search_on_ray(
         except Exception as error:  # a state Ray Tune cannot read back: the caller starts a new search
             ray.kill(rule)  # type: ignore[arg-type]
             raise RestoreError(first_line(error)) from None
-        before = sum(replay_to_rule(rule, restored[i].metrics or {}) for i in range(len(restored)))
+        before = len(logged) + sum(replay_to_rule(rule, restored[i].metrics or {}) for i in range(len(restored)))
         rest = "the others run now" if before < base.n_trials else "choosing the best of them"
         print(f"search {name!r} resumed: {before} of {base.n_trials} trials had finished; {rest}")
     else:
+        searcher = pruning_searcher(space, base.seed, None if any(e["params"] == own for e in logged.values()) else own)
+        for entry in logged.values():
+            tell_searcher(searcher, entry)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=pruning_searcher(space, base.seed, own),
-                num_samples=base.n_trials,
+                search_alg=searcher,
+                num_samples=base.n_trials - len(logged),
                 max_concurrent_trials=workers or cores(),
             ),
             run_config=tune.RunConfig(
@@ -206,24 +238,61 @@ def search_on_ray(
                 stop={"training_iteration": 1},
                 verbose=0,
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                callbacks=callbacks,
             ),
         )
-    grid = tuner.fit()
+    results = []
+    if len(logged) < base.n_trials:
+        grid = tuner.fit()
+        results = [grid[i] for i in range(len(grid))]
     ray.kill(rule)  # type: ignore[arg-type]
-    results = [grid[i] for i in range(len(grid))]
-    ended = sum(1 for r in results if r.error is not None or (r.metrics and "score" in r.metrics))
+    ended = len(logged) + sum(1 for r in results if r.error is not None or (r.metrics and "score" in r.metrics))
     if ended < base.n_trials:  # Ctrl-C: Ray Tune saved the search's state and returned
         raise SearchInterruptedError(ended, base.n_trials, folder)
-    done = [(r.metrics, r.config or {}) for r in results if r.error is None and r.metrics and "score" in r.metrics]
+    done = [(e, e["params"]) for e in logged.values() if "score" in e]
+    done += [(r.metrics, r.config or {}) for r in results if r.error is None and r.metrics and "score" in r.metrics]
+    trials = len(logged) + len(results)
     if not done:
-        errors = [first_line(r.error) for r in results if r.error is not None]
-        raise ConfigError(f"all {len(grid)} trials failed; the first: {errors[0] if errors else 'no result'}")
+        errors = [e["error"] for e in logged.values() if "error" in e] + [
+            first_line(r.error) for r in results if r.error is not None
+        ]
+        raise ConfigError(f"all {trials} trials failed; the first: {errors[0] if errors else 'no result'}")
     done = [(m, c) for m, c in done if not m.get("pruned")]  # a pruned run's score is of a shorter run
     if not done:
         raise ConfigError(f"search {name!r} has no completed trial: every trial was pruned")
     metrics, config = done[best_index([m["score"] for m, _ in done], [c for _, c in done], own)]
     first = next((m["score"] for m, c in done if own and c == own), None)
-    return Best(dict(config), metrics["score"], metrics["metric"], len(grid), _first(own, first)), before
+    return Best(dict(config), metrics["score"], metrics["metric"], trials, _first(own, first)), before
+
+
+def tell_searcher(searcher: Any, entry: dict[str, Any]) -> None:
+    """A trial from the trial log, told to the sampler as a trial of this search would be: a failed one as
+    failed, a pruned one as pruned without a value (see :func:`pruning_searcher`)."""
+    if "error" in entry:
+        searcher.add_evaluated_point(entry["params"], None, error=True)
+        return
+    pruned = bool(entry["pruned"])
+    try:
+        searcher.add_evaluated_point(entry["params"], None if pruned else entry["score"], pruned=pruned)
+    except ValueError as error:  # a score Optuna refuses (NaN): Ray Tune only warns of such a trial too
+        print(f"a logged trial's score {entry['score']!r} cannot be told to the sampler ({first_line(error)})")
+
+
+def tell_rule(rule: Any, trial_id: str, entry: dict[str, Any]) -> None:
+    """A trial from the trial log, told to the median rule as it ended: its evaluations, then its end."""
+    if "error" in entry:
+        return
+    reports = [(int(step), float(value)) for step, value in entry.get("reports", [])]
+    ray.get(rule.replay.remote(trial_id, reports, entry["score"], bool(entry["pruned"])))
+
+
+def log_signature(base: TrainConfig, space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """What a trial log's search is: :func:`search_signature` without where it logs (another machine's
+    clone, another log folder: the same search)."""
+    return {
+        "flags": config_flags(base, skip=("verbose", "log_folder")),
+        "space": {key: distribution_to_json(d) for key, d in space.items()},
+    }
 
 
 def best_index(scores: list[float], params: list[dict[str, Any]], own: dict[str, Any] | None) -> int:
@@ -425,14 +494,16 @@ def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneRe
     return TuneResult(folder, best, command)
 
 
-def optimize(cfg: TrainConfig, workers: int | None = None) -> TuneResult | StoppedSearch:
+def optimize(cfg: TrainConfig, workers: int | None = None, trial_log: Path | None = None) -> TuneResult | StoppedSearch:
     """Check every setting, open the storage, then search and write the best settings (on Ray: ``workers``
     trials at once, default one per core).
 
     On Ray, an earlier search with the same settings and space in the same log folder that was
     interrupted (no ``best_params.json``) is gone on with instead of starting another: its finished
-    trials are kept. (A study in ``--storage`` keeps its trials by itself.) An interrupted search
-    returns :class:`StoppedSearch` and writes no best settings."""
+    trials are kept. Where there is none, the trials ``trial_log`` holds of the same search (another
+    machine's, see :mod:`agents.trial_log`) are taken as run; each trial is logged there as it ends.
+    (A study in ``--storage`` keeps its trials by itself.) An interrupted search returns
+    :class:`StoppedSearch` and writes no best settings."""
     plan = resolve(trial_config(cfg, {}, Path(cfg.log_folder)))
     space = search_space(plan, cfg.search_space)
     base = replace(cfg, extractor=plan.extractor)
@@ -450,7 +521,9 @@ def optimize(cfg: TrainConfig, workers: int | None = None) -> TuneResult | Stopp
         best = search_in_study(base, space, folder, study, own)
     else:
         try:
-            best, resumed, folder = _search_on_ray_or_anew(cfg, base, space, folder, name, own, workers, earlier)
+            best, resumed, folder = _search_on_ray_or_anew(
+                cfg, base, space, folder, name, own, workers, earlier, trial_log
+            )
         except SearchInterruptedError as stop:
             return StoppedSearch(stop.folder, stop.finished, stop.n_trials)
     result = write_best(replace(base, extractor=cfg.extractor), folder, name, best)  # the command as the user wrote it
@@ -466,16 +539,18 @@ def _search_on_ray_or_anew(
     own: dict[str, Any] | None,
     workers: int | None,
     earlier: Path | None,
+    trial_log: Path | None = None,
 ) -> tuple[Best, int | None, Path]:
     """The search on Ray in ``folder``, going on with it if it is ``earlier``'s; a search whose saved state
     Ray Tune cannot read back is said so in one line and made anew in a new folder."""
     try:
-        return (*search_on_ray(base, space, folder, name, own, workers, restore=earlier is not None), folder)
+        restore = earlier is not None
+        return (*search_on_ray(base, space, folder, name, own, workers, restore, trial_log), folder)
     except RestoreError as error:
         anew = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
         (anew / SEARCH).write_text((folder / SEARCH).read_text())
         print(f"the interrupted search in {folder} cannot be gone on with ({error}): searching anew in {anew}")
-        return (*search_on_ray(base, space, anew, name, own, workers), anew)
+        return (*search_on_ray(base, space, anew, name, own, workers, trial_log=trial_log), anew)
 
 
 def search_signature(base: TrainConfig, space: dict[str, BaseDistribution]) -> dict[str, Any]:

@@ -506,12 +506,16 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
         log_folder = Path(args.log_folder) / "searches" / f"{cell}_{case_digest(case)}"
         flags = ["--optimize", "--n-trials", str(args.tune), "-f", str(log_folder), "--search-space", *keys]
         began = time.perf_counter()
-        try:  # an interrupted search of this cell goes on where it stopped
-            result = optimize(config_from_args([*arguments, *flags]), workers=args.workers)
+        try:  # an interrupted search of this cell goes on where it stopped (here, or from its trial log)
+            result = optimize(
+                config_from_args([*arguments, *flags]), workers=args.workers, trial_log=trial_log_of(path)
+            )
         except ConfigError as error:
             raise ConfigError(f"tuning {name}: {error}") from None
         if isinstance(result, StoppedSearch):
-            print(f"tuning {name}: {result.summary()}", flush=True)
+            log = trial_log_of(path)
+            where = f"; its ended trials are in {log}, from which the search goes on elsewhere" if log.is_file() else ""
+            print(f"tuning {name}: {result.summary()}{where}", flush=True)
             raise SystemExit(result.exit_code)
         wall = time.perf_counter() - began
         record = {**json.loads((result.folder / "best_params.json").read_text()), "searched": searched, "wall_s": wall}
@@ -525,6 +529,12 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
     resolved = path.resolve()
     source = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
     return Tuned(source, tuple(record["params"]))
+
+
+def trial_log_of(tuned: Path) -> Path:
+    """The trial log (:mod:`agents.trial_log`) beside a cell's tuned settings: ``CELL_tuneN.trials.jsonl``.
+    Committed with them, it lets a search that a machine did not finish go on elsewhere."""
+    return tuned.with_name(f"{tuned.stem}.trials.jsonl")
 
 
 def tuned_keys(arguments: Sequence[str]) -> list[str]:

@@ -467,6 +467,131 @@ def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(
         sweep.tune_cases(cases, args)
 
 
+def trial_lines(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()[1:]]
+
+
+def test_a_search_goes_on_from_its_trial_log_where_its_log_folder_is_gone(ray_session, tmp_path, capsys):
+    """Another machine: the committed trial log holds 2 of 3 ended trials, the log folder is not there.
+    The search runs only the third (not the logged first trial's settings again) and picks the best of all
+    three; with all three logged it runs none."""
+    args = sweep_args(tmp_path)
+    # one trial at a time: the log lists trials as they end, so the first line is the run's own settings
+    args.tune, args.tune_seed, args.tuned_folder, args.workers = 3, 0, tmp_path / "tuned", 1
+    cases = tiny_cases(seeds=(1,))
+    sweep.tune_cases(cases, args)
+    (path,) = (tmp_path / "tuned").glob("*_tune3.json")
+    log = sweep.trial_log_of(path)
+    assert log.name == path.name.replace(".json", ".trials.jsonl")
+    whole = trial_lines(log)
+    assert len(whole) == 3 and all({"params", "score", "metric", "pruned", "reports"} <= set(t) for t in whole)
+    assert all(t["reports"] and len(t["reports"][0]) == 2 for t in whole)  # (env steps, score) per evaluation
+    own = json.loads(path.read_text())["first_trial"]["params"]
+    assert whole[0]["params"] == own
+
+    def elsewhere(trials: int) -> dict:
+        """The search again where its log folder and settings file are gone, its log cut to ``trials``."""
+        path.unlink()
+        subprocess.run(["rm", "-r", str(tmp_path / "runs")], check=True)
+        lines = log.read_text().splitlines()
+        log.write_text("\n".join(lines[: 1 + trials]) + "\n")
+        capsys.readouterr()
+        sweep.tune_cases(cases, args)
+        return json.loads(path.read_text())
+
+    record = elsewhere(2)
+    out = capsys.readouterr().out
+    assert f"goes on from the trial log {log}: 2 of 3 trials had ended; the others run now" in out
+    trained = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "searches").glob("**/trials/**/args.json")]
+    assert len(trained) == 1 and trained[0]["hyperparams"] != {**trained[0]["hyperparams"], **own}
+    again = trial_lines(log)
+    assert again[:2] == whole[:2] and len(again) == 3 and again[2]["params"] != own
+    assert record["trials"] == 3 and record["resumed_after_trials"] == 2
+    completed = [t for t in again if not t["pruned"]]
+    assert record["best_score"] == max(t["score"] for t in completed)
+
+    record = elsewhere(3)
+    assert "3 of 3 trials had ended; choosing the best of them" in capsys.readouterr().out
+    assert not list((tmp_path / "runs" / "searches").glob("**/trials/**/args.json"))
+    assert trial_lines(log) == again and record["best_score"] == max(t["score"] for t in completed)
+
+
+TUNE_SCRIPT = """
+import argparse, sys
+from pathlib import Path
+sys.path.insert(0, {benchmarks!r})
+import sweep
+args = argparse.Namespace(results=Path("results.json"), log_folder=Path("runs"), reuse=False, saved_only=False,
+                          address=None, workers=1, tune=3, tune_seed=0, tuned_folder=Path("tuned"))
+case = sweep.Case({{"method": "mlp", "seed": 1}}, "mlp seed 1", {arguments!r})
+sweep.tune_cases([case], args)
+"""
+
+
+def test_a_search_begun_from_its_trial_log_and_interrupted_is_gone_on_with_counting_the_logged_trials(tmp_path):
+    """Another machine takes 1 logged trial of 3, runs the second and is interrupted during the third; the
+    same command there restores the search: it counts the logged trial, runs only the third and ends."""
+    arguments = (*TINY, "--seed", "1", *TINY_PARAMS)
+    script = TUNE_SCRIPT.format(benchmarks=str(ROOT / "benchmarks"), arguments=arguments)
+    command = [sys.executable, "-c", script]
+    one_core = {"preexec_fn": lambda: os.sched_setaffinity(0, {0})}  # Ray gets 1 CPU: one trial at a time
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, **one_core)
+    assert first.returncode == 0, first.stderr
+    (path,) = (tmp_path / "tuned").glob("*_tune3.json")
+    log = sweep.trial_log_of(path)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4
+    path.unlink()
+    subprocess.run(["rm", "-r", str(tmp_path / "runs")], check=True)
+    log.write_text("\n".join(lines[:2]) + "\n")  # this machine: 1 trial had ended on the other
+
+    def trial_folders() -> list[Path]:
+        return list((tmp_path / "runs" / "searches").glob("*/ppo/optimize/*/trials/trial_*"))
+
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **one_core
+    )
+    deadline = time.monotonic() + 300
+    while len(trial_folders()) < 2:  # the second trial of this machine has begun
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert "goes on from the trial log" in out and "1 of 3 trials had ended; the others run now" in out
+    taken = int(out.split("search interrupted after ")[1].split(" ")[0])
+    assert 2 <= taken <= 3 and f"its ended trials are in tuned/{log.name}, from which the search goes on" in out
+    assert not path.exists()
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("**/trials/trial_*/ppo/*/result.json")}
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, **one_core)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed: {taken} of 3 trials had finished" in again.stdout  # the logged trial counted
+    record = json.loads(path.read_text())
+    assert record["trials"] == 3 and record["resumed_after_trials"] == taken
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("**/trials/trial_*/ppo/*/result.json")}
+    assert len(after) == 2 and all(after[p] == stamp for p, stamp in finished.items())  # none trained twice
+    ended = trial_lines(log)
+    assert len(ended) == 3 and ended[0] == json.loads(lines[1])
+    assert record["best_score"] == max(t["score"] for t in ended if not t["pruned"])
+
+
+def test_a_trial_log_of_other_settings_is_not_used_and_is_started_over(tmp_path):
+    from agents.trial_log import add_trial, read_trials
+
+    log = tmp_path / "tuned" / "cell_tune2.trials.jsonl"
+    entry = {"params": {"gamma": 0.9}, "score": 0.5, "metric": "success", "pruned": False, "reports": [[64, 0.5]]}
+    add_trial(log, {"flags": ["-n", "256"]}, "a_00000", entry)
+    add_trial(log, {"flags": ["-n", "256"]}, "a_00000", {**entry, "score": 0.7})  # logged once
+    assert read_trials(log, {"flags": ["-n", "256"]}) == {"a_00000": entry}
+    assert read_trials(log, {"flags": ["-n", "512"]}) == {}
+    add_trial(log, {"flags": ["-n", "512"]}, "b_00000", {"params": {"gamma": 0.8}, "error": "bad settings"})
+    assert read_trials(log, {"flags": ["-n", "256"]}) == {}
+    assert read_trials(log, {"flags": ["-n", "512"]}) == {
+        "b_00000": {"params": {"gamma": 0.8}, "error": "bad settings"}
+    }
+
+
 def test_the_reuse_command_is_the_search_command_as_written(tmp_path, monkeypatch):
     """ppo_attention resolves its per-step encoder to mlp; the command to reuse a search says what the user wrote."""
     from agents import tune
