@@ -75,7 +75,8 @@ def test_replay_of_a_history_run_shows_every_step(tmp_path):
 
 
 def test_replay_of_a_vector_env_adds_the_history_heatmap(tmp_path):
-    args = ["--env", "rlattn/TMaze-v0", "--env-kwargs", "corridor_length:3", *TINY]
+    # two heads (the preset has one): the heatmap has a row per head
+    args = ["--env", "rlattn/TMaze-v0", "--env-kwargs", "corridor_length:3", *TINY, "-params", "n_heads:2"]
     assert run(args, tmp_path).returncode == 0
     folder = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
     done = run(["--replay", str(folder), "--episodes", "2"], tmp_path)
@@ -87,8 +88,8 @@ def test_replay_of_a_vector_env_adds_the_history_heatmap(tmp_path):
     maze.reset(seed=0)
     render_height = maze.render().shape[0]
     with Image.open(folder / "replay.gif") as gif:
-        # the maze render, and under it the heatmap: one 12-pixel row per head (the preset's 4), a gap, the strip
-        assert gif.size[1] == render_height + 4 * 12 + 2 + 6
+        # the maze render, and under it the heatmap: one 12-pixel row per head (2), a gap, the strip
+        assert gif.size[1] == render_height + 2 * 12 + 2 + 6
 
 
 @pytest.mark.parametrize(
