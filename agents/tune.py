@@ -289,10 +289,7 @@ def tell_rule(rule: Any, trial_id: str, entry: dict[str, Any]) -> None:
 def log_signature(base: TrainConfig, space: dict[str, BaseDistribution]) -> dict[str, Any]:
     """What a trial log's search is: :func:`search_signature` without where it logs (another machine's
     clone, another log folder: the same search)."""
-    return {
-        "flags": config_flags(base, skip=("verbose", "log_folder")),
-        "space": {key: distribution_to_json(d) for key, d in space.items()},
-    }
+    return search_signature(base, space, skip=("verbose", "log_folder"))
 
 
 def best_index(scores: list[float], params: list[dict[str, Any]], own: dict[str, Any] | None) -> int:
@@ -553,10 +550,12 @@ def _search_on_ray_or_anew(
         return (*search_on_ray(base, space, anew, name, own, workers, trial_log=trial_log), anew)
 
 
-def search_signature(base: TrainConfig, space: dict[str, BaseDistribution]) -> dict[str, Any]:
-    """What a search is: its run's flags (trials, objective and seed among them) and the space it draws from."""
+def search_signature(
+    base: TrainConfig, space: dict[str, BaseDistribution], skip: tuple[str, ...] = ("verbose",)
+) -> dict[str, Any]:
+    """What a search is: its run's flags but ``skip`` (trials, objective and seed among them) and the space it draws from."""
     return {
-        "flags": config_flags(base, skip=("verbose",)),
+        "flags": config_flags(base, skip=skip),
         "space": {key: distribution_to_json(d) for key, d in space.items()},
     }
 
