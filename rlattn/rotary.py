@@ -13,21 +13,28 @@ from torch import Tensor
 ROTARY_BASE = 10_000.0
 _ROTARY_TABLES: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 """(N, 2, d/2) cos and sin of positions 0 .. N-1 per head size, device and dtype: derived values, never state"""
+ROTARY_TABLE_MAX = 1 << 16
+"""the table's rows at most; positions past it (an episode of more steps, a task with no time limit)
+get their angles computed on each call instead, so the table's memory stays bounded (8 MiB at d = 32)"""
 
 
 def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """cos and sin of the rotary angles: integer positions (...) -> (..., d/2) each.
 
     The angles are computed in float64 and cast (at position 10^5 float32 angles would be off by
-    ~0.004 rad), once per position: a table grown by doubling, then looked up (fewer ops per step).
+    ~0.004 rad), once per position: a table grown by doubling, then looked up (fewer ops per step),
+    up to ``ROTARY_TABLE_MAX`` positions.
     """
     key = (head_dim, positions.device, dtype)
     table = _ROTARY_TABLES.get(key)
     needed = int(positions.max()) + 1 if positions.numel() else 1
+    half = head_dim // 2
+    freq = ROTARY_BASE ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+    if needed > ROTARY_TABLE_MAX:  # a very long episode: these positions' angles only, the table stays bounded
+        angles = positions.to(torch.float64)[..., None] * freq
+        return angles.cos().to(dtype), angles.sin().to(dtype)
     if table is None or len(table) < needed:
         size = max(1024, 1 << (needed - 1).bit_length())
-        half = head_dim // 2
-        freq = ROTARY_BASE ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
         angles = torch.arange(size, dtype=torch.float64, device=positions.device)[:, None] * freq
         table = _ROTARY_TABLES[key] = torch.stack([angles.cos(), angles.sin()], dim=1).to(dtype)
     cos, sin = table[positions].unbind(-2)

@@ -262,3 +262,17 @@ def test_bad_arguments_give_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as error:
         MultiHeadAttention(16, 4, **kwargs)
     assert "\n" not in str(error.value)
+
+
+def test_rotary_angles_past_the_table_are_computed_and_the_table_stays_bounded():
+    """A task with no time limit takes positions past ``ROTARY_TABLE_MAX``: the same angles, no table for them."""
+    from rlattn import rotary
+
+    positions = torch.tensor([[3, rotary.ROTARY_TABLE_MAX + 5], [10_000_000, 0]])
+    cos, sin = rotary_tables(positions, 8)
+    freq = rotary.ROTARY_BASE ** (-torch.arange(4, dtype=torch.float64) / 4)
+    angles = positions.to(torch.float64)[..., None] * freq
+    assert torch.allclose(cos, angles.cos().float(), atol=1e-6) and torch.allclose(sin, angles.sin().float(), atol=1e-6)
+    small_cos, _ = rotary_tables(torch.tensor([3]), 8)
+    assert torch.allclose(small_cos[0], cos[0, 0])  # the table's angles and the computed ones agree
+    assert all(len(table) <= rotary.ROTARY_TABLE_MAX for table in rotary._ROTARY_TABLES.values())
