@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,8 +12,14 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first, preprocess_obs
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecEnv,
+    VecTransposeImage,
+    is_vecenv_wrapped,
+    unwrap_vec_normalize,
+)
 
 from rlattn.extractors import HistoryAttentionExtractor
 from rlattn.faithfulness import Faithfulness, history_decision, memory_decision, newest_frame, patch_decision
@@ -23,6 +30,22 @@ AttentionExtractor = HistoryAttentionExtractor | PatchAttentionExtractor | Spati
 _NOT_IMAGE = ("stdout", "log", "json", "csv")
 SHOWN = 4
 """episodes whose frames make up ``attention/overlay``"""
+
+
+def like_training(env: VecEnv, space: gym.Space) -> VecEnv:
+    """``env`` as SB3 wraps a training env for a policy of observation ``space``: channel-last images
+    moved to channels first (``VecTransposeImage``) where that is the policy's space (an image env
+    given to ``CnnPolicy`` unwrapped). The masks and overlays then read frames as the policy does."""
+    if env.observation_space == space or is_vecenv_wrapped(env, VecTransposeImage):
+        return env
+    observed = env.observation_space
+    leaves = observed.spaces.values() if isinstance(observed, gym.spaces.Dict) else (observed,)
+    with warnings.catch_warnings():  # SB3 warns where a shape is ambiguous, and takes channels last then too
+        warnings.simplefilter("ignore")
+        if not any(is_image_space(leaf) and not is_image_space_channels_first(leaf) for leaf in leaves):  # type: ignore[arg-type]
+            return env
+    transposed = VecTransposeImage(env)
+    return transposed if transposed.observation_space == space else env
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,9 @@ class AttentionLoggingCallback(BaseCallback):
         self.n_episodes = n_episodes
         self.target_key = target_key
         self.seed = seed
+
+    def _init_callback(self) -> None:
+        self.env = like_training(self.env, self.model.observation_space)
 
     def _on_step(self) -> bool:
         scored = self.measure()

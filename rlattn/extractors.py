@@ -14,7 +14,16 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from torch import Tensor, nn
 
 from rlattn.blocks import KeepsOwnInit, TransformerBlock, init_linear, sinusoidal_table
-from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
+from rlattn.history import (
+    STEP_KEYS,
+    first_kept,
+    history_length,
+    image_steps,
+    pixel_scale,
+    raw_uint8,
+    step_size,
+    valid_steps,
+)
 from rlattn.validation import check_choice, check_int
 
 HISTORY_ATTENTION = ("global", "local")
@@ -82,7 +91,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
         self.step_dim = sum(step_size(observation_space[key]) for key in self.step_keys)
         obs_space = observation_space["obs"]
         obs_shape = obs_space.shape or ()
-        if len(obs_shape) == 4:
+        if image_steps(obs_space):
             raise ValueError(
                 f"observation steps of shape {obs_shape[1:]} are images: {type(self).__name__} embeds vectors; "
                 "use SpatioTemporalAttentionExtractor (or PatchAttentionExtractor on single frames)"
@@ -95,7 +104,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
         parts = []
         for key in self.step_keys:
             x = observations[key].float().flatten(2)
-            parts.append(x * self.obs_scale if key == "obs" and self.obs_scale != 1.0 else x)
+            parts.append(raw_uint8(x, key) * self.obs_scale if key == "obs" and self.obs_scale != 1.0 else x)
         steps = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         steps = steps.masked_fill(~valid[..., None], 0.0)  # padding never enters the math
         return steps, valid

@@ -45,6 +45,28 @@ def pixel_scale(space: spaces.Space) -> float:
     return 1.0 / max(1.0, float(np.max(space.high)))
 
 
+def image_steps(space: spaces.Space) -> bool:
+    """Whether a (K, ...) history entry holds images: steps of three axes that SB3 would call an image
+    (uint8, 0..255). Other steps of any shape are vectors to the history extractors."""
+    if not isinstance(space, spaces.Box) or len(space.shape) != 4:
+        return False
+    return is_image_space(spaces.Box(space.low[0], space.high[0], dtype=space.dtype), check_channels=False)
+
+
+def raw_uint8(x: Tensor, key: str) -> Tensor:
+    """``x``, the batch of a uint8 history entry, checked to hold the whole numbers 0..255 its space
+    allows: ``VecNormalize`` keeps a uint8 space's dtype (it makes only images float32), so SB3 would
+    store normalised values as uint8 and train on wrapped numbers. A one-line ValueError naming the fix."""
+    wrong = (x < 0) | (x > 255) | (x != x.floor())
+    if bool(wrong.any()):
+        value = float(x[wrong][0])
+        raise ValueError(
+            f"history key {key!r} holds {value:.4g} where its space is uint8: allowed are whole numbers 0..255 "
+            f"(with VecNormalize, leave {key!r} out of norm_obs_keys: the extractor scales uint8 values itself)"
+        )
+    return x
+
+
 def valid_steps(observations: dict[str, Tensor]) -> Tensor:
     """(B, K) bool of the real steps of a batch of histories; the newest always counts.
 

@@ -39,7 +39,7 @@ CODE_ONE_HOT_MAX = 16
 CODE_BITS_MAX = 16
 """wider integer leaves become the binary code of each number, up to this many bits ..."""
 CODE_SIZE_MAX = 8192
-"""... while the encoded leaf holds at most this many numbers (larger leaves, images, stay numbers)"""
+"""... while the encoded leaf holds at most this many numbers (larger leaves, images, become values in [0, 1])"""
 
 
 def _binary_encoder(low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
@@ -58,7 +58,8 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     indices): one-hot where each number has at most ``CODE_ONE_HOT_MAX`` values, else each number's
     binary code (``CODE_BITS_MAX`` bits at most): each value its own pattern, not a magnitude (a key, 5,
     and a ball, 6, differ in two bits, not by 1). Leaves that would then hold more than
-    ``CODE_SIZE_MAX`` numbers, and float leaves, stay numbers."""
+    ``CODE_SIZE_MAX`` numbers (images) become their values scaled to [0, 1] by their bounds (pixels
+    by 1/255); float leaves, and integers wider than ``CODE_BITS_MAX`` bits, stay numbers."""
     low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in (space.low, space.high))
     span = np.asarray(space.high, dtype=np.float64).reshape(-1) - np.asarray(space.low, dtype=np.float64).reshape(-1)
     if np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX:
@@ -69,6 +70,12 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
             return _one_hot_encoder(counts, first)
         if first.size * width <= CODE_SIZE_MAX:
             return _binary_encoder(first, width)
+        # too many numbers to code (an image): magnitudes in [0, 1], as the extractors scale a uint8
+        # step (pixels by 1/255), not 0..255 into a Linear layer
+        scale = (1.0 / np.maximum(span, 1.0)).astype(np.float32)
+        return (lambda x: (np.asarray(x, dtype=np.float32).reshape(-1) - low) * scale), spaces.Box(
+            0.0, 1.0, low.shape, np.float32
+        )
     return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
 
 
@@ -148,8 +155,8 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
     Box as is (scalars as one number, channel-last images channel-first, 2-D uint8 frames
     flattened: see ``_box_step``); Discrete and MultiDiscrete one-hot; MultiBinary a float vector;
     Dict and Tuple (nested too) one float32 vector of their leaves in key order: float Box leaves
-    flattened with their values unscaled, integer Box leaves as codes (one-hot or binary, see
-    ``_flat_box``), leaves that hold no numbers (Text, a MiniGrid mission) dropped with a warning.
+    flattened with their values unscaled, integer Box leaves as codes (one-hot or binary; an image's
+    values scaled to [0, 1]: see ``_flat_box``), leaves that hold no numbers (Text, a MiniGrid mission) dropped with a warning.
     """
     if isinstance(space, spaces.Box):
         return _box_step(space)

@@ -23,8 +23,10 @@ from rlattn import (
     HistoryAttentionExtractor,
     HistoryFlattenExtractor,
     HistoryObservation,
+    PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
 )
+from rlattn.wrappers import step_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"features_dim": 16, "embed_dim": 16, "n_heads": 2, "n_layers": 1}
@@ -172,6 +174,72 @@ def test_a_normalised_valid_mask_is_one_line_naming_the_fix():
     policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL}
     model = PPO("MultiInputPolicy", venv(norm_obs_keys=["obs"]), n_steps=8, batch_size=8, policy_kwargs=policy_kwargs)
     model.learn(32)
+
+
+def test_a_normalised_uint8_history_is_one_line_naming_the_key():
+    """VecNormalize keeps a uint8 space uint8, so SB3's buffer would store its normalised values as
+    wrapped uint8 numbers: refused at the first normalised rollout step, not trained on."""
+    make = lambda: HistoryObservation(Steps(spaces.Box(0, 255, (4,), np.uint8)), 4)  # noqa: E731
+    venv = VecNormalize(make_vec_env(make, n_envs=2), norm_obs_keys=["obs"])
+    policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL}
+    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
+    with pytest.raises(
+        ValueError, match=r"history key 'obs' holds -?\d.* uint8: allowed are whole numbers 0\.\.255"
+    ) as error:
+        model.learn(16)
+    assert len(str(error.value).splitlines()) == 1 and "norm_obs_keys" in str(error.value)
+    PPO("MultiInputPolicy", make_vec_env(make, n_envs=2), n_steps=8, batch_size=8, policy_kwargs=policy_kwargs).learn(
+        16
+    )
+
+
+@pytest.mark.parametrize("extractor", [HistoryAttentionExtractor, HistoryFlattenExtractor])
+def test_a_three_axis_step_that_is_no_image_is_a_vector(extractor):
+    env = HistoryObservation(Steps(spaces.Box(-1, 30, (2, 3, 4), np.float32)), 4)
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(0)
+    kwargs = SMALL if extractor is HistoryAttentionExtractor else {"features_dim": 16}
+    built = extractor(env.observation_space, **kwargs)
+    assert built.step_dim == 24
+    assert built({key: torch.as_tensor(value[None]) for key, value in obs.items()}).shape == (1, 16)
+    with pytest.raises(ValueError, match=r"\(3, 12, 16\) are images"):  # uint8 0..255 steps of three axes are
+        extractor(HistoryObservation(Steps(CHANNEL_LAST), 4).observation_space, **kwargs)
+
+
+def test_an_image_inside_a_dict_is_scaled_to_unit_values():
+    """An image leaf too large to code becomes values in [0, 1] (pixels by 1/255), as the extractors
+    scale a uint8 step; small integer leaves stay codes and float leaves stay as they are."""
+    space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (32, 32, 3), np.uint8),
+            "level": spaces.Box(2, 6, (1,), np.int64),
+            "speed": spaces.Box(-5, 5, (2,), np.float32),
+        }
+    )
+    encode, box = step_encoder(space, "observation")
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[0, 0] = (255, 51, 0)
+    x = encode({"image": image, "level": np.array([4]), "speed": np.array([-3.0, 2.5], np.float32)})
+    assert box.shape == x.shape == (32 * 32 * 3 + 5 + 2,)
+    assert x[:3].tolist() == pytest.approx([1.0, 0.2, 0.0]) and x[3 : 32 * 32 * 3].max() == 0.0
+    assert box.high[: 32 * 32 * 3].max() == 1.0
+    assert x[32 * 32 * 3 :].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, -3.0, 2.5]  # level 4 one-hot of 2..6, speed as is
+
+
+def test_the_logging_callback_reads_a_channel_last_env_as_the_policy_does():
+    """SB3 moves a channel-last image env's channels for CnnPolicy by itself; the callback, given the
+    same env unwrapped, must read its frames the same way (else its patch grid is the wrong shape)."""
+    policy_kwargs = {
+        "features_extractor_class": PatchAttentionExtractor,
+        "features_extractor_kwargs": {"patch_size": 4, "features_dim": 16, "embed_dim": 16, "n_heads": 2},
+    }
+    model = PPO("CnnPolicy", Steps(CHANNEL_LAST), n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
+    assert model.observation_space.shape == (3, 12, 16)
+    callback = AttentionLoggingCallback(Steps(CHANNEL_LAST), n_episodes=2)
+    callback.init_callback(model)
+    assert callback.env.observation_space.shape == (3, 12, 16)
+    scored = callback.measure()
+    assert scored is not None and scored.image.shape[-1] == 3 and len(scored.faithfulness.decisions) == 2
 
 
 def test_attention_ppo_learns_with_multibinary_actions():
