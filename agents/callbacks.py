@@ -19,6 +19,7 @@ from agents import schedules
 from agents.build import make_vec
 from agents.checks import first_line
 from agents.config import ConfigError
+from agents.evaluate import success_flags
 from agents.plan import RunPlan
 from agents.presets import env_family
 from agents.runfolder import BEST_MODEL, save_atomic, save_replay_atomic, write_atomic
@@ -114,6 +115,11 @@ class ResumableEvalCallback(EvalCallback):
     """SB3's EvalCallback that can start from an earlier run's ``evaluations.npz`` (so it is extended, not
     overwritten), evaluating a resumed run at the env steps the first run's schedule gives."""
 
+    _counted: list | None = None
+    """the success list of the evaluation under way (SB3's ``_is_success_buffer``)"""
+    _ended: list[Any] = []
+    """``is_success`` (None where missing) of each episode that evaluation has ended"""
+
     def _on_training_start(self) -> None:
         super()._on_training_start()
         self.n_calls = steps_so_far(self)
@@ -142,6 +148,16 @@ class ResumableEvalCallback(EvalCallback):
                 np.savez(target, timesteps=timesteps, results=results, ep_lengths=lengths)
 
         write_atomic(Path(self.log_path).with_suffix(".npz"), save)
+
+    def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        """SB3's, but an episode that ends without ``is_success`` where others report it is a failure
+        (``success_flags``): SB3 leaves it out, and an env that reports its successes only read 1.00."""
+        if not locals_["done"]:
+            return
+        if self._is_success_buffer is not self._counted:  # SB3 starts each evaluation with a new list
+            self._counted, self._ended = self._is_success_buffer, []
+        self._ended.append(locals_["info"].get("is_success"))
+        self._is_success_buffer[:] = success_flags(self._ended)
 
     def _on_step(self) -> bool:
         """SB3's step, its ``evaluations.npz`` written beside the real one and renamed into place."""

@@ -24,8 +24,16 @@ def check_env_id(env_id: str) -> str:
     if module:
         try:
             importlib.import_module(module)
-        except ImportError:
-            raise ConfigError(f"--env {env_id!r}: cannot import module {module!r}") from None
+        except ModuleNotFoundError as error:
+            if error.name is not None and (module == error.name or module.startswith(f"{error.name}.")):
+                raise ConfigError(f"--env {env_id!r}: cannot import module {module!r}: no such module") from None
+            raise ConfigError(
+                f"--env {env_id!r}: importing module {module!r} failed: it imports {error.name!r}, which is not installed"
+            ) from None
+        except Exception as error:  # the user's module raised while importing: its own error, in one line
+            raise ConfigError(
+                f"--env {env_id!r}: importing module {module!r} failed: {type(error).__name__}: {first_line(error)}"
+            ) from None
     if name in gym.registry:
         return name
     close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.6)

@@ -1,4 +1,5 @@
-"""Evaluation that also counts successes (``info["is_success"]`` at the end of each episode)."""
+"""Evaluation that also counts successes (``info["is_success"]`` at the end of each episode; where an
+env reports it at some ends only, an end without it is a failure)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,34 @@ class EvalResult:
     mean_return: float
     std_return: float
     success_rate: float | None
-    """None when the env reports no ``is_success``."""
+    """None when the env reports no ``is_success`` (see :func:`success_flags`)."""
 
     def __str__(self) -> str:
         success = "n/a" if self.success_rate is None else f"{self.success_rate:.2f}"
         return f"eval success {success} over {self.episodes} episodes | mean return {self.mean_return:.3f} +/- {self.std_return:.3f}"
 
 
+def success_flags(ended: list[Any]) -> list[bool]:
+    """The ``info.get("is_success")`` of each ended episode as successes: none where no episode reported
+    one; else an episode that ended without it is a failure (an env may report its successes only: were
+    those episodes left out, its timeouts would never lower the rate)."""
+    if all(flag is None for flag in ended):
+        return []
+    return [bool(flag) for flag in ended]
+
+
 def evaluate(model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic: bool = True) -> EvalResult:
     """Play ``n_episodes`` with ``model`` (recurrent policies included) on ``venv``."""
-    successes: list[bool] = []
+    ended: list[Any] = []
 
     def record(locals_: dict[str, Any], _: dict[str, Any]) -> None:
-        if locals_["done"] and "is_success" in locals_["info"]:
-            successes.append(bool(locals_["info"]["is_success"]))
+        if locals_["done"]:
+            ended.append(locals_["info"].get("is_success"))
 
     episode_returns, _ = evaluate_policy(
         model, venv, n_episodes, deterministic=deterministic, return_episode_rewards=True, callback=record
     )
     returns = np.asarray(episode_returns, dtype=np.float64)
+    successes = success_flags(ended)
     rate = float(np.mean(successes)) if successes else None
     return EvalResult(len(returns), float(returns.mean()), float(returns.std()), rate)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 import envs
 from agents import schedules
 from agents.checks import check_algo_values, check_device, check_env_id, check_int_flag, check_writable, first_line
 from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
-from agents.presets import default_history, preset_for
+from agents.presets import default_history, episode_cap, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
 from rlattn import ChannelFirst, FlatObservation, HistoryObservation
 from rlattn.wrappers import channel_last_image
@@ -116,12 +118,16 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return env
 
 
+MAKE_KEYWORDS = ("max_episode_steps",)
+"""keywords that ``gym.make`` takes itself, whatever the env's constructor: a TimeLimit of N steps"""
+
+
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
     entry_point = gym.spec(env_id).entry_point
     creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
     params = inspect.signature(creator).parameters  # type: ignore[arg-type]
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        allowed = [name for name in params if name not in ("self", "render_mode")]
+        allowed = [name for name in params if name not in ("self", "render_mode")] + list(MAKE_KEYWORDS)
         for key in env_kwargs:
             if key not in allowed:
                 raise ConfigError(
@@ -130,7 +136,8 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--en
     try:
         return make_env(env_id, **env_kwargs)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"{flag} for {env_id}: {error}") from None
+        where = f"{flag} for {env_id}" if env_kwargs else f"making {env_id}"
+        raise ConfigError(f"{where}: {first_line(error)}") from None
 
 
 def _resolve_extractor(cfg: TrainConfig, probe: gym.Env, preferred: str | None = None) -> str:
@@ -172,6 +179,12 @@ def _resolve_history(cfg: TrainConfig, entry: ExtractorEntry, probe: gym.Env, pr
     """K: the steps a decision can see (an episodic algorithm's memory window W)."""
     single = entry.view in ("newest", "frame") and ALGOS[cfg.algo].memory != "episodic"
     if cfg.history is not None:
+        if single and cfg.history != 1 and ALGOS[cfg.algo].memory == "recurrent":
+            raise ConfigError(
+                f"--history {cfg.history} does not go with --algo {cfg.algo}, whose recurrent state keeps the memory "
+                "and which sees the newest step only: leave --history out (a history in the observation is --algo ppo "
+                "with --extractor attention or mlp-stack)"
+            )
         if single and cfg.history != 1:
             others = listed(
                 names(EXTRACTORS, inputs=entry.inputs, view="history")
@@ -292,6 +305,13 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     """
     env_id = _check_flags(cfg)
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
+    if episode_cap(probe) is None:
+        warnings.warn(
+            f"{cfg.env} has no episode cap (no TimeLimit, no max_steps): an evaluation waits for its episodes to "
+            "end on their own; --env-kwargs max_episode_steps:N gives them one",
+            UserWarning,
+            stacklevel=2,
+        )
     eval_env_kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs}
     if cfg.eval_env_kwargs:
         _check_eval_env(env_id, cfg, probe, eval_env_kwargs)
@@ -326,6 +346,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             normalize_reward=run_kwargs.get("normalize_reward", False),
         )
         _check_extractor(plan, probe)
+        _check_replay_memory(plan, probe)
     finally:
         probe.close()
     return plan
@@ -360,6 +381,38 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
         entry.cls(policy_space(plan, probe), **plan.extractor_kwargs)
     except (ValueError, TypeError, AssertionError) as error:
         raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the machine has available now (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
+    """An off-policy algorithm's replay buffer must fit in memory: each stored transition holds its
+    observation and the next (histories included), and SB3 allocates them as training goes."""
+    cls = plan.algo_entry.cls
+    if not issubclass(cls, OffPolicyAlgorithm):
+        return
+    size = int(plan.algo_kwargs.get("buffer_size", inspect.signature(cls.__init__).parameters["buffer_size"].default))
+    space = policy_space(plan, probe)
+    leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    one = sum(int(np.prod(leaf.shape or (1,))) * np.dtype(leaf.dtype).itemsize for leaf in leaves)  # type: ignore[arg-type]
+    copies = 1 if plan.algo_kwargs.get("optimize_memory_usage", False) else 2
+    needed, available = size * one * copies, available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"--algo {plan.config.algo} on {plan.config.env}: its replay buffer of {size:,} transitions, {copies} observations of "
+            f"{one:,} bytes each (history {plan.history}), needs {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
+            "available: lower -params buffer_size:N or --history K"
+        )
 
 
 def policy_space(plan: RunPlan, probe: gym.Env) -> gym.Space:

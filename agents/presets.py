@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+from stable_baselines3.common.preprocessing import is_image_space
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,9 @@ DEFAULT_HISTORY = 64
 STATELESS_HISTORY_CAP = 128
 """the longest default history a HistoryObservation gets on envs without a preset: every stored step
 holds K copies (MiniGrid MemoryS13's 845-step cap would make 510 KB per stored observation)"""
+STATELESS_IMAGE_HISTORY_CAP = 16
+"""... and on image envs without a preset: 128 frames of 84x84x3 in every observation would make a
+PPO rollout of 2,048 steps 2.8 GB (the package's own GlimpseSearch keeps 16 frames for the same reason)"""
 EPISODIC_HISTORY_CAP = 1024
 """the longest default memory window of an episodic algorithm (cost per step grows with it slowly)"""
 
@@ -325,15 +329,19 @@ def default_patch_size(env: gym.Env) -> int:
     return max(p for p in range(1, max(1, min(cell, side)) + 1) if side % p == 0)
 
 
+def _image(space: gym.Space) -> bool:
+    """A single image Box (uint8 0..255, three axes), as ``agents.registry.is_image`` reads one."""
+    return isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)
+
+
 def episode_cap(env: gym.Env) -> int | None:
-    """The most steps an episode can last, where the env says: its TimeLimit, or the env's own limit
-    (``max_steps``: this package's envs, MiniGrid; ``max_episode_length``: POPGym)."""
+    """The most steps an episode can last, where the env says: the shortest of its TimeLimit and the
+    env's own limit (``max_steps``: this package's envs, MiniGrid; ``max_episode_length``: POPGym)."""
     spec_steps = env.spec.max_episode_steps if env.spec is not None else None
     own = env.unwrapped
-    for value in (getattr(own, "max_steps", None), getattr(own, "max_episode_length", None), spec_steps):
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    limits = [getattr(own, "max_steps", None), getattr(own, "max_episode_length", None), spec_steps]
+    found = [value for value in limits if isinstance(value, int) and not isinstance(value, bool) and value > 0]
+    return min(found) if found else None
 
 
 def default_history(env: gym.Env, memory: str = "observation") -> int:
@@ -348,4 +356,6 @@ def default_history(env: gym.Env, memory: str = "observation") -> int:
         return int(getattr(env.unwrapped, "shortest_episode", DEFAULT_HISTORY))
     if env_family(env.spec.id if env.spec is not None else "") != "*":
         return cap
-    return min(cap, EPISODIC_HISTORY_CAP if memory == "episodic" else STATELESS_HISTORY_CAP)
+    if memory == "episodic":
+        return min(cap, EPISODIC_HISTORY_CAP)
+    return min(cap, STATELESS_IMAGE_HISTORY_CAP if _image(env.observation_space) else STATELESS_HISTORY_CAP)

@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 from agents.callbacks import TARGET_KEYS
 from agents.checks import first_line
 from agents.config import ConfigError, TrainConfig
+from agents.evaluate import success_flags
 from agents.plan import RunPlan, make_env, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS, is_image
@@ -152,7 +153,7 @@ def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | No
     info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
     state, start = None, np.ones(1, dtype=bool)
     returns: list[float] = []
-    successes: list[bool] = []
+    ended: list[Any] = []
     masses: list[float] = []
     pictures: list[np.ndarray] = []
     total = 0.0
@@ -167,12 +168,11 @@ def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | No
         if done[0]:
             returns.append(total)
             total = 0.0
-            if "is_success" in info:
-                successes.append(bool(info["is_success"]))
+            ended.append(info.get("is_success"))
             if mass is not None:
                 masses.append(mass)
             info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
-    return returns, successes, masses, pictures
+    return returns, success_flags(ended), masses, pictures
 
 
 def write_gif(pictures: list[np.ndarray], path: Path) -> None:

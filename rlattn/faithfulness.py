@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 
 from rlattn.episodic import EpisodicMemory
@@ -52,7 +53,8 @@ class Decision:
     target_mass: float | None
     """last block, mean over heads; None when the ground truth is not in view"""
     top_flip: bool | None
-    """masking the most-attended step (patch) changed the action; None when nothing could be masked"""
+    """masking the most-attended step (patch) changed the action; None when nothing could be masked
+    or the action is continuous (any input change moves it: no flip to count)"""
     random_flip: bool | None
     """masking a random other step (patch) changed it; None when there was no other"""
     newest_top: bool = False
@@ -108,19 +110,26 @@ def pick(weights: np.ndarray, top_from: np.ndarray, other_from: np.ndarray, rng:
     return top, (int(rng.choice(others)) if len(others) else None)
 
 
-def deterministic_flips(policy: BasePolicy, original: Observation, masked: list[Observation]) -> list[bool]:
-    """Whether each masked observation's deterministic action differs from the original's (one batch)."""
+def deterministic_flips(policy: BasePolicy, original: Observation, masked: list[Observation]) -> list[bool | None]:
+    """Whether each masked observation's deterministic action differs from the original's (one batch;
+    None for continuous actions: see :func:`changed`)."""
     variants = [original, *masked]
     if isinstance(original, dict):
         batch: Observation = {key: np.stack([v[key] for v in variants]) for key in original}  # type: ignore[index]
     else:
         batch = np.stack(variants)  # type: ignore[arg-type]
     actions, _ = policy.predict(batch, deterministic=True)
-    return [not np.array_equal(action, actions[0]) for action in actions[1:]]
+    return [changed(action, actions[0], policy.action_space) for action in actions[1:]]
+
+
+def changed(action: np.ndarray, original: np.ndarray, space: spaces.Space) -> bool | None:
+    """Whether a masked input changed the decision: a different discrete action; None for a continuous
+    (Box) action, which any change of input moves a little, so that no flip is counted for it."""
+    return None if isinstance(space, spaces.Box) else not np.array_equal(action, original)
 
 
 def _decision(
-    flips: list[bool], top: int | None, other: int | None, mass: float | None, newest_top: bool = False
+    flips: list[bool | None], top: int | None, other: int | None, mass: float | None, newest_top: bool = False
 ) -> Decision:
     found = iter(flips)
     return Decision(
@@ -235,7 +244,7 @@ def memory_decision(
     maskable = (positions >= 0) & (positions != positions.max())
     top, other = pick(mean, maskable, maskable, rng)
     actions = memory_actions(policy, memory, [None, *(s for s in (top, other) if s is not None)])
-    flips = [not np.array_equal(action, actions[0]) for action in actions[1:]]
+    flips = [changed(action, actions[0], policy.action_space) for action in actions[1:]]
     seen = positions == target_step
     mass = float(mean[seen].sum()) if target_step >= 0 and seen.any() else None
     return _decision(flips, top, other, mass, newest_top=bool(positions[np.argmax(mean)] == positions.max()))

@@ -13,6 +13,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.plan import make_env
@@ -305,3 +306,120 @@ def test_replay_of_an_env_that_cannot_render(tmp_path, extractor):
         assert done.returncode == 2
         (line,) = done.stderr.strip().splitlines()
         assert "nothing to draw: the env renders no rgb_array frames (its render_mode is None)" in line
+
+
+class SometimesSucceeds(Steps):
+    """Reports ``is_success`` (True) at the end of every other episode only, as envs that flag their
+    successes do; actions are continuous or discrete as asked."""
+
+    def __init__(self, action_space: gym.Space | None = None):
+        super().__init__(spaces.Box(0, 9, (2,), np.float32), action_space, horizon=3)
+        self.episodes = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.episodes += 1
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if terminated and self.episodes % 2 == 0:
+            info = {"is_success": True}
+        return obs, reward, terminated, truncated, info
+
+
+def test_an_episode_ending_without_is_success_where_others_report_it_is_a_failure(tmp_path):
+    from agents.callbacks import ResumableEvalCallback
+    from agents.evaluate import evaluate, success_flags
+
+    assert success_flags([None, None]) == [] and success_flags([None, True, False]) == [False, True, False]
+    model = PPO("MlpPolicy", SometimesSucceeds(), n_steps=8, batch_size=8, device="cpu")
+    result = evaluate(model, DummyVecEnv([SometimesSucceeds]), 4)
+    assert result.episodes == 4 and result.success_rate == pytest.approx(0.5)  # SB3's way: 1.0 (two of two)
+    assert evaluate(model, DummyVecEnv([lambda: Steps(spaces.Box(0, 9, (2,), np.float32))]), 2).success_rate is None
+    callback = ResumableEvalCallback(
+        DummyVecEnv([SometimesSucceeds]), n_eval_episodes=4, eval_freq=1, log_path=str(tmp_path), verbose=0
+    )
+    model.set_logger(configure(None, []))
+    callback.init_callback(model)
+    callback.on_step()
+    assert callback.evaluations_successes == [[False, True, False, True]]
+    callback.on_step()
+    assert sorted(callback.evaluations_successes[-1]) == [False, False, True, True]  # afresh, not appended to
+    assert np.load(tmp_path / "evaluations.npz")["successes"].mean() == pytest.approx(0.5)
+
+
+def test_flip_rates_are_left_out_for_continuous_actions():
+    """Masking any step moves a continuous action a little: no flip is counted, the mass still is."""
+    make = lambda action_space: HistoryObservation(SometimesSucceeds(action_space), 4)  # noqa: E731
+    kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL}
+    for action_space, flips in ((spaces.Box(-1, 1, (2,), np.float32), False), (spaces.Discrete(2), True)):
+        model = PPO("MultiInputPolicy", make(action_space), n_steps=8, batch_size=8, policy_kwargs=kwargs, device="cpu")
+        callback = AttentionLoggingCallback(make(action_space), n_episodes=2)
+        callback.init_callback(model)
+        scored = callback.measure()
+        assert scored is not None and len(scored.faithfulness.decisions) == 2
+        assert (scored.faithfulness.flip_rate("top") is not None) is flips
+        assert (scored.faithfulness.flip_rate("random") is not None) is flips
+
+
+class OwnLimit(Steps):
+    """An env with its own step limit (``max_steps``), as MiniGrid's."""
+
+    max_steps = 50
+
+
+def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
+    from agents.build import resolve
+    from agents.cli import config_from_args
+
+    vector = spaces.Box(0, 9, (2,), np.float32)
+    for name, make, steps in (
+        ("NoCap", lambda: Steps(vector), None),
+        ("OwnLimitShorterLimit", lambda: OwnLimit(vector), 10),
+        ("Image200", lambda: Steps(CHANNEL_LAST), 200),
+    ):
+        if f"Own{name}-v0" not in gym.registry:
+            gym.register(f"Own{name}-v0", entry_point=make, max_episode_steps=steps)
+    with pytest.warns(UserWarning, match=r"OwnNoCap-v0 has no episode cap .*--env-kwargs max_episode_steps:N"):
+        assert resolve(config_from_args(["--env", "OwnNoCap-v0"])).history == 64
+    capped = resolve(config_from_args(["--env", "OwnNoCap-v0", "--env-kwargs", "max_episode_steps:12"]))
+    assert capped.history == 12 and capped.env_kwargs == {"max_episode_steps": 12}
+    assert resolve(config_from_args(["--env", "OwnOwnLimitShorterLimit-v0"])).history == 10  # not the env's 50
+    image = resolve(config_from_args(["--env", "OwnImage200-v0"]))
+    assert image.extractor == "spatiotemporal-attention" and image.history == 16  # frames, not 128 of them
+
+
+def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
+    from agents.build import resolve
+    from agents.cli import config_from_args
+    from agents.config import ConfigError
+
+    env_id = register("Vector", spaces.Box(0, 9, (2,), np.float32))
+    args = ["--algo", "dqn", "--env", env_id, "--extractor", "mlp-stack", "-params", "buffer_size:1000000000000"]
+    with pytest.raises(
+        ConfigError, match=r"replay buffer of 1,000,000,000,000 transitions, 2 observations of 72 bytes"
+    ):
+        resolve(config_from_args(args))
+    assert resolve(config_from_args(args[:-1] + ["buffer_size:1000"])).algo_kwargs["buffer_size"] == 1000
+
+
+def test_errors_while_importing_the_users_module_are_one_line_naming_the_cause(tmp_path):
+    (tmp_path / "needsmore.py").write_text("import nosuchpackage_for_rlattn\n")
+    (tmp_path / "typo.py").write_text("import gymnasium as gym\ngym.register('Typo-v0', entry_point=Missing)\n")
+    for env, cause in (
+        ("needsmore:Foo-v0", "it imports 'nosuchpackage_for_rlattn', which is not installed"),
+        ("typo:Typo-v0", "NameError: name 'Missing' is not defined"),
+        ("nosuchmodule_for_rlattn:Foo-v0", "cannot import module 'nosuchmodule_for_rlattn': no such module"),
+    ):
+        done = train_py(tmp_path, "--env", env)
+        assert done.returncode == 2 and cause in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_history_with_a_recurrent_algorithm_names_what_to_do():
+    from agents.build import resolve
+    from agents.cli import config_from_args
+    from agents.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--history 8 does not go with --algo ppo_lstm, whose recurrent state"):
+        resolve(config_from_args(["--algo", "ppo_lstm", "--history", "8"]))
