@@ -11,6 +11,7 @@ LOG_FOLDER/ALGO/ENV_N/
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
@@ -68,12 +69,47 @@ def new_run_folder(log_folder: str, algo: str, env_id: str) -> Path:
         return folder
 
 
+LITERALS = "literals"
+"""the key under which a settings file keeps, as Python literals, the keyword values JSON would change"""
+
+
+def to_json(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as JSON holds them, and under ``LITERALS`` each keyword value (of a dict-valued
+    setting) that JSON would change, as the Python literal it was: ``size:(8, 8)`` stays a tuple."""
+    data = json.loads(json.dumps(settings, default=str))
+    literals: dict[str, dict[str, str]] = {}
+    for name, value in settings.items():
+        if not isinstance(value, dict):
+            continue
+        for key, item in value.items():
+            if data[name].get(str(key)) != item and _literal(item):
+                literals.setdefault(name, {})[str(key)] = repr(item)
+    return {**data, LITERALS: literals} if literals else data
+
+
+def from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """Settings read back: ``to_json``'s literals put back in place of their JSON forms."""
+    literals = data.pop(LITERALS, None)
+    if isinstance(literals, dict):
+        for name, values in literals.items():
+            if isinstance(data.get(name), dict) and isinstance(values, dict):
+                data[name] = {**data[name], **{key: ast.literal_eval(text) for key, text in values.items()}}
+    return data
+
+
+def _literal(value: Any) -> bool:
+    try:
+        return bool(ast.literal_eval(repr(value)) == value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+
+
 def write_run_info(folder: Path, plan: RunPlan) -> None:
     """The arguments (``args.json``), the resolved settings (``config.json``) and the command line."""
     info_dir = folder / env_name(plan.config.env)
     info_dir.mkdir()
-    (info_dir / "args.json").write_text(json.dumps(asdict(plan.config), indent=2, default=str) + "\n")
-    (info_dir / "config.json").write_text(json.dumps(resolved_settings(plan), indent=2, default=str) + "\n")
+    (info_dir / "args.json").write_text(json.dumps(to_json(asdict(plan.config)), indent=2) + "\n")
+    (info_dir / "config.json").write_text(json.dumps(to_json(resolved_settings(plan)), indent=2) + "\n")
     append_command(folder, plan.config.env)
 
 
@@ -113,9 +149,10 @@ def as_started(plan: RunPlan, folder: Path, total: bool = False) -> RunPlan:
         saved = json.loads(path.read_text())
         if not isinstance(saved, dict):
             raise ValueError(f"a JSON object was expected, not {type(saved).__name__}")
-    except (OSError, ValueError) as error:
+        saved = from_json(saved)
+    except (OSError, ValueError, SyntaxError) as error:
         raise ConfigError(f"{path} cannot be read: {first_line(error)}") from None
-    now = json.loads(json.dumps(resolved_settings(plan), default=str))
+    now = from_json(to_json(resolved_settings(plan)))
     keys = (*STARTED_WITH, "n_timesteps") if total else STARTED_WITH
     changed = {key: saved[key] for key in keys if key in saved and saved[key] != now.get(key)}
     if not changed:
@@ -136,6 +173,7 @@ def load_run_config(folder: Path, what: str) -> TrainConfig:
         )
     try:
         args = json.loads(saved_args[0].read_text())
+        args = from_json(args) if isinstance(args, dict) else args
         if isinstance(args, dict) and args.get("history_inputs") is None:
             # what the run's steps held, as resolved when it started (runs from before the flag: nothing)
             resolved = saved_args[0].with_name("config.json")
@@ -143,8 +181,8 @@ def load_run_config(folder: Path, what: str) -> TrainConfig:
                 list(json.loads(resolved.read_text()).get("history_inputs", [])) if resolved.is_file() else []
             )
         return TrainConfig(**args)
-    except (ValueError, TypeError, AttributeError) as error:
-        raise ConfigError(f"{what}: cannot read {saved_args[0]}: {error}") from None
+    except (ValueError, TypeError, AttributeError, SyntaxError) as error:
+        raise ConfigError(f"{what}: cannot read {saved_args[0]}: {first_line(error)}") from None
 
 
 def find_model(target: str, flag: str = "--replay") -> tuple[Path, Path]:

@@ -423,3 +423,30 @@ def test_history_with_a_recurrent_algorithm_names_what_to_do():
 
     with pytest.raises(ConfigError, match=r"--history 8 does not go with --algo ppo_lstm, whose recurrent state"):
         resolve(config_from_args(["--algo", "ppo_lstm", "--history", "8"]))
+
+
+class Sized(Steps):
+    """Takes a tuple keyword and uses it as a dict key: a list in its place raises TypeError."""
+
+    def __init__(self, size=(2,)):
+        super().__init__(spaces.Box(0, 9, {(2,): (2,), (3,): (3,)}[size], np.float32))
+
+
+def test_tuple_env_keywords_stay_tuples_when_a_run_is_resumed_or_replayed(tmp_path):
+    import warnings
+
+    from agents.build import resolve
+    from agents.cli import config_from_args
+    from agents.runfolder import as_started, load_run_config, write_run_info
+
+    if "OwnSized-v0" not in gym.registry:
+        gym.register("OwnSized-v0", entry_point=Sized, max_episode_steps=6)
+    plan = resolve(config_from_args(["--env", "OwnSized-v0", "--env-kwargs", "size:(3,)", "-params", "n_steps:64"]))
+    write_run_info(tmp_path, plan)
+    saved = load_run_config(tmp_path, "--replay")
+    assert saved.env_kwargs == {"size": (3,)} and saved.hyperparams == {"n_steps": 64}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "goes on with the settings it was started with" for a tuple read back
+        again = as_started(resolve(saved), tmp_path)
+    assert again.env_kwargs == {"size": (3,)}
+    assert make_env("OwnSized-v0", **again.env_kwargs).observation_space.shape == (3,)
