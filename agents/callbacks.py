@@ -119,6 +119,8 @@ class ResumableEvalCallback(EvalCallback):
     """the success list of the evaluation under way (SB3's ``_is_success_buffer``)"""
     _ended: list[Any] = []
     """``is_success`` (None where missing) of each episode that evaluation has ended"""
+    reports_success = False
+    """the env has reported ``is_success`` at some episode's end (this run's evaluations or the resumed run's)"""
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
@@ -156,8 +158,10 @@ class ResumableEvalCallback(EvalCallback):
             return
         if self._is_success_buffer is not self._counted:  # SB3 starts each evaluation with a new list
             self._counted, self._ended = self._is_success_buffer, []
-        self._ended.append(locals_["info"].get("is_success"))
-        self._is_success_buffer[:] = success_flags(self._ended)
+        flag = locals_["info"].get("is_success")
+        self._ended.append(flag)
+        self.reports_success = self.reports_success or flag is not None
+        self._is_success_buffer[:] = success_flags(self._ended, self.reports_success)
 
     def _on_step(self) -> bool:
         """SB3's step, its ``evaluations.npz`` written beside the real one and renamed into place."""
@@ -197,6 +201,7 @@ class ResumableEvalCallback(EvalCallback):
         self.evaluations_timesteps, self.evaluations_results, self.evaluations_length = timesteps, results, lengths
         if successes is not None:
             self.evaluations_successes = successes
+            self.reports_success = any(len(s) for s in successes)
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 

@@ -27,8 +27,9 @@ def check_env_id(env_id: str) -> str:
         except ModuleNotFoundError as error:
             if error.name is not None and (module == error.name or module.startswith(f"{error.name}.")):
                 raise ConfigError(f"--env {env_id!r}: cannot import module {module!r}: no such module") from None
+            missing = repr(error.name) if error.name else f"a module ({first_line(error)})"
             raise ConfigError(
-                f"--env {env_id!r}: importing module {module!r} failed: it imports {error.name!r}, which is not installed"
+                f"--env {env_id!r}: importing module {module!r} failed: it imports {missing}, which is not installed"
             ) from None
         except Exception as error:  # the user's module raised while importing: its own error, in one line
             raise ConfigError(

@@ -25,17 +25,21 @@ class EvalResult:
         return f"eval success {success} over {self.episodes} episodes | mean return {self.mean_return:.3f} +/- {self.std_return:.3f}"
 
 
-def success_flags(ended: list[Any]) -> list[bool]:
+def success_flags(ended: list[Any], reports: bool = False) -> list[bool]:
     """The ``info.get("is_success")`` of each ended episode as successes: none where no episode reported
-    one; else an episode that ended without it is a failure (an env may report its successes only: were
-    those episodes left out, its timeouts would never lower the rate)."""
-    if all(flag is None for flag in ended):
+    one and the env is not known to (``reports``: it did in an earlier evaluation); else an episode that
+    ended without it is a failure (an env may report its successes only: were those episodes left
+    out, its timeouts would never lower the rate, and an evaluation without a success would have none)."""
+    if not reports and all(flag is None for flag in ended):
         return []
     return [bool(flag) for flag in ended]
 
 
-def evaluate(model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic: bool = True) -> EvalResult:
-    """Play ``n_episodes`` with ``model`` (recurrent policies included) on ``venv``."""
+def evaluate(
+    model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic: bool = True, reports: bool = False
+) -> EvalResult:
+    """Play ``n_episodes`` with ``model`` (recurrent policies included) on ``venv``; ``reports``: the env
+    is known to report ``is_success`` (see :func:`success_flags`)."""
     ended: list[Any] = []
 
     def record(locals_: dict[str, Any], _: dict[str, Any]) -> None:
@@ -46,6 +50,6 @@ def evaluate(model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic:
         model, venv, n_episodes, deterministic=deterministic, return_episode_rewards=True, callback=record
     )
     returns = np.asarray(episode_returns, dtype=np.float64)
-    successes = success_flags(ended)
+    successes = success_flags(ended, reports)
     rate = float(np.mean(successes)) if successes else None
     return EvalResult(len(returns), float(returns.mean()), float(returns.std()), rate)

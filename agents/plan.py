@@ -15,7 +15,7 @@ import envs
 from agents import schedules
 from agents.checks import check_algo_values, check_device, check_env_id, check_int_flag, check_writable, first_line
 from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
-from agents.presets import default_history, episode_cap, preset_for
+from agents.presets import default_history, env_family, episode_cap, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
 from rlattn import ChannelFirst, FlatObservation, HistoryObservation
 from rlattn.wrappers import channel_last_image
@@ -305,13 +305,6 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     """
     env_id = _check_flags(cfg)
     probe = _check_env_kwargs(env_id, cfg.env_kwargs)
-    if episode_cap(probe) is None:
-        warnings.warn(
-            f"{cfg.env} has no episode cap (no TimeLimit, no max_steps): an evaluation waits for its episodes to "
-            "end on their own; --env-kwargs max_episode_steps:N gives them one",
-            UserWarning,
-            stacklevel=2,
-        )
     eval_env_kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs}
     if cfg.eval_env_kwargs:
         _check_eval_env(env_id, cfg, probe, eval_env_kwargs)
@@ -346,7 +339,6 @@ def resolve(cfg: TrainConfig) -> RunPlan:
             normalize_reward=run_kwargs.get("normalize_reward", False),
         )
         _check_extractor(plan, probe)
-        _check_replay_memory(plan, probe)
     finally:
         probe.close()
     return plan
@@ -395,13 +387,33 @@ def available_memory() -> int | None:
     return None
 
 
+def preflight(plan: RunPlan) -> None:
+    """What a training run checks on this machine before it starts (not part of ``resolve``: a sweep's
+    case or a replay does not depend on it): a replay buffer that fits in memory, and a warning for
+    an env outside this package's families whose episodes have no cap."""
+    probe = make_env(plan.config.env, **plan.env_kwargs)
+    try:
+        if episode_cap(probe) is None and env_family(plan.config.env) == "*":
+            warnings.warn(
+                f"{plan.config.env} has no episode cap (no TimeLimit, no max_steps): an evaluation waits for its "
+                "episodes to end on their own; --env-kwargs max_episode_steps:N gives them one",
+                UserWarning,
+                stacklevel=3,
+            )
+        _check_replay_memory(plan, probe)
+    finally:
+        probe.close()
+
+
 def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
     """An off-policy algorithm's replay buffer must fit in memory: each stored transition holds its
-    observation and the next (histories included), and SB3 allocates them as training goes."""
+    observation and the next (histories included); the OS provides SB3's zeroed arrays as they fill,
+    so what counts is the transitions the run stores (its buffer, or its steps if fewer)."""
     cls = plan.algo_entry.cls
     if not issubclass(cls, OffPolicyAlgorithm):
         return
-    size = int(plan.algo_kwargs.get("buffer_size", inspect.signature(cls.__init__).parameters["buffer_size"].default))
+    buffer = int(plan.algo_kwargs.get("buffer_size", inspect.signature(cls.__init__).parameters["buffer_size"].default))
+    size = min(buffer, plan.n_timesteps)
     space = policy_space(plan, probe)
     leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
     one = sum(int(np.prod(leaf.shape or (1,))) * np.dtype(leaf.dtype).itemsize for leaf in leaves)  # type: ignore[arg-type]

@@ -329,8 +329,12 @@ def default_patch_size(env: gym.Env) -> int:
     return max(p for p in range(1, max(1, min(cell, side)) + 1) if side % p == 0)
 
 
-def _image(space: gym.Space) -> bool:
-    """A single image Box (uint8 0..255, three axes), as ``agents.registry.is_image`` reads one."""
+def _holds_image(space: gym.Space) -> bool:
+    """An image Box (uint8 0..255, three axes), alone or as a leaf of a Dict or Tuple (which
+    ``FlatObservation`` then flattens into every step)."""
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else space.spaces
+        return any(_holds_image(leaf) for leaf in leaves)
     return isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)
 
 
@@ -358,4 +362,6 @@ def default_history(env: gym.Env, memory: str = "observation") -> int:
         return cap
     if memory == "episodic":
         return min(cap, EPISODIC_HISTORY_CAP)
-    return min(cap, STATELESS_IMAGE_HISTORY_CAP if _image(env.observation_space) else STATELESS_HISTORY_CAP)
+    return min(
+        cap, STATELESS_IMAGE_HISTORY_CAP if _holds_image(env.unwrapped.observation_space) else STATELESS_HISTORY_CAP
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,19 @@ def _pad_width(image: np.ndarray, width: int) -> np.ndarray:
     return np.pad(image, ((0, 0), (0, max(0, width - image.shape[1])), (0, 0)))
 
 
-def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | None):
+def reports_success(folder: Path) -> bool:
+    """Whether the run's evaluations saw its env report ``is_success`` (``evaluations.npz`` holds successes)."""
+    try:
+        with np.load(folder / "evaluations.npz") as saved:
+            return "successes" in saved and saved["successes"].size > 0
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | None, reports: bool = False):
     """Deterministic episodes: returns, successes, attention masses on the target at the last decision
-    of each episode (where measured), and one picture per decision."""
+    of each episode (where measured), and one picture per decision. ``reports``: the env is known to
+    report ``is_success`` (an episode without it is then a failure, even if none reports it here)."""
     obs = venv.reset()
     info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
     state, start = None, np.ones(1, dtype=bool)
@@ -172,7 +183,7 @@ def play(model: BaseAlgorithm, venv: VecEnv, episodes: int, target_key: str | No
             if mass is not None:
                 masses.append(mass)
             info = venv.reset_infos[0] if hasattr(venv, "reset_infos") else {}
-    return returns, success_flags(ended), masses, pictures
+    return returns, success_flags(ended, reports), masses, pictures
 
 
 def write_gif(pictures: list[np.ndarray], path: Path) -> None:
@@ -202,7 +213,8 @@ def replay(cfg: TrainConfig) -> ReplayResult:
         ) from None
     venv = _make_env(plan, cfg.seed)
     try:
-        returns, successes, masses, pictures = play(model, venv, cfg.episodes, TARGET_KEYS.get(env_family(saved.env)))
+        target_key = TARGET_KEYS.get(env_family(saved.env))
+        returns, successes, masses, pictures = play(model, venv, cfg.episodes, target_key, reports_success(folder))
     finally:
         venv.close()
     write_gif(pictures, video)

@@ -24,7 +24,7 @@ from agents.callbacks import EVAL_SEED_OFFSET, LearnedSteps, run_callbacks
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
-from agents.plan import RunPlan, resolve
+from agents.plan import RunPlan, preflight, resolve
 from agents.registry import ALGOS
 from agents.runfolder import (
     append_command,
@@ -249,6 +249,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
     plan = resolve(cfg)
     if resumed:
         plan = as_started(plan, Path(cfg.trained_agent).parent, total=cfg.n_timesteps is None)  # type: ignore[arg-type]
+    preflight(plan)
     if cfg.verbose and plan.env_kwargs != plan.eval_env_kwargs:
         print(f"training envs: {plan.env_kwargs}; evaluation envs: {plan.eval_env_kwargs}", flush=True)
     folder, model, venv, eval_env, callbacks = _start(plan, resumed)
@@ -281,7 +282,8 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
         if not signals.received:
             try:
                 with signals.armed():
-                    result = evaluate(model, eval_env, cfg.eval_episodes)
+                    reports = any(getattr(c, "reports_success", False) for c in callbacks)
+                    result = evaluate(model, eval_env, cfg.eval_episodes, reports=reports)
             except KeyboardInterrupt:  # during the final evaluation: the model is saved, the evaluation left out
                 pass
         _close(eval_env)

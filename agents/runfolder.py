@@ -150,7 +150,7 @@ def as_started(plan: RunPlan, folder: Path, total: bool = False) -> RunPlan:
         if not isinstance(saved, dict):
             raise ValueError(f"a JSON object was expected, not {type(saved).__name__}")
         saved = from_json(saved)
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
         raise ConfigError(f"{path} cannot be read: {first_line(error)}") from None
     now = from_json(to_json(resolved_settings(plan)))
     keys = (*STARTED_WITH, "n_timesteps") if total else STARTED_WITH
@@ -181,7 +181,7 @@ def load_run_config(folder: Path, what: str) -> TrainConfig:
                 list(json.loads(resolved.read_text()).get("history_inputs", [])) if resolved.is_file() else []
             )
         return TrainConfig(**args)
-    except (ValueError, TypeError, AttributeError, SyntaxError) as error:
+    except (ValueError, TypeError, AttributeError, SyntaxError, MemoryError, RecursionError) as error:
         raise ConfigError(f"{what}: cannot read {saved_args[0]}: {first_line(error)}") from None
 
 

@@ -97,6 +97,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
                 "use SpatioTemporalAttentionExtractor (or PatchAttentionExtractor on single frames)"
             )
         self.obs_scale = pixel_scale(obs_space)
+        self.obs_uint8 = str(obs_space.dtype) == "uint8"
 
     def step_features(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """dict of (B, K, ...) -> steps (B, K, D), valid (B, K) bool with the newest step always valid."""
@@ -104,7 +105,9 @@ class HistoryExtractor(BaseFeaturesExtractor):
         parts = []
         for key in self.step_keys:
             x = observations[key].float().flatten(2)
-            parts.append(raw_uint8(x, key) * self.obs_scale if key == "obs" and self.obs_scale != 1.0 else x)
+            if key == "obs" and self.obs_uint8 and not torch.is_grad_enabled():
+                raw_uint8(x, key)  # rollouts (no grad) see what VecNormalize made; training sees SB3's buffer
+            parts.append(x * self.obs_scale if key == "obs" and self.obs_scale != 1.0 else x)
         steps = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         steps = steps.masked_fill(~valid[..., None], 0.0)  # padding never enters the math
         return steps, valid

@@ -332,6 +332,7 @@ def test_an_episode_ending_without_is_success_where_others_report_it_is_a_failur
     from agents.evaluate import evaluate, success_flags
 
     assert success_flags([None, None]) == [] and success_flags([None, True, False]) == [False, True, False]
+    assert success_flags([None, None], reports=True) == [False, False]  # known to report: no success is 0.00
     model = PPO("MlpPolicy", SometimesSucceeds(), n_steps=8, batch_size=8, device="cpu")
     result = evaluate(model, DummyVecEnv([SometimesSucceeds]), 4)
     assert result.episodes == 4 and result.success_rate == pytest.approx(0.5)  # SB3's way: 1.0 (two of two)
@@ -346,6 +347,13 @@ def test_an_episode_ending_without_is_success_where_others_report_it_is_a_failur
     callback.on_step()
     assert sorted(callback.evaluations_successes[-1]) == [False, False, True, True]  # afresh, not appended to
     assert np.load(tmp_path / "evaluations.npz")["successes"].mean() == pytest.approx(0.5)
+    callback.eval_env = DummyVecEnv([lambda: Steps(spaces.Box(0, 9, (2,), np.float32))])  # no success this time
+    callback.on_step()
+    assert callback.evaluations_successes[-1] == [False] * 4  # 0.00, not left out
+    never = ResumableEvalCallback(DummyVecEnv([lambda: Steps(spaces.Box(0, 9, (2,), np.float32))]), n_eval_episodes=2)
+    never.init_callback(model)
+    never.on_step()
+    assert never.evaluations_successes == [] and not never.reports_success
 
 
 def test_flip_rates_are_left_out_for_continuous_actions():
@@ -362,6 +370,20 @@ def test_flip_rates_are_left_out_for_continuous_actions():
         assert (scored.faithfulness.flip_rate("random") is not None) is flips
 
 
+class DictWithImage(gym.Env):
+    """A Dict observation with an image among its keys."""
+
+    observation_space = spaces.Dict({"image": CHANNEL_LAST, "speed": spaces.Box(-1, 1, (2,), np.float32)})
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
 class OwnLimit(Steps):
     """An env with its own step limit (``max_steps``), as MiniGrid's."""
 
@@ -369,38 +391,51 @@ class OwnLimit(Steps):
 
 
 def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
+    import warnings
+
     from agents.build import resolve
     from agents.cli import config_from_args
+    from agents.plan import preflight
 
     vector = spaces.Box(0, 9, (2,), np.float32)
     for name, make, steps in (
         ("NoCap", lambda: Steps(vector), None),
         ("OwnLimitShorterLimit", lambda: OwnLimit(vector), 10),
         ("Image200", lambda: Steps(CHANNEL_LAST), 200),
+        ("DictImage200", DictWithImage, 200),
     ):
         if f"Own{name}-v0" not in gym.registry:
             gym.register(f"Own{name}-v0", entry_point=make, max_episode_steps=steps)
+    uncapped = resolve(config_from_args(["--env", "OwnNoCap-v0"]))
+    assert uncapped.history == 64
     with pytest.warns(UserWarning, match=r"OwnNoCap-v0 has no episode cap .*--env-kwargs max_episode_steps:N"):
-        assert resolve(config_from_args(["--env", "OwnNoCap-v0"])).history == 64
+        preflight(uncapped)  # training warns; resolving (a sweep's case, a replay) does not
     capped = resolve(config_from_args(["--env", "OwnNoCap-v0", "--env-kwargs", "max_episode_steps:12"]))
     assert capped.history == 12 and capped.env_kwargs == {"max_episode_steps": 12}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preflight(capped)
     assert resolve(config_from_args(["--env", "OwnOwnLimitShorterLimit-v0"])).history == 10  # not the env's 50
     image = resolve(config_from_args(["--env", "OwnImage200-v0"]))
     assert image.extractor == "spatiotemporal-attention" and image.history == 16  # frames, not 128 of them
+    flat = resolve(config_from_args(["--env", "OwnDictImage200-v0"]))
+    assert flat.extractor == "attention" and flat.history == 16  # an image inside a Dict, flattened into each step
 
 
 def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
     from agents.build import resolve
     from agents.cli import config_from_args
     from agents.config import ConfigError
+    from agents.plan import preflight
 
     env_id = register("Vector", spaces.Box(0, 9, (2,), np.float32))
-    args = ["--algo", "dqn", "--env", env_id, "--extractor", "mlp-stack", "-params", "buffer_size:1000000000000"]
-    with pytest.raises(
-        ConfigError, match=r"replay buffer of 1,000,000,000,000 transitions, 2 observations of 72 bytes"
-    ):
-        resolve(config_from_args(args))
-    assert resolve(config_from_args(args[:-1] + ["buffer_size:1000"])).algo_kwargs["buffer_size"] == 1000
+    args = ["--algo", "dqn", "--env", env_id, "--extractor", "mlp-stack", "-n", str(10**12), "-params"]
+    huge = resolve(config_from_args([*args, "buffer_size:1000000000000"]))  # resolving alone does not look
+    with pytest.raises(ConfigError, match=r"replay buffer of 1,000,000,000,000 transitions, 2 observations of 72 by"):
+        preflight(huge)
+    preflight(resolve(config_from_args([*args, "buffer_size:1000"])))
+    short = resolve(config_from_args([*args[:-3], "-n", "1000", "-params", "buffer_size:1000000000000"]))
+    preflight(short)  # a buffer larger than the run's steps holds only those
 
 
 def test_errors_while_importing_the_users_module_are_one_line_naming_the_cause(tmp_path):
