@@ -159,6 +159,13 @@ def _resolve_extractor(cfg: TrainConfig, probe: gym.Env, preferred: str | None =
         )
     entry, space = EXTRACTORS[name], probe.observation_space
     if entry.inputs == "image" and not image:
+        if isinstance(probe, FlatObservation):  # a Dict or Tuple, flattened: say what the user's env gives
+            raise ConfigError(
+                f"--extractor {name} needs image observations (channel-first uint8 Box); {cfg.env} gives a "
+                f"{type(probe.env.observation_space).__name__}, flattened into one vector a step (images inside too): "
+                f"use {listed(names(EXTRACTORS, inputs='vector'))}, or keep the image key alone "
+                "(gymnasium.wrappers.FilterObservation, then an env of its own)"
+            )
         raise ConfigError(
             f"--extractor {name} needs image observations (channel-first uint8 Box); {cfg.env} gives {space}: use {listed(names(EXTRACTORS, inputs='vector'))}"
         )

@@ -395,6 +395,7 @@ def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
 
     from agents.build import resolve
     from agents.cli import config_from_args
+    from agents.config import ConfigError
     from agents.plan import preflight
 
     vector = spaces.Box(0, 9, (2,), np.float32)
@@ -420,6 +421,8 @@ def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
     assert image.extractor == "spatiotemporal-attention" and image.history == 16  # frames, not 128 of them
     flat = resolve(config_from_args(["--env", "OwnDictImage200-v0"]))
     assert flat.extractor == "attention" and flat.history == 16  # an image inside a Dict, flattened into each step
+    with pytest.raises(ConfigError, match=r"OwnDictImage200-v0 gives a Dict, flattened into one vector a step"):
+        resolve(config_from_args(["--env", "OwnDictImage200-v0", "--extractor", "spatiotemporal-attention"]))
 
 
 def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
