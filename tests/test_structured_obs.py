@@ -67,10 +67,15 @@ def test_dict_steps_are_one_vector_in_key_order_with_text_dropped():
         # wide ranges: each number's binary code, as wide as the range needs (0..1000: 10 bits)
         (spaces.Box(0, 1000, (1,), np.int32), [6], [0, 1, 1, 0, 0, 0, 0, 0, 0, 0]),
         (spaces.Box(10, 300, (1,), np.int16), [15], [1, 0, 1, 0, 0, 0, 0, 0, 0]),
-        # floats, integers too wide for 16 bits, and leaves that would grow past 8192 numbers: unchanged
+        # floats and integers too wide for 16 bits: unchanged
         (spaces.Box(-1.0, 1.0, (2,), np.float32), [0.25, -1.0], [0.25, -1.0]),
         (spaces.Box(0, 2**20, (1,), np.int64), [70000], [70000]),
-        (spaces.Box(0, 255, (32, 32, 3), np.uint8), np.full(3072, 9), np.full(3072, 9)),
+        # leaves that would grow past 8192 numbers (images): values scaled to [0, 1] by their bounds
+        (
+            spaces.Box(0, 255, (32, 32, 3), np.uint8),
+            np.full(3072, 9),
+            np.full(3072, 9, np.float32) * np.float32(1 / 255),
+        ),
     ],
 )
 def test_integer_leaves_are_codes(leaf, value, expected):
