@@ -11,6 +11,8 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.preprocessing import is_image_space
 
+from rlattn.wrappers import CODE_SIZE_MAX
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -329,13 +331,16 @@ def default_patch_size(env: gym.Env) -> int:
     return max(p for p in range(1, max(1, min(cell, side)) + 1) if side % p == 0)
 
 
-def _holds_image(space: gym.Space) -> bool:
-    """An image Box (uint8 0..255, three axes), alone or as a leaf of a Dict or Tuple (which
-    ``FlatObservation`` then flattens into every step)."""
+def _holds_image(space: gym.Space, leaf: bool = False) -> bool:
+    """An image Box (uint8 0..255, three axes), alone or as a leaf of a Dict or Tuple that
+    ``FlatObservation`` keeps as pixels in every step (too large to code: MiniGrid's 7x7x3 grid of
+    object indices is coded, 8 bits a number, and is no picture here)."""
     if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
         leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else space.spaces
-        return any(_holds_image(leaf) for leaf in leaves)
-    return isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)
+        return any(_holds_image(inner, leaf=True) for inner in leaves)
+    if not (isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)):
+        return False
+    return not leaf or math.prod(space.shape) * 8 > CODE_SIZE_MAX
 
 
 def episode_cap(env: gym.Env) -> int | None:

@@ -119,10 +119,10 @@ def deterministic_flips(policy: BasePolicy, original: Observation, masked: list[
     else:
         batch = np.stack(variants)  # type: ignore[arg-type]
     actions, _ = policy.predict(batch, deterministic=True)
-    return [changed(action, actions[0], policy.action_space) for action in actions[1:]]
+    return [changed(action, actions[0], getattr(policy, "action_space", None)) for action in actions[1:]]
 
 
-def changed(action: np.ndarray, original: np.ndarray, space: spaces.Space) -> bool | None:
+def changed(action: np.ndarray, original: np.ndarray, space: spaces.Space | None) -> bool | None:
     """Whether a masked input changed the decision: a different discrete action; None for a continuous
     (Box) action, which any change of input moves a little, so that no flip is counted for it."""
     return None if isinstance(space, spaces.Box) else not np.array_equal(action, original)
@@ -244,7 +244,7 @@ def memory_decision(
     maskable = (positions >= 0) & (positions != positions.max())
     top, other = pick(mean, maskable, maskable, rng)
     actions = memory_actions(policy, memory, [None, *(s for s in (top, other) if s is not None)])
-    flips = [changed(action, actions[0], policy.action_space) for action in actions[1:]]
+    flips = [changed(action, actions[0], getattr(policy, "action_space", None)) for action in actions[1:]]
     seen = positions == target_step
     mass = float(mean[seen].sum()) if target_step >= 0 and seen.any() else None
     return _decision(flips, top, other, mass, newest_top=bool(positions[np.argmax(mean)] == positions.max()))

@@ -371,9 +371,11 @@ def test_flip_rates_are_left_out_for_continuous_actions():
 
 
 class DictWithImage(gym.Env):
-    """A Dict observation with an image among its keys."""
+    """A Dict observation with an image among its keys, too large to code (kept as pixels in [0, 1])."""
 
-    observation_space = spaces.Dict({"image": CHANNEL_LAST, "speed": spaces.Box(-1, 1, (2,), np.float32)})
+    observation_space = spaces.Dict(
+        {"image": spaces.Box(0, 255, (32, 32, 3), np.uint8), "speed": spaces.Box(-1, 1, (2,), np.float32)}
+    )
     action_space = spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
