@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.preprocessing import is_image_space
 
-from rlattn.wrappers import CODE_SIZE_MAX
+from rlattn.wrappers import coded_width
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,7 @@ def _holds_image(space: gym.Space, leaf: bool = False) -> bool:
         return any(_holds_image(inner, leaf=True) for inner in leaves)
     if not (isinstance(space, gym.spaces.Box) and is_image_space(space, check_channels=False)):
         return False
-    return not leaf or math.prod(space.shape) * 8 > CODE_SIZE_MAX
+    return not leaf or coded_width(space) is None
 
 
 def episode_cap(env: gym.Env) -> int | None:

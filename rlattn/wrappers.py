@@ -53,6 +53,20 @@ def _binary_encoder(low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
     return encode, spaces.Box(0.0, 1.0, (low.size * width,), np.float32)
 
 
+def coded_width(space: spaces.Box) -> int | None:
+    """How :func:`_flat_box` codes an integer Box leaf: 0 one-hot, else the bits of each number's binary
+    code; None where the leaf is not coded (floats, integers wider than ``CODE_BITS_MAX`` bits, and
+    leaves whose codes would pass ``CODE_SIZE_MAX`` numbers, such as images, which stay magnitudes)."""
+    span = np.asarray(space.high, dtype=np.float64).reshape(-1) - np.asarray(space.low, dtype=np.float64).reshape(-1)
+    if not (np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX):
+        return None
+    counts = span.astype(np.int64) + 1
+    if np.max(counts) <= CODE_ONE_HOT_MAX and np.sum(counts) <= CODE_SIZE_MAX:
+        return 0
+    width = max(1, int(np.max(counts) - 1).bit_length())
+    return width if span.size * width <= CODE_SIZE_MAX else None
+
+
 def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     """A Box leaf as a float vector. Integer leaves are codes (MiniGrid's object, colour and state
     indices): one-hot where each number has at most ``CODE_ONE_HOT_MAX`` values, else each number's
@@ -62,14 +76,13 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     by 1/255); float leaves, and integers wider than ``CODE_BITS_MAX`` bits, stay numbers."""
     low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in (space.low, space.high))
     span = np.asarray(space.high, dtype=np.float64).reshape(-1) - np.asarray(space.low, dtype=np.float64).reshape(-1)
+    width = coded_width(space)
+    first = np.asarray(space.low, dtype=np.int64).reshape(-1) if width is not None else np.zeros(0, np.int64)
+    if width == 0:
+        return _one_hot_encoder(span.astype(np.int64) + 1, first)
+    if width is not None:
+        return _binary_encoder(first, width)
     if np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX:
-        first = np.asarray(space.low, dtype=np.int64).reshape(-1)
-        counts = span.astype(np.int64) + 1
-        width = max(1, int(np.max(counts) - 1).bit_length())
-        if np.max(counts) <= CODE_ONE_HOT_MAX and np.sum(counts) <= CODE_SIZE_MAX:
-            return _one_hot_encoder(counts, first)
-        if first.size * width <= CODE_SIZE_MAX:
-            return _binary_encoder(first, width)
         # too many numbers to code (an image): magnitudes in [0, 1], as the extractors scale a uint8
         # step (pixels by 1/255), not 0..255 into a Linear layer
         scale = (1.0 / np.maximum(span, 1.0)).astype(np.float32)
