@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,18 @@ TARGET_KEYS = {
 
 
 class HParamCallback(BaseCallback):
-    """Record the run's settings in TensorBoard's HPARAMS tab, linked to the eval metrics."""
+    """Record the run's settings in TensorBoard's HPARAMS tab, linked to the metrics the run logs
+    (``metrics``: their tags; a column the run never fills would stay empty in the tab)."""
 
-    def __init__(self, hparams: dict[str, Any]):
+    def __init__(self, hparams: dict[str, Any], metrics: Sequence[str] = ("rollout/ep_rew_mean",)):
         super().__init__()
+        if not metrics:
+            raise ValueError("HParamCallback needs at least one metric tag for TensorBoard's HPARAMS tab")
         self.hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        self.metrics = tuple(metrics)
 
     def _on_training_start(self) -> None:
-        metrics = {"eval/success_rate": 0.0, "eval/mean_reward": 0.0, "attention/target_mass": 0.0}
+        metrics = dict.fromkeys(self.metrics, 0.0)
         self.logger.record("hparams", HParam(self.hparams, metrics), exclude=("stdout", "log", "json", "csv"))
 
     def _on_step(self) -> bool:
@@ -261,7 +266,8 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         "seed": cfg.seed,
         "normalize_reward": plan.normalize_reward,
     }
-    callbacks: list[BaseCallback] = [HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs})]
+    callbacks: list[BaseCallback] = []
+    metrics = ["rollout/ep_rew_mean"]
     if cfg.eval_freq > 0:
         # evaluation runs its envs in-process whatever --vec-env says; SB3 warns about the mismatch
         warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
@@ -287,6 +293,12 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         if resumed:
             evaluation.restore(folder / "evaluations.npz")
         callbacks.append(evaluation)
+        metrics.append("eval/mean_reward")
+        if env_family(cfg.env) in TARGET_KEYS:  # the package's envs report is_success; others may not
+            metrics.append("eval/success_rate")
+        if attention is not None and attention.target_key is not None:
+            metrics.append("attention/target_mass")
+    callbacks.insert(0, HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs}, metrics))
     if cfg.save_freq > 0:
         callbacks.append(AtomicCheckpointCallback(cfg.save_freq, folder, plan.n_envs))
     entropy = schedules.linear_start("ent_coef", plan.algo_kwargs.get("ent_coef"))

@@ -442,3 +442,31 @@ def test_runs_started_together_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "glob", glob)
     second = new_run_folder(str(tmp_path), "ppo", "rlattn/TMaze-v0")
     assert first.name == "rlattn-TMaze-v0_1" and second.name == "rlattn-TMaze-v0_2" and len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "eval_freq", "expected"),
+    [
+        (
+            "rlattn/TMaze-v0",
+            100,
+            ["rollout/ep_rew_mean", "eval/mean_reward", "eval/success_rate", "attention/target_mass"],
+        ),
+        ("CartPole-v1", 100, ["rollout/ep_rew_mean", "eval/mean_reward"]),
+        ("CartPole-v1", -1, ["rollout/ep_rew_mean"]),
+    ],
+)
+def test_hparams_tab_links_only_the_metrics_the_run_logs(tmp_path, env, eval_freq, expected):
+    """An env without is_success or an attention target gets no column that would stay empty."""
+    from agents.build import make_vec
+    from agents.callbacks import HParamCallback, run_callbacks
+
+    plan = resolve(TrainConfig(env=env, extractor="attention", eval_freq=eval_freq, verbose=0))
+    eval_env = make_vec(plan, 1, 0, evaluation=True)
+    try:
+        callbacks = run_callbacks(plan, tmp_path, eval_env, resumed=False)
+    finally:
+        eval_env.close()
+    (hparams,) = [c for c in callbacks if isinstance(c, HParamCallback)]
+    assert list(hparams.metrics) == expected
+    assert hparams.hparams["env"] == env
