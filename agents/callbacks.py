@@ -165,8 +165,19 @@ class ResumableEvalCallback(EvalCallback):
             self._counted, self._ended = self._is_success_buffer, []
         flag = locals_["info"].get("is_success")
         self._ended.append(flag)
-        self.reports_success = self.reports_success or flag is not None
+        if flag is not None and not self.reports_success:
+            self.reports_success = True
+            self._fill_earlier_successes()
         self._is_success_buffer[:] = success_flags(self._ended, self.reports_success)
+
+    def _fill_earlier_successes(self) -> None:
+        """Once the env has reported ``is_success``, the evaluations before that report (which SB3 gave no
+        success list) count as failures, as :func:`success_flags` counts an episode ended without it: so
+        ``evaluations.npz`` holds a success row for every evaluation, aligned with its timesteps."""
+        missing = len(self.evaluations_results) - len(self.evaluations_successes)
+        if missing > 0:
+            earlier = [[False] * len(results) for results in self.evaluations_results[:missing]]
+            self.evaluations_successes = [*earlier, *self.evaluations_successes]
 
     def _on_step(self) -> bool:
         """SB3's step, its ``evaluations.npz`` written beside the real one and renamed into place."""
@@ -207,6 +218,8 @@ class ResumableEvalCallback(EvalCallback):
         if successes is not None:
             self.evaluations_successes = successes
             self.reports_success = any(len(s) for s in successes)
+            if self.reports_success:
+                self._fill_earlier_successes()
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 

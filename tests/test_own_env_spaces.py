@@ -356,6 +356,32 @@ def test_an_episode_ending_without_is_success_where_others_report_it_is_a_failur
     assert never.evaluations_successes == [] and not never.reports_success
 
 
+def test_evaluations_before_the_first_reported_success_are_kept_as_failures(tmp_path):
+    """SB3 gives an evaluation a success row only once one is reported: rows and timesteps stay aligned."""
+    from agents.callbacks import ResumableEvalCallback
+
+    silent = lambda: Steps(spaces.Box(0, 9, (2,), np.float32))  # noqa: E731
+    model = PPO("MlpPolicy", SometimesSucceeds(), n_steps=8, batch_size=8, device="cpu")
+    model.set_logger(configure(None, []))
+    callback = ResumableEvalCallback(
+        DummyVecEnv([silent]), n_eval_episodes=2, eval_freq=1, log_path=str(tmp_path), verbose=0
+    )
+    callback.init_callback(model)
+    callback.on_step()
+    callback.on_step()
+    assert callback.evaluations_successes == [] and len(callback.evaluations_timesteps) == 2
+    callback.eval_env = DummyVecEnv([SometimesSucceeds])
+    callback.on_step()
+    assert callback.evaluations_successes == [[False, False], [False, False], [False, True]]
+    saved = np.load(tmp_path / "evaluations.npz")
+    assert saved["successes"].shape == saved["results"].shape == (3, 2)
+    # a file written the earlier way (a success row missing in front) is aligned on resume
+    np.savez(tmp_path / "old.npz", **{**dict(saved), "successes": saved["successes"][2:]})
+    resumed = ResumableEvalCallback(DummyVecEnv([silent]), n_eval_episodes=2)
+    resumed.restore(tmp_path / "old.npz")
+    assert resumed.evaluations_successes == [[False, False], [False, False], [False, True]]
+
+
 def test_flip_rates_are_left_out_for_continuous_actions():
     """Masking any step moves a continuous action a little: no flip is counted, the mass still is."""
     make = lambda action_space: HistoryObservation(SometimesSucceeds(action_space), 4)  # noqa: E731
