@@ -65,6 +65,15 @@ class Best:
     """trials the search ran (with --storage: all in the study, other processes' too)"""
     first: dict[str, Any] | None = None
     """the first trial's settings (the run's own) and its score, if it finished unpruned"""
+    failed: int = 0
+    """of ``trials``, those that failed (settings that do not go together, a run that crashed)"""
+    pruned: int = 0
+    """of ``trials``, those the median rule stopped (never chosen as the best)"""
+
+    def counted(self) -> str:
+        """``8 trials`` or ``8 trials (2 failed, 1 pruned)``: how many the best was chosen among."""
+        left_out = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.pruned, "pruned")) if n]
+        return f"{self.trials} trials" + (f" ({', '.join(left_out)})" if left_out else "")
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class TuneResult:
 
     def best_line(self) -> str:
         settings = " ".join(f"{k}:{v!r}" for k, v in self.best.params.items())
-        return f"best of {self.best.trials} trials: {self.best.metric} {self.best.score:.3f} with {settings}"
+        return f"best of {self.best.counted()}: {self.best.metric} {self.best.score:.3f} with {settings}"
 
     def summary(self) -> str:
         return f"{self.best_line()}; written to {self.folder / BEST}\nreuse with: {self.command}"
@@ -93,12 +102,17 @@ class StoppedSearch:
     finished: int
     n_trials: int
     exit_code: int = 130
+    study: str | None = None
+    """with --storage: the study, which keeps the trials that finished (and the interrupted one, failed)"""
 
     def summary(self) -> str:
-        return (
-            f"search interrupted after {self.finished} of {self.n_trials} trials, no best settings written "
-            f"({self.folder}): run the same command to go on with it"
-        )
+        stopped = f"search interrupted after {self.finished} of {self.n_trials} trials, no best settings written"
+        if self.study is not None:
+            return (
+                f"{stopped} by this process ({self.folder}); study {self.study!r} keeps its finished trials: "
+                "the same command adds trials to it"
+            )
+        return f"{stopped} ({self.folder}): run the same command to go on with it"
 
 
 class RestoreError(Exception):
@@ -106,9 +120,13 @@ class RestoreError(Exception):
 
 
 class SearchInterruptedError(Exception):
-    def __init__(self, finished: int, n_trials: int, folder: Path):
+    def __init__(self, finished: int, n_trials: int, folder: Path, study: str | None = None):
         super().__init__(f"{finished} of {n_trials} trials finished")
-        self.finished, self.n_trials, self.folder = finished, n_trials, folder
+        self.finished, self.n_trials, self.folder, self.study = finished, n_trials, folder, study
+
+
+class TrialCrashedError(Exception):
+    """A trial's run raised (a diverged run's NaN, an env that failed): the trial fails, the search goes on."""
 
 
 HEARTBEAT_S = 30
@@ -252,6 +270,8 @@ def search_on_ray(
     done = [(e, e["params"]) for e in logged.values() if "score" in e]
     done += [(r.metrics, r.config or {}) for r in results if r.error is None and r.metrics and "score" in r.metrics]
     trials = len(logged) + len(results)
+    failed = sum("error" in e for e in logged.values()) + sum(r.error is not None for r in results)
+    pruned = sum(bool(m.get("pruned")) for m, _ in done)
     if not done:
         errors = [e["error"] for e in logged.values() if "error" in e] + [
             first_line(r.error) for r in results if r.error is not None
@@ -262,7 +282,7 @@ def search_on_ray(
         raise ConfigError(f"search {name!r} has no completed trial: every trial was pruned")
     metrics, config = done[best_index([m["score"] for m, _ in done], [c for _, c in done], own)]
     first = next((m["score"] for m, c in done if own and c == own), None)
-    return Best(dict(config), metrics["score"], metrics["metric"], trials, _first(own, first)), before
+    return Best(dict(config), metrics["score"], metrics["metric"], trials, _first(own, first), failed, pruned), before
 
 
 def tell_searcher(searcher: Any, entry: dict[str, Any]) -> None:
@@ -364,6 +384,9 @@ def search_in_study(
         except ConfigError as error:  # settings that do not go together: the next trial samples others
             print(f"trial {trial.number} failed: {error}")
             raise
+        except Exception as error:  # a run that crashed (diverged to NaN, say): this trial fails, not the search
+            print(f"trial {trial.number} failed: {type(error).__name__}: {first_line(error)}")
+            raise TrialCrashedError(first_line(error)) from error
         if any(t.number == trial.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
             taken.add(trial.number)
         if trial.number in taken:
@@ -380,11 +403,13 @@ def search_in_study(
     # trial is printed here instead)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ran = 0
+    """trials this process has ended"""
     try:
         for _ in range(base.n_trials):
             current.clear()
             try:
-                study.optimize(objective, n_trials=1, catch=(ConfigError,))
+                study.optimize(objective, n_trials=1, catch=(ConfigError, TrialCrashedError))
             except (TakenOverError, ValueError) as error:
                 # Optuna cannot tell a trial that another process has failed: ValueError
                 number = error.number if isinstance(error, TakenOverError) else current[0] if current else -1
@@ -394,6 +419,9 @@ def search_in_study(
                     f"trial {number} was failed by another process (this one sent no heartbeat for {GRACE_S} s; "
                     "the study runs its settings again once): going on"
                 )
+            ran += 1
+    except KeyboardInterrupt:  # Optuna has marked the trial under way failed
+        raise SearchInterruptedError(ran, base.n_trials, folder, study.study_name) from None
     finally:
         optuna.logging.set_verbosity(verbosity)
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -402,7 +430,11 @@ def search_in_study(
     best = completed[best_index([float(t.value) for t in completed], [t.params for t in completed], own)]  # type: ignore[arg-type]
     first = next((t.value for t in study.trials if own and t.params == own and t.state == TrialState.COMPLETE), None)
     metric = best.user_attrs.get("metric", "score")
-    return Best(best.params, float(best.value), metric, len(study.trials), _first(own, first))  # type: ignore[arg-type]
+    failed = sum(t.state == TrialState.FAIL for t in study.trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in study.trials)
+    own_first = _first(own, first)  # type: ignore[arg-type]
+    score = float(best.value)  # type: ignore[arg-type]
+    return Best(best.params, score, metric, len(study.trials), own_first, failed, pruned)
 
 
 class TakenOverError(Exception):
@@ -479,6 +511,8 @@ def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneRe
         "study": name,
         "storage": base.storage,
         "trials": best.trials,
+        "failed": best.failed,
+        "pruned": best.pruned,
         "metric": best.metric,
         "best_score": best.score,
         "objective": base.objective,
@@ -515,7 +549,10 @@ def optimize(cfg: TrainConfig, workers: int | None = None, trial_log: Path | Non
     print(_first_line(own, moved))
     resumed = None
     if study is not None:
-        best = search_in_study(base, space, folder, study, own)
+        try:
+            best = search_in_study(base, space, folder, study, own)
+        except SearchInterruptedError as stop:
+            return StoppedSearch(stop.folder, stop.finished, stop.n_trials, study=stop.study)
     else:
         try:
             best, resumed, folder = _search_on_ray_or_anew(

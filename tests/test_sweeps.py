@@ -780,12 +780,40 @@ def test_a_failed_first_trial_is_queued_again_by_the_next_process(tmp_path, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tune, "run_trial", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main([*flags, "--n-trials", "1", "--search-space", "gamma"])
+    capsys.readouterr()
+    assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 130  # Ctrl-C: one line, no traceback
+    (line,) = capsys.readouterr().out.strip().splitlines()[-1:]
+    assert line.startswith("search interrupted after 0 of 1 trials, no best settings written by this process")
+    assert line.endswith("study 'tiny' keeps its finished trials: the same command adds trials to it")
     monkeypatch.setattr(tune, "run_trial", real)
     assert main([*flags, "--n-trials", "1", "--search-space", "gamma"]) == 0
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     assert [(t.state.name, t.params) for t in trials] == [("FAIL", {"gamma": 0.99}), ("COMPLETE", {"gamma": 0.99})]
+
+
+def test_a_trial_whose_run_crashes_fails_alone_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
+    """A diverged run's ValueError (NaN logits) fails its trial; the other trials run and the best is written."""
+    import optuna
+
+    import agents.tune as tune
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--optimize", "--storage", storage, "--study-name", "tiny", *TINY, *TINY_PARAMS, "-f", str(tmp_path)]
+    real = tune.run_trial
+
+    def diverges_once(*args, **kwargs):
+        monkeypatch.setattr(tune, "run_trial", real)
+        raise ValueError("Expected parameter logits to satisfy the constraint, found nan")
+
+    monkeypatch.setattr(tune, "run_trial", diverges_once)
+    assert main([*flags, "--n-trials", "3", "--search-space", "gamma"]) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 failed: ValueError: Expected parameter logits" in out
+    assert "best of 3 trials (1 failed): " in out
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    best = json.loads((tmp_path / "ppo" / "optimize" / "rlattn-TMaze-v0_1" / "best_params.json").read_text())
+    assert (best["trials"], best["failed"], best["pruned"]) == (3, 1, 0)
 
 
 def test_a_trial_whose_process_died_is_failed_and_run_again_by_the_next_process(tmp_path, monkeypatch):
