@@ -48,6 +48,7 @@ from sweep import (
     is_variant,
     method_text,
     seeds,
+    seeds_text,
     steps_text,
     success_text,
     sweep_main,
@@ -188,7 +189,7 @@ def row(cell: Cell) -> list[str]:
         observed(s),
         method_text(s),
         f"{s['budget']:,}",
-        str(len(cell.runs)),
+        seeds_text(cell),
     ]
     if not cell.done:
         return [*head, *success_text(cell), "", "", "", "", ""]

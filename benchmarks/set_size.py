@@ -41,6 +41,7 @@ from sweep import (
     is_variant,
     method_text,
     seeds,
+    seeds_text,
     steps_text,
     success_text,
     sweep_main,
@@ -114,7 +115,7 @@ def make_case(set_size: int, method: str, seed: int, args: argparse.Namespace) -
 def row(cell: Cell) -> list[str]:
     """One table row: the cell's settings, IQM and CI over seeds, the per-seed values."""
     s = cell.settings
-    head = [s["search"], str(s["set_size"]), method_text(s), f"{s['budget']:,}", str(len(cell.runs))]
+    head = [s["search"], str(s["set_size"]), method_text(s), f"{s['budget']:,}", seeds_text(cell)]
     if not cell.done:
         return [*head, *success_text(cell), *[""] * 7]
     masses = [r["target_mass"] for r in cell.done if r.get("target_mass") is not None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -35,7 +36,7 @@ from agents.cli import OneLineParser, config_from_args
 from agents.cluster import cores, start_ray
 from agents.config import ConfigError
 from agents.resume import CHECKPOINT_S, resume_point, train_resumable
-from agents.runfolder import RESULT
+from agents.runfolder import RESULT, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILE = "case.json"
@@ -197,7 +198,23 @@ class Results:
 
     def __init__(self, path: Path):
         self.path = path
-        self.records: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+        self.records: list[dict] = self._read()
+
+    def _read(self) -> list[dict]:
+        """The list on disk (empty if there is none); one line if it is not a JSON list of records."""
+        if not self.path.is_file():
+            return []
+        try:
+            records = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ConfigError(
+                f"--results {self.path} cannot be read ({first_line(error)}): move it aside or pass another --results"
+            ) from None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ConfigError(
+                f"--results {self.path} is not a JSON list of records: move it aside or pass another --results"
+            )
+        return records
 
     def find(self, key: dict, digest: str | None = None) -> dict | None:
         """The latest record with these settings (and, given ``digest``, made with the same arguments)."""
@@ -212,9 +229,18 @@ class Results:
         return found[-1] if found else None
 
     def add(self, record: dict) -> None:
-        self.records.append(record)
+        """Append ``record`` to the file as it is now (another sweep may have added to it since this one
+        read it), under a lock, written beside it and renamed into place: no record is lost to a
+        concurrent sweep and an interrupted write never leaves a broken file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.records, indent=1) + "\n")
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.records = [*self._read(), record]
+                text = json.dumps(self.records, indent=1) + "\n"
+                write_atomic(self.path, lambda target: target.write_text(text))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class _Collect(tune.Callback):
@@ -295,6 +321,8 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
             records[i] = old
         elif not args.saved_only and finished_run(case_folder(args.log_folder, case)) is not None:
             records[i] = run_case(case, args.log_folder)  # finished before: read, not rerun
+            if "error" not in records[i] and saved.find(case.key, case_digest(case)) is None:
+                saved.add(records[i])  # its trial ended before its record was saved (or into other --results)
         elif not args.saved_only:
             pending.append(i)
     if pending:
@@ -598,9 +626,17 @@ def cells(records: list[dict], fields: Sequence[str]) -> list[Cell]:
         runs = sorted(group, key=lambda r: r.get("seed", 0))
         done = [r for r in runs if r.get("success") is not None]  # envs without is_success report returns only
         success = iqm_interval([r["success"] for r in done]) if done else None
-        steps = steps_interval([r["steps_to_095"] for r in done])
+        # a seed that failed or is unfinished may never have reached it: no interval claims every seed did
+        ended = all("error" not in r for r in runs)
+        steps = steps_interval([r["steps_to_095"] for r in done]) if ended else None
         out.append(Cell(settings, runs, success, steps))
     return out
+
+
+def seeds_text(cell: Cell) -> str:
+    """The table's seeds column: ``3``, or ``2/3`` where a seed failed or is unfinished (the IQM is over the 2)."""
+    ran, listed = len(cell.done), len(cell.runs)
+    return str(listed) if ran == listed else f"{ran}/{listed}"
 
 
 def success_text(cell: Cell) -> tuple[str, str]:

@@ -47,6 +47,7 @@ from sweep import (
     method_text,
     not_done_text,
     seeds,
+    seeds_text,
     sweep_main,
     variants,
     with_tuned,
@@ -140,7 +141,7 @@ BASELINE = "ppo_lstm"
 
 def row(cell: Cell) -> list[str]:
     s = cell.settings
-    head = [s["task"], method_text(s), f"{s['budget']:,}", str(len(cell.runs))]
+    head = [s["task"], method_text(s), f"{s['budget']:,}", seeds_text(cell)]
     if not cell.done:
         return [*head, not_done_text(cell.runs[0]), "", "", ""]
     scores = [r["score"] for r in cell.done]

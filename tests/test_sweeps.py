@@ -214,6 +214,41 @@ def test_an_interrupted_sweep_rerun_trains_no_finished_trial(ray_session, tmp_pa
     assert result_stamps(args.log_folder) == stamps and len(stamps) == 2
     assert [r["success"] for r in again] == [r["success"] for r in records]
     assert sorted(p.name for p in args.log_folder.glob("*/ppo/*")) == ["rlattn-TMaze-v0_1"] * 2
+    # runs read back from their folders whose records never reached --results (the driver died before it
+    # saved them, or they were saved to another file) are saved there, once
+    args.results.unlink()
+    sweep.run_cases(cases, args)
+    sweep.run_cases(cases, args)
+    assert sorted(r["seed"] for r in json.loads(args.results.read_text())) == [0, 1]
+    assert trained == [1, 1]
+
+
+def test_the_results_file_keeps_every_sweeps_records_and_refuses_a_broken_one(tmp_path):
+    path = tmp_path / "results.json"
+    first, second = sweep.Results(path), sweep.Results(path)  # two sweeps writing one file at once
+    first.add({"method": "mlp", "seed": 0})
+    second.add({"method": "mlp", "seed": 1})
+    assert [r["seed"] for r in sweep.Results(path).records] == [0, 1]
+    assert not list(tmp_path.glob(".*partial*"))
+    path.write_text('[{"method": "mlp", "se')  # a write cut short by a kill
+    with pytest.raises(ConfigError, match=r"^--results .*results.json cannot be read \(.*\): move it aside"):
+        sweep.Results(path)
+    path.write_text('{"method": "mlp"}')
+    with pytest.raises(ConfigError, match="is not a JSON list of records: move it aside or pass another --results"):
+        sweep.Results(path)
+
+
+def test_a_cell_with_a_failed_seed_says_so_in_its_seeds_column_and_claims_no_steps():
+    import third_party
+
+    key = dict(task="MemoryS7", method="mlp", budget=1000, tuned=False)
+    done = {"success": 1.0, "score": 1.0, "best_score": 1.0, "steps_per_s": 100.0, "steps_to_095": 500}
+    runs = [{**key, "seed": 0, **done}, {**key, "seed": 1, "error": "crashed"}, {**key, "seed": 2, **done}]
+    (cell,) = sweep.cells(runs, third_party.KEY_FIELDS)
+    assert sweep.seeds_text(cell) == "2/3" and cell.success is not None and cell.steps is None
+    assert third_party.row(cell)[3] == "2/3" and third_party.row(cell)[5] == "1.00 - 1.00"
+    (whole,) = sweep.cells([runs[0], runs[2]], third_party.KEY_FIELDS)
+    assert sweep.seeds_text(whole) == "2" and whole.steps is not None
 
 
 class StopAt(BaseCallback):
