@@ -100,6 +100,15 @@ class AttentionPPO(PPO):
         check_int("memory", memory)
         check_int("n_steps", n_steps)
         policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
+        # a trained model's policy_kwargs hold what AttentionPPO set: taken back where they agree with its arguments
+        own = {"memory": memory, "include_action": include_action, "include_reward": include_reward}
+        for name, value in own.items():
+            if name in policy_kwargs and policy_kwargs[name] != value:
+                raise ValueError(
+                    f"policy_kwargs {name}={policy_kwargs[name]!r} differs from AttentionPPO's {name}={value!r}: "
+                    f"pass {name}={policy_kwargs[name]!r} to AttentionPPO (policy_kwargs may hold it only as the same value)"
+                )
+            policy_kwargs.pop(name, None)
         for name in _SET_HERE:
             if name in kwargs or name in policy_kwargs:
                 raise ValueError(f"{name} in policy_kwargs or kwargs is not supported: AttentionPPO sets it itself")
@@ -164,27 +173,33 @@ class AttentionPPO(PPO):
         self.policy.memory_net.refresh(memory)  # keys and values as training will recompute them
         rollout_buffer.carry_in(memory)
         callback.on_rollout_start()
-        for _ in range(n_rollout_steps):
+        n_steps = 0  # SB3's names for what callbacks read in ``self.locals``: n_steps, obs_tensor, clipped_actions
+        while n_steps < n_rollout_steps:
             with torch.no_grad():
                 memory.reset(torch.as_tensor(self._last_episode_starts, device=self.device))
                 rollout_buffer.add_memory_inputs(memory)
-                actions, values, log_probs = self.policy.act(obs_as_tensor(self._last_obs, self.device), memory)  # type: ignore[arg-type]
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions, values, log_probs = self.policy.act(obs_tensor, memory)
             actions_np = actions.cpu().numpy()
-            env_actions = self.policy._to_env_actions(actions_np)
-            new_obs, rewards, dones, infos = env.step(env_actions)
+            clipped_actions = self.policy._to_env_actions(actions_np)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += env.num_envs
-            callback.update_locals(locals())
-            if not callback.on_step():
-                return False
-            self._update_info_buffer(infos, dones)
             # the memory reads the rewards the env paid, as predict(reward=...) gets them, not VecNormalize's
             paid = rewards if self._vec_normalize_env is None else self._vec_normalize_env.get_original_reward()
-            self.policy.remember(memory, env_actions, paid)
+            callback.update_locals(locals())
+            if not callback.on_step():
+                # stopped here: the memory and the next observation agree, so a later learn() goes on from this step
+                self.policy.remember(memory, clipped_actions, paid)
+                self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
+                return False
+            self._update_info_buffer(infos, dones)
+            self.policy.remember(memory, clipped_actions, paid)
             self._bootstrap_timeouts(rewards, dones, infos, memory)
             if isinstance(self.action_space, spaces.Discrete):
                 actions_np = actions_np.reshape(-1, 1)
             rollout_buffer.add(self._last_obs, actions_np, rewards, self._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
             self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
+            n_steps += 1
         with torch.no_grad():
             last = memory.clone()  # the next rollout's first step: valued here, remembered there
             last.reset(torch.as_tensor(dones, device=self.device))

@@ -227,8 +227,14 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
 
         ``state`` None starts fresh episodes; otherwise it is updated in place and returned.
         ``episode_start`` (B,) marks envs whose observation begins an episode. With
-        ``include_reward``, ``reward`` (B,) is what each env received since the last call.
+        ``include_reward``, ``reward`` (B,) is what each env paid since the last call: the env's own
+        rewards, as training reads them (under ``VecNormalize``, ``venv.get_original_reward()``).
         """
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError(
+                "predict got a tuple (observation, info), as a gymnasium env's reset() returns: pass the "
+                "observation alone (obs, info = env.reset(); model.predict(obs, ...)); a VecEnv's reset() returns it alone"
+            )
         self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
         n_envs = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)

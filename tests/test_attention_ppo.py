@@ -266,7 +266,8 @@ def test_buffer_stores_one_observation_per_step():
         ({"n_steps": 0}, "n_steps=0"),
         ({"use_sde": True}, "use_sde=True"),
         ({"memory_kwargs": {"width": 3}}, r"memory_kwargs keys \['width'\]"),
-        ({"policy_kwargs": {"memory": 3}}, "memory in policy_kwargs"),
+        ({"policy_kwargs": {"memory": 3}}, "policy_kwargs memory=3 differs from AttentionPPO's memory=4"),
+        ({"policy_kwargs": {"rollout_buffer_class": None}}, "rollout_buffer_class in policy_kwargs"),
         ({"policy_kwargs": {"share_features_extractor": False}}, "share_features_extractor=False"),
         (
             {"policy_kwargs": {"memory_kwargs": {"n_layers": 1}}, "memory_kwargs": {"n_layers": 2}},
@@ -306,6 +307,44 @@ def test_predict_asks_for_rewards_when_steps_hold_them():
         model.predict(obs, state=state)
     model.predict(obs, state=state, reward=np.array([0.5]))
     assert state.extras[0, -1] == 0.0  # the reward was used for this step; the next one's is not known yet
+
+
+def test_predict_refuses_a_reset_tuple_in_one_line():
+    model = small_model(tmaze())
+    with pytest.raises(ValueError, match=r"predict got a tuple \(observation, info\), as a gymnasium env's reset"):
+        model.predict(tmaze().reset(seed=0))
+
+
+def test_a_trained_models_policy_kwargs_build_the_same_model():
+    model = small_model(tmaze(), memory=6, include_action=True)
+    again = AttentionPPO("MlpPolicy", tmaze(), memory=6, include_action=True, policy_kwargs=model.policy_kwargs)
+    assert again.policy.memory_net.window == 6 and again.policy.include_action
+    assert again.policy_kwargs == model.policy_kwargs
+
+
+class StopAtEpisodeEnd:
+    """A callback (SB3's names in ``self.locals``) that stops training at the first step an episode ends."""
+
+    def __new__(cls):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Stop(BaseCallback):
+            def _on_step(self) -> bool:
+                assert self.locals["clipped_actions"].shape == (1,) and self.locals["n_steps"] >= 0
+                assert "obs_tensor" in self.locals
+                return not self.locals["dones"].any()
+
+        return Stop()
+
+
+def test_a_callback_stopping_training_leaves_memory_and_next_observation_in_step():
+    """Stopped on a step that ended an episode, a later learn() starts a new episode there: its first
+    step is at position 0, with the episode-start flag (not the ended episode's observation again)."""
+    model = small_model(tmaze())
+    model.learn(1_000, callback=StopAtEpisodeEnd())
+    assert model.num_timesteps < 1_000 and model._last_episode_starts.all()
+    model.learn(16, reset_num_timesteps=False)
+    assert model.rollout_buffer.positions[0, 0] == 0 and model.rollout_buffer.episode_starts[0, 0] == 1
 
 
 BUDGET = 50_000
