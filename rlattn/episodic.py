@@ -169,6 +169,8 @@ class EpisodicTransformer(nn.Module):
                 + ("must be an even integer (rotary positions)" if self.rotary else "must be an integer")
             )
         self.window, self.embed_dim, self.n_heads, self.features_dim = window, embed_dim, n_heads, features_dim
+        self.chunk_steps: int | None = None
+        """queries per chunk in :meth:`sequence` (None: max(W, 64)); the result does not depend on it"""
         self.embed = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU())
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate, length_scale=length_scale) for _ in range(n_layers)
@@ -231,20 +233,47 @@ class EpisodicTransformer(nn.Module):
         Step i sees step j (a carried one or an earlier one of the rollout) if both belong to the same
         episode and 0 <= positions[i] - positions[j] < W. The carried layer inputs are a fixed prefix:
         keys and values are recomputed from them with the current weights, no gradient flows into them.
+
+        Long rollouts are encoded in chunks of queries (:meth:`query_chunk`), each against the carried
+        prefix and the W - 1 rollout steps before it: within an episode a rollout's positions count up
+        by one per step, so no step further back can be in reach. The result is the same; the scores
+        computed grow as T x (P + W + chunk), not T x (P + T), so SB3's usual n_steps = 2,048 costs no
+        more per step than 128.
         """
-        T = x.shape[1]
+        B, T = positions.shape
+        P = carried.position.shape[1]
         episode = episode_starts.long().cumsum(dim=1)  # (B, T): 0 continues the carried episode
         key_episode = torch.cat([torch.where(carried.valid, 0, -1), episode], dim=1)  # (B, P + T)
         key_position = torch.cat([carried.position, positions], dim=1)
-        age = positions[:, :, None] - key_position[:, None, :]  # (B, T, P + T)
-        mask = (episode[:, :, None] == key_episode[:, None, :]) & (age >= 0) & (age < self.window)
         key_valid = key_episode >= 0
-        rotations = key_position if self.rotary else None
+        C = self.query_chunk(T)
+        spans = []  # per chunk of queries [a, b): the keys it may see, its mask and positions
+        for a in range(0, T, C):
+            b = min(T, a + C)
+            keys = torch.cat([torch.arange(P), P + torch.arange(max(0, a - self.window + 1), b)]).to(x.device)
+            age = positions[:, a:b, None] - key_position[:, None, keys]  # (B, b - a, k)
+            mask = (episode[:, a:b, None] == key_episode[:, None, keys]) & (age >= 0) & (age < self.window)
+            rotations = key_position[:, keys] if self.rotary else None
+            spans.append((b - a, keys, mask[:, None], key_valid[:, keys], rotations))
         h = self.embed(x)
         for i, block in enumerate(self.blocks):
             tokens = torch.cat([carried.hidden[i].detach(), h], dim=1)  # (B, P + T, E)
-            h, _ = block(tokens, key_valid, n_queries=T, positions=rotations, mask=mask[:, None])
+            if len(spans) == 1:  # every key: no gather
+                n, _, mask, valid, rotations = spans[0]
+                h = block(tokens, valid, n_queries=n, positions=rotations, mask=mask)[0]
+                continue
+            chunks = [
+                block(tokens[:, keys], valid, n_queries=n, positions=rotations, mask=mask)[0]
+                for n, keys, mask, valid, rotations in spans
+            ]
+            h = torch.cat(chunks, dim=1)
         return self.head(h)
+
+    def query_chunk(self, T: int) -> int:
+        """How many of a rollout's T steps :meth:`sequence` encodes at once: all of them up to 2 x the
+        chunk (``chunk_steps``, default max(W, 64)); longer rollouts in chunks of that size."""
+        chunk = self.chunk_steps or max(self.window, 64)
+        return T if T <= 2 * chunk else chunk
 
     @torch.no_grad()
     def attention_maps(self, memory: EpisodicMemory) -> tuple[Tensor, Tensor]:

@@ -52,15 +52,21 @@ def check_training_pass(model, n_envs: int = 3) -> None:
     assert checked == [False, True]
 
 
-@pytest.mark.parametrize("include", [{}, {"include_action": True, "include_reward": True}])
-def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include):
+@pytest.mark.parametrize(
+    "include, chunk",
+    [({}, None), ({"include_action": True, "include_reward": True}, None), ({}, 3)],
+    ids=["plain", "action-reward", "chunked"],
+)
+def test_training_pass_reproduces_the_rollouts_values_and_log_probs(include, chunk):
     """The buffer's whole-env sequences, re-encoded with the rollout's weights, give the rollout's numbers.
 
     Two rollouts: the second carries memory in; episodes (at most 5 steps) end inside rollouts and
     outgrow the window of 4. Between them every weight moves, as an update would move it: the memory
     carried in was cached under the old weights, and the rollout must still act as training computes.
     """
-    check_training_pass(small_model(make_vec_env(lambda: tmaze(), n_envs=3, seed=1), batch_size=48, **include))
+    model = small_model(make_vec_env(lambda: tmaze(), n_envs=3, seed=1), batch_size=48, **include)
+    model.policy.memory_net.chunk_steps = chunk  # 3: the 16-step rollouts are encoded in chunks of 3 queries
+    check_training_pass(model)
 
 
 def cued_search(**kwargs):

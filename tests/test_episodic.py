@@ -8,6 +8,8 @@ extractor's causal form is ``attention="local"`` with ``window=W``; its ``"globa
 older steps see newer ones in all but the last block, so with one block the two are the same.
 """
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -146,6 +148,34 @@ def test_cache_sequence_and_stateless_extractor_agree(history, window, n_layers,
         stateless = extractor({key: value.flatten(0, 1) for key, value in history.items()}).view(B, T, -1)
     torch.testing.assert_close(torch.cat([first, second], 1), cached, **TOL)
     torch.testing.assert_close(stateless, cached, **TOL)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 8])
+def test_long_rollouts_encoded_in_chunks_give_the_same_features_and_gradients(chunk):
+    """Chunks of queries, each against the carried prefix and the W - 1 steps before it, against all
+    keys at once: the same features and the same gradients, episodes ending inside and across chunks."""
+    space, history, tokens, starts = play(n_envs=3, n_steps=30, window=5, max_length=9)
+    _, net = models(space, 5, 2)
+    _, positions, carried = run_cache(net, tokens, starts, carry_at=8)
+    net.double()  # sums in another order: equal up to rounding, which double precision keeps far below TOL
+    carried = dataclasses.replace(carried, hidden=carried.hidden.double())
+    inputs = (tokens[:, 8:].double(), positions[:, 8:], starts[:, 8:], carried)
+    assert net.query_chunk(22) == 22  # by default a rollout this short is one chunk
+
+    def features_and_grads(chunk_steps):
+        net.chunk_steps = chunk_steps
+        net.zero_grad()
+        out = net.sequence(*inputs)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in net.parameters()]
+
+    whole, whole_grads = features_and_grads(None)
+    net.chunk_steps = chunk
+    assert net.query_chunk(22) == chunk  # 22 steps > 2 chunks: chunked
+    parts, part_grads = features_and_grads(chunk)
+    torch.testing.assert_close(parts, whole, **TOL)
+    for part, full in zip(part_grads, whole_grads, strict=True):
+        torch.testing.assert_close(part, full, **TOL)
 
 
 def test_deeper_layers_reach_beyond_the_window_like_transformer_xl():
