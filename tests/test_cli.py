@@ -470,3 +470,24 @@ def test_hparams_tab_links_only_the_metrics_the_run_logs(tmp_path, env, eval_fre
     (hparams,) = [c for c in callbacks if isinstance(c, HParamCallback)]
     assert list(hparams.metrics) == expected
     assert hparams.hparams["env"] == env
+
+
+def test_a_preset_training_env_switched_off_by_the_users_keywords_is_named_in_a_warning():
+    import warnings
+
+    from agents.plan import preflight
+
+    def warned(cfg: TrainConfig) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            preflight(resolve(cfg))
+        return [str(w.message) for w in caught if "training-env keywords" in str(w.message)]
+
+    long = {"corridor_length": 100}
+    assert warned(TrainConfig(env="rlattn/TMaze-v0", env_kwargs=long, verbose=0)) == []  # the preset's, applied
+    (line,) = warned(TrainConfig(env="rlattn/TMaze-v0", env_kwargs=long, eval_env_kwargs={"slack": 0}, verbose=0))
+    assert line.startswith("the preset's training-env keywords are off (--eval-env-kwargs is given): ")
+    assert "min_corridor_length:" in line and line.endswith("add them to --env-kwargs to train with them")
+    (line,) = warned(TrainConfig(env="rlattn/TMaze-v0", env_kwargs={**long, "slack": 3}, verbose=0))
+    assert "(--env-kwargs sets slack)" in line
+    assert warned(TrainConfig(env="CartPole-v1", verbose=0)) == []  # no preset env keywords
