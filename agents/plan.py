@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import inspect
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -392,6 +395,14 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def plan_digest(plan: RunPlan) -> str:
+    """A short hash of what a run resolves to (every preset and default filled in; not its seed, log
+    folder or other run-level flags): the same flags under another preset give another digest."""
+    fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "config"}
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def preflight(plan: RunPlan) -> None:

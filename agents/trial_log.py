@@ -28,7 +28,7 @@ def read_trials(path: Path, search: dict[str, Any]) -> dict[str, dict[str, Any]]
         return {}
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     head = _json(lines[0]) if lines else None
-    if not isinstance(head, dict) or head.get("search") != search:
+    if not isinstance(head, dict) or not same_search(head.get("search"), search):
         return {}
     trials: dict[str, dict[str, Any]] = {}
     for number, line in enumerate(lines[1:], start=2):
@@ -38,6 +38,16 @@ def read_trials(path: Path, search: dict[str, Any]) -> dict[str, dict[str, Any]]
             continue
         trials[str(entry.pop("trial"))] = entry
     return trials
+
+
+def same_search(saved: Any, search: dict[str, Any]) -> bool:
+    """Whether a search written down before (a log's head, a search folder's ``search.json``) is ``search``.
+    One written before searches named what their settings resolve to (``resolved``) is taken for it
+    where everything else agrees."""
+    if saved == search:
+        return True
+    legacy = {k: v for k, v in search.items() if k != "resolved"}
+    return isinstance(saved, dict) and "resolved" not in saved and saved == legacy
 
 
 def _json(line: str) -> Any:

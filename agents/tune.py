@@ -31,10 +31,10 @@ from optuna.trial import TrialState
 from agents.checks import first_line
 from agents.cluster import cores, start_ray
 from agents.config import ConfigError, TrainConfig
-from agents.plan import resolve
+from agents.plan import plan_digest, resolve
 from agents.runfolder import env_name, new_run_folder
 from agents.search_space import own_settings, search_space
-from agents.trial_log import TrialLogCallback, read_trials
+from agents.trial_log import TrialLogCallback, read_trials, same_search
 from agents.trials import (
     TUNE_FIELDS,
     MedianRule,
@@ -187,6 +187,7 @@ def search_on_ray(
     workers: int | None = None,
     restore: bool = False,
     trial_log: Path | None = None,
+    resolved: str | None = None,
 ) -> tuple[Best, int | None]:
     """``base.n_trials`` trials on Ray Tune (OptunaSearch with TPE), one per core, pruned by one median rule;
     the first runs the settings ``own`` when given. With ``restore`` the search in ``folder`` goes on from
@@ -204,7 +205,7 @@ def search_on_ray(
     trainable = tune.with_resources(
         tune.with_parameters(TuneTrial, base=base, folder=folder.resolve() / "trials", rule=rule), {"cpu": 1}
     )
-    search = log_signature(base, space)
+    search = log_signature(base, space, resolved)  # resolved: what the flags resolve to (see search_signature)
     in_log = read_trials(trial_log, search) if trial_log is not None else {}
     callbacks: list[tune.Callback] = [TrialLogCallback(trial_log, search)] if trial_log is not None else []
     before: int | None = None
@@ -306,10 +307,10 @@ def tell_rule(rule: Any, trial_id: str, entry: dict[str, Any]) -> None:
     ray.get(rule.replay.remote(trial_id, reports, entry["score"], bool(entry["pruned"])))
 
 
-def log_signature(base: TrainConfig, space: dict[str, BaseDistribution]) -> dict[str, Any]:
+def log_signature(base: TrainConfig, space: dict[str, BaseDistribution], resolved: str | None = None) -> dict[str, Any]:
     """What a trial log's search is: :func:`search_signature` without where it logs (another machine's
     clone, another log folder: the same search)."""
-    return search_signature(base, space, skip=("verbose", "log_folder"))
+    return search_signature(base, space, skip=("verbose", "log_folder"), resolved=resolved)
 
 
 def best_index(scores: list[float], params: list[dict[str, Any]], own: dict[str, Any] | None) -> int:
@@ -541,7 +542,8 @@ def optimize(cfg: TrainConfig, workers: int | None = None, trial_log: Path | Non
     name = cfg.study_name or f"{cfg.algo}-{plan.extractor}-{env_name(cfg.env)}"
     study = open_study(open_storage(cfg.storage), name, cfg.objective, space) if cfg.storage else None
     own, moved = own_settings(plan, space)
-    signature = search_signature(base, space)
+    resolved = plan_digest(plan)
+    signature = search_signature(base, space, resolved=resolved)
     parent = Path(cfg.log_folder) / cfg.algo / "optimize"
     earlier = unfinished_search(parent, name, signature) if study is None else None
     folder = earlier or new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
@@ -556,7 +558,7 @@ def optimize(cfg: TrainConfig, workers: int | None = None, trial_log: Path | Non
     else:
         try:
             best, resumed, folder = _search_on_ray_or_anew(
-                cfg, base, space, folder, name, own, workers, earlier, trial_log
+                cfg, base, space, folder, name, own, workers, earlier, trial_log, resolved
             )
         except SearchInterruptedError as stop:
             return StoppedSearch(stop.folder, stop.finished, stop.n_trials)
@@ -574,27 +576,34 @@ def _search_on_ray_or_anew(
     workers: int | None,
     earlier: Path | None,
     trial_log: Path | None = None,
+    resolved: str | None = None,
 ) -> tuple[Best, int | None, Path]:
     """The search on Ray in ``folder``, going on with it if it is ``earlier``'s; a search whose saved state
     Ray Tune cannot read back is said so in one line and made anew in a new folder."""
     try:
         restore = earlier is not None
-        return (*search_on_ray(base, space, folder, name, own, workers, restore, trial_log), folder)
+        return (*search_on_ray(base, space, folder, name, own, workers, restore, trial_log, resolved), folder)
     except RestoreError as error:
         anew = new_run_folder(cfg.log_folder, f"{cfg.algo}/optimize", cfg.env)
         (anew / SEARCH).write_text((folder / SEARCH).read_text())
         print(f"the interrupted search in {folder} cannot be gone on with ({error}): searching anew in {anew}")
-        return (*search_on_ray(base, space, anew, name, own, workers, trial_log=trial_log), anew)
+        return (*search_on_ray(base, space, anew, name, own, workers, trial_log=trial_log, resolved=resolved), anew)
 
 
 def search_signature(
-    base: TrainConfig, space: dict[str, BaseDistribution], skip: tuple[str, ...] = ("verbose",)
+    base: TrainConfig,
+    space: dict[str, BaseDistribution],
+    skip: tuple[str, ...] = ("verbose",),
+    resolved: str | None = None,
 ) -> dict[str, Any]:
-    """What a search is: its run's flags but ``skip`` (trials, objective and seed among them) and the space it draws from."""
-    return {
+    """What a search is: its run's flags but ``skip`` (trials, objective and seed among them), the space it
+    draws from and ``resolved`` (:func:`~agents.plan.plan_digest`: what the flags resolve to, so that a
+    preset changed since, behind the same flags, makes it another search)."""
+    signature = {
         "flags": config_flags(base, skip=skip),
         "space": {key: distribution_to_json(d) for key, d in space.items()},
     }
+    return signature if resolved is None else {**signature, "resolved": resolved}
 
 
 def unfinished_search(parent: Path, name: str, signature: dict[str, Any]) -> Path | None:
@@ -607,7 +616,7 @@ def unfinished_search(parent: Path, name: str, signature: dict[str, Any]) -> Pat
         return int(tail) if tail.isdigit() else -1
 
     for folder in sorted(parent.glob("*_*"), key=number, reverse=True):
-        if not (folder / SEARCH).is_file() or json.loads((folder / SEARCH).read_text()) != signature:
+        if not (folder / SEARCH).is_file() or not same_search(json.loads((folder / SEARCH).read_text()), signature):
             continue
         # the latest search of these settings decides: finished, the same command searches anew
         experiment = folder.resolve() / "tune" / name

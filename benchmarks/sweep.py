@@ -37,6 +37,7 @@ from agents.cluster import cores, start_ray
 from agents.config import ConfigError
 from agents.resume import CHECKPOINT_S, resume_point, train_resumable
 from agents.runfolder import RESULT, write_atomic
+from agents.trial_log import same_search
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILE = "case.json"
@@ -523,10 +524,12 @@ def tuned_cell(case: Case, args: argparse.Namespace) -> Tuned:
     path = Path(args.tuned_folder) / f"{cell}_tune{args.tune}.json"
     arguments = with_seed(case.arguments, args.tune_seed)
     keys = tuned_keys(arguments)
-    searched = {"arguments": arguments, "n_trials": args.tune, "space": keys}
+    # what the arguments resolve to: a preset changed since, behind the same arguments, is another search
+    resolved = hashlib.sha1(resolved_text(tuple(arguments)).encode()).hexdigest()[:10]
+    searched = {"arguments": arguments, "n_trials": args.tune, "space": keys, "resolved": resolved}
     record = json.loads(path.read_text()) if path.is_file() else None
     name = case.label.rsplit(" seed ", 1)[0]
-    if record is None or record.get("searched") != searched:
+    if record is None or not same_search(record.get("searched"), searched):
         if args.saved_only:
             raise ConfigError(f"--tune {args.tune}: no search of {name} with these arguments in {path.parent}")
         start(args.address, args.workers)  # before optimize's own start: the sweep's workers import its modules

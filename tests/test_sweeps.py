@@ -500,6 +500,31 @@ def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(
     args.saved_only = False
     with pytest.raises(AssertionError, match="searched again"):
         sweep.tune_cases(cases, args)
+    # the same arguments under another preset (its target_kl) resolve to other settings: another search
+    from agents import presets
+
+    args.tune = 2
+    preset = presets.PRESETS[("ppo", "TMaze")]
+    changed = dataclasses.replace(preset, hyperparams={**preset.hyperparams, "target_kl": 0.05})
+    monkeypatch.setitem(presets.PRESETS, ("ppo", "TMaze"), changed)
+    sweep.resolved_text.cache_clear()
+    with pytest.raises(AssertionError, match="searched again"):
+        sweep.tune_cases(cases, args)
+    # a tuned file written before searches named their resolved settings is taken as it is
+    legacy = json.loads(path.read_text())
+    del legacy["searched"]["resolved"]
+    path.write_text(json.dumps(legacy))
+    assert [c.arguments for c in sweep.tune_cases(cases, args)] == [c.arguments for c in tuned]
+    sweep.resolved_text.cache_clear()
+
+
+def test_a_search_written_down_before_resolved_settings_were_named_is_the_same_search():
+    from agents.trial_log import same_search
+
+    search = {"flags": ["-n", "256"], "space": {}, "resolved": "abc"}
+    assert same_search(search, search) and same_search({"flags": ["-n", "256"], "space": {}}, search)
+    assert not same_search({**search, "resolved": "def"}, search)
+    assert not same_search({"flags": ["-n", "512"], "space": {}}, search) and not same_search(None, search)
 
 
 def trial_lines(log: Path) -> list[dict]:
