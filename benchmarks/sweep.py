@@ -72,6 +72,15 @@ def case_digest(case: Case) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def settings_digest(case: Case) -> str:
+    """:func:`case_digest` without the seed: the same for every seed of a cell run with the same settings,
+    so a plot can tell a cell's earlier seeds of other settings (a preset changed since) from its own."""
+    key = {k: v for k, v in case.key.items() if k != "seed"}
+    arguments = with_seed(case.arguments, 0)
+    text = settings_text([key, arguments, resolved_text(tuple(arguments))])
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 @functools.cache
 def resolved_text(arguments: tuple[str, ...]) -> str:
     """The run ``train.py`` would make of ``arguments`` (:func:`agents.plan.resolve`: algorithm, extractor,
@@ -180,7 +189,7 @@ def run_case(case: Case, log_folder: Path, checkpoint_s: float = CHECKPOINT_S) -
     record = read_record(run)
     if case.after is not None:
         record.update(case.after(record))
-    return {**case.key, **record, "digest": case_digest(case)}
+    return {**case.key, **record, "digest": case_digest(case), "settings_digest": settings_digest(case)}
 
 
 class CaseTrial(tune.Trainable):
@@ -694,8 +703,9 @@ def plotted_records(
     # a run that failed or was interrupted now does not hide its earlier record
     now = {settings_text(run_identity(r, fields)): r for r in records if "error" not in r}
     cells_now = {settings_text({k: r.get(k) for k in fields}) for r in now.values()}
+    settings_now = {settings_text({k: r.get(k) for k in fields}): r.get("settings_digest") for r in now.values()}
     filled = {place(r) for r in now.values()} if slot is not None else set()
-    saved, missing = Results(results), 0
+    saved, missing, other_settings = Results(results), 0, 0
     out: list[dict] = []
     seen: set[str] = set()
     for identity in identities:
@@ -709,10 +719,19 @@ def plotted_records(
         if record is None:
             missing += 1
             continue
+        made_with, current = record.get("settings_digest"), settings_now.get(cell)
+        if name not in now and made_with is not None and current is not None and made_with != current:
+            other_settings += 1  # this command ran the cell with other settings: one cell, one set of settings
+            continue
         out.append(record)
         seen.add(name)
     if missing:
         print(f"plot: {missing} of the {len(identities)} runs it drew before are not in {results}: they leave it")
+    if other_settings:
+        print(
+            f"plot: {other_settings} of the runs it drew before belong to cells this command ran with other "
+            "settings (a preset changed since): they leave it"
+        )
     return out + [r for name, r in now.items() if name not in seen]
 
 

@@ -189,6 +189,19 @@ def test_a_plots_earlier_runs_survive_a_failed_rerun_and_leave_for_another_budge
     same_cell = [record("S11", 500_000, 1, 0.7)]  # one seed of a listed cell again: the other seed stays
     assert drawn(same_cell)[2:] == [("S11", 500_000, 0, 0.6), ("S11", 500_000, 1, 0.7)]
 
+    # seeds of a cell made under other settings (a preset changed since) leave it when this command runs
+    # the cell with its current ones; records saved before settings digests existed stay
+    for r in (record("S7", 1_000_000, s, 0.1, settings_digest="old") for s in (0, 1)):
+        results.add(r)
+    capsys.readouterr()
+    rerun = [record("S7", 1_000_000, 0, 0.9, settings_digest="new")]
+    assert drawn(rerun)[:1] == [("S7", 1_000_000, 0, 0.9)] and ("S7", 1_000_000, 1, 0.1) not in drawn(rerun)
+    assert (
+        "1 of the runs it drew before belong to cells this command ran with other settings" in capsys.readouterr().out
+    )
+    assert ("S7", 1_000_000, 1, 0.1) in drawn([record("S7", 1_000_000, 0, 0.9, settings_digest="old")])
+    assert ("S11", 500_000, 1, 0.6) in drawn([record("S11", 500_000, 0, 0.9, settings_digest="new")])
+
     sweep.plotted_runs_path(plot).write_text("[{")
     assert drawn(longer) == [("S11", 2_000_000, 0, 0.9)]
     assert "is unreadable" in capsys.readouterr().out
@@ -1094,12 +1107,17 @@ def test_a_preset_change_behind_the_same_arguments_gives_a_case_a_new_digest(mon
     sweep.resolved_text.cache_clear()
     before = sweep.case_digest(case)
     assert sweep.case_digest(case) == before and '"n_heads": 1' in sweep.resolved_text(tuple(case.arguments))
+    # the seed-free digest: one for every seed of the cell, another once the preset changes
+    seed_3 = sweep.Case({"method": "attention", "seed": 3}, "attention", (*case.arguments, "--seed", "3"))
+    settings = sweep.settings_digest(case)
+    assert sweep.settings_digest(seed_3) == settings and sweep.case_digest(seed_3) != before
     preset = presets.PRESETS[("ppo", "TMaze")]
     attention = {**preset.per_extractor["attention"], "n_heads": 2}
     changed = dataclasses.replace(preset, per_extractor={**preset.per_extractor, "attention": attention})
     monkeypatch.setitem(presets.PRESETS, ("ppo", "TMaze"), changed)
     sweep.resolved_text.cache_clear()
     assert sweep.case_digest(case) != before and '"n_heads": 2' in sweep.resolved_text(tuple(case.arguments))
+    assert sweep.settings_digest(case) != settings
     monkeypatch.undo()
     sweep.resolved_text.cache_clear()
     assert sweep.case_digest(case) == before
