@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,6 +17,7 @@ from stable_baselines3.common.preprocessing import is_image_space, is_image_spac
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
     VecEnv,
+    VecEnvWrapper,
     VecTransposeImage,
     is_vecenv_wrapped,
     unwrap_vec_normalize,
@@ -25,6 +27,7 @@ from rlattn.extractors import HistoryAttentionExtractor
 from rlattn.faithfulness import Faithfulness, history_decision, memory_decision, newest_frame, patch_decision
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
 from rlattn.overlay import box_mass, colorize, overlay
+from rlattn.validation import check_int
 
 AttentionExtractor = HistoryAttentionExtractor | PatchAttentionExtractor | SpatioTemporalAttentionExtractor
 _NOT_IMAGE = ("stdout", "log", "json", "csv")
@@ -127,19 +130,51 @@ class AttentionLoggingCallback(BaseCallback):
         should attend to (e.g. ``"cue_step"``; negative means not seen yet); for images, the target's
         pixel box ``(top, left, bottom, right)`` (e.g. ``"target_box"``). None: no target mass.
     :param seed: episodes use seeds ``seed .. seed + n_episodes - 1``, the same at every round.
+    :param max_steps: an episode not ended after this many steps is scored at its last observation
+        (with a warning): a round never waits for an episode that does not end.
+
+    The env must be its own, not one of the training envs (playing it would move training's episodes);
+    where the model trains on ``VecNormalize`` observations, it must be wrapped in a ``VecNormalize``
+    too, whose statistics are set from training's at each round (as SB3's ``EvalCallback`` does).
     """
 
     def __init__(
-        self, env: gym.Env | VecEnv, n_episodes: int = 8, target_key: str | None = None, seed: int = 0, verbose: int = 0
+        self,
+        env: gym.Env | VecEnv,
+        n_episodes: int = 8,
+        target_key: str | None = None,
+        seed: int = 0,
+        verbose: int = 0,
+        max_steps: int = 10_000,
     ):
         super().__init__(verbose)
         self.env: VecEnv = env if isinstance(env, VecEnv) else DummyVecEnv([lambda: env])
         self.n_episodes = n_episodes
         self.target_key = target_key
         self.seed = seed
+        self.max_steps = check_int("max_steps", max_steps)
 
     def _init_callback(self) -> None:
         self.env = like_training(self.env, self.model.observation_space)
+        training = self.model.get_env()
+        if training is not None and {id(e) for e in _base_envs(training)} & {id(e) for e in _base_envs(self.env)}:
+            raise ValueError(
+                "AttentionLoggingCallback's env is one of the training envs: give it an env of its own "
+                "(made the same way), as for SB3's EvalCallback"
+            )
+        normaliser = self.model.get_vec_normalize_env()
+        if normaliser is not None and normaliser.norm_obs and unwrap_vec_normalize(self.env) is None:
+            raise ValueError(
+                "AttentionLoggingCallback's env is not wrapped in VecNormalize, but the model trains on VecNormalize "
+                "observations: wrap it as VecNormalize(env, training=False, norm_reward=False)"
+            )
+
+    def _sync_normalization(self) -> None:
+        """Training's observation statistics into the round's VecNormalize, which does not update them."""
+        normaliser, own = self.model.get_vec_normalize_env(), unwrap_vec_normalize(self.env)
+        if normaliser is not None and own is not None and own is not normaliser:
+            own.obs_rms = copy.deepcopy(normaliser.obs_rms)
+            own.training = False
 
     def _on_step(self) -> bool:
         scored = self.measure()
@@ -150,6 +185,7 @@ class AttentionLoggingCallback(BaseCallback):
     def measure(self) -> Round | None:
         """Play the round's episodes and score each decision, logging nothing; None without attention."""
         rng = np.random.default_rng(self.seed)  # the same random masks at every round
+        self._sync_normalization()
         if callable(getattr(self.model, "attention_maps", None)):  # an episodic memory (AttentionPPO)
             return self._memory_round(rng)
         extractor = find_attention_extractor(self.model.policy)
@@ -186,8 +222,16 @@ class AttentionLoggingCallback(BaseCallback):
                 action, state = self.model.predict(obs, state=state, episode_start=starts, deterministic=True, **paid)
                 next_obs, rewards, dones, next_infos = self.env.step(action)
                 rewards = rewards if normaliser is None else normaliser.get_original_reward()
+                capped = t + 1 >= self.max_steps  # episodes that do not end are scored where they are
+                if capped and not all(dones[j] or d is not None for j, d in enumerate(decisions)):
+                    warnings.warn(
+                        f"AttentionLoggingCallback: an episode did not end within max_steps={self.max_steps} steps: "
+                        "its last observation is scored",
+                        UserWarning,
+                        stacklevel=2,
+                    )
                 for j, decision in enumerate(decisions):
-                    if dones[j] and decision is None:
+                    if (dones[j] or capped) and decision is None:
                         decisions[j] = (_one_env(obs, j), t, infos[j])
                         memories[j] = state.select([j]) if hasattr(state, "select") else None  # type: ignore[union-attr]
                 obs, infos, starts, t = next_obs, next_infos, dones, t + 1
@@ -214,8 +258,7 @@ class AttentionLoggingCallback(BaseCallback):
             maps.append(by_age)
             last = np.clip(w[-1][:, seen], 1e-12, 1.0)
             entropies.append(float(-(last * np.log(last)).sum(-1).mean()))
-            step = info.get(self.target_key, -1) if self.target_key else -1
-            step = int(step) if isinstance(step, (int, np.integer)) else -1  # a box in a frame is no step
+            step = _step_of(info.get(self.target_key) if self.target_key else None)  # a box in a frame is no step
             if step >= 0 and bool((position == step).any()):
                 counts[span - 1 - (t - step)] += 1
             decision = memory_decision(self.model.policy, memory, w[-1], position, step, rng)
@@ -272,8 +315,8 @@ class AttentionLoggingCallback(BaseCallback):
             assert isinstance(tensor, dict) and isinstance(obs, dict)
             weights = extractor.attention_maps(tensor)[0].cpu().numpy()  # (layers, H, K')
             maps.append(weights)
-            step = info.get(self.target_key, -1) if self.target_key else -1
-            slot = K - 1 - (t - step) if step >= 0 and t - step < K else None
+            step = _step_of(info.get(self.target_key) if self.target_key else None)
+            slot = K - 1 - (t - step) if step >= 0 and 0 <= t - step < K else None
             if slot is not None:
                 counts[slot] += 1
             scored.append(history_decision(self.model.policy, obs, weights[-1], slot, rng))
@@ -282,6 +325,24 @@ class AttentionLoggingCallback(BaseCallback):
         image = heatmap_image(mean.reshape(-1, mean.shape[-1]), counts)
         entropy = float(-(last * np.log(last)).sum(-1).mean())
         return Round(Faithfulness(tuple(scored)), entropy, "attention/heatmap", image)
+
+
+def _step_of(value: Any) -> int:
+    """An ``info`` target as an episode step: an integer (or an integral float), else -1 (not a step)."""
+    if isinstance(value, (bool, np.bool_)):
+        return -1
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return -1
+
+
+def _base_envs(venv: VecEnv) -> list[gym.Env]:
+    """The gymnasium envs inside an in-process VecEnv, unwrapped (none for a VecEnv of subprocesses)."""
+    while isinstance(venv, VecEnvWrapper):
+        venv = venv.venv
+    return [env.unwrapped for env in getattr(venv, "envs", [])]
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:

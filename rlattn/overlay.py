@@ -17,8 +17,11 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 
 def frame_rgb(frame: np.ndarray) -> np.ndarray:
-    """A channel-first frame (C, H, W) -> (H, W, 3) uint8: the first three channels, or grey if fewer."""
+    """A channel-first frame (C, H, W) -> (H, W, 3) uint8: the first three channels, or grey if fewer.
+    A float frame within [0, 1] is read as intensities of 1 (scaled to 0..255); other values as 0..255."""
     rgb = frame[:3] if frame.shape[0] >= 3 else np.repeat(frame[:1], 3, axis=0)
+    if np.issubdtype(rgb.dtype, np.floating) and rgb.size and float(rgb.min()) >= 0.0 and float(rgb.max()) <= 1.0:
+        rgb = rgb * 255.0
     return np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
 

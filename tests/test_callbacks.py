@@ -72,3 +72,62 @@ def test_target_mass_is_the_readouts_weight_on_the_cue_step(model):
     callback._on_step()
     assert recorded["attention/target_mass"] == pytest.approx(np.mean(expected))
     assert 0.0 < recorded["attention/target_mass"] < 1.0 and "attention/heatmap" in recorded
+
+
+def test_the_training_env_itself_is_refused_as_the_callbacks_env():
+    env = maze()
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=16,
+        batch_size=16,
+        policy_kwargs={"features_extractor_class": HistoryAttentionExtractor},
+    )
+    callback = AttentionLoggingCallback(env, n_episodes=1)
+    with pytest.raises(ValueError, match="AttentionLoggingCallback's env is one of the training envs"):
+        callback.init_callback(model)
+    AttentionLoggingCallback(maze(), n_episodes=1).init_callback(model)  # an env of its own
+
+
+def test_observation_statistics_of_training_reach_the_callbacks_env():
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": {"features_dim": 16}}
+    train = VecNormalize(DummyVecEnv([maze]), norm_obs_keys=["obs"])
+    model = PPO("MultiInputPolicy", train, n_steps=16, batch_size=16, policy_kwargs=kwargs)
+    with pytest.raises(ValueError, match="wrap it as VecNormalize\\(env, training=False, norm_reward=False\\)"):
+        AttentionLoggingCallback(DummyVecEnv([maze]), n_episodes=1).init_callback(model)
+    own = VecNormalize(DummyVecEnv([maze]), norm_obs_keys=["obs"], norm_reward=False)
+    callback = AttentionLoggingCallback(own, n_episodes=1, target_key="cue_step")
+    callback.init_callback(model)
+    train.obs_rms["obs"].mean[:] = 5.0
+    assert callback.measure() is not None
+    np.testing.assert_array_equal(own.obs_rms["obs"].mean, 5.0)  # training's, not its own initial zeros
+    assert not own.training  # the round does not move them
+
+
+class Endless(gym.Wrapper):
+    """The maze, but no episode ever ends, and its cue step reported as None (a target the env lacks)."""
+
+    def step(self, action):
+        obs, reward, _, _, info = self.env.step(0)
+        return obs, reward, False, False, {**info, "cue_step": None}
+
+
+def test_a_round_of_episodes_that_never_end_is_scored_at_max_steps(model):
+    callback = AttentionLoggingCallback(Endless(maze()), n_episodes=2, target_key="cue_step", max_steps=30)
+    callback.init_callback(model)
+    with pytest.warns(UserWarning, match="an episode did not end within max_steps=30 steps"):
+        scored = callback.measure()
+    assert scored is not None and len(scored.faithfulness.decisions) == 2
+    assert scored.faithfulness.target_mass is None  # a None target is no step
+    with pytest.raises(ValueError, match="max_steps=0"):
+        AttentionLoggingCallback(maze(), max_steps=0)
+
+
+def test_float_frames_in_0_1_are_drawn_as_intensities():
+    from rlattn.overlay import frame_rgb
+
+    assert frame_rgb(np.full((3, 4, 4), 0.5, np.float32)).max() == 127
+    assert frame_rgb(np.full((3, 4, 4), 200.0, np.float32)).max() == 200  # 0..255 floats as they are
+    assert frame_rgb(np.full((1, 4, 4), 9, np.uint8)).shape == (4, 4, 3)
