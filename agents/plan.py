@@ -418,31 +418,32 @@ def preflight(plan: RunPlan) -> None:
                 UserWarning,
                 stacklevel=3,
             )
-        _warn_preset_env_off(plan, probe)
+        _warn_preset_env_off(plan)
         _check_replay_memory(plan, probe)
     finally:
         probe.close()
 
 
-def _warn_preset_env_off(plan: RunPlan, probe: gym.Env) -> None:
+def _warn_preset_env_off(plan: RunPlan) -> None:
     """The preset's training-env keywords (a T-Maze's mixed corridors, say) step aside for the user's own
     env keywords: a warning names them, since learning may depend on them."""
     cfg = plan.config
-    preset = preset_for(cfg.algo, cfg.env, probe)
-    if preset.train_env is None:
-        return
-    extra = preset.train_env(probe)
+    given = make_env(cfg.env, **cfg.env_kwargs)  # the env resolve chose the preset from: the user's keywords
+    try:
+        preset = preset_for(cfg.algo, cfg.env, given)
+        extra = preset.train_env(given) if preset.train_env is not None else {}
+    finally:
+        given.close()
     if not extra or all(plan.env_kwargs.get(k) == v for k, v in extra.items()):
         return
-    given = (
+    why = (
         "--eval-env-kwargs is given"
         if cfg.eval_env_kwargs
         else "--env-kwargs sets " + ", ".join(sorted(set(extra) & set(cfg.env_kwargs)))
     )
     keywords = " ".join(f"{k}:{v!r}" for k, v in extra.items())
     warnings.warn(
-        f"the preset's training-env keywords are off ({given}): {keywords}; "
-        "add them to --env-kwargs to train with them",
+        f"the preset's training-env keywords are off ({why}): {keywords}; add them to --env-kwargs to train with them",
         UserWarning,
         stacklevel=3,
     )

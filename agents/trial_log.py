@@ -18,6 +18,7 @@ from typing import Any
 from ray import tune
 
 from agents.checks import first_line
+from agents.runfolder import write_atomic
 
 
 def read_trials(path: Path, search: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -63,9 +64,14 @@ def add_trial(path: Path, search: dict[str, Any], trial_id: str, entry: dict[str
     trials = read_trials(path, search)
     if trial_id in trials:
         return
+    head = json.dumps({"search": search}, sort_keys=True) + "\n"
     if not trials:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"search": search}, sort_keys=True) + "\n")
+        path.write_text(head)
+    elif path.read_text().split("\n", 1)[0] + "\n" != head:  # a log taken for this search from before it
+        # named its resolved settings: it now names them, so a later preset change is another search
+        rest = path.read_text().split("\n", 1)[1]
+        write_atomic(path, lambda target: target.write_text(head + rest))
     with path.open("a") as file:
         file.write(json.dumps({"trial": trial_id, **entry}, sort_keys=True) + "\n")
 

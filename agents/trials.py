@@ -97,8 +97,13 @@ def reported_evaluations(run: Path) -> tuple[list[int], list[float]]:
         return [], []
     with np.load(file) as saved:
         successes = saved["successes"] if "successes" in saved else np.zeros(0)
-        scores = successes.mean(axis=1) if successes.size else saved["results"].mean(axis=1)
-        return [int(t) for t in saved["timesteps"]], [float(v) for v in scores]
+        timesteps, results = saved["timesteps"], saved["results"]
+        if successes.size and len(successes) < len(timesteps):
+            # written before the evaluations ahead of the first reported success got rows: they were failures
+            width = int(np.shape(successes)[-1])
+            successes = np.concatenate([np.zeros((len(timesteps) - len(successes), width)), successes])
+        scores = successes.mean(axis=1) if successes.size else results.mean(axis=1)
+        return [int(t) for t in timesteps], [float(v) for v in scores]
 
 
 class StopAtBudget(BaseCallback):

@@ -138,6 +138,8 @@ def read_record(run: Path) -> dict:
         evaluations = np.load(run / "evaluations.npz")
         successes = evaluations["successes"] if "successes" in evaluations else np.zeros(0)
         rates = successes.mean(axis=1) if successes.size else []  # envs without is_success: returns only
+        if len(rates) and len(rates) < len(evaluations["timesteps"]):  # rows missing ahead of the first report
+            rates = np.concatenate([np.zeros(len(evaluations["timesteps"]) - len(rates)), rates])
         curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], rates, strict=False)]
         returns = evaluations["results"].mean(axis=1)
         return_curve = [[int(t), float(r)] for t, r in zip(evaluations["timesteps"], returns, strict=True)]
@@ -662,7 +664,12 @@ def steps_text(cell: Cell) -> tuple[str, str]:
     """(IQM [CI] of env steps to 0.95, or how many seeds never reached it; per-seed values)."""
     values = [r.get("steps_to_095") for r in cell.done]
     never = sum(v is None for v in values)
-    summary = cell.steps.steps() if cell.steps else f"never in {never}/{len(values)}" if values else "-"
+    if cell.steps:
+        summary = cell.steps.steps()
+    elif never:
+        summary = f"never in {never}/{len(values)}"
+    else:  # every seed that ran reached it, but not every seed ran: no interval over the seeds that did
+        summary = f"- ({len(values)}/{len(cell.runs)} seeds ran)" if values else "-"
     return summary, per_seed(values, steps=True)
 
 

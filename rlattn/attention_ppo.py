@@ -115,9 +115,11 @@ class AttentionPPO(PPO):
         if kwargs.get("use_sde", False):
             raise ValueError("use_sde=True is not supported by AttentionPPO: allowed is False")
         inner = dict(policy_kwargs.pop("memory_kwargs", None) or {})
-        both = set(inner) & set(memory_kwargs or {})
+        both = {k for k in set(inner) & set(memory_kwargs or {}) if inner[k] != (memory_kwargs or {})[k]}
         if both:
-            raise ValueError(f"memory_kwargs keys {sorted(both)} are given twice: in policy_kwargs and to AttentionPPO")
+            raise ValueError(
+                f"memory_kwargs keys {sorted(both)} are given twice, with different values: in policy_kwargs and to AttentionPPO"
+            )
         policy_kwargs.update(
             memory=memory,
             include_action=include_action,

@@ -277,7 +277,7 @@ def test_buffer_stores_one_observation_per_step():
         ({"policy_kwargs": {"share_features_extractor": False}}, "share_features_extractor=False"),
         (
             {"policy_kwargs": {"memory_kwargs": {"n_layers": 1}}, "memory_kwargs": {"n_layers": 2}},
-            r"memory_kwargs keys \['n_layers'\] are given twice",
+            r"memory_kwargs keys \['n_layers'\] are given twice, with different values",
         ),
     ],
 )
@@ -326,6 +326,10 @@ def test_a_trained_models_policy_kwargs_build_the_same_model():
     again = AttentionPPO("MlpPolicy", tmaze(), memory=6, include_action=True, policy_kwargs=model.policy_kwargs)
     assert again.policy.memory_net.window == 6 and again.policy.include_action
     assert again.policy_kwargs == model.policy_kwargs
+    # its memory_kwargs given again, the same values: accepted
+    AttentionPPO(
+        "MlpPolicy", tmaze(), memory=6, include_action=True, memory_kwargs=SMALL, policy_kwargs=model.policy_kwargs
+    )
 
 
 class StopAtEpisodeEnd:

@@ -491,3 +491,9 @@ def test_a_preset_training_env_switched_off_by_the_users_keywords_is_named_in_a_
     (line,) = warned(TrainConfig(env="rlattn/TMaze-v0", env_kwargs={**long, "slack": 3}, verbose=0))
     assert "(--env-kwargs sets slack)" in line
     assert warned(TrainConfig(env="CartPole-v1", verbose=0)) == []  # no preset env keywords
+    # the preset applied where its own keywords move the env to a longer family's preset (slack past its cap)
+    for length in (44, 45, 48):
+        cfg = TrainConfig(
+            algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": length}, verbose=0
+        )
+        assert warned(cfg) == [], length

@@ -150,12 +150,14 @@ def test_cache_sequence_and_stateless_extractor_agree(history, window, n_layers,
     torch.testing.assert_close(stateless, cached, **TOL)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 5, 8])
-def test_long_rollouts_encoded_in_chunks_give_the_same_features_and_gradients(chunk):
+@pytest.mark.parametrize(
+    "chunk, position, scaled", [(1, "rotary", False), (3, "rotary", False), (5, "none", False), (8, "rotary", True)]
+)
+def test_long_rollouts_encoded_in_chunks_give_the_same_features_and_gradients(chunk, position, scaled):
     """Chunks of queries, each against the carried prefix and the W - 1 steps before it, against all
     keys at once: the same features and the same gradients, episodes ending inside and across chunks."""
     space, history, tokens, starts = play(n_envs=3, n_steps=30, window=5, max_length=9)
-    _, net = models(space, 5, 2)
+    _, net = models(space, 5, 2, position=position, length_scale=scaled)
     _, positions, carried = run_cache(net, tokens, starts, carry_at=8)
     net.double()  # sums in another order: equal up to rounding, which double precision keeps far below TOL
     carried = dataclasses.replace(carried, hidden=carried.hidden.double())

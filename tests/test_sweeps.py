@@ -251,6 +251,22 @@ def test_the_results_file_keeps_every_sweeps_records_and_refuses_a_broken_one(tm
         sweep.Results(path)
 
 
+def _add_records(path: Path, first: int) -> None:
+    for seed in range(first, first + 40):
+        sweep.Results(path).add({"method": "mlp", "seed": seed})
+
+
+def test_two_processes_adding_to_one_results_file_lose_no_record(tmp_path):
+    path = tmp_path / "results.json"
+    workers = [multiprocessing.get_context("fork").Process(target=_add_records, args=(path, s)) for s in (0, 100)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert all(worker.exitcode == 0 for worker in workers)
+    assert sorted(r["seed"] for r in sweep.Results(path).records) == [*range(40), *range(100, 140)]
+
+
 def test_a_cell_with_a_failed_seed_says_so_in_its_seeds_column_and_claims_no_steps():
     import third_party
 
@@ -262,6 +278,8 @@ def test_a_cell_with_a_failed_seed_says_so_in_its_seeds_column_and_claims_no_ste
     assert third_party.row(cell)[3] == "2/3" and third_party.row(cell)[5] == "1.00 - 1.00"
     (whole,) = sweep.cells([runs[0], runs[2]], third_party.KEY_FIELDS)
     assert sweep.seeds_text(whole) == "2" and whole.steps is not None
+    assert sweep.steps_text(cell) == ("- (2/3 seeds ran)", "500 500")
+    assert sweep.steps_text(whole)[0].startswith("500 [500, 500]")
 
 
 class StopAt(BaseCallback):
@@ -531,13 +549,34 @@ def test_tune_searches_each_cell_once_and_its_cases_train_with_what_it_found(
     sweep.resolved_text.cache_clear()
 
 
-def test_a_search_written_down_before_resolved_settings_were_named_is_the_same_search():
-    from agents.trial_log import same_search
+def test_a_search_written_down_before_resolved_settings_were_named_is_the_same_search(tmp_path):
+    from agents.trial_log import add_trial, read_trials, same_search
 
     search = {"flags": ["-n", "256"], "space": {}, "resolved": "abc"}
     assert same_search(search, search) and same_search({"flags": ["-n", "256"], "space": {}}, search)
     assert not same_search({**search, "resolved": "def"}, search)
     assert not same_search({"flags": ["-n", "512"], "space": {}}, search) and not same_search(None, search)
+    # a log written before: taken for the search, and named after it from its next trial on
+    log = tmp_path / "cell_tune2.trials.jsonl"
+    entry = {"params": {"gamma": 0.9}, "score": 0.5, "metric": "success", "pruned": False, "reports": []}
+    add_trial(log, {"flags": ["-n", "256"], "space": {}}, "a_0", entry)
+    assert read_trials(log, search) == {"a_0": entry}
+    add_trial(log, search, "a_1", entry)
+    assert list(read_trials(log, search)) == ["a_0", "a_1"]
+    assert read_trials(log, {**search, "resolved": "def"}) == {}  # a preset changed since: another search
+
+
+def test_evaluations_written_with_success_rows_missing_in_front_are_read_aligned(tmp_path):
+    from agents.trials import reported_evaluations
+
+    np.savez(
+        tmp_path / "evaluations.npz",
+        timesteps=np.array([100, 200, 300]),
+        results=np.zeros((3, 2)),
+        ep_lengths=np.ones((3, 2)),
+        successes=np.array([[1.0, 0.0]]),
+    )
+    assert reported_evaluations(tmp_path) == ([100, 200, 300], [0.0, 0.0, 0.5])
 
 
 def trial_lines(log: Path) -> list[dict]:
