@@ -38,6 +38,8 @@ from agents.runfolder import (
     replay_buffer_for,
     save_atomic,
     save_replay_atomic,
+    tensorboard_folder,
+    trim_events,
     write_result,
     write_run_info,
 )
@@ -217,7 +219,9 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
         else:
             model = build_model(plan, envs[0])
             write_run_info(folder, plan)
-        tb_dir = Path(cfg.tensorboard_log) / cfg.algo / folder.name if cfg.tensorboard_log else folder
+        tb_dir = tensorboard_folder(folder, cfg.tensorboard_log, cfg.algo, resumed)
+        if resumed:
+            trim_events(tb_dir, model.num_timesteps)
         outputs = ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"]
         model.set_logger(configure(str(tb_dir), outputs))
         callbacks = run_callbacks(plan, folder, envs[1], resumed)

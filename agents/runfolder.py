@@ -272,6 +272,59 @@ def replay_buffer_for(model: BaseAlgorithm, folder: Path) -> Path | None:
     return path
 
 
+TENSORBOARD_NOTE = "tensorboard.txt"
+"""in a run folder whose TensorBoard events go elsewhere (``-tb``): that folder, for ``-i`` to go on in"""
+
+
+def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, resumed: bool) -> Path:
+    """Where a run's TensorBoard events go: its run folder, or with ``-tb`` a folder of its own under
+    ``TB/ALGO/`` named after the run (``RUN-2``, ``RUN-3``, ... where another run's events are there: runs of
+    other ``-f`` folders sharing one ``-tb`` never write into one TensorBoard run). A resumed run goes on
+    in the folder its first part chose."""
+    if not tensorboard_log:
+        return folder
+    note = folder / TENSORBOARD_NOTE
+    if resumed and note.is_file():
+        return Path(note.read_text().strip())
+    parent = Path(tensorboard_log) / algo
+    if resumed:  # a run from before the note: its folder was named after the run
+        return parent / folder.name
+    n = 1
+    while True:
+        target = parent / (folder.name if n == 1 else f"{folder.name}-{n}")
+        try:
+            target.mkdir(parents=True)
+        except FileExistsError:  # another run's (or one made at this moment)
+            n += 1
+            continue
+        note.write_text(str(target) + "\n")
+        return target
+
+
+def trim_events(tensorboard_dir: Path, last_step: int) -> None:
+    """TensorBoard events logged after ``last_step`` by earlier parts of a run, left out of their files: a
+    run resumed from a checkpoint older than its end logs those steps again, and TensorBoard would draw
+    both. Each file is rewritten beside itself and renamed into place; events without a step's data stay."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for file in sorted(tensorboard_dir.glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(file)).Load())  # as written: rewritten, they stay as SB3 wrote them
+        events = [Event.FromString(record) for record in records]
+        kept = [r for r, e in zip(records, events, strict=True) if not e.HasField("summary") or e.step <= last_step]
+        if len(kept) == len(records):
+            continue
+
+        def write(target: Path, kept: list[bytes] = kept) -> None:
+            with open(target, "wb") as out:
+                writer = RecordWriter(out)
+                for record in kept:
+                    writer.write(record)
+
+        write_atomic(file, write)
+
+
 def keep_progress(folder: Path, timesteps: int) -> None:
     """SB3's CSV logger starts progress.csv afresh: keep the earlier part as ``progress_until_<steps>.csv``
     (``_2``, ``_3``, ... if that name is taken); one without a logged row is removed."""

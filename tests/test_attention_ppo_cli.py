@@ -39,6 +39,13 @@ def test_trains_logs_attention_resumes_and_replays(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "result.json").read_text())["env_steps"] == 768
     assert np.load(run / "evaluations.npz")["timesteps"].tolist()[-1] == 768
+    # TensorBoard holds each step once: the first part's points past 256 (which the resumed run logs again) left out
+    raw = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}, purge_orphaned_data=False)
+    raw.Reload()
+    assert [e.step for e in raw.Scalars("eval/mean_reward")] == [256, 512, 768]
+    for tag in ("attention/target_mass", "rollout/ep_rew_mean", "train/loss"):
+        steps = [e.step for e in raw.Scalars(tag)]
+        assert steps == sorted(set(steps)), (tag, steps)
     replay = run_train(["--replay", str(run), "--episodes", "2"], tmp_path)
     assert replay.returncode == 0, replay.stderr
     record = json.loads((run / "replay.json").read_text())

@@ -497,3 +497,19 @@ def test_a_preset_training_env_switched_off_by_the_users_keywords_is_named_in_a_
             algo="ppo_attention", env="rlattn/TMaze-v0", env_kwargs={"corridor_length": length}, verbose=0
         )
         assert warned(cfg) == [], length
+
+
+def test_runs_sharing_one_tensorboard_folder_get_a_tensorboard_run_each(tmp_path):
+    """Two -f folders, one -tb: the second run's events go to a folder of its own, and its resume goes on there."""
+    tiny = [*TINY, "--save-freq", "256", "--eval-freq", "-1", "-tb", "tb"]
+    for logs in ("a", "b"):
+        done = run_train(["--extractor", "mlp", "-f", logs, *tiny], tmp_path)
+        assert done.returncode == 0, done.stderr
+    first, second = tmp_path / "tb" / "ppo" / "rlattn-TMaze-v0_1", tmp_path / "tb" / "ppo" / "rlattn-TMaze-v0_1-2"
+    assert len(list(first.glob("events.out.tfevents.*"))) == 1
+    assert len(list(second.glob("events.out.tfevents.*"))) == 1
+    run_b = tmp_path / "b" / "ppo" / "rlattn-TMaze-v0_1"
+    assert (run_b / "tensorboard.txt").read_text().strip() == str(Path("tb") / "ppo" / "rlattn-TMaze-v0_1-2")
+    resumed = run_train(["-i", str(run_b / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(second.glob("events.out.tfevents.*"))) == 2 and len(list(first.glob("events.*"))) == 1
