@@ -43,6 +43,7 @@ from agents.runfolder import (
     write_result,
     write_run_info,
 )
+from rlattn import AttentionLoggingCallback
 
 MAX_EVAL_ENVS = 32
 """evaluation episodes run side by side in up to this many envs, the policy acting on them in one batch"""
@@ -291,6 +292,10 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             except KeyboardInterrupt:  # during the final evaluation: the model is saved, the evaluation left out
                 pass
         _close(eval_env)
+        for callback in callbacks:  # the attention views' own envs (train.py made them)
+            after = getattr(callback, "callback", None)
+            if isinstance(after, AttentionLoggingCallback):
+                _close(after.env)
         interrupted = signals.first
         record = {
             "env_steps": model.num_timesteps,

@@ -513,3 +513,18 @@ def test_runs_sharing_one_tensorboard_folder_get_a_tensorboard_run_each(tmp_path
     resumed = run_train(["-i", str(run_b / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(second.glob("events.out.tfevents.*"))) == 2 and len(list(first.glob("events.*"))) == 1
+
+
+def test_the_attention_views_envs_are_closed_when_the_run_ends(tmp_path, monkeypatch):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    closed: list[int] = []
+    close = DummyVecEnv.close
+
+    def counted(self):
+        closed.append(self.num_envs)
+        return close(self)
+
+    monkeypatch.setattr(DummyVecEnv, "close", counted)
+    assert main(["--extractor", "attention", "-f", str(tmp_path / "logs"), *TINY, "--verbose", "0"]) == 0
+    assert 8 in closed  # the 8 side-by-side episodes of the attention views (training: 2 envs, evaluation: 4)
