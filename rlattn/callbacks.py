@@ -18,6 +18,7 @@ from stable_baselines3.common.vec_env import (
     DummyVecEnv,
     VecEnv,
     VecEnvWrapper,
+    VecFrameStack,
     VecTransposeImage,
     is_vecenv_wrapped,
     unwrap_vec_normalize,
@@ -169,6 +170,16 @@ class AttentionLoggingCallback(BaseCallback):
                 "observations: wrap it as VecNormalize(env, training=False, norm_reward=False)"
             )
 
+    def _drawn(self, frame: np.ndarray) -> np.ndarray:
+        """The frame an overlay draws: under ``VecFrameStack`` the newest frame's channels (the last of the
+        channel axis, whichever order the stack was made in once channels come first), not the oldest."""
+        venv: VecEnv = self.env
+        while isinstance(venv, VecEnvWrapper):
+            if isinstance(venv, VecFrameStack) and not isinstance(venv.observation_space, gym.spaces.Dict):
+                return frame[-(frame.shape[0] // venv.stacked_obs.n_stack) :]
+            venv = venv.venv
+        return frame
+
     def _sync_normalization(self) -> None:
         """Training's observation statistics into the round's VecNormalize, which does not update them."""
         normaliser, own = self.model.get_vec_normalize_env(), unwrap_vec_normalize(self.env)
@@ -265,7 +276,7 @@ class AttentionLoggingCallback(BaseCallback):
             look_maps = getattr(self.model.policy, "look_maps", None)
             looked = look_maps(memory) if callable(look_maps) else None
             if looked is not None:  # a look after the memory: its weight on the target's box, and the overlay
-                frame, weights = newest_frame(obs), looked[0].mean(0).cpu().numpy()
+                frame, weights = self._drawn(newest_frame(obs)), looked[0].mean(0).cpu().numpy()
                 box = info.get(self.target_key) if self.target_key else None
                 box = tuple(int(v) for v in box) if isinstance(box, (tuple, list, np.ndarray)) else None
                 if box is not None:
@@ -304,7 +315,7 @@ class AttentionLoggingCallback(BaseCallback):
             clipped = np.clip(weights, 1e-12, 1.0)
             entropies.append(float(-(clipped * np.log(clipped)).sum()))
             if i < SHOWN:
-                images.append(overlay(newest_frame(obs), weights, box))
+                images.append(overlay(self._drawn(newest_frame(obs)), weights, box))
         return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/overlay", _stack(images))
 
     def _history_round(self, extractor: HistoryAttentionExtractor, rng: np.random.Generator) -> Round:

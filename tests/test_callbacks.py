@@ -131,3 +131,35 @@ def test_float_frames_in_0_1_are_drawn_as_intensities():
     assert frame_rgb(np.full((3, 4, 4), 0.5, np.float32)).max() == 127
     assert frame_rgb(np.full((3, 4, 4), 200.0, np.float32)).max() == 200  # 0..255 floats as they are
     assert frame_rgb(np.full((1, 4, 4), 9, np.uint8)).shape == (4, 4, 3)
+
+
+class Flash(gym.Env):
+    """Grey 16 x 16 frames, channel first: black at the reset, bright after; two steps an episode."""
+
+    observation_space = gym.spaces.Box(0, 255, (1, 16, 16), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros((1, 16, 16), np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full((1, 16, 16), 200, np.uint8), 0.0, self.t >= 2, False, {}
+
+
+def test_overlays_of_stacked_frames_draw_the_newest_frame():
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    from rlattn import PatchAttentionExtractor
+
+    stacked = lambda: VecFrameStack(DummyVecEnv([Flash]), 4, channels_order="first")  # noqa: E731
+    kwargs = {"features_extractor_class": PatchAttentionExtractor, "features_extractor_kwargs": {"patch_size": 8}}
+    model = PPO("CnnPolicy", stacked(), n_steps=8, batch_size=8, policy_kwargs=kwargs)
+    callback = AttentionLoggingCallback(stacked(), n_episodes=1)
+    callback.init_callback(model)
+    scored = callback.measure()
+    assert scored is not None
+    frame = scored.image[:, :64]  # the frame half of the overlay (16 pixels drawn 4x), before the white gap
+    assert frame.min() == 200  # the bright newest frame (the three oldest, drawn before, were black)
