@@ -22,7 +22,8 @@ another query. Three computations give the same numbers (tests hold this, forwar
 
 With ``top_k``, global attention is block-routed (:mod:`rlattn.block_sparse`, MoBA): keys in blocks
 of ``block_size``, each block of queries attends only to its ``top_k`` best-scoring blocks and its
-own, the rest never computed. With every block chosen it is global attention, number for number.
+own, the rest never computed. With every block chosen it is global attention, number for number on
+every valid query row (a padded query row, which no valid query reads, may differ).
 With ``compress`` too, NSA's compressed branch (each query block's routing query over every other
 block's mean key and value, shared by the block's queries) is added through a learned per-head gate,
 which trains the scores the router ranks.
@@ -121,7 +122,8 @@ def attention_mask(structure: Tensor, valid: Tensor) -> Tensor:
     """Combine a (Q, K) structure with (B, K) validity into a (B, 1, Q, K) mask.
 
     The newest Q keys are the queries; each may see a valid key its structure allows, and always
-    itself: padded queries see only themselves and valid queries never see padding.
+    itself: valid queries never see padding (a padded query sees the valid keys its structure allows
+    too; no valid query reads its output, so that only changes the padded rows themselves).
     """
     Q, K = structure.shape
     return ((structure.to(valid.device) & valid[:, None, :]) | _own_keys(Q, K, valid.device))[:, None]
@@ -230,11 +232,14 @@ class MultiHeadAttention(nn.Module):
 
         ``positions`` (K,) or (B, K) integers: rotate queries and keys by them (rotary positions).
         ``mask`` (B, 1, Q, K) bool: who may see whom, replacing the pattern (episodic sequences,
-        where episode boundaries and ages decide); every row must allow at least one key.
+        where episode boundaries and ages decide); padded keys (``valid`` False) stay unseen under it
+        too, and each query always sees itself.
         """
         B, K, E = x.shape
         full = K
         Q = K if n_queries is None else n_queries
+        if mask is not None:
+            mask = (mask & valid[:, None, None, :]) | _own_keys(Q, K, valid.device)
         if self.attention == "neighbourhood" and (self.grid[0] * self.grid[1] != K):  # type: ignore[index]
             raise ValueError(f"{K} tokens do not fill grid={self.grid}: expected rows * cols tokens")
         if self.attention == "local" and mask is None:
@@ -257,9 +262,10 @@ class MultiHeadAttention(nn.Module):
             k, v = F.linear(x, weight[E:], bias[E:]).split(E, dim=-1)
         else:
             q, k, v = self.qkv(x).split(E, dim=-1)
-        q = q.reshape(B, Q, self.n_heads, -1).transpose(1, 2)  # (B, H, Q, d)
-        k = k.reshape(B, K, self.n_heads, -1).transpose(1, 2)  # (B, H, K, d)
-        v = v.reshape(B, K, self.n_heads, -1).transpose(1, 2)
+        d = E // self.n_heads  # given, not inferred: a batch of 0 has nothing to infer it from
+        q = q.reshape(B, Q, self.n_heads, d).transpose(1, 2)  # (B, H, Q, d)
+        k = k.reshape(B, K, self.n_heads, d).transpose(1, 2)  # (B, H, K, d)
+        v = v.reshape(B, K, self.n_heads, d).transpose(1, 2)
         if positions is not None:
             cos, sin = rotary_tables(positions, q.shape[-1], q.dtype)  # (K, d/2) or (B, K, d/2)
             if positions.dim() == 2:

@@ -75,7 +75,8 @@ def route(newest: Tensor, summary: Tensor, count: Tensor, top_k: int) -> Tensor:
     B, H, c, _ = newest.shape
     n = summary.shape[2]
     with torch.no_grad():
-        scores = newest @ summary.transpose(-1, -2)  # (B, H, c, n)
+        # scored in float32: in half precision a valid block's score may overflow to -inf and rank below empty ones
+        scores = newest.float() @ summary.float().transpose(-1, -2)  # (B, H, c, n)
         scores = scores.masked_fill((count == 0)[:, None, None, :], torch.finfo(scores.dtype).min)
         own = torch.arange(n - c, n, device=newest.device)  # (c,)
         is_own = own[:, None] == torch.arange(n, device=newest.device)  # (c, n)

@@ -276,3 +276,33 @@ def test_rotary_angles_past_the_table_are_computed_and_the_table_stays_bounded()
     small_cos, _ = rotary_tables(torch.tensor([3]), 8)
     assert torch.allclose(small_cos[0], cos[0, 0])  # the table's angles and the computed ones agree
     assert all(len(table) <= rotary.ROTARY_TABLE_MAX for table in rotary._ROTARY_TABLES.values())
+
+
+@pytest.mark.parametrize("pattern", [{}, {"top_k": 2, "block_size": 4}, {"attention": "local", "window": 3}])
+def test_an_empty_batch_gives_an_empty_output(pattern):
+    attn = MultiHeadAttention(8, 2, **pattern)
+    out, _ = attn(torch.randn(0, 9, 8), torch.ones(0, 9, dtype=torch.bool), n_queries=4)
+    assert out.shape == (0, 4, 8)
+
+
+def test_half_precision_routing_never_prefers_an_empty_block_to_a_valid_one():
+    """fp16 scores of a valid block can overflow to -inf: scored in float32 it still outranks empty blocks."""
+    from rlattn.block_sparse import route
+
+    newest = torch.full((1, 1, 1, 4), 200.0, dtype=torch.float16)
+    summary = torch.tensor([[-200.0] * 4, [0.0] * 4, [-20.0] * 4], dtype=torch.float16)[None, None]
+    count = torch.tensor([[4, 0, 4]])  # block 1 is empty (all its keys padding); block 2 is the query's own
+    assert route(newest, summary, count, top_k=1)[0, 0, -1].tolist() == [0, 2]
+
+
+def test_a_given_mask_still_hides_padded_keys():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(8, 2)
+    valid = torch.tensor([[False, False, True, True, True, True]])
+    mask = torch.ones(1, 1, 6, 6, dtype=torch.bool)
+    x = torch.randn(1, 6, 8)
+    changed = x.clone()
+    changed[:, :2] = 100.0  # the padded steps' content
+    out, _ = attn(x, valid, mask=mask)
+    again, _ = attn(changed, valid, mask=mask)
+    torch.testing.assert_close(out[:, 2:], again[:, 2:])
