@@ -201,7 +201,9 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     if isinstance(cfg.episodes, bool) or not isinstance(cfg.episodes, int) or cfg.episodes < 1:
         raise ConfigError(f"--episodes {cfg.episodes!r} is invalid: must be an integer >= 1")
     saved = load_run_config(folder, f"--replay {cfg.replay!r}")
-    plan = as_started(resolve(replace(saved, device=cfg.device, verbose=0, log_folder=str(folder.parent))), folder)
+    # the run where it is now: its own log folder, no TensorBoard (a replay writes none; a moved run's may be gone)
+    where = replace(saved, device=cfg.device, verbose=0, log_folder=str(folder.parent), tensorboard_log=None)
+    plan = as_started(resolve(where), folder)
     video = Path(cfg.video) if cfg.video else folder / "replay.gif"
     if video.suffix.lower() != ".gif":
         raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")

@@ -27,6 +27,7 @@ from agents.evaluate import EvalResult, evaluate
 from agents.plan import RunPlan, preflight, resolve
 from agents.registry import ALGOS
 from agents.runfolder import (
+    TENSORBOARD_NOTE,
     append_command,
     as_started,
     evaluation_record,
@@ -156,8 +157,13 @@ def resume_config(cfg: TrainConfig) -> TrainConfig:
     file = check_model_file(cfg.trained_agent or "")
     saved = load_run_config(file.parent, f"-i {cfg.trained_agent!r}")
     check_only_changes(cfg, {"trained_agent", "n_timesteps", "verbose", "progress", "device"}, "resuming (-i)")
+    # where the run is now (a run folder moved or copied from another machine keeps working): its log
+    # folder is the one holding it, and its TensorBoard folder the one it noted (see tensorboard_folder)
+    noted = (file.parent / TENSORBOARD_NOTE).is_file()
     return replace(
         saved,
+        log_folder=str(file.parent.parent.parent),
+        tensorboard_log=None if noted else saved.tensorboard_log,
         trained_agent=str(file),
         n_timesteps=cfg.n_timesteps if cfg.n_timesteps is not None else saved.n_timesteps,
         verbose=cfg.verbose,
@@ -223,6 +229,8 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
         tb_dir = tensorboard_folder(folder, cfg.tensorboard_log, cfg.algo, resumed)
         if resumed:
             trim_events(tb_dir, model.num_timesteps)
+            if tb_dir != folder:  # SB3 writes progress.csv beside the events
+                keep_progress(tb_dir, model.num_timesteps)
         outputs = ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"]
         model.set_logger(configure(str(tb_dir), outputs))
         callbacks = run_callbacks(plan, folder, envs[1], resumed)

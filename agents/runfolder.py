@@ -280,12 +280,13 @@ def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, res
     """Where a run's TensorBoard events go: its run folder, or with ``-tb`` a folder of its own under
     ``TB/ALGO/`` named after the run (``RUN-2``, ``RUN-3``, ... where another run's events are there: runs of
     other ``-f`` folders sharing one ``-tb`` never write into one TensorBoard run). A resumed run goes on
-    in the folder its first part chose."""
-    if not tensorboard_log:
-        return folder
+    in the folder its first part chose, noted relative to the run folder (so from any working folder,
+    and after both are moved together)."""
     note = folder / TENSORBOARD_NOTE
     if resumed and note.is_file():
-        return Path(note.read_text().strip())
+        return folder / note.read_text().strip()
+    if not tensorboard_log:
+        return folder
     parent = Path(tensorboard_log) / algo
     if resumed:  # a run from before the note: its folder was named after the run
         return parent / folder.name
@@ -297,7 +298,7 @@ def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, res
         except FileExistsError:  # another run's (or one made at this moment)
             n += 1
             continue
-        note.write_text(str(target) + "\n")
+        note.write_text(os.path.relpath(target, folder) + "\n")
         return target
 
 

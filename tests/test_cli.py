@@ -1,5 +1,6 @@
 """train.py as a user runs it: a tiny real run read back from disk, and bad input as one-line errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -509,7 +510,7 @@ def test_runs_sharing_one_tensorboard_folder_get_a_tensorboard_run_each(tmp_path
     assert len(list(first.glob("events.out.tfevents.*"))) == 1
     assert len(list(second.glob("events.out.tfevents.*"))) == 1
     run_b = tmp_path / "b" / "ppo" / "rlattn-TMaze-v0_1"
-    assert (run_b / "tensorboard.txt").read_text().strip() == str(Path("tb") / "ppo" / "rlattn-TMaze-v0_1-2")
+    assert (run_b / (run_b / "tensorboard.txt").read_text().strip()).resolve() == second.resolve()
     resumed = run_train(["-i", str(run_b / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(second.glob("events.out.tfevents.*"))) == 2 and len(list(first.glob("events.*"))) == 1
@@ -528,3 +529,23 @@ def test_the_attention_views_envs_are_closed_when_the_run_ends(tmp_path, monkeyp
     monkeypatch.setattr(DummyVecEnv, "close", counted)
     assert main(["--extractor", "attention", "-f", str(tmp_path / "logs"), *TINY, "--verbose", "0"]) == 0
     assert 8 in closed  # the 8 side-by-side episodes of the attention views (training: 2 envs, evaluation: 4)
+
+
+def test_a_run_whose_saved_folders_are_gone_resumes_and_replays_where_it_is(tmp_path):
+    """A run folder copied from another machine: its args.json names log and TensorBoard folders this
+    machine does not have (and cannot write); -i and --replay work where the run is, from any folder."""
+    done = run_train(["--extractor", "mlp", *TINY, "--eval-freq", "-1", "-tb", "tb"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
+    args = run / "rlattn-TMaze-v0" / "args.json"
+    saved = json.loads(args.read_text())
+    args.write_text(json.dumps({**saved, "log_folder": "/proc/gone/logs", "tensorboard_log": "/proc/gone/tb"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = run_train(["-i", str(run / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    tb = tmp_path / "tb" / "ppo" / "rlattn-TMaze-v0_1"
+    assert len(list(tb.glob("events.out.tfevents.*"))) == 2 and not (elsewhere / "tb").exists()
+    assert (tb / "progress_until_256.csv").is_file()  # the first part's rows, kept beside the events
+    replay = run_train(["--replay", str(run), "--episodes", "1"], elsewhere)
+    assert replay.returncode == 0, replay.stderr
