@@ -44,9 +44,12 @@ def check_env_id(env_id: str) -> str:
 
 def check_device(device: str) -> None:
     try:
-        kind = "cpu" if device == "auto" else torch.device(device).type
+        parsed = torch.device("cpu" if device == "auto" else device)
     except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda") or (parsed.type == "cpu" and parsed.index not in (None, 0)):
         raise ConfigError(f"--device {device!r} is invalid: allowed are cpu, cuda, cuda:N, auto") from None
+    kind = parsed.type
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device!r} is not available here (no CUDA device): use cpu or auto")
 
@@ -84,6 +87,8 @@ _NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
     "exploration_initial_eps": (float, 0, 1, True, False),
     "exploration_final_eps": (float, 0, 1, True, False),
     "rms_prop_eps": (float, 0, None, False, False),
+    "stats_window_size": (int, 1, None, True, False),
+    "sde_sample_freq": (int, -1, None, True, False),
 }
 
 
@@ -106,6 +111,8 @@ def check_algo_values(algo: type, values: dict[str, Any]) -> None:
                 raise ConfigError(f"-params {key}={value!r} is invalid: must be {what} {bounds}")
         elif isinstance(defaults.get(key), bool) and not isinstance(value, bool):
             raise ConfigError(f"-params {key}={value!r} is invalid: must be True or False")
+        elif type(defaults.get(key)) is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"-params {key}={value!r} is invalid: must be an integer")
 
 
 def check_writable(folder: str, flag: str) -> None:

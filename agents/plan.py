@@ -8,11 +8,13 @@ import inspect
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 import envs
 from agents import schedules
@@ -138,9 +140,10 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--en
                 )
     try:
         return make_env(env_id, **env_kwargs)
-    except (ValueError, TypeError) as error:
+    except Exception as error:  # an env's own constructor may raise anything (KeyError for an unknown map, ...)
         where = f"{flag} for {env_id}" if env_kwargs else f"making {env_id}"
-        raise ConfigError(f"{where}: {first_line(error)}") from None
+        kind = "" if isinstance(error, (ValueError, TypeError)) else f"{type(error).__name__}: "
+        raise ConfigError(f"{where}: {kind}{first_line(error)}") from None
 
 
 def _resolve_extractor(cfg: TrainConfig, probe: gym.Env, preferred: str | None = None) -> str:
@@ -288,11 +291,11 @@ def _check_flags(cfg: TrainConfig) -> str:
     check_int_flag("--eval-episodes", cfg.eval_episodes)
     check_int_flag("--eval-freq", cfg.eval_freq, disabled=-1)
     check_int_flag("--save-freq", cfg.save_freq, disabled=-1)
-    check_int_flag("--seed", cfg.seed, low=0)
+    check_int_flag("--seed", cfg.seed, low=0, high=SEED_MAX)
     check_int_flag("--verbose", cfg.verbose, low=0, high=2)
-    check_writable(cfg.log_folder, "-f")
+    check_writable(str(Path(cfg.log_folder) / cfg.algo), "-f")  # where the run folder goes: LOG/ALGO
     if cfg.tensorboard_log:
-        check_writable(cfg.tensorboard_log, "-tb")
+        check_writable(str(Path(cfg.tensorboard_log) / cfg.algo), "-tb")
     return env_id
 
 
@@ -305,6 +308,10 @@ def _check_eval_env(env_id: str, cfg: TrainConfig, probe: gym.Env, eval_env_kwar
             f"({probe.observation_space}, {probe.action_space})"
         )
     eval_probe.close()
+
+
+SEED_MAX = 2**31 - 1
+"""the largest --seed: env, evaluation (+10,000) and NumPy seeds all stay below 2**32"""
 
 
 def resolve(cfg: TrainConfig) -> RunPlan:
@@ -419,9 +426,26 @@ def preflight(plan: RunPlan) -> None:
                 stacklevel=3,
             )
         _warn_preset_env_off(plan)
+        _warn_short_budget(plan)
         _check_replay_memory(plan, probe)
     finally:
         probe.close()
+
+
+def _warn_short_budget(plan: RunPlan) -> None:
+    """An on-policy run collects whole rollouts: ``-n`` below one (n_steps x n_envs) trains that many anyway."""
+    cls = plan.algo_entry.cls
+    if not issubclass(cls, OnPolicyAlgorithm):
+        return
+    n_steps = int(plan.algo_kwargs.get("n_steps", inspect.signature(cls.__init__).parameters["n_steps"].default))
+    rollout = n_steps * plan.n_envs
+    if plan.n_timesteps < rollout:
+        warnings.warn(
+            f"-n {plan.n_timesteps} is less than one rollout (n_steps {n_steps} x {plan.n_envs} envs = {rollout}): "
+            f"the run trains {rollout} env steps",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_preset_env_off(plan: RunPlan) -> None:

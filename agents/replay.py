@@ -16,10 +16,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from agents.callbacks import TARGET_KEYS
-from agents.checks import first_line
+from agents.checks import check_int_flag, check_writable, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import success_flags
-from agents.plan import RunPlan, make_env, resolve
+from agents.plan import SEED_MAX, RunPlan, make_env, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS, is_image
 from agents.run import check_only_changes
@@ -200,6 +200,8 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     check_only_changes(cfg, {"replay", "episodes", "video", "seed", "device", "verbose"}, "replaying (--replay)")
     if isinstance(cfg.episodes, bool) or not isinstance(cfg.episodes, int) or cfg.episodes < 1:
         raise ConfigError(f"--episodes {cfg.episodes!r} is invalid: must be an integer >= 1")
+    check_int_flag("--seed", cfg.seed, low=0, high=SEED_MAX)
+    check_int_flag("--verbose", cfg.verbose, low=0, high=2)
     saved = load_run_config(folder, f"--replay {cfg.replay!r}")
     # the run where it is now: its own log folder, no TensorBoard (a replay writes none; a moved run's may be gone)
     where = replace(saved, device=cfg.device, verbose=0, log_folder=str(folder.parent), tensorboard_log=None)
@@ -207,6 +209,7 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     video = Path(cfg.video) if cfg.video else folder / "replay.gif"
     if video.suffix.lower() != ".gif":
         raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")
+    check_writable(str(video.parent), "--video")  # before the episodes are played, not after
     try:
         model = ALGOS[saved.algo].cls.load(model_file, device=cfg.device)
     except Exception as error:

@@ -27,6 +27,7 @@ from agents.evaluate import EvalResult, evaluate
 from agents.plan import RunPlan, preflight, resolve
 from agents.registry import ALGOS
 from agents.runfolder import (
+    CRASHED_MODEL,
     TENSORBOARD_NOTE,
     append_command,
     as_started,
@@ -214,8 +215,14 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
     A run that cannot start leaves nothing behind.
     """
     cfg = plan.config
+    # folders this run makes above its run folder (LOG, LOG/ALGO, TB/ALGO): removed again if it cannot start
+    above = [Path(cfg.log_folder) / cfg.algo, Path(cfg.log_folder)]
+    if cfg.tensorboard_log:
+        above += [Path(cfg.tensorboard_log) / cfg.algo, Path(cfg.tensorboard_log)]
+    made = [p for p in above if not p.exists()]
     folder = Path(cfg.trained_agent).parent if resumed else new_run_folder(cfg.log_folder, cfg.algo, cfg.env)  # type: ignore[arg-type]
     envs: list[VecEnv] = []
+    tb_dir: Path | None = None
     try:
         envs.append(make_vec(plan, plan.n_envs, cfg.seed, monitor_dir=str(folder), append_monitor=resumed))
         envs.append(make_vec(plan, eval_envs(cfg.eval_episodes), cfg.seed + EVAL_SEED_OFFSET, evaluation=True))
@@ -237,8 +244,15 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
     except BaseException:
         for env in envs:
             _close(env)
-        if not resumed and folder.exists():
-            shutil.rmtree(folder)
+        if not resumed:
+            for path in (folder, tb_dir):
+                if path is not None and path.exists():
+                    shutil.rmtree(path)
+            for path in made:  # deepest first; left where anything else is in them
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
         raise
     return folder, model, envs[0], envs[1], callbacks
 
@@ -281,7 +295,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             model.num_timesteps = learned.saved_steps()
         except BaseException:
             model.num_timesteps = learned.saved_steps()
-            save_atomic(model, folder / "crashed_model.zip")
+            save_atomic(model, folder / CRASHED_MODEL)
             save_replay_atomic(model, folder)
             _close(venv)
             raise

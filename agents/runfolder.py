@@ -185,8 +185,12 @@ def load_run_config(folder: Path, what: str) -> TrainConfig:
         raise ConfigError(f"{what}: cannot read {saved_args[0]}: {first_line(error)}") from None
 
 
+CRASHED_MODEL = "crashed_model.zip"
+"""what a run saves when training raises"""
+
+
 def find_model(target: str, flag: str = "--replay") -> tuple[Path, Path]:
-    """(run folder, model zip): a model zip, or a run folder's best (else final) model."""
+    """(run folder, model zip): a model zip, or a run folder's best (else final, else the model a crash saved)."""
     path = Path(target)
     if path.is_file():
         return path.parent, check_model_file(target, flag)
@@ -195,7 +199,7 @@ def find_model(target: str, flag: str = "--replay") -> tuple[Path, Path]:
             f"{flag} {target!r} is invalid: no such folder or file; expected a run folder written by train.py"
         )
     saved = load_run_config(path, f"{flag} {target!r}")
-    for file in (path / BEST_MODEL, final_model(path, saved.env)):
+    for file in (path / BEST_MODEL, final_model(path, saved.env), path / CRASHED_MODEL):
         if file.is_file():
             return path, check_model_file(str(file), flag)
     raise ConfigError(

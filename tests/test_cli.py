@@ -230,6 +230,15 @@ BAD_INPUTS = [
     (["--optimize", "--search-space", "embed_dim:1.0:3.5"], "--search-space embed_dim is invalid: it takes integers"),
     (["--algo", "ppo_attention", "-params", "embed_dim:36"], "memory on rlattn/TMaze-v0: embed_dim=36 is invalid"),
     (["--optimize", "--objective", "best"], "argument --objective: invalid choice: 'best'"),
+    (["--device", "meta"], "--device 'meta' is invalid: allowed are cpu, cuda, cuda:N, auto"),
+    (["--device", "cpu:1"], "--device 'cpu:1' is invalid"),
+    (["--seed", "4294967296"], "--seed=4294967296 is invalid"),
+    (["-params", "stats_window_size:-1"], "-params stats_window_size=-1 is invalid"),
+    (["-params", "sde_sample_freq:'x'"], "-params sde_sample_freq='x' is invalid"),
+    (["-params", "policy_kwargs:{'foo':1}"], "foo"),
+    (["--env", "FrozenLake-v1", "--env-kwargs", "map_name:'9x9'"], "--env-kwargs for FrozenLake-v1: KeyError"),
+    (["-f", "{tmp}/fileinside"], "is a file, not a folder"),
+    (["-tb", "{tmp}/fileinside"], "-tb"),
 ]
 
 
@@ -242,6 +251,8 @@ def bad_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bad")
     (folder / "afile").write_text("not a folder, not a model\n")
+    (folder / "fileinside").mkdir()  # a log folder whose ALGO folder is a file
+    (folder / "fileinside" / "ppo").write_text("not a folder\n")
     (folder / "corrupt.zip").write_bytes(b"PK\x03\x04 truncated")
     with zipfile.ZipFile(folder / "other.zip", "w") as archive:
         archive.writestr("readme.txt", "hello")
@@ -549,3 +560,41 @@ def test_a_run_whose_saved_folders_are_gone_resumes_and_replays_where_it_is(tmp_
     assert (tb / "progress_until_256.csv").is_file()  # the first part's rows, kept beside the events
     replay = run_train(["--replay", str(run), "--episodes", "1"], elsewhere)
     assert replay.returncode == 0, replay.stderr
+
+
+def test_replay_checks_its_own_flags_before_playing(tmp_path):
+    done = run_train(["--extractor", "mlp", *TINY, "--eval-freq", "-1", "--save-freq", "-1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = str(tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1")
+    for flags, expected in (
+        (["--seed", "-1"], "--seed=-1 is invalid"),
+        (["--verbose", "9"], "--verbose=9 is invalid"),
+        (["--video", "/proc/nowhere/replay.gif"], "--video '/proc/nowhere' is invalid: cannot write in /proc"),
+    ):
+        replay = run_train(["--replay", run, "--episodes", "1", *flags], tmp_path)
+        assert replay.returncode == 2, replay.stderr
+        (line,) = replay.stderr.strip().splitlines()
+        assert expected in line, line
+    # a run that crashed has only its crashed model: that is what --replay plays
+    folder = Path(run)
+    (folder / "rlattn-TMaze-v0.zip").rename(folder / "crashed_model.zip")
+    replay = run_train(["--replay", run, "--episodes", "1"], tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    assert "crashed_model.zip" in replay.stdout
+
+
+def test_a_budget_below_one_rollout_is_named_in_a_warning():
+    import warnings
+
+    from agents.plan import preflight
+
+    for n, warned in ((64, True), (1024, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            preflight(resolve(TrainConfig(env="rlattn/TMaze-v0", n_timesteps=n, verbose=0)))
+        lines = [str(w.message) for w in caught if "less than one rollout" in str(w.message)]
+        assert lines == (
+            ["-n 64 is less than one rollout (n_steps 128 x 8 envs = 1024): the run trains 1024 env steps"]
+            if warned
+            else []
+        )
