@@ -47,9 +47,12 @@ def check_device(device: str) -> None:
         parsed = torch.device("cpu" if device == "auto" else device)
     except (RuntimeError, ValueError):
         parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda") or (parsed.type == "cpu" and parsed.index not in (None, 0)):
-        raise ConfigError(f"--device {device!r} is invalid: allowed are cpu, cuda, cuda:N, auto") from None
+    known = ("cpu", "cuda", "mps")
+    if parsed is None or parsed.type not in known or (parsed.type == "cpu" and parsed.index not in (None, 0)):
+        raise ConfigError(f"--device {device!r} is invalid: allowed are cpu, cuda, cuda:N, mps, auto") from None
     kind = parsed.type
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device!r} is not available here (no MPS device): use cpu or auto")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device!r} is not available here (no CUDA device): use cpu or auto")
 
@@ -90,6 +93,14 @@ _NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
     "stats_window_size": (int, 1, None, True, False),
     "sde_sample_freq": (int, -1, None, True, False),
 }
+
+
+def integral(key: str, value: Any) -> Any:
+    """An integer keyword's whole-number float (``n_steps:128.0``, a float search space's draw) as an int:
+    SB3 would fail on it at the first rollout (``deque(maxlen=100.0)``, array shapes); anything else as given."""
+    if key in _NUMBERS and _NUMBERS[key][0] is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def check_algo_values(algo: type, values: dict[str, Any]) -> None:

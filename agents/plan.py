@@ -18,7 +18,15 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 import envs
 from agents import schedules
-from agents.checks import check_algo_values, check_device, check_env_id, check_int_flag, check_writable, first_line
+from agents.checks import (
+    check_algo_values,
+    check_device,
+    check_env_id,
+    check_int_flag,
+    check_writable,
+    first_line,
+    integral,
+)
 from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, env_family, episode_cap, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
@@ -258,7 +266,7 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
                     raise ConfigError(f"-params {key}:{value!r} is invalid: must be True or False")
                 buckets[3][key] = value
             elif key in algo_keys:
-                buckets[0][key] = value
+                buckets[0][key] = integral(key, value)
             elif key in extractor_keys:
                 buckets[1][key] = value
             elif key == "policy_kwargs" and not isinstance(value, dict):
@@ -310,8 +318,8 @@ def _check_eval_env(env_id: str, cfg: TrainConfig, probe: gym.Env, eval_env_kwar
     eval_probe.close()
 
 
-SEED_MAX = 2**31 - 1
-"""the largest --seed: env, evaluation (+10,000) and NumPy seeds all stay below 2**32"""
+SEED_MAX = 2**32 - 1 - 20_000
+"""the largest --seed: env, evaluation (+10,000) and attention-view seeds all stay below NumPy's 2**32"""
 
 
 def resolve(cfg: TrainConfig) -> RunPlan:

@@ -280,20 +280,45 @@ TENSORBOARD_NOTE = "tensorboard.txt"
 """in a run folder whose TensorBoard events go elsewhere (``-tb``): that folder, for ``-i`` to go on in"""
 
 
-def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, resumed: bool) -> Path:
-    """Where a run's TensorBoard events go: its run folder, or with ``-tb`` a folder of its own under
-    ``TB/ALGO/`` named after the run (``RUN-2``, ``RUN-3``, ... where another run's events are there: runs of
-    other ``-f`` folders sharing one ``-tb`` never write into one TensorBoard run). A resumed run goes on
-    in the folder its first part chose, noted relative to the run folder (so from any working folder,
-    and after both are moved together)."""
+TENSORBOARD_OWNER = ".rlattn-run"
+"""in a ``-tb`` folder: the run folder (absolute) whose events it holds"""
+
+
+def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, resumed: bool) -> tuple[Path, bool]:
+    """Where a run's TensorBoard events go, and whether the folder holds this run's events alone (so that a
+    resume may rewrite them).
+
+    The run folder, or with ``-tb`` a folder of its own under ``TB/ALGO/`` named after the run (``RUN-2``,
+    ``RUN-3``, ... where that name is taken: runs of other ``-f`` folders sharing one ``-tb`` never write
+    into one TensorBoard run), marked with its owner and noted in the run folder (relative to it, or
+    absolute for an absolute ``-tb``). A resumed run goes on in the noted folder when it is its own (or
+    the run was moved there); a copy of another run, or a run whose TensorBoard folder is not on this
+    machine, writes into its run folder from then on (with a warning for the latter)."""
     note = folder / TENSORBOARD_NOTE
     if resumed and note.is_file():
-        return folder / note.read_text().strip()
+        noted = Path(note.read_text().strip())
+        target = noted if noted.is_absolute() else folder / noted
+        owner = target / TENSORBOARD_OWNER
+        if owner.is_file():
+            ran = Path(owner.read_text().strip())
+            if ran == folder.resolve():
+                return target, True
+            if not (ran / TENSORBOARD_NOTE).is_file():  # the run was moved here: its folder goes with it
+                owner.write_text(str(folder.resolve()) + "\n")
+                return target, True
+        else:
+            warnings.warn(
+                f"{folder}'s TensorBoard folder {target} is not here: its events go to the run folder", stacklevel=2
+            )
+        note.unlink()  # a copy of another run (whose folder that is), or its folder gone: the run folder from now on
+        return folder, True
     if not tensorboard_log:
-        return folder
+        return folder, True
     parent = Path(tensorboard_log) / algo
-    if resumed:  # a run from before the note: its folder was named after the run
-        return parent / folder.name
+    if (parent / folder.name).resolve() == folder.resolve():  # -tb is -f: the run folder itself
+        return folder, True
+    if resumed:  # a run from before the note: named after the run, maybe shared with another -f's run
+        return parent / folder.name, False
     n = 1
     while True:
         target = parent / (folder.name if n == 1 else f"{folder.name}-{n}")
@@ -302,14 +327,17 @@ def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, res
         except FileExistsError:  # another run's (or one made at this moment)
             n += 1
             continue
-        note.write_text(os.path.relpath(target, folder) + "\n")
-        return target
+        (target / TENSORBOARD_OWNER).write_text(str(folder.resolve()) + "\n")
+        noted = target.resolve() if Path(tensorboard_log).is_absolute() else Path(os.path.relpath(target, folder))
+        note.write_text(f"{noted}\n")
+        return target, True
 
 
 def trim_events(tensorboard_dir: Path, last_step: int) -> None:
     """TensorBoard events logged after ``last_step`` by earlier parts of a run, left out of their files: a
     run resumed from a checkpoint older than its end logs those steps again, and TensorBoard would draw
-    both. Each file is rewritten beside itself and renamed into place; events without a step's data stay."""
+    both. Each file is rewritten beside itself (under a name TensorBoard does not read) and renamed into
+    place; events without a step's data stay."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
@@ -320,14 +348,12 @@ def trim_events(tensorboard_dir: Path, last_step: int) -> None:
         kept = [r for r, e in zip(records, events, strict=True) if not e.HasField("summary") or e.step <= last_step]
         if len(kept) == len(records):
             continue
-
-        def write(target: Path, kept: list[bytes] = kept) -> None:
-            with open(target, "wb") as out:
-                writer = RecordWriter(out)
-                for record in kept:
-                    writer.write(record)
-
-        write_atomic(file, write)
+        partial = tensorboard_dir / ".trimming"
+        with open(partial, "wb") as out:
+            writer = RecordWriter(out)
+            for record in kept:
+                writer.write(record)
+        os.replace(partial, file)
 
 
 def keep_progress(folder: Path, timesteps: int) -> None:

@@ -158,13 +158,14 @@ class AttentionLoggingCallback(BaseCallback):
     def _init_callback(self) -> None:
         self.env = like_training(self.env, self.model.observation_space)
         training = self.model.get_env()
-        if training is not None and {id(e) for e in _base_envs(training)} & {id(e) for e in _base_envs(self.env)}:
+        if training is not None and _parts(training) & _parts(self.env):
             raise ValueError(
                 "AttentionLoggingCallback's env is one of the training envs: give it an env of its own "
                 "(made the same way), as for SB3's EvalCallback"
             )
         normaliser = self.model.get_vec_normalize_env()
-        if normaliser is not None and normaliser.norm_obs and unwrap_vec_normalize(self.env) is None:
+        own = unwrap_vec_normalize(self.env)
+        if normaliser is not None and normaliser.norm_obs and (own is None or not own.norm_obs):
             raise ValueError(
                 "AttentionLoggingCallback's env is not wrapped in VecNormalize, but the model trains on VecNormalize "
                 "observations: wrap it as VecNormalize(env, training=False, norm_reward=False)"
@@ -349,11 +350,14 @@ def _step_of(value: Any) -> int:
     return -1
 
 
-def _base_envs(venv: VecEnv) -> list[gym.Env]:
-    """The gymnasium envs inside an in-process VecEnv, unwrapped (none for a VecEnv of subprocesses)."""
+def _parts(venv: VecEnv) -> set[int]:
+    """The ids of every VecEnv layer of ``venv`` and of the gymnasium envs inside an in-process one (unwrapped)."""
+    parts = set()
     while isinstance(venv, VecEnvWrapper):
+        parts.add(id(venv))
         venv = venv.venv
-    return [env.unwrapped for env in getattr(venv, "envs", [])]
+    parts.add(id(venv))
+    return parts | {id(env.unwrapped) for env in getattr(venv, "envs", [])}
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:

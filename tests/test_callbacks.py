@@ -87,6 +87,10 @@ def test_the_training_env_itself_is_refused_as_the_callbacks_env():
     with pytest.raises(ValueError, match="AttentionLoggingCallback's env is one of the training envs"):
         callback.init_callback(model)
     AttentionLoggingCallback(maze(), n_episodes=1).init_callback(model)  # an env of its own
+    venv = DummyVecEnv([maze])  # the very VecEnv (a SubprocVecEnv's workers would be shared the same way)
+    vec_model = PPO("MultiInputPolicy", venv, n_steps=16, batch_size=16, policy_kwargs=model.policy_kwargs)
+    with pytest.raises(ValueError, match="one of the training envs"):
+        AttentionLoggingCallback(venv, n_episodes=1).init_callback(vec_model)
 
 
 def test_observation_statistics_of_training_reach_the_callbacks_env():
@@ -97,6 +101,9 @@ def test_observation_statistics_of_training_reach_the_callbacks_env():
     model = PPO("MultiInputPolicy", train, n_steps=16, batch_size=16, policy_kwargs=kwargs)
     with pytest.raises(ValueError, match="wrap it as VecNormalize\\(env, training=False, norm_reward=False\\)"):
         AttentionLoggingCallback(DummyVecEnv([maze]), n_episodes=1).init_callback(model)
+    raw = VecNormalize(DummyVecEnv([maze]), norm_obs=False, norm_reward=False)  # would not normalise them
+    with pytest.raises(ValueError, match="wrap it as VecNormalize"):
+        AttentionLoggingCallback(raw, n_episodes=1).init_callback(model)
     own = VecNormalize(DummyVecEnv([maze]), norm_obs_keys=["obs"], norm_reward=False)
     callback = AttentionLoggingCallback(own, n_episodes=1, target_key="cue_step")
     callback.init_callback(model)

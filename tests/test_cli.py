@@ -230,7 +230,7 @@ BAD_INPUTS = [
     (["--optimize", "--search-space", "embed_dim:1.0:3.5"], "--search-space embed_dim is invalid: it takes integers"),
     (["--algo", "ppo_attention", "-params", "embed_dim:36"], "memory on rlattn/TMaze-v0: embed_dim=36 is invalid"),
     (["--optimize", "--objective", "best"], "argument --objective: invalid choice: 'best'"),
-    (["--device", "meta"], "--device 'meta' is invalid: allowed are cpu, cuda, cuda:N, auto"),
+    (["--device", "meta"], "--device 'meta' is invalid: allowed are cpu, cuda, cuda:N, mps, auto"),
     (["--device", "cpu:1"], "--device 'cpu:1' is invalid"),
     (["--seed", "4294967296"], "--seed=4294967296 is invalid"),
     (["-params", "stats_window_size:-1"], "-params stats_window_size=-1 is invalid"),
@@ -598,3 +598,38 @@ def test_a_budget_below_one_rollout_is_named_in_a_warning():
             if warned
             else []
         )
+
+
+def test_whole_number_floats_for_integer_keywords_are_integers():
+    plan = resolve(
+        TrainConfig(env="rlattn/TMaze-v0", hyperparams={"n_steps": 64.0, "stats_window_size": 100.0}, verbose=0)
+    )
+    assert plan.algo_kwargs["n_steps"] == 64 and type(plan.algo_kwargs["n_steps"]) is int
+    assert type(plan.algo_kwargs["stats_window_size"]) is int
+
+
+def test_a_copied_runs_resume_leaves_the_originals_tensorboard_alone(tmp_path):
+    import shutil
+
+    done = run_train(["--extractor", "mlp", *TINY, "--eval-freq", "-1", "-tb", "tb"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "logs" / "ppo" / "rlattn-TMaze-v0_1"
+    tb = tmp_path / "tb" / "ppo" / "rlattn-TMaze-v0_1"
+
+    def steps(folder: Path) -> list[int]:
+        raw = EventAccumulator(str(folder), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+        raw.Reload()
+        return [e.step for e in raw.Scalars("train/loss")]
+
+    before = steps(tb)
+    assert before[-1] == 512
+    copy = tmp_path / "logs" / "ppo" / "branch"
+    shutil.copytree(run, copy)
+    resumed = run_train(["-i", str(copy / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert steps(tb) == before  # the original's points, all of them
+    assert steps(copy)[-1] == 768 and not (copy / "tensorboard.txt").exists()  # the copy's own, in its folder
+    # -tb naming the -f folder: the events stay in the run folder
+    same = run_train(["--extractor", "mlp", *TINY, "--eval-freq", "-1", "-f", "logs2", "-tb", "logs2"], tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert list((tmp_path / "logs2" / "ppo").iterdir()) == [tmp_path / "logs2" / "ppo" / "rlattn-TMaze-v0_1"]
