@@ -35,6 +35,7 @@ from agents.checks import first_line
 from agents.cli import OneLineParser, config_from_args
 from agents.cluster import cores, start_ray
 from agents.config import ConfigError
+from agents.plan import SEED_MAX
 from agents.resume import CHECKPOINT_S, resume_point, train_resumable
 from agents.runfolder import RESULT, write_atomic
 from agents.trial_log import same_search
@@ -426,6 +427,8 @@ def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
     for flag, value, low in bounds:
         if value < low:
             parser.error(f"{flag} {value} is invalid: must be >= {low}")
+    if args.seed + args.seeds - 1 > SEED_MAX:
+        parser.error(f"--seed {args.seed} is invalid with --seeds {args.seeds}: the last seed must be <= {SEED_MAX}")
     if args.checkpoint_every < 0 and args.checkpoint_every != -1:
         parser.error(f"--checkpoint-every {args.checkpoint_every:g} is invalid: must be >= 0 seconds, or -1 for none")
     try:

@@ -1035,6 +1035,9 @@ def test_bad_sweep_input_is_one_line(capsys):
     assert capsys.readouterr().err == (
         "memory_length.py: error: --checkpoint-every -5 is invalid: must be >= 0 seconds, or -1 for none\n"
     )
+    with pytest.raises(SystemExit):
+        sweep.check_arguments(parser, parser.parse_args(["--seed", str(2**32 - 20_002), "--seeds", "3"]))
+    assert "--seeds 3: the last seed must be <= 4294947295" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
