@@ -14,7 +14,7 @@ from agents.checks import check_optimize_flags
 from agents.config import ConfigError, TrainConfig, parse_key_values
 from agents.registry import ALGOS, algo_help, extractor_help
 from agents.replay import replay
-from agents.run import train
+from agents.run import REPLAY_FLAGS, RESUME_FLAGS, check_only_changes, train
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,6 +55,14 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The settings typed on the command line (their dest names), whatever their values."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def list_envs() -> str:
     lines = []
     for env_id in envs.ENV_IDS:
@@ -84,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             print(list_envs())
             return 0
         check_optimize_flags(cfg.optimize, optimize_flags(cfg), cfg.n_trials)
+        if cfg.optimize and (cfg.trained_agent or cfg.replay is not None):
+            other = "-i" if cfg.trained_agent else "--replay"
+            raise ConfigError(f"--optimize does not go with {other}: a search trains new runs; leave one of them out")
+        # -i and --replay take the run's saved settings: any other flag typed is refused, whatever its value
+        given = given_flags(argv)
+        if cfg.trained_agent:
+            check_only_changes(cfg, RESUME_FLAGS, "resuming (-i)", given)
+        elif cfg.replay is not None:
+            check_only_changes(cfg, REPLAY_FLAGS, "replaying (--replay)", given)
         if cfg.optimize:
             from agents.tune import optimize  # Optuna and Ray load only when tuning
 

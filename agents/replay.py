@@ -22,7 +22,7 @@ from agents.evaluate import success_flags
 from agents.plan import SEED_MAX, RunPlan, make_env, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS, is_image
-from agents.run import check_only_changes
+from agents.run import REPLAY_FLAGS, check_only_changes
 from agents.runfolder import as_started, find_model, load_run_config
 from rlattn import HistoryAttentionExtractor
 from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
@@ -197,7 +197,7 @@ def write_gif(pictures: list[np.ndarray], path: Path) -> None:
 def replay(cfg: TrainConfig) -> ReplayResult:
     """Load the run's model with its saved settings, play ``--episodes`` episodes, write the GIF."""
     folder, model_file = find_model(cfg.replay or "")
-    check_only_changes(cfg, {"replay", "episodes", "video", "seed", "device", "verbose"}, "replaying (--replay)")
+    check_only_changes(cfg, REPLAY_FLAGS, "replaying (--replay)")
     if isinstance(cfg.episodes, bool) or not isinstance(cfg.episodes, int) or cfg.episodes < 1:
         raise ConfigError(f"--episodes {cfg.episodes!r} is invalid: must be an integer >= 1")
     check_int_flag("--seed", cfg.seed, low=0, high=SEED_MAX)

@@ -138,11 +138,19 @@ class _Signals:
         return signal.Signals(self.received[0]).name if self.received else None
 
 
-def check_only_changes(cfg: TrainConfig, may_change: set[str], when: str) -> None:
-    """Every flag outside ``may_change`` is at its default: the run's saved settings rule."""
+RESUME_FLAGS = {"trained_agent", "n_timesteps", "verbose", "progress", "device"}
+"""what ``-i`` may be given with (the run's saved settings rule the rest)"""
+REPLAY_FLAGS = {"replay", "episodes", "video", "seed", "device", "verbose"}
+"""what ``--replay`` may be given with"""
+
+
+def check_only_changes(cfg: TrainConfig, may_change: set[str], when: str, given: set[str] | None = None) -> None:
+    """Every flag outside ``may_change`` is at its default: the run's saved settings rule. ``given``: the
+    flags typed on the command line (a flag typed with its default value counts too)."""
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        if f.name not in may_change and getattr(cfg, f.name) != getattr(defaults, f.name):
+        typed = given is not None and f.name in given
+        if f.name not in may_change and (typed or getattr(cfg, f.name) != getattr(defaults, f.name)):
             allowed = ", ".join(g.metadata["flags"][-1] for g in fields(TrainConfig) if g.name in may_change)
             raise ConfigError(
                 f"{f.metadata['flags'][-1]} cannot be given when {when}: the run's saved settings are used; allowed are {allowed}"
@@ -157,7 +165,7 @@ def resume_config(cfg: TrainConfig) -> TrainConfig:
     """
     file = check_model_file(cfg.trained_agent or "")
     saved = load_run_config(file.parent, f"-i {cfg.trained_agent!r}")
-    check_only_changes(cfg, {"trained_agent", "n_timesteps", "verbose", "progress", "device"}, "resuming (-i)")
+    check_only_changes(cfg, RESUME_FLAGS, "resuming (-i)")
     # where the run is now (a run folder moved or copied from another machine keeps working): its log
     # folder is the one holding it, and its TensorBoard folder the one it noted (see tensorboard_folder)
     noted = (file.parent / TENSORBOARD_NOTE).is_file()

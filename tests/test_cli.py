@@ -230,6 +230,10 @@ BAD_INPUTS = [
     (["--optimize", "--search-space", "embed_dim:1.0:3.5"], "--search-space embed_dim is invalid: it takes integers"),
     (["--algo", "ppo_attention", "-params", "embed_dim:36"], "memory on rlattn/TMaze-v0: embed_dim=36 is invalid"),
     (["--optimize", "--objective", "best"], "argument --objective: invalid choice: 'best'"),
+    (["--optimize", "--replay", "{tmp}/loose"], "--optimize does not go with --replay"),
+    (["-i", "{tmp}/loose/model.zip", "--eval-episodes", "50"], "--eval-episodes cannot be given when resuming (-i)"),
+    (["--replay", "{tmp}/loose", "--seed", "0", "-n", "100000"], "cannot be given when replaying (--replay)"),
+    (["-i", "{tmp}/loose/model.zip", "--seed", "0"], "--seed cannot be given when resuming (-i)"),  # typed: counts
     (["--device", "meta"], "--device 'meta' is invalid: allowed are cpu, cuda, cuda:N, mps, auto"),
     (["--device", "cpu:1"], "--device 'cpu:1' is invalid"),
     (["--seed", "4294967296"], "--seed=4294967296 is invalid"),
@@ -267,7 +271,9 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, bad_files, tmp_path, c
     expected = expected.replace("{tmp}", str(bad_files))
     before = sorted(p.name for p in bad_files.rglob("*"))
     try:
-        code = main(["-f", str(tmp_path / "logs"), *args])
+        # a run's own log folder rules -i and --replay (-f with them is itself refused): none given to those
+        reruns = any(flag in args for flag in ("-i", "--replay"))
+        code = main([*([] if reruns else ["-f", str(tmp_path / "logs")]), *args])
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err.strip()
