@@ -241,13 +241,14 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
         else:
             model = build_model(plan, envs[0])
             write_run_info(folder, plan)
-        tb_dir, own_events = tensorboard_folder(folder, cfg.tensorboard_log, cfg.algo, resumed)
-        if resumed and own_events and tb_dir != folder:  # SB3 writes progress.csv beside the events
+        tb_dir, own_events, settle = tensorboard_folder(folder, cfg.tensorboard_log, cfg.algo, resumed)
+        if resumed and tb_dir != folder:  # SB3 writes progress.csv beside the events: the earlier one kept
             keep_progress(tb_dir, model.num_timesteps)
         outputs = ["stdout", "csv", "tensorboard"] if cfg.verbose else ["csv", "tensorboard"]
         model.set_logger(configure(str(tb_dir), outputs))
         callbacks = run_callbacks(plan, folder, envs[1], resumed)
-        if resumed and own_events:  # once the run can go on: the points it will log again leave the earlier files
+        settle()  # where the events go, noted once the run can go on
+        if resumed and own_events:  # the points it will log again leave the earlier files
             trim_events(tb_dir, model.num_timesteps)
     except BaseException:
         for env in envs:

@@ -284,41 +284,52 @@ TENSORBOARD_OWNER = ".rlattn-run"
 """in a ``-tb`` folder: the run folder (absolute) whose events it holds"""
 
 
-def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, resumed: bool) -> tuple[Path, bool]:
-    """Where a run's TensorBoard events go, and whether the folder holds this run's events alone (so that a
-    resume may rewrite them).
+def tensorboard_folder(
+    folder: Path, tensorboard_log: str | None, algo: str, resumed: bool
+) -> tuple[Path, bool, Callable[[], object]]:
+    """Where a run's TensorBoard events go; whether the folder holds this run's events alone (so that a
+    resume may rewrite them); and what to note once the run has started (nothing changes on disk for a
+    resumed run before it can go on).
 
     The run folder, or with ``-tb`` a folder of its own under ``TB/ALGO/`` named after the run (``RUN-2``,
     ``RUN-3``, ... where that name is taken: runs of other ``-f`` folders sharing one ``-tb`` never write
     into one TensorBoard run), marked with its owner and noted in the run folder (relative to it, or
-    absolute for an absolute ``-tb``). A resumed run goes on in the noted folder when it is its own (or
-    the run was moved there); a copy of another run, or a run whose TensorBoard folder is not on this
-    machine, writes into its run folder from then on (with a warning for the latter)."""
+    absolute for an absolute ``-tb``; ``.`` for the run folder itself). A resumed run goes on in the
+    noted folder when it is its own (or the run was moved and its first place is gone); a copy of
+    another run, or a run whose TensorBoard folder is not on this machine, writes into its run folder
+    from then on (with a warning for the latter)."""
     note = folder / TENSORBOARD_NOTE
+
+    def noting(text: str) -> Callable[[], object]:
+        return lambda: note.write_text(text + "\n")
+
     if resumed and note.is_file():
-        noted = Path(note.read_text().strip())
+        text = note.read_text().strip()
+        if text == ".":
+            return folder, True, lambda: None
+        noted = Path(text)
         target = noted if noted.is_absolute() else folder / noted
         owner = target / TENSORBOARD_OWNER
         if owner.is_file():
             ran = Path(owner.read_text().strip())
             if ran == folder.resolve():
-                return target, True
-            if not (ran / TENSORBOARD_NOTE).is_file():  # the run was moved here: its folder goes with it
-                owner.write_text(str(folder.resolve()) + "\n")
-                return target, True
-        else:
-            warnings.warn(
-                f"{folder}'s TensorBoard folder {target} is not here: its events go to the run folder", stacklevel=2
-            )
-        note.unlink()  # a copy of another run (whose folder that is), or its folder gone: the run folder from now on
-        return folder, True
+                return target, True, lambda: None
+            if not ran.exists():  # the run was moved here: its TensorBoard folder goes with it
+                return target, True, lambda: owner.write_text(str(folder.resolve()) + "\n")
+            return folder, True, noting(".")  # a copy of another run: a branch with events of its own
+        if target.is_dir():  # noted before owners were marked: its folder, left as it is
+            return target, False, lambda: None
+        warnings.warn(
+            f"{folder}'s TensorBoard folder {target} is not here: its events go to the run folder", stacklevel=2
+        )
+        return folder, True, noting(".")
     if not tensorboard_log:
-        return folder, True
+        return folder, True, lambda: None
     parent = Path(tensorboard_log) / algo
     if (parent / folder.name).resolve() == folder.resolve():  # -tb is -f: the run folder itself
-        return folder, True
+        return folder, True, noting(".")
     if resumed:  # a run from before the note: named after the run, maybe shared with another -f's run
-        return parent / folder.name, False
+        return parent / folder.name, False, lambda: None
     n = 1
     while True:
         target = parent / (folder.name if n == 1 else f"{folder.name}-{n}")
@@ -329,8 +340,7 @@ def tensorboard_folder(folder: Path, tensorboard_log: str | None, algo: str, res
             continue
         (target / TENSORBOARD_OWNER).write_text(str(folder.resolve()) + "\n")
         noted = target.resolve() if Path(tensorboard_log).is_absolute() else Path(os.path.relpath(target, folder))
-        note.write_text(f"{noted}\n")
-        return target, True
+        return target, True, noting(str(noted))
 
 
 def trim_events(tensorboard_dir: Path, last_step: int) -> None:
@@ -349,11 +359,14 @@ def trim_events(tensorboard_dir: Path, last_step: int) -> None:
         if len(kept) == len(records):
             continue
         partial = tensorboard_dir / ".trimming"
-        with open(partial, "wb") as out:
-            writer = RecordWriter(out)
-            for record in kept:
-                writer.write(record)
-        os.replace(partial, file)
+        try:
+            with open(partial, "wb") as out:
+                writer = RecordWriter(out)
+                for record in kept:
+                    writer.write(record)
+            os.replace(partial, file)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def keep_progress(folder: Path, timesteps: int) -> None:

@@ -50,6 +50,7 @@ from sweep import (
 )
 
 from agents.cli import OneLineParser
+from agents.plan import SEED_MAX
 
 METHODS = ("patch-attention", "ppo_attention", "cnn")
 OWN_MEMORY = {"ppo_attention": ("ppo_attention", "patch-attention")}
@@ -84,6 +85,9 @@ COLUMNS = (
     "target mass (mean)",
 )
 
+MASS_SEED_OFFSET = 20_000
+"""the target-mass replays play seeds this far above the run's: episodes training never saw"""
+
 
 def target_mass(episodes: int, seed: int, record: dict) -> dict:
     """The replayed model's mean attention mass on the target at the answer step (its replay.json, once made)."""
@@ -108,7 +112,7 @@ def make_case(set_size: int, method: str, seed: int, args: argparse.Namespace) -
     )
     key = {"search": args.search, "set_size": set_size, "method": method, "budget": args.budget, "seed": seed}
     key, arguments = with_tuned(key, arguments, method, args)
-    after = partial(target_mass, args.mass_episodes, seed + 20_000) if method in LOOKS else None
+    after = partial(target_mass, args.mass_episodes, seed + MASS_SEED_OFFSET) if method in LOOKS else None
     return Case(key, f"set size {set_size} {method_text(key)} seed {seed}, {args.budget:,} steps", arguments, after)
 
 
@@ -193,6 +197,10 @@ def parse_args() -> argparse.Namespace:
     for name in ("budget", "eval_freq", "eval_episodes", "mass_episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: must be >= 1")
+    if args.seed + args.seeds - 1 + MASS_SEED_OFFSET > SEED_MAX:  # the target-mass replays' seeds too
+        parser.error(
+            f"--seed {args.seed} is invalid: with --seeds {args.seeds} it must be <= {SEED_MAX - MASS_SEED_OFFSET - args.seeds + 1}"
+        )
     if not all(1 <= n <= 64 for n in args.set_sizes):
         parser.error(f"--set-sizes {args.set_sizes} is invalid: each must be 1 .. 64 (the 8 x 8 grid)")
     return args

@@ -427,6 +427,8 @@ def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
     for flag, value, low in bounds:
         if value < low:
             parser.error(f"{flag} {value} is invalid: must be >= {low}")
+    if args.tune_seed > SEED_MAX:
+        parser.error(f"--tune-seed {args.tune_seed} is invalid: must be <= {SEED_MAX}")
     if args.seed + args.seeds - 1 > SEED_MAX:
         parser.error(f"--seed {args.seed} is invalid with --seeds {args.seeds}: the last seed must be <= {SEED_MAX}")
     if args.checkpoint_every < 0 and args.checkpoint_every != -1:

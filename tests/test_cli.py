@@ -625,17 +625,56 @@ def test_a_copied_runs_resume_leaves_the_originals_tensorboard_alone(tmp_path):
     def steps(folder: Path) -> list[int]:
         raw = EventAccumulator(str(folder), size_guidance={"scalars": 0}, purge_orphaned_data=False)
         raw.Reload()
-        return [e.step for e in raw.Scalars("train/loss")]
+        return [e.step for e in raw.Scalars("time/fps")]
 
     before = steps(tb)
-    assert before[-1] == 512
+    assert before[-1] == 512 and len(before) == 2
     copy = tmp_path / "logs" / "ppo" / "branch"
     shutil.copytree(run, copy)
     resumed = run_train(["-i", str(copy / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert steps(tb) == before  # the original's points, all of them
-    assert steps(copy)[-1] == 768 and not (copy / "tensorboard.txt").exists()  # the copy's own, in its folder
-    # -tb naming the -f folder: the events stay in the run folder
+    assert steps(copy)[-1] == 768 and (copy / "tensorboard.txt").read_text() == ".\n"  # the copy's own, in its folder
+    progress = (tb / "progress.csv").read_text()
+    again = run_train(["-i", str(copy / "rlattn-TMaze-v0.zip"), "-n", "1024", "--verbose", "0"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert steps(tb) == before and (tb / "progress.csv").read_text() == progress  # a second resume too
+    assert steps(copy)[-1] == 1024 and sorted(p.name for p in (tmp_path / "tb" / "ppo").iterdir()) == [tb.name]
+    # -tb naming the -f folder: the events stay in the run folder, also resumed from another working folder
     same = run_train(["--extractor", "mlp", *TINY, "--eval-freq", "-1", "-f", "logs2", "-tb", "logs2"], tmp_path)
     assert same.returncode == 0, same.stderr
-    assert list((tmp_path / "logs2" / "ppo").iterdir()) == [tmp_path / "logs2" / "ppo" / "rlattn-TMaze-v0_1"]
+    run2 = tmp_path / "logs2" / "ppo" / "rlattn-TMaze-v0_1"
+    assert list((tmp_path / "logs2" / "ppo").iterdir()) == [run2]
+    other = tmp_path / "other"
+    other.mkdir()
+    resumed2 = run_train(["-i", str(run2 / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], other)
+    assert resumed2.returncode == 0, resumed2.stderr
+    assert not (other / "logs2").exists() and steps(run2)[-1] == 768
+
+
+def test_where_a_resumed_runs_tensorboard_events_go(tmp_path):
+    from agents.runfolder import TENSORBOARD_NOTE, TENSORBOARD_OWNER, tensorboard_folder
+
+    run, tb = tmp_path / "logs" / "ppo" / "X_1", tmp_path / "tb" / "ppo" / "X_1"
+    run.mkdir(parents=True)
+    target, own, settle = tensorboard_folder(run, str(tmp_path / "tb"), "ppo", resumed=False)
+    assert (target, own) == (tb, True) and not (run / TENSORBOARD_NOTE).exists()  # noted once the run starts
+    settle()
+    assert Path((run / TENSORBOARD_NOTE).read_text().strip()) == tb.resolve()  # an absolute -tb, noted absolute
+    assert tensorboard_folder(run, None, "ppo", resumed=True)[:2] == (tb, True)
+    # noted before owners were marked: that folder, not rewritten
+    (tb / TENSORBOARD_OWNER).unlink()
+    assert tensorboard_folder(run, None, "ppo", resumed=True)[:2] == (tb, False)
+    # moved: the owner's folder is gone, so the folder is the moved run's (once it starts)
+    (tb / TENSORBOARD_OWNER).write_text(str(tmp_path / "gone" / "X_1") + "\n")
+    target, own, settle = tensorboard_folder(run, None, "ppo", resumed=True)
+    assert (target, own) == (tb, True)
+    settle()
+    assert (tb / TENSORBOARD_OWNER).read_text().strip() == str(run.resolve())
+    # the folder missing on this machine: the run folder, with a warning, noted as such once it starts
+    (run / TENSORBOARD_NOTE).write_text(str(tmp_path / "elsewhere") + "\n")
+    with pytest.warns(UserWarning, match="is not here: its events go to the run folder"):
+        target, own, settle = tensorboard_folder(run, None, "ppo", resumed=True)
+    assert (target, own) == (run, True) and (run / TENSORBOARD_NOTE).read_text().strip() != "."
+    settle()
+    assert tensorboard_folder(run, str(tmp_path / "tb"), "ppo", resumed=True)[:2] == (run, True)
