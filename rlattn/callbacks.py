@@ -184,7 +184,8 @@ class AttentionLoggingCallback(BaseCallback):
     def _sync_normalization(self) -> None:
         """Training's observation statistics into the round's VecNormalize, which does not update them."""
         normaliser, own = self.model.get_vec_normalize_env(), unwrap_vec_normalize(self.env)
-        if normaliser is not None and own is not None and own is not normaliser:
+        # statistics only where training normalises observations (train.py's reward normalisation does not)
+        if normaliser is not None and normaliser.norm_obs and own is not None and own is not normaliser:
             own.obs_rms = copy.deepcopy(normaliser.obs_rms)
             own.training = False
 

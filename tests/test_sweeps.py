@@ -137,7 +137,8 @@ def test_a_sweep_of_part_of_a_table_adds_to_its_plot_and_new_plot_starts_it_over
     assert len(json.loads((tmp_path / "results.runs.json").read_text())) == 5
 
     # a saved record dropped from the results file (its run removed) leaves the plot, nothing fails
-    saved.records = [r for r in saved.records if r["method"] != "a" or r["seed"] != 0]
+    kept = [r for r in saved.records if r["method"] != "a" or r["seed"] != 0]
+    saved.path.write_text(json.dumps(kept))
     saved.add(record("b", 0, 0.75))  # a later record of a listed run is read again
     monkeypatch.setattr(sweep, "run_cases", lambda cases, args: [record("c", 0, 0.5)])
     assert sweep.sweep_main("test", [case("c", 0)], args, table) == 0
