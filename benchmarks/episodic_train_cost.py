@@ -7,7 +7,7 @@ keys at once, in the same run.
 For each memory W and rollout length n_steps: one rollout of ``--n-envs`` envs on CartPole-v1 is
 collected (not timed), then ``model.train()`` (one epoch over minibatches of ``--envs-per-batch`` whole
 env rollouts, forward and backward) is timed ``--repeats`` times, with the training pass encoding
-queries in chunks (``EpisodicTransformer.chunk_steps`` None: max(W, 64) per chunk) and with every query
+queries in chunks (``EpisodicTransformer.chunk_steps`` None: max(W, 256) per chunk) and with every query
 against every key (one chunk). Printed: milliseconds per trained env step (best of the repeats), the
 ratio of the two, and the ratio of each to n_steps = the first length's (cost per step as rollouts grow).
 Both compute the same features and gradients (``tests/test_episodic.py``).

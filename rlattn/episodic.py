@@ -170,7 +170,7 @@ class EpisodicTransformer(nn.Module):
             )
         self.window, self.embed_dim, self.n_heads, self.features_dim = window, embed_dim, n_heads, features_dim
         self.chunk_steps: int | None = None
-        """queries per chunk in :meth:`sequence` (None: max(W, 64)); the result does not depend on it"""
+        """queries per chunk in :meth:`sequence` (None: max(W, 256)); the result does not depend on it"""
         self.embed = nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU())
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, n_heads, MLP_RATIO, gate, length_scale=length_scale) for _ in range(n_layers)
@@ -271,8 +271,8 @@ class EpisodicTransformer(nn.Module):
 
     def query_chunk(self, T: int) -> int:
         """How many of a rollout's T steps :meth:`sequence` encodes at once: all of them up to 2 x the
-        chunk (``chunk_steps``, default max(W, 64)); longer rollouts in chunks of that size."""
-        chunk = self.chunk_steps or max(self.window, 64)
+        chunk (``chunk_steps``, default max(W, 256)); longer rollouts in chunks of that size."""
+        chunk = self.chunk_steps or max(self.window, 256)
         return T if T <= 2 * chunk else chunk
 
     @torch.no_grad()
