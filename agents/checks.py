@@ -107,7 +107,9 @@ def check_algo_values(algo: type, values: dict[str, Any]) -> None:
     """Types and ranges of algorithm keywords, so that a typo fails now and not at the first update."""
     defaults = {name: p.default for name, p in inspect.signature(algo).parameters.items()}
     for key, value in values.items():
-        if key in _NUMBERS:
+        if key == "train_freq" and isinstance(value, (tuple, list)):
+            _check_train_freq(value)
+        elif key in _NUMBERS:
             kind, low, high, low_ok, none_ok = _NUMBERS[key]
             if value is None and none_ok:
                 continue
@@ -124,6 +126,15 @@ def check_algo_values(algo: type, values: dict[str, Any]) -> None:
             raise ConfigError(f"-params {key}={value!r} is invalid: must be True or False")
         elif type(defaults.get(key)) is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"-params {key}={value!r} is invalid: must be an integer")
+
+
+def _check_train_freq(value: tuple | list) -> None:
+    """SB3's ``(n, "step")`` or ``(n, "episode")`` form of ``train_freq``."""
+    ok = len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool) and value[0] >= 1
+    if not (ok and value[1] in ("step", "episode")):
+        raise ConfigError(
+            f"-params train_freq={value!r} is invalid: must be an integer >= 1, or (n, 'step') or (n, 'episode') with n >= 1"
+        )
 
 
 def check_writable(folder: str, flag: str) -> None:

@@ -274,13 +274,41 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
                     f"-params policy_kwargs={value!r} is invalid: must be a dict literal, e.g. policy_kwargs:{{'net_arch':[64]}}"
                 )
             elif key in _POLICY_KEYS:
-                buckets[2].update(value if key == "policy_kwargs" else {key: value})
+                buckets[2].update(_policy_values(cfg, extractor, key, value, extractor_keys, buckets[1]))
             elif source == "user":
                 allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS | RUN_KEYS)
                 raise ConfigError(
                     f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}"
                 )
     return buckets
+
+
+def _policy_values(
+    cfg: TrainConfig, extractor: str, key: str, value: Any, extractor_keys: set[str], into: dict[str, Any]
+) -> dict[str, Any]:
+    """A ``policy_kwargs`` dict (or ``net_arch``) for the policy bucket; its ``features_extractor_kwargs``
+    go to the extractor's keywords (checked like ``-params`` keys), which build.py would otherwise overwrite."""
+    if key != "policy_kwargs":
+        return {key: value}
+    values = dict(value)
+    if "features_extractor_class" in values:
+        raise ConfigError(
+            f"-params policy_kwargs features_extractor_class={values['features_extractor_class']!r} is invalid: "
+            f"--extractor chooses it (allowed are {', '.join(EXTRACTORS)})"
+        )
+    inner = values.pop("features_extractor_kwargs", {})
+    if not isinstance(inner, dict):
+        raise ConfigError(
+            f"-params policy_kwargs features_extractor_kwargs={inner!r} is invalid: must be a dict literal"
+        )
+    for name, item in inner.items():
+        if name not in extractor_keys:
+            raise ConfigError(
+                f"-params policy_kwargs features_extractor_kwargs key {name!r} is not accepted by {cfg.algo} with "
+                f"--extractor {extractor}: allowed are {', '.join(sorted(extractor_keys))}"
+            )
+        into[name] = item
+    return values
 
 
 def _check_flags(cfg: TrainConfig) -> str:

@@ -240,6 +240,14 @@ BAD_INPUTS = [
     (["-params", "stats_window_size:-1"], "-params stats_window_size=-1 is invalid"),
     (["-params", "sde_sample_freq:'x'"], "-params sde_sample_freq='x' is invalid"),
     (["-params", "policy_kwargs:{'foo':1}"], "foo"),
+    (
+        ["-params", "policy_kwargs:{'features_extractor_kwargs':{'d_model':8}}"],
+        "features_extractor_kwargs key 'd_model' is not accepted by ppo with --extractor attention: allowed are",
+    ),
+    (["-params", "policy_kwargs:{'features_extractor_kwargs':[8]}"], "features_extractor_kwargs=[8] is invalid"),
+    (["-params", "policy_kwargs:{'features_extractor_class':'X'}"], "features_extractor_class='X' is invalid"),
+    (["--algo", "dqn", "-params", "train_freq:(2,'steps')"], "train_freq=(2, 'steps') is invalid: must be an integer"),
+    (["--algo", "dqn", "-params", "train_freq:(0,'step')"], "train_freq=(0, 'step') is invalid"),
     (["--env", "FrozenLake-v1", "--env-kwargs", "map_name:'9x9'"], "--env-kwargs for FrozenLake-v1: KeyError"),
     (["-f", "{tmp}/fileinside"], "is a file, not a folder"),
     (["-tb", "{tmp}/fileinside"], "-tb"),
@@ -612,6 +620,25 @@ def test_whole_number_floats_for_integer_keywords_are_integers():
     )
     assert plan.algo_kwargs["n_steps"] == 64 and type(plan.algo_kwargs["n_steps"]) is int
     assert type(plan.algo_kwargs["stats_window_size"]) is int
+
+
+def test_extractor_keywords_inside_policy_kwargs_reach_the_extractor():
+    """build.py sets ``features_extractor_kwargs`` from the plan: keywords given inside ``policy_kwargs``
+    must land in the plan's extractor keywords, not be overwritten."""
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"embed_dim": 24}, "net_arch": [32]}}
+    plan = resolve(TrainConfig(env="rlattn/TMaze-v0", hyperparams=given, verbose=0))
+    assert plan.extractor_kwargs["embed_dim"] == 24
+    assert plan.policy_kwargs == {"net_arch": [32]}
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"embed_dim": 24}}}
+    plan = resolve(TrainConfig(env="rlattn/TMaze-v0", algo="ppo_attention", hyperparams=given, verbose=0))
+    assert plan.extractor_kwargs["embed_dim"] == 24
+
+
+def test_sb3s_tuple_form_of_train_freq_is_accepted():
+    plan = resolve(
+        TrainConfig(env="rlattn/TMaze-v0", algo="dqn", hyperparams={"train_freq": (2, "episode")}, verbose=0)
+    )
+    assert plan.algo_kwargs["train_freq"] == (2, "episode")
 
 
 def test_a_copied_runs_resume_leaves_the_originals_tensorboard_alone(tmp_path):
