@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -222,6 +223,38 @@ class ResumableEvalCallback(EvalCallback):
                 self._fill_earlier_successes()
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
+
+
+class OutsideTraining(CallbackList):
+    """The run's callbacks (evaluations, attention views, checkpoints, a sweep's resume points), with the
+    seconds spent in them: a run's env steps/s counts the time of training alone, as its tables say."""
+
+    def __init__(self, callbacks: Sequence[BaseCallback]) -> None:
+        super().__init__(list(callbacks))
+        self.seconds = 0.0
+        """seconds spent in the callbacks so far"""
+
+    def _timed(self, hook: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return hook()
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _on_training_start(self) -> None:
+        self._timed(super()._on_training_start)
+
+    def _on_rollout_start(self) -> None:
+        self._timed(super()._on_rollout_start)
+
+    def _on_step(self) -> bool:
+        return bool(self._timed(super()._on_step))
+
+    def _on_rollout_end(self) -> None:
+        self._timed(super()._on_rollout_end)
+
+    def _on_training_end(self) -> None:
+        self._timed(super()._on_training_end)
 
 
 class LearnedSteps(BaseCallback):

@@ -20,7 +20,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.build import build_model, make_vec
-from agents.callbacks import EVAL_SEED_OFFSET, LearnedSteps, run_callbacks
+from agents.callbacks import EVAL_SEED_OFFSET, LearnedSteps, OutsideTraining, run_callbacks
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
@@ -291,12 +291,13 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
     folder, model, venv, eval_env, callbacks = _start(plan, resumed)
     start, started_at = time.perf_counter(), model.num_timesteps
     learned = LearnedSteps(started_at)
+    outside = OutsideTraining([*callbacks, *extra_callbacks])
     with _Signals() as signals:
         try:
             with signals.armed():
                 model.learn(
                     plan.n_timesteps - model.num_timesteps,
-                    callback=[learned, *callbacks, *extra_callbacks],
+                    callback=[learned, outside],
                     progress_bar=cfg.progress,
                     reset_num_timesteps=not resumed,
                 )
@@ -311,7 +312,8 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
         final = save_atomic(model, final_model(folder, cfg.env))
         save_replay_atomic(model, folder)
         elapsed = time.perf_counter() - start
-        speed = (model.num_timesteps - started_at) / max(elapsed, 1e-9)
+        # training alone: evaluations and the other callbacks' time left out (wall_seconds has it all)
+        speed = (model.num_timesteps - started_at) / max(elapsed - outside.seconds, 1e-9)
         _close(venv)
         result = None
         trained_all = model.num_timesteps >= plan.n_timesteps
@@ -332,6 +334,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             "env_steps": model.num_timesteps,
             "steps_per_second": speed,
             "wall_seconds": elapsed,
+            "outside_training_seconds": outside.seconds,
             "interrupted_by": interrupted,
             "evaluation": evaluation_record(result),
         }
