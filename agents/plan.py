@@ -450,7 +450,7 @@ def plan_digest(plan: RunPlan) -> str:
 
 def preflight(plan: RunPlan) -> None:
     """What a training run checks on this machine before it starts (not part of ``resolve``: a sweep's
-    case or a replay does not depend on it): a replay buffer that fits in memory, and a warning for
+    case or a replay does not depend on it): a replay buffer or rollout that fits in memory, and a warning for
     an env outside this package's families whose episodes have no cap."""
     probe = make_env(plan.config.env, **plan.env_kwargs)
     try:
@@ -464,6 +464,7 @@ def preflight(plan: RunPlan) -> None:
         _warn_preset_env_off(plan)
         _warn_short_budget(plan)
         _check_replay_memory(plan, probe)
+        _check_rollout_memory(plan, probe)
     finally:
         probe.close()
 
@@ -518,9 +519,7 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
         return
     buffer = int(plan.algo_kwargs.get("buffer_size", inspect.signature(cls.__init__).parameters["buffer_size"].default))
     size = min(buffer, plan.n_timesteps)
-    space = policy_space(plan, probe)
-    leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
-    one = sum(int(np.prod(leaf.shape or (1,))) * np.dtype(leaf.dtype).itemsize for leaf in leaves)  # type: ignore[arg-type]
+    one = _step_bytes(policy_space(plan, probe))
     copies = 1 if plan.algo_kwargs.get("optimize_memory_usage", False) else 2
     needed, available = size * one * copies, available_memory()
     if available is not None and needed > available:
@@ -528,6 +527,29 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
             f"--algo {plan.config.algo} on {plan.config.env}: its replay buffer of {size:,} transitions, {copies} observations of "
             f"{one:,} bytes each (history {plan.history}), needs {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
             "available: lower -params buffer_size:N or --history K"
+        )
+
+
+def _step_bytes(space: gym.Space, itemsize: int | None = None) -> int:
+    """Bytes of one observation of ``space`` (every leaf in ``itemsize`` bytes where given)."""
+    leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    return sum(int(np.prod(leaf.shape or (1,))) * (itemsize or np.dtype(leaf.dtype).itemsize) for leaf in leaves)  # type: ignore[arg-type]
+
+
+def _check_rollout_memory(plan: RunPlan, probe: gym.Env) -> None:
+    """An on-policy rollout must fit in memory: SB3 keeps n_steps x n_envs observations as float32
+    (a history's K steps in each), filled in full every rollout."""
+    cls = plan.algo_entry.cls
+    if not issubclass(cls, OnPolicyAlgorithm):
+        return
+    n_steps = int(plan.algo_kwargs.get("n_steps", inspect.signature(cls.__init__).parameters["n_steps"].default))
+    one = _step_bytes(policy_space(plan, probe), itemsize=4)
+    needed, available = n_steps * plan.n_envs * one, available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"--algo {plan.config.algo} on {plan.config.env}: its rollout of {n_steps:,} steps x {plan.n_envs} envs, "
+            f"observations of {one:,} bytes each as float32 (history {plan.history}), needs {needed / 2**30:.1f} GiB, more "
+            f"than the {available / 2**30:.1f} GiB available: lower -params n_steps:N, --n-envs or --history K"
         )
 
 

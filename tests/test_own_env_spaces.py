@@ -547,6 +547,20 @@ def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
     preflight(short)  # a buffer larger than the run's steps holds only those
 
 
+def test_a_rollout_larger_than_the_memory_is_one_line_before_training():
+    from agents.build import resolve
+    from agents.cli import config_from_args
+    from agents.config import ConfigError
+    from agents.plan import preflight
+
+    env_id = register("Vector", spaces.Box(0, 9, (2,), np.float32))
+    args = ["--env", env_id, "--extractor", "attention", "--history", "1000", "--n-envs", "1000", "-params"]
+    # 10**8 steps x 1,000 envs of a (1000, 2) history and its mask: 12 KB each, about 1.1 PiB
+    with pytest.raises(ConfigError, match=r"rollout of 100,000,000 steps x 1000 envs, observations of 12,000 bytes"):
+        preflight(resolve(config_from_args([*args, "n_steps:100000000", "batch_size:100"])))
+    preflight(resolve(config_from_args([*args, "n_steps:8", "batch_size:100"])))
+
+
 def test_errors_while_importing_the_users_module_are_one_line_naming_the_cause(tmp_path):
     (tmp_path / "needsmore.py").write_text("import nosuchpackage_for_rlattn\n")
     (tmp_path / "typo.py").write_text("import gymnasium as gym\ngym.register('Typo-v0', entry_point=Missing)\n")
