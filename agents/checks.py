@@ -97,9 +97,12 @@ _NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
 
 def integral(key: str, value: Any) -> Any:
     """An integer keyword's whole-number float (``n_steps:128.0``, a float search space's draw) as an int:
-    SB3 would fail on it at the first rollout (``deque(maxlen=100.0)``, array shapes); anything else as given."""
+    SB3 would fail on it at the first rollout (``deque(maxlen=100.0)``, array shapes); a ``train_freq`` list
+    as the tuple SB3 takes; anything else as given."""
     if key in _NUMBERS and _NUMBERS[key][0] is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if key == "train_freq" and isinstance(value, list):  # SB3 takes (n, unit) as a tuple only
+        return tuple(value)
     return value
 
 

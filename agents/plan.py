@@ -286,10 +286,13 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
 def _policy_values(
     cfg: TrainConfig, extractor: str, key: str, value: Any, extractor_keys: set[str], into: dict[str, Any]
 ) -> dict[str, Any]:
-    """A ``policy_kwargs`` dict (or ``net_arch``) for the policy bucket; its ``features_extractor_kwargs``
-    go to the extractor's keywords (checked like ``-params`` keys), which build.py would otherwise overwrite."""
+    """A ``policy_kwargs`` dict (or ``net_arch``) for the policy bucket. Where build.py sets the extractor
+    (algorithms without their own), its ``features_extractor_kwargs`` go to the extractor's keywords
+    (checked like ``-params`` keys), which build.py would otherwise overwrite."""
     if key != "policy_kwargs":
         return {key: value}
+    if ALGOS[cfg.algo].own_extractors:  # build.py hands its policy_kwargs on as given
+        return dict(value)
     values = dict(value)
     if "features_extractor_class" in values:
         raise ConfigError(

@@ -309,11 +309,11 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             save_replay_atomic(model, folder)
             _close(venv)
             raise
+        elapsed = time.perf_counter() - start  # learn's time: the saves below are not in it
+        # training alone: evaluations and the other callbacks' time left out (wall_seconds has them)
+        speed = (model.num_timesteps - started_at) / max(elapsed - outside.seconds, 1e-9)
         final = save_atomic(model, final_model(folder, cfg.env))
         save_replay_atomic(model, folder)
-        elapsed = time.perf_counter() - start
-        # training alone: evaluations and the other callbacks' time left out (wall_seconds has it all)
-        speed = (model.num_timesteps - started_at) / max(elapsed - outside.seconds, 1e-9)
         _close(venv)
         result = None
         trained_all = model.num_timesteps >= plan.n_timesteps

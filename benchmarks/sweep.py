@@ -377,14 +377,14 @@ def one_settings_per_cell(cases: list[Case], records: dict[int, dict], saved: Re
         cells.setdefault(settings_text({k: v for k, v in cases[i].key.items() if k != "seed"}), []).append(i)
     dropped = 0
     for members in cells.values():
-        made_with = {i: records[i].get("settings_digest") for i in members}
+        # records saved before the field existed have no settings digest: unknown, so kept (as the plot does)
+        made_with = {i: d for i in members if (d := records[i].get("settings_digest")) is not None}
         if len(set(made_with.values())) < 2:
             continue
         own = settings_digest(cases[members[0]])
-        keep = (
-            own if own in made_with.values() else made_with[max(members, key=lambda i: order.get(id(records[i]), -1))]
-        )
-        for i in members:
+        latest = max(made_with, key=lambda i: order.get(id(records[i]), -1))
+        keep = own if own in made_with.values() else made_with[latest]
+        for i in made_with:
             if made_with[i] != keep:
                 del records[i]
                 dropped += 1

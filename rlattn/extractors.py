@@ -20,10 +20,10 @@ from rlattn.history import (
     history_length,
     image_steps,
     pixel_scale,
-    raw_integers,
+    raw_uint8,
     step_size,
+    uint8_steps,
     valid_steps,
-    whole_numbers,
 )
 from rlattn.validation import check_choice, check_int
 
@@ -98,8 +98,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
                 "use SpatioTemporalAttentionExtractor (or PatchAttentionExtractor on single frames)"
             )
         self.obs_scale = pixel_scale(obs_space)
-        self.obs_whole = obs_space.dtype if whole_numbers(obs_space) else None
-        """the dtype of whole-number steps, checked in rollouts (None: float steps)"""
+        self.obs_uint8 = uint8_steps(obs_space)
 
     def step_features(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """dict of (B, K, ...) -> steps (B, K, D), valid (B, K) bool with the newest step always valid."""
@@ -107,10 +106,8 @@ class HistoryExtractor(BaseFeaturesExtractor):
         parts = []
         for key in self.step_keys:
             x = observations[key].float().flatten(2)
-            if key == "obs" and self.obs_whole is not None and not torch.is_grad_enabled():
-                raw_integers(
-                    x, key, self.obs_whole
-                )  # rollouts (no grad) see VecNormalize's values, training SB3's buffer
+            if key == "obs" and self.obs_uint8 and not torch.is_grad_enabled():
+                raw_uint8(x, key)  # rollouts (no grad) see what VecNormalize made; training sees SB3's buffer
             parts.append(x * self.obs_scale if key == "obs" and self.obs_scale != 1.0 else x)
         steps = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         steps = steps.masked_fill(~valid[..., None], 0.0)  # padding never enters the math

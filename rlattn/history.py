@@ -5,8 +5,6 @@ Shape letters: B batch, K history length. Every history extractor parses its inp
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
@@ -55,34 +53,25 @@ def image_steps(space: spaces.Space) -> bool:
     return is_image_space(spaces.Box(space.low[0], space.high[0], dtype=space.dtype), check_channels=False)
 
 
-def whole_numbers(space: spaces.Space) -> bool:
-    """Whether a history entry's space holds whole numbers (an integer or bool dtype): SB3's rollout buffer
-    stores it in that dtype, so values made fractional before it (``VecNormalize``) would be cut."""
-    return isinstance(space, spaces.Box) and np.dtype(space.dtype).kind in "uib"
+def uint8_steps(space: spaces.Space) -> bool:
+    """Whether a history entry holds uint8 steps, which ``HistoryObservation`` keeps uint8 (pixels and
+    flags, scaled by the extractors) where it makes every other integer or bool step float32."""
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8
 
 
-def raw_integers(x: Tensor, key: str, dtype: Any) -> Tensor:
-    """``x``, the batch of a history entry of an integer or bool space, checked to hold whole numbers
-    (0..255 for uint8): ``VecNormalize`` keeps such a space's dtype (it makes only images float32), so
-    SB3 would store normalised values cut to whole numbers and train on them. A one-line ValueError
+def raw_uint8(x: Tensor, key: str) -> Tensor:
+    """``x``, the batch of a uint8 history entry, checked to hold the whole numbers 0..255 its space
+    allows: ``VecNormalize`` keeps a uint8 space's dtype (it makes only images float32), so SB3's rollout
+    buffer would store normalised values as uint8 and train on wrapped numbers. A one-line ValueError
     naming the fix."""
     if not x.is_floating_point():  # as the env made it
         return x
-    name = np.dtype(dtype).name
-    wrong = x != x.floor()
-    if name == "uint8":
-        wrong |= (x < 0) | (x > 255)
+    wrong = (x < 0) | (x > 255) | (x != x.floor())
     if bool(wrong.any()):
         value = float(x[wrong][0])
-        allowed = "whole numbers 0..255" if name == "uint8" else "whole numbers"
-        fix = (
-            ": the extractor scales uint8 values itself"
-            if name == "uint8"
-            else ", or make the env's steps float32 under HistoryObservation (gymnasium.wrappers.DtypeObservation)"
-        )
         raise ValueError(
-            f"history key {key!r} holds {value:.4g} where its space is {name}: allowed are {allowed} "
-            f"(with VecNormalize, leave {key!r} out of norm_obs_keys{fix})"
+            f"history key {key!r} holds {value:.4g} where its space is uint8: allowed are whole numbers 0..255 "
+            f"(with VecNormalize, leave {key!r} out of norm_obs_keys: the extractor scales uint8 values itself)"
         )
     return x
 

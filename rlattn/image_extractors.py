@@ -20,10 +20,10 @@ from rlattn.history import (
     first_kept,
     history_length,
     pixel_scale,
-    raw_integers,
+    raw_uint8,
     step_size,
+    uint8_steps,
     valid_steps,
-    whole_numbers,
 )
 from rlattn.patches import (
     IMAGE_READOUTS,
@@ -179,7 +179,7 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         super().__init__(observation_space, self.pointer_size + features_dim)
         self.history_length = K
         self.scale = pixel_scale(frames)
-        self.frames_whole = frames.dtype if whole_numbers(frames) else None
+        self.frames_uint8 = uint8_steps(frames)
         self.extra_keys = [key for key in STEP_KEYS[1:] if key in observation_space.spaces]
         extra = sum(step_size(observation_space[key]) for key in self.extra_keys)
         self.extra = nn.Linear(extra, embed_dim) if extra else None
@@ -204,8 +204,8 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         start = first_kept(valid)  # slots that are padding everywhere: never computed
         valid = valid[:, start:]
         frames = observations["obs"][:, start:]
-        if self.frames_whole is not None and not torch.is_grad_enabled():  # rollouts see what VecNormalize made
-            raw_integers(frames, "obs", self.frames_whole)
+        if self.frames_uint8 and not torch.is_grad_enabled():  # rollouts see what VecNormalize made
+            raw_uint8(frames, "obs")
         B, K = valid.shape
         which = valid.flatten().nonzero().squeeze(1)
         patches = self.encoder(frames.flatten(0, 1)[which].float() * self.scale)  # (M, N, E)

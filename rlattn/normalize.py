@@ -2,11 +2,12 @@
 
 SB3's ``VecNormalize`` keeps a mean and a variance for every element of an observation key. On a history
 ``(K, *step)`` that is one set per slot, and the slots of young episodes hold padding: the same value
-is normalised differently by its age, and the filler drags the older slots' statistics. Here each key
-(``obs``, and ``action``/``reward`` where the history holds them) has the statistics of one step,
-updated from the newest step of each history (the step the env just returned: every step counted once,
-as ``VecNormalize`` on the env without the history would count it), applied to every slot, with the
-padding set to 0 afterwards.
+is normalised differently by its age, and the filler drags the older slots' statistics. Here ``obs``
+has the statistics of one step, updated from the newest step of each history (the step the env just
+returned: every step counted once, as ``VecNormalize`` on the env without the history would count it),
+applied to every slot, with the padding set to 0 afterwards. The ``action`` and ``reward`` entries
+(``include_action``, ``include_reward``) are not normalised: an episode's first step holds placeholder
+zeros there, which statistics of the newest step would count as data.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from gymnasium import spaces
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-HISTORY_KEYS = ("obs", "action", "reward")
-"""the history entries that can be normalised; ``valid`` is the mask and never is"""
+HISTORY_KEYS = ("obs",)
+"""the history entries that can be normalised (``valid`` is the mask; ``action`` and ``reward``: see above)"""
 
 
 class StepStatistics(RunningMeanStd):
@@ -34,9 +35,9 @@ class StepStatistics(RunningMeanStd):
 class HistoryNormalize(VecNormalize):
     """``VecNormalize`` for a VecEnv of ``HistoryObservation`` envs (see the module's docstring).
 
-    ``norm_obs_keys`` (default ``["obs"]``) may name ``obs``, ``action`` and ``reward``. Normalised keys
-    become float32 spaces whatever the env's dtype (``VecNormalize`` would keep an integer or uint8 dtype,
-    and SB3's rollout buffer would cut the normalised values to whole numbers). Everything else (reward
+    ``norm_obs_keys`` (default ``["obs"]``) may name ``obs`` only. The normalised key becomes a float32
+    space whatever the env's dtype (``VecNormalize`` would keep a uint8 dtype, and SB3's rollout buffer
+    would cut the normalised values to whole numbers). Everything else (reward
     normalisation, ``save``/``load``, ``training``, ``sync_envs_normalization`` in ``EvalCallback``) is
     ``VecNormalize``'s.
     """

@@ -629,16 +629,23 @@ def test_extractor_keywords_inside_policy_kwargs_reach_the_extractor():
     plan = resolve(TrainConfig(env="rlattn/TMaze-v0", hyperparams=given, verbose=0))
     assert plan.extractor_kwargs["embed_dim"] == 24
     assert plan.policy_kwargs == {"net_arch": [32]}
-    given = {"policy_kwargs": {"features_extractor_kwargs": {"embed_dim": 24}}}
-    plan = resolve(TrainConfig(env="rlattn/TMaze-v0", algo="ppo_attention", hyperparams=given, verbose=0))
-    assert plan.extractor_kwargs["embed_dim"] == 24
+
+
+def test_policy_kwargs_of_an_algorithm_with_its_own_extractors_are_handed_on_as_given():
+    """ppo_attention and ppo_lstm set no features_extractor_kwargs of their own: the user's reach the
+    frame encoder (here the CNN) untouched, not the memory."""
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"features_dim": 128}}}
+    for algo in ("ppo_attention", "ppo_lstm"):
+        cfg = TrainConfig(env="rlattn/VisualSearch-v0", algo=algo, extractor="cnn", hyperparams=given, verbose=0)
+        plan = resolve(cfg)
+        assert plan.policy_kwargs["features_extractor_kwargs"] == {"features_dim": 128}
+        assert plan.extractor_kwargs.get("features_dim") != 128
 
 
 def test_sb3s_tuple_form_of_train_freq_is_accepted():
-    plan = resolve(
-        TrainConfig(env="rlattn/TMaze-v0", algo="dqn", hyperparams={"train_freq": (2, "episode")}, verbose=0)
-    )
-    assert plan.algo_kwargs["train_freq"] == (2, "episode")
+    for given in ((2, "episode"), [2, "episode"]):
+        plan = resolve(TrainConfig(env="rlattn/TMaze-v0", algo="dqn", hyperparams={"train_freq": given}, verbose=0))
+        assert plan.algo_kwargs["train_freq"] == (2, "episode")  # a tuple: SB3 refuses a list
 
 
 def test_a_copied_runs_resume_leaves_the_originals_tensorboard_alone(tmp_path):

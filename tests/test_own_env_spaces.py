@@ -181,12 +181,12 @@ def test_a_normalised_valid_mask_is_one_line_naming_the_fix():
 
 def test_history_normalize_keeps_one_steps_statistics_for_every_slot(tmp_path):
     """Statistics of one step, from the steps the env returned, as VecNormalize on the env alone keeps
-    them; every slot normalised by them; padding 0; integer steps become float32 for SB3's buffer."""
-    space = spaces.Box(0, 50, (3,), np.int64)
+    them; every slot normalised by them; padding 0; uint8 steps become float32 for SB3's buffer."""
+    space = spaces.Box(0, 50, (3,), np.uint8)
     history = HistoryNormalize(make_vec_env(lambda: HistoryObservation(Steps(space, horizon=9), 5), n_envs=2))
     alone = VecNormalize(make_vec_env(lambda: Steps(space, horizon=9), n_envs=2))
     assert (
-        history.observation_space["obs"].dtype == np.float32 and history.venv.observation_space["obs"].dtype == np.int64
+        history.observation_space["obs"].dtype == np.float32 and history.venv.observation_space["obs"].dtype == np.uint8
     )
     obs, _ = history.reset(), alone.reset()
     for _ in range(20):
@@ -219,8 +219,9 @@ def test_history_normalize_keeps_one_steps_statistics_for_every_slot(tmp_path):
 
 def test_history_normalize_refuses_what_it_cannot_normalise():
     make = lambda: HistoryObservation(Steps(spaces.Box(0, 9, (2,), np.float32)), 4)  # noqa: E731
-    with pytest.raises(ValueError, match="norm_obs_keys entry 'valid' is invalid: allowed are obs$"):
-        HistoryNormalize(make_vec_env(make), norm_obs_keys=["valid"])
+    for key in ("valid", "reward"):
+        with pytest.raises(ValueError, match=f"norm_obs_keys entry '{key}' is invalid: allowed are obs$"):
+            HistoryNormalize(make_vec_env(make), norm_obs_keys=[key])
     with pytest.raises(ValueError, match="wraps a VecEnv of HistoryObservation envs"):
         HistoryNormalize(make_vec_env(lambda: Steps(spaces.Box(0, 9, (2,), np.float32))))
 
@@ -242,34 +243,38 @@ def test_a_normalised_uint8_history_is_one_line_naming_the_key():
     )
 
 
-@pytest.mark.parametrize(
-    "space, extractor, kwargs",
-    [
-        (spaces.Box(0, 1000, (4,), np.int64), HistoryAttentionExtractor, SMALL),
-        (spaces.Box(0, 1, (4,), np.bool_), HistoryAttentionExtractor, SMALL),
-        (
-            spaces.Box(0, 255, (16, 16, 3), np.uint8),
-            SpatioTemporalAttentionExtractor,
-            {"patch_size": 8, "embed_dim": 16},
-        ),
-    ],
-)
-def test_a_normalised_history_of_whole_numbers_is_one_line_naming_the_key(space, extractor, kwargs):
-    """Integer and bool steps (and image histories, which SB3 does not take for images) keep their dtype
-    under VecNormalize too: the buffer would cut the normalised values to whole numbers."""
-    make = lambda: HistoryObservation(Steps(space), 3)  # noqa: E731
+def test_a_normalised_image_history_is_one_line_naming_the_key():
+    """A history of frames is 4-D, so SB3 does not take it for an image and VecNormalize keeps it uint8:
+    the image-history extractor refuses normalised frames as the vector one refuses uint8 vectors."""
+    make = lambda: HistoryObservation(Steps(spaces.Box(0, 255, (16, 16, 3), np.uint8)), 3)  # noqa: E731
     venv = VecNormalize(make_vec_env(make, n_envs=2), norm_obs_keys=["obs"])
-    policy_kwargs = {"features_extractor_class": extractor, "features_extractor_kwargs": kwargs}
+    kwargs = {"patch_size": 8, "embed_dim": 16, "n_heads": 2}
+    policy_kwargs = {"features_extractor_class": SpatioTemporalAttentionExtractor, "features_extractor_kwargs": kwargs}
     model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
-    name = np.dtype(space.dtype).name
-    with pytest.raises(
-        ValueError, match=rf"history key 'obs' holds -?\d.* where its space is {name}: allowed"
-    ) as error:
+    with pytest.raises(ValueError, match=r"history key 'obs' holds -?\d.* where its space is uint8: allowed") as error:
         model.learn(16)
     assert len(str(error.value).splitlines()) == 1 and "norm_obs_keys" in str(error.value)
     PPO("MultiInputPolicy", make_vec_env(make, n_envs=2), n_steps=8, batch_size=8, policy_kwargs=policy_kwargs).learn(
         16
     )
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int16, np.bool_])
+def test_integer_and_bool_steps_are_float32_in_a_history_so_they_can_be_normalised(dtype):
+    """SB3's rollout buffer keeps a space's dtype: an integer history under VecNormalize had its
+    normalised values cut to whole numbers. The history holds them as float32, values unchanged."""
+    space = spaces.Box(0, 1 if dtype is np.bool_ else 1000, (4,), dtype)
+    env = HistoryObservation(Steps(space), 3)
+    assert env.observation_space["obs"].dtype == np.float32
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(0)
+    np.testing.assert_array_equal(obs["obs"][-1], np.full(4, 1.0, np.float32))  # step 1's values
+    venv = VecNormalize(make_vec_env(lambda: HistoryObservation(Steps(space), 3), n_envs=2), norm_obs_keys=["obs"])
+    policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL}
+    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
+    model.learn(16)
+    stored = model.rollout_buffer.observations["obs"]
+    assert stored.dtype == np.float32 and (stored != np.round(stored)).any()  # normalised values kept
 
 
 @pytest.mark.parametrize("extractor", [HistoryAttentionExtractor, HistoryFlattenExtractor])

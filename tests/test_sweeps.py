@@ -1241,6 +1241,13 @@ def test_saved_only_keeps_one_set_of_settings_per_cell(tmp_path, capsys):
     records = sweep.run_cases(cases, args)
     assert [r["seed"] for r in records] == [2]  # the latest settings keep the cell
     assert "2 saved runs were made with other settings than the rest of their cell" in capsys.readouterr().out
+    older = tmp_path / "older.json"  # seeds 0 and 1 saved before records had a settings digest: kept
+    args.results = older
+    results = sweep.Results(older)
+    for case in cases:
+        digests = {"settings_digest": "new"} if case.key["seed"] == 2 else {}
+        results.add({**case.key, **record, "digest": sweep.case_digest(case), **digests})
+    assert [r["seed"] for r in sweep.run_cases(cases, args)] == [0, 1, 2]
 
 
 def test_routing_benchmark_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
