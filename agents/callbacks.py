@@ -37,6 +37,8 @@ TARGET_KEYS = {
     "GlimpseSearch": "target_box",
 }
 """the ``info`` key of what the agent should attend to, per env family"""
+FINAL_TAGS = ("eval/final_mean_reward", "eval/final_success_rate")
+"""where the run's final evaluation goes in TensorBoard (the curves' ``eval/`` tags are the periodic ones)"""
 
 
 class HParamCallback(BaseCallback):
@@ -300,6 +302,18 @@ class LearnedSteps(BaseCallback):
         return counted
 
 
+def _scores_target(plan: RunPlan, key: str) -> bool:
+    """Whether the run's attention views can weigh the target: a step (``cue_step``) any history or memory
+    can; a box in a frame only a readout over patches (an image extractor, or a memory's look after it)."""
+    if key != "target_box":
+        return True
+    algo = plan.algo_entry
+    if not algo.own_extractors:
+        return plan.extractor_entry.inputs == "image"
+    _, encoder = algo.frame_encoders.get(plan.extractor, (None, None))
+    return callable(getattr(encoder, "look", None))
+
+
 def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) -> list[BaseCallback]:
     """HPARAMS, evaluation (with attention logging where the extractor has it, saving the best model) and checkpoints."""
     cfg = plan.config
@@ -342,8 +356,10 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         metrics.append("eval/mean_reward")
         if env_family(cfg.env) in TARGET_KEYS:  # the package's envs report is_success; others may not
             metrics.append("eval/success_rate")
-        if attention is not None and attention.target_key is not None:
+        if attention is not None and attention.target_key is not None and _scores_target(plan, attention.target_key):
             metrics.append("attention/target_mass")
+    # the final evaluation (train.py's last line, result.json), logged when the run ends
+    metrics += [FINAL_TAGS[0]] + ([FINAL_TAGS[1]] if env_family(cfg.env) in TARGET_KEYS else [])
     callbacks.insert(0, HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs}, metrics))
     if cfg.save_freq > 0:
         callbacks.append(AtomicCheckpointCallback(cfg.save_freq, folder, plan.n_envs))

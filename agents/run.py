@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import signal
 import sys
@@ -17,10 +18,11 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.build import build_model, make_vec
-from agents.callbacks import EVAL_SEED_OFFSET, LearnedSteps, OutsideTraining, run_callbacks
+from agents.callbacks import EVAL_SEED_OFFSET, FINAL_TAGS, LearnedSteps, OutsideTraining, run_callbacks
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
@@ -266,6 +268,28 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
     return folder, model, envs[0], envs[1], callbacks
 
 
+LOG_STEPS = 1024
+"""env steps between an on-policy run's ``rollout/`` and ``time/`` points at least (where its rollouts are shorter)"""
+
+
+def log_every(model: BaseAlgorithm) -> dict[str, Any]:
+    """``learn``'s ``log_interval`` for algorithms whose default leaves long gaps in the curves: A2C logs
+    every 100 rollouts (12,800 env steps with 16 steps x 8 envs); here every :data:`LOG_STEPS` env steps."""
+    default = inspect.signature(model.learn).parameters["log_interval"].default
+    if not isinstance(model, OnPolicyAlgorithm) or default <= 1:
+        return {}
+    return {"log_interval": max(1, LOG_STEPS // (model.n_steps * model.n_envs))}
+
+
+def log_final(model: BaseAlgorithm, result: EvalResult) -> None:
+    """The final evaluation in TensorBoard (and the JSON log), at the run's last step."""
+    exclude = ("stdout", "log", "csv")
+    model.logger.record(FINAL_TAGS[0], result.mean_return, exclude=exclude)
+    if result.success_rate is not None:
+        model.logger.record(FINAL_TAGS[1], result.success_rate, exclude=exclude)
+    model.logger.dump(model.num_timesteps)
+
+
 def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> RunResult:
     """Resolve, build (or load, with ``-i``), train, save, evaluate and write ``result.json``.
 
@@ -300,6 +324,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
                     callback=[learned, outside],
                     progress_bar=cfg.progress,
                     reset_num_timesteps=not resumed,
+                    **log_every(model),
                 )
         except KeyboardInterrupt:
             model.num_timesteps = learned.saved_steps()
@@ -322,6 +347,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
                 with signals.armed():
                     reports = any(getattr(c, "reports_success", False) for c in callbacks)
                     result = evaluate(model, eval_env, cfg.eval_episodes, reports=reports)
+                log_final(model, result)
             except KeyboardInterrupt:  # during the final evaluation: the model is saved, the evaluation left out
                 pass
         _close(eval_env)

@@ -71,6 +71,10 @@ def test_tiny_run_writes_the_zoo_layout_and_tensorboard(tmp_path):
         assert tag in scalars, tag
     mass = [e.value for e in events.Scalars("attention/target_mass")]
     assert len(mass) == 2 and all(0.0 <= m <= 1.0 for m in mass)
+    result = json.loads((run / "result.json").read_text())["evaluation"]
+    (final,) = events.Scalars("eval/final_success_rate")  # the final evaluation, as the last line says
+    assert final.step == 512 and final.value == pytest.approx(result["success_rate"])
+    assert events.Scalars("eval/final_mean_reward")[0].value == pytest.approx(result["mean_return"])
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     heatmap = events.Images("attention/heatmap")
     assert len(heatmap) == 2 and heatmap[-1].width > 0 and heatmap[-1].height > 0
@@ -470,24 +474,27 @@ def test_runs_started_together_get_their_own_folders(tmp_path, monkeypatch):
     assert first.name == "rlattn-TMaze-v0_1" and second.name == "rlattn-TMaze-v0_2" and len(calls) == 2
 
 
+TAB = ["rollout/ep_rew_mean", "eval/mean_reward", "eval/success_rate"]
+FINAL = ["eval/final_mean_reward", "eval/final_success_rate"]
+
+
 @pytest.mark.parametrize(
-    ("env", "eval_freq", "expected"),
+    ("env", "algo", "extractor", "eval_freq", "expected"),
     [
-        (
-            "rlattn/TMaze-v0",
-            100,
-            ["rollout/ep_rew_mean", "eval/mean_reward", "eval/success_rate", "attention/target_mass"],
-        ),
-        ("CartPole-v1", 100, ["rollout/ep_rew_mean", "eval/mean_reward"]),
-        ("CartPole-v1", -1, ["rollout/ep_rew_mean"]),
+        ("rlattn/TMaze-v0", "ppo", "attention", 100, [*TAB, "attention/target_mass", *FINAL]),
+        ("CartPole-v1", "ppo", "attention", 100, ["rollout/ep_rew_mean", "eval/mean_reward", FINAL[0]]),
+        ("CartPole-v1", "ppo", "attention", -1, ["rollout/ep_rew_mean", FINAL[0]]),
+        ("rlattn/VisualSearch-v0", "ppo", "patch-attention", 100, [*TAB, "attention/target_mass", *FINAL]),
+        ("rlattn/VisualSearch-v0", "ppo_attention", "patch-attention", 100, [*TAB, "attention/target_mass", *FINAL]),
+        ("rlattn/VisualSearch-v0", "ppo_attention", "cnn", 100, [*TAB, *FINAL]),  # no readout over patches
     ],
 )
-def test_hparams_tab_links_only_the_metrics_the_run_logs(tmp_path, env, eval_freq, expected):
+def test_hparams_tab_links_only_the_metrics_the_run_logs(tmp_path, env, algo, extractor, eval_freq, expected):
     """An env without is_success or an attention target gets no column that would stay empty."""
     from agents.build import make_vec
     from agents.callbacks import HParamCallback, run_callbacks
 
-    plan = resolve(TrainConfig(env=env, extractor="attention", eval_freq=eval_freq, verbose=0))
+    plan = resolve(TrainConfig(env=env, algo=algo, extractor=extractor, eval_freq=eval_freq, verbose=0))
     eval_env = make_vec(plan, 1, 0, evaluation=True)
     try:
         callbacks = run_callbacks(plan, tmp_path, eval_env, resumed=False)
