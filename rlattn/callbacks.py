@@ -292,8 +292,8 @@ class AttentionLoggingCallback(BaseCallback):
                 box = info.get(self.target_key) if self.target_key else None
                 box = tuple(int(v) for v in box) if isinstance(box, (tuple, list, np.ndarray)) else None
                 decision = look_decision(self.model.policy, memory, obs, weights, box, rng)
-                heads = np.clip(looked[0].flatten(1).cpu().numpy(), 1e-12, 1.0)
-                entropies.append(float(-(heads * np.log(heads)).sum(-1).mean()))
+                mean = np.clip(weights, 1e-12, 1.0)  # the heads' mean, as for the image extractors
+                entropies.append(float(-(mean * np.log(mean)).sum()))
                 if len(overlays) < SHOWN:
                     overlays.append(overlay(frame, weights, box))
             scored.append(decision)
