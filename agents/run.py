@@ -282,7 +282,11 @@ def log_every(model: BaseAlgorithm) -> dict[str, Any]:
 
 
 def log_final(model: BaseAlgorithm, result: EvalResult) -> None:
-    """The final evaluation in TensorBoard (and the JSON log), at the run's last step."""
+    """The final evaluation in TensorBoard (and the JSON log), at the run's last step, alone: the values the
+    last update recorded are left out, as SB3 leaves them (it writes them before the next update, and the
+    last rollout's were written at this step already)."""
+    for pending in (model.logger.name_to_value, model.logger.name_to_count, model.logger.name_to_excluded):
+        pending.clear()
     exclude = ("stdout", "log", "csv")
     model.logger.record(FINAL_TAGS[0], result.mean_return, exclude=exclude)
     if result.success_rate is not None:
