@@ -288,22 +288,24 @@ def _policy_values(
 ) -> dict[str, Any]:
     """A ``policy_kwargs`` dict (or ``net_arch``) for the policy bucket. Where build.py sets the extractor
     (algorithms without their own), its ``features_extractor_kwargs`` go to the extractor's keywords
-    (checked like ``-params`` keys), which build.py would otherwise overwrite."""
+    (checked like ``-params`` keys), which build.py would otherwise overwrite; an algorithm with its own
+    extractors keeps them in ``policy_kwargs``, and build.py lays them over its frame encoder's."""
     if key != "policy_kwargs":
         return {key: value}
-    if ALGOS[cfg.algo].own_extractors:  # build.py hands its policy_kwargs on as given
-        return dict(value)
     values = dict(value)
     if "features_extractor_class" in values:
         raise ConfigError(
             f"-params policy_kwargs features_extractor_class={values['features_extractor_class']!r} is invalid: "
             f"--extractor chooses it (allowed are {', '.join(EXTRACTORS)})"
         )
-    inner = values.pop("features_extractor_kwargs", {})
+    inner = values.get("features_extractor_kwargs", {})
     if not isinstance(inner, dict):
         raise ConfigError(
             f"-params policy_kwargs features_extractor_kwargs={inner!r} is invalid: must be a dict literal"
         )
+    if ALGOS[cfg.algo].own_extractors:
+        return values
+    values.pop("features_extractor_kwargs", None)
     for name, item in inner.items():
         if name not in extractor_keys:
             raise ConfigError(
@@ -533,26 +535,28 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
         )
 
 
-def _step_bytes(space: gym.Space, itemsize: int | None = None) -> int:
-    """Bytes of one observation of ``space`` (every leaf in ``itemsize`` bytes where given)."""
+def _step_bytes(space: gym.Space) -> int:
+    """Bytes of one observation of ``space`` as SB3's buffers keep it (each leaf in its own dtype)."""
     leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
-    return sum(int(np.prod(leaf.shape or (1,))) * (itemsize or np.dtype(leaf.dtype).itemsize) for leaf in leaves)  # type: ignore[arg-type]
+    return sum(int(np.prod(leaf.shape or (1,))) * np.dtype(leaf.dtype).itemsize for leaf in leaves)  # type: ignore[arg-type]
 
 
 def _check_rollout_memory(plan: RunPlan, probe: gym.Env) -> None:
-    """An on-policy rollout must fit in memory: SB3 keeps n_steps x n_envs observations as float32
-    (a history's K steps in each), filled in full every rollout."""
+    """An on-policy rollout must fit in memory: SB3 keeps n_steps x n_envs observations in their space's
+    dtype (a history's K steps in each), filled in full every rollout, and copies them once more when the
+    update flattens them (``swap_and_flatten``)."""
     cls = plan.algo_entry.cls
     if not issubclass(cls, OnPolicyAlgorithm):
         return
     n_steps = int(plan.algo_kwargs.get("n_steps", inspect.signature(cls.__init__).parameters["n_steps"].default))
-    one = _step_bytes(policy_space(plan, probe), itemsize=4)
-    needed, available = n_steps * plan.n_envs * one, available_memory()
+    one = _step_bytes(policy_space(plan, probe))
+    needed, available = 2 * n_steps * plan.n_envs * one, available_memory()
     if available is not None and needed > available:
         raise ConfigError(
             f"--algo {plan.config.algo} on {plan.config.env}: its rollout of {n_steps:,} steps x {plan.n_envs} envs, "
-            f"observations of {one:,} bytes each as float32 (history {plan.history}), needs {needed / 2**30:.1f} GiB, more "
-            f"than the {available / 2**30:.1f} GiB available: lower -params n_steps:N, --n-envs or --history K"
+            f"observations of {one:,} bytes each (history {plan.history}), kept and copied once in the update, needs "
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available: lower -params n_steps:N, "
+            "--n-envs or --history K"
         )
 
 

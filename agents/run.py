@@ -16,7 +16,7 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -282,16 +282,15 @@ def log_every(model: BaseAlgorithm) -> dict[str, Any]:
 
 
 def log_final(model: BaseAlgorithm, result: EvalResult) -> None:
-    """The final evaluation in TensorBoard (and the JSON log), at the run's last step, alone: the values the
-    last update recorded are left out, as SB3 leaves them (it writes them before the next update, and the
-    last rollout's were written at this step already)."""
-    for pending in (model.logger.name_to_value, model.logger.name_to_count, model.logger.name_to_excluded):
-        pending.clear()
-    exclude = ("stdout", "log", "csv")
-    model.logger.record(FINAL_TAGS[0], result.mean_return, exclude=exclude)
+    """The final evaluation in TensorBoard, at the run's last step: written to the TensorBoard output
+    alone (a dump through SB3's logger would also print an empty table and add a blank CSV row, and
+    flush the last update's values, which SB3 leaves unwritten, at a step already written)."""
+    values = {FINAL_TAGS[0]: result.mean_return}
     if result.success_rate is not None:
-        model.logger.record(FINAL_TAGS[1], result.success_rate, exclude=exclude)
-    model.logger.dump(model.num_timesteps)
+        values[FINAL_TAGS[1]] = result.success_rate
+    for output in model.logger.output_formats:
+        if isinstance(output, TensorBoardOutputFormat):
+            output.write(values, dict.fromkeys(values, ()), model.num_timesteps)
 
 
 def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> RunResult:

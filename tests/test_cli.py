@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.build import resolve
+from agents.build import build_model, make_vec, resolve
 from agents.cli import config_from_args, main
 from agents.config import TrainConfig
 from agents.runfolder import new_run_folder
@@ -647,6 +647,14 @@ def test_policy_kwargs_of_an_algorithm_with_its_own_extractors_are_handed_on_as_
         plan = resolve(cfg)
         assert plan.policy_kwargs["features_extractor_kwargs"] == {"features_dim": 128}
         assert plan.extractor_kwargs.get("features_dim") != 128
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"look_dim": 16}}}  # over the encoder's own keywords
+    cfg = TrainConfig(
+        env="rlattn/VisualSearch-v0", algo="ppo_attention", extractor="patch-attention", hyperparams=given
+    )
+    plan = resolve(cfg)
+    model = build_model(plan, make_vec(plan, 1, 0))
+    assert model.policy.features_extractor.look_dim == 16
+    assert model.policy_kwargs["features_extractor_kwargs"]["patch_size"] == plan.extractor_kwargs["patch_size"]
 
 
 def test_sb3s_tuple_form_of_train_freq_is_accepted():
