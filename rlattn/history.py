@@ -71,7 +71,8 @@ def raw_uint8(x: Tensor, key: str) -> Tensor:
         value = float(x[wrong][0])
         raise ValueError(
             f"history key {key!r} holds {value:.4g} where its space is uint8: allowed are whole numbers 0..255 "
-            f"(with VecNormalize, leave {key!r} out of norm_obs_keys: the extractor scales uint8 values itself)"
+            f"(with VecNormalize, leave {key!r} out of norm_obs_keys, the extractor scales uint8 values itself; "
+            "or normalise with rlattn.HistoryNormalize, which makes it float32)"
         )
     return x
 
@@ -87,7 +88,8 @@ def valid_steps(observations: dict[str, Tensor]) -> Tensor:
     if other.numel():
         raise ValueError(
             f"HistoryObservation's 'valid' mask holds {other[0].item():.4g}: allowed are 0 "
-            "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']))"
+            "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']), "
+            "or use rlattn.HistoryNormalize(venv))"
         )
     valid = mask > 0.5  # a fresh tensor
     valid[:, -1] = True
