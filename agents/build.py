@@ -73,8 +73,8 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
         policy_name, encoder = algo.frame_encoders[plan.extractor]
         if policy_name is None:  # the kind's own policy, with this encoder in front of its memory
             policy_kwargs["features_extractor_class"] = encoder
-        if frame := algo.frame_kwargs(plan.extractor, plan.extractor_kwargs):
-            policy_kwargs["features_extractor_kwargs"] = frame
+        if frame := algo.frame_kwargs(plan.extractor, plan.extractor_kwargs):  # the user's given keywords win
+            policy_kwargs["features_extractor_kwargs"] = {**frame, **policy_kwargs.get("features_extractor_kwargs", {})}
     if algo.actor_critic:
         # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.
         policy_kwargs.setdefault("ortho_init", entry.ortho_init)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -36,6 +37,8 @@ TARGET_KEYS = {
     "GlimpseSearch": "target_box",
 }
 """the ``info`` key of what the agent should attend to, per env family"""
+FINAL_TAGS = ("eval/final_mean_reward", "eval/final_success_rate")
+"""where the run's final evaluation goes in TensorBoard (the curves' ``eval/`` tags are the periodic ones)"""
 
 
 class HParamCallback(BaseCallback):
@@ -224,6 +227,38 @@ class ResumableEvalCallback(EvalCallback):
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
 
+class OutsideTraining(CallbackList):
+    """The run's callbacks (evaluations, attention views, checkpoints, a sweep's resume points), with the
+    seconds spent in them: a run's env steps/s counts the time of training alone, as its tables say."""
+
+    def __init__(self, callbacks: Sequence[BaseCallback]) -> None:
+        super().__init__(list(callbacks))
+        self.seconds = 0.0
+        """seconds spent in the callbacks so far"""
+
+    def _timed(self, hook: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return hook()
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _on_training_start(self) -> None:
+        self._timed(super()._on_training_start)
+
+    def _on_rollout_start(self) -> None:
+        self._timed(super()._on_rollout_start)
+
+    def _on_step(self) -> bool:
+        return bool(self._timed(super()._on_step))
+
+    def _on_rollout_end(self) -> None:
+        self._timed(super()._on_rollout_end)
+
+    def _on_training_end(self) -> None:
+        self._timed(super()._on_training_end)
+
+
 class LearnedSteps(BaseCallback):
     """The env steps the model has learned from: on-policy algorithms drop a half-collected rollout
     when interrupted, so the saved step counter leaves it out and a resumed run collects it again.
@@ -265,6 +300,18 @@ class LearnedSteps(BaseCallback):
         if self._buffer is not None and self._step == (counted, self._buffer.pos):
             return counted - self.model.n_envs
         return counted
+
+
+def _scores_target(plan: RunPlan, key: str) -> bool:
+    """Whether the run's attention views can weigh the target: a step (``cue_step``) any history or memory
+    can; a box in a frame only a readout over patches (an image extractor, or a memory's look after it)."""
+    if key != "target_box":
+        return True
+    algo = plan.algo_entry
+    if not algo.own_extractors:
+        return plan.extractor_entry.inputs == "image"
+    _, encoder = algo.frame_encoders.get(plan.extractor, (None, None))
+    return callable(getattr(encoder, "look", None))
 
 
 def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) -> list[BaseCallback]:
@@ -309,8 +356,10 @@ def run_callbacks(plan: RunPlan, folder: Path, eval_env: VecEnv, resumed: bool) 
         metrics.append("eval/mean_reward")
         if env_family(cfg.env) in TARGET_KEYS:  # the package's envs report is_success; others may not
             metrics.append("eval/success_rate")
-        if attention is not None and attention.target_key is not None:
+        if attention is not None and attention.target_key is not None and _scores_target(plan, attention.target_key):
             metrics.append("attention/target_mass")
+    # the final evaluation (train.py's last line, result.json), logged when the run ends
+    metrics += [FINAL_TAGS[0]] + ([FINAL_TAGS[1]] if env_family(cfg.env) in TARGET_KEYS else [])
     callbacks.insert(0, HParamCallback({**hparams, **plan.algo_kwargs, **plan.extractor_kwargs}, metrics))
     if cfg.save_freq > 0:
         callbacks.append(AtomicCheckpointCallback(cfg.save_freq, folder, plan.n_envs))

@@ -97,9 +97,12 @@ _NUMBERS: dict[str, tuple[type, float, float | None, bool, bool]] = {
 
 def integral(key: str, value: Any) -> Any:
     """An integer keyword's whole-number float (``n_steps:128.0``, a float search space's draw) as an int:
-    SB3 would fail on it at the first rollout (``deque(maxlen=100.0)``, array shapes); anything else as given."""
+    SB3 would fail on it at the first rollout (``deque(maxlen=100.0)``, array shapes); a ``train_freq`` list
+    as the tuple SB3 takes; anything else as given."""
     if key in _NUMBERS and _NUMBERS[key][0] is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if key == "train_freq" and isinstance(value, list):  # SB3 takes (n, unit) as a tuple only
+        return tuple(value)
     return value
 
 
@@ -107,7 +110,9 @@ def check_algo_values(algo: type, values: dict[str, Any]) -> None:
     """Types and ranges of algorithm keywords, so that a typo fails now and not at the first update."""
     defaults = {name: p.default for name, p in inspect.signature(algo).parameters.items()}
     for key, value in values.items():
-        if key in _NUMBERS:
+        if key == "train_freq" and isinstance(value, (tuple, list)):
+            _check_train_freq(value)
+        elif key in _NUMBERS:
             kind, low, high, low_ok, none_ok = _NUMBERS[key]
             if value is None and none_ok:
                 continue
@@ -124,6 +129,15 @@ def check_algo_values(algo: type, values: dict[str, Any]) -> None:
             raise ConfigError(f"-params {key}={value!r} is invalid: must be True or False")
         elif type(defaults.get(key)) is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"-params {key}={value!r} is invalid: must be an integer")
+
+
+def _check_train_freq(value: tuple | list) -> None:
+    """SB3's ``(n, "step")`` or ``(n, "episode")`` form of ``train_freq``."""
+    ok = len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool) and value[0] >= 1
+    if not (ok and value[1] in ("step", "episode")):
+        raise ConfigError(
+            f"-params train_freq={value!r} is invalid: must be an integer >= 1, or (n, 'step') or (n, 'episode') with n >= 1"
+        )
 
 
 def check_writable(folder: str, flag: str) -> None:

@@ -274,13 +274,46 @@ def _split_hyperparams(cfg: TrainConfig, extractor: str, preset: dict[str, Any])
                     f"-params policy_kwargs={value!r} is invalid: must be a dict literal, e.g. policy_kwargs:{{'net_arch':[64]}}"
                 )
             elif key in _POLICY_KEYS:
-                buckets[2].update(value if key == "policy_kwargs" else {key: value})
+                buckets[2].update(_policy_values(cfg, extractor, key, value, extractor_keys, buckets[1]))
             elif source == "user":
                 allowed = sorted(algo_keys | extractor_keys | _POLICY_KEYS | RUN_KEYS)
                 raise ConfigError(
                     f"-params key {key!r} is not accepted by {cfg.algo} with --extractor {extractor}: allowed are {', '.join(allowed)}"
                 )
     return buckets
+
+
+def _policy_values(
+    cfg: TrainConfig, extractor: str, key: str, value: Any, extractor_keys: set[str], into: dict[str, Any]
+) -> dict[str, Any]:
+    """A ``policy_kwargs`` dict (or ``net_arch``) for the policy bucket. Where build.py sets the extractor
+    (algorithms without their own), its ``features_extractor_kwargs`` go to the extractor's keywords
+    (checked like ``-params`` keys), which build.py would otherwise overwrite; an algorithm with its own
+    extractors keeps them in ``policy_kwargs``, and build.py lays them over its frame encoder's."""
+    if key != "policy_kwargs":
+        return {key: value}
+    values = dict(value)
+    if "features_extractor_class" in values:
+        raise ConfigError(
+            f"-params policy_kwargs features_extractor_class={values['features_extractor_class']!r} is invalid: "
+            f"--extractor chooses it (allowed are {', '.join(EXTRACTORS)})"
+        )
+    inner = values.get("features_extractor_kwargs", {})
+    if not isinstance(inner, dict):
+        raise ConfigError(
+            f"-params policy_kwargs features_extractor_kwargs={inner!r} is invalid: must be a dict literal"
+        )
+    if ALGOS[cfg.algo].own_extractors:
+        return values
+    values.pop("features_extractor_kwargs", None)
+    for name, item in inner.items():
+        if name not in extractor_keys:
+            raise ConfigError(
+                f"-params policy_kwargs features_extractor_kwargs key {name!r} is not accepted by {cfg.algo} with "
+                f"--extractor {extractor}: allowed are {', '.join(sorted(extractor_keys))}"
+            )
+        into[name] = item
+    return values
 
 
 def _check_flags(cfg: TrainConfig) -> str:
@@ -422,7 +455,7 @@ def plan_digest(plan: RunPlan) -> str:
 
 def preflight(plan: RunPlan) -> None:
     """What a training run checks on this machine before it starts (not part of ``resolve``: a sweep's
-    case or a replay does not depend on it): a replay buffer that fits in memory, and a warning for
+    case or a replay does not depend on it): a replay buffer or rollout that fits in memory, and a warning for
     an env outside this package's families whose episodes have no cap."""
     probe = make_env(plan.config.env, **plan.env_kwargs)
     try:
@@ -436,6 +469,7 @@ def preflight(plan: RunPlan) -> None:
         _warn_preset_env_off(plan)
         _warn_short_budget(plan)
         _check_replay_memory(plan, probe)
+        _check_rollout_memory(plan, probe)
     finally:
         probe.close()
 
@@ -490,9 +524,7 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
         return
     buffer = int(plan.algo_kwargs.get("buffer_size", inspect.signature(cls.__init__).parameters["buffer_size"].default))
     size = min(buffer, plan.n_timesteps)
-    space = policy_space(plan, probe)
-    leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
-    one = sum(int(np.prod(leaf.shape or (1,))) * np.dtype(leaf.dtype).itemsize for leaf in leaves)  # type: ignore[arg-type]
+    one = _step_bytes(policy_space(plan, probe))
     copies = 1 if plan.algo_kwargs.get("optimize_memory_usage", False) else 2
     needed, available = size * one * copies, available_memory()
     if available is not None and needed > available:
@@ -500,6 +532,31 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
             f"--algo {plan.config.algo} on {plan.config.env}: its replay buffer of {size:,} transitions, {copies} observations of "
             f"{one:,} bytes each (history {plan.history}), needs {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
             "available: lower -params buffer_size:N or --history K"
+        )
+
+
+def _step_bytes(space: gym.Space) -> int:
+    """Bytes of one observation of ``space`` as SB3's buffers keep it (each leaf in its own dtype)."""
+    leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    return sum(int(np.prod(leaf.shape or (1,))) * np.dtype(leaf.dtype).itemsize for leaf in leaves)  # type: ignore[arg-type]
+
+
+def _check_rollout_memory(plan: RunPlan, probe: gym.Env) -> None:
+    """An on-policy rollout must fit in memory: SB3 keeps n_steps x n_envs observations in their space's
+    dtype (a history's K steps in each), filled in full every rollout, and copies them once more when the
+    update flattens them (``swap_and_flatten``)."""
+    cls = plan.algo_entry.cls
+    if not issubclass(cls, OnPolicyAlgorithm):
+        return
+    n_steps = int(plan.algo_kwargs.get("n_steps", inspect.signature(cls.__init__).parameters["n_steps"].default))
+    one = _step_bytes(policy_space(plan, probe))
+    needed, available = 2 * n_steps * plan.n_envs * one, available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"--algo {plan.config.algo} on {plan.config.env}: its rollout of {n_steps:,} steps x {plan.n_envs} envs, "
+            f"observations of {one:,} bytes each (history {plan.history}), kept and copied once in the update, needs "
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available: lower -params n_steps:N, "
+            "--n-envs or --history K"
         )
 
 

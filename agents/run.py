@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import signal
 import sys
@@ -15,12 +16,13 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.build import build_model, make_vec
-from agents.callbacks import EVAL_SEED_OFFSET, LearnedSteps, run_callbacks
+from agents.callbacks import EVAL_SEED_OFFSET, FINAL_TAGS, LearnedSteps, OutsideTraining, run_callbacks
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
@@ -266,6 +268,31 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
     return folder, model, envs[0], envs[1], callbacks
 
 
+LOG_STEPS = 1024
+"""env steps between an on-policy run's ``rollout/`` and ``time/`` points at least (where its rollouts are shorter)"""
+
+
+def log_every(model: BaseAlgorithm) -> dict[str, Any]:
+    """``learn``'s ``log_interval`` for algorithms whose default leaves long gaps in the curves: A2C logs
+    every 100 rollouts (12,800 env steps with 16 steps x 8 envs); here every :data:`LOG_STEPS` env steps."""
+    default = inspect.signature(model.learn).parameters["log_interval"].default
+    if not isinstance(model, OnPolicyAlgorithm) or default <= 1:
+        return {}
+    return {"log_interval": max(1, LOG_STEPS // (model.n_steps * model.n_envs))}
+
+
+def log_final(model: BaseAlgorithm, result: EvalResult) -> None:
+    """The final evaluation in TensorBoard, at the run's last step: written to the TensorBoard output
+    alone (a dump through SB3's logger would also print an empty table and add a blank CSV row, and
+    flush the last update's values, which SB3 leaves unwritten, at a step already written)."""
+    values = {FINAL_TAGS[0]: result.mean_return}
+    if result.success_rate is not None:
+        values[FINAL_TAGS[1]] = result.success_rate
+    for output in model.logger.output_formats:
+        if isinstance(output, TensorBoardOutputFormat):
+            output.write(values, dict.fromkeys(values, ()), model.num_timesteps)
+
+
 def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> RunResult:
     """Resolve, build (or load, with ``-i``), train, save, evaluate and write ``result.json``.
 
@@ -291,14 +318,16 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
     folder, model, venv, eval_env, callbacks = _start(plan, resumed)
     start, started_at = time.perf_counter(), model.num_timesteps
     learned = LearnedSteps(started_at)
+    outside = OutsideTraining([*callbacks, *extra_callbacks])
     with _Signals() as signals:
         try:
             with signals.armed():
                 model.learn(
                     plan.n_timesteps - model.num_timesteps,
-                    callback=[learned, *callbacks, *extra_callbacks],
+                    callback=[learned, outside],
                     progress_bar=cfg.progress,
                     reset_num_timesteps=not resumed,
+                    **log_every(model),
                 )
         except KeyboardInterrupt:
             model.num_timesteps = learned.saved_steps()
@@ -308,10 +337,11 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             save_replay_atomic(model, folder)
             _close(venv)
             raise
+        elapsed = time.perf_counter() - start  # learn's time: the saves below are not in it
+        # training alone: evaluations and the other callbacks' time left out (wall_seconds has them)
+        speed = (model.num_timesteps - started_at) / max(elapsed - outside.seconds, 1e-9)
         final = save_atomic(model, final_model(folder, cfg.env))
         save_replay_atomic(model, folder)
-        elapsed = time.perf_counter() - start
-        speed = (model.num_timesteps - started_at) / max(elapsed, 1e-9)
         _close(venv)
         result = None
         trained_all = model.num_timesteps >= plan.n_timesteps
@@ -320,6 +350,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
                 with signals.armed():
                     reports = any(getattr(c, "reports_success", False) for c in callbacks)
                     result = evaluate(model, eval_env, cfg.eval_episodes, reports=reports)
+                log_final(model, result)
             except KeyboardInterrupt:  # during the final evaluation: the model is saved, the evaluation left out
                 pass
         _close(eval_env)
@@ -332,6 +363,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
             "env_steps": model.num_timesteps,
             "steps_per_second": speed,
             "wall_seconds": elapsed,
+            "outside_training_seconds": outside.seconds,
             "interrupted_by": interrupted,
             "evaluation": evaluation_record(result),
         }

@@ -392,14 +392,18 @@ class RunRecord:
 
     env_steps: int
     steps_per_second: float
-    """env steps trained in this process (a resumed run's own part) per second of ``learn``"""
+    """env steps trained in this process (a resumed run's own part) per second of training: the seconds of
+    ``learn`` less those spent in evaluations and the run's other callbacks (results written before
+    2026-12-07 have no ``outside_training_seconds`` and counted them)"""
     wall_seconds: float
-    """seconds of training in this process"""
+    """seconds of ``learn`` in this process, evaluations and callbacks included"""
     interrupted_by: str | None
     evaluation: dict[str, Any] | None
     """the final evaluation: episodes, mean_return, std_return, success_rate (None when interrupted)"""
     settings: dict[str, Any]
     """the arguments (``config``) and the resolved plan"""
+    outside_training_seconds: float | None = None
+    """of ``wall_seconds``, those spent in evaluations and the other callbacks"""
     version: str = rlattn.__version__
 
 

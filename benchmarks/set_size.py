@@ -121,11 +121,11 @@ def row(cell: Cell) -> list[str]:
     s = cell.settings
     head = [s["search"], str(s["set_size"]), method_text(s), f"{s['budget']:,}", seeds_text(cell)]
     if not cell.done:
-        return [*head, *success_text(cell), *[""] * 7]
+        return [*head, *success_text(cell), *[""] * (len(COLUMNS) - len(head) - 2)]
     masses = [r["target_mass"] for r in cell.done if r.get("target_mass") is not None]
     mass = f"{sum(masses) / len(masses):.3f}" if masses else "-"
     bests = sum(best(r) for r in cell.done) / len(cell.done)
-    wall, speed = f"{cell.mean('wall_s') / 60:.1f} min", f"{cell.mean('steps_per_s'):,.0f}"
+    wall, speed = f"{cell.mean('wall_s') / 60:.1f} min", cell.speed_text()
     return [*head, *success_text(cell), f"{bests:.2f}", *steps_text(cell), wall, speed, mass]
 
 
@@ -171,7 +171,7 @@ def plot(table: list[Cell], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # the right panel is empty when no cell reached 0.95
             ax.legend()
-    counts = sorted({len(c.runs) for c in table})
+    counts = sorted({len(c.done) for c in table if c.done})  # the seeds each point is drawn from
     seeds = f"{counts[0]} seed(s)" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds per point"
     budgets = "/".join(f"{b:,}" for b in sorted({c.settings["budget"] for c in table}))
     fig.suptitle(f"VisualSearch, {searches} search, {budgets} env steps per run, {seeds}")

@@ -30,10 +30,14 @@ class Interval:
     values: tuple[float, ...]
 
     def __str__(self) -> str:
+        if len(self.values) < 2:  # a bootstrap over one value is that value: no interval to claim
+            return f"{self.iqm:.2f} (1 seed)"
         return f"{self.iqm:.2f} [{self.low:.2f}, {self.high:.2f}]"
 
     def steps(self) -> str:
         """As env steps: ``52,000 [40,000, 61,000]``."""
+        if len(self.values) < 2:
+            return f"{self.iqm:,.0f} (1 seed)"
         return f"{self.iqm:,.0f} [{self.low:,.0f}, {self.high:,.0f}]"
 
 
@@ -46,11 +50,22 @@ def iqm_interval(values: Sequence[float], reps: int = REPS, seed: int = 0) -> In
     scores = np.asarray(values, dtype=np.float64).reshape(-1, 1)  # (seeds, 1 task)
     if scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError(f"values must be finite numbers, one per seed; got {list(values)}")
-    with warnings.catch_warnings():  # arch's notice that RandomState is on its way out
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = rly.get_interval_estimates(
-            {"cell": scores}, _iqm, reps=reps, confidence_interval_size=0.95, random_state=np.random.RandomState(seed)
-        )
+    # rliable's StratifiedBootstrap draws its resamples from numpy's global generator and ignores
+    # random_state: seed that one, so a cell's table and plot get the same interval, run after run
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch's notice that RandomState is on its way out
+            warnings.simplefilter("ignore", FutureWarning)
+            points, intervals = rly.get_interval_estimates(
+                {"cell": scores},
+                _iqm,
+                reps=reps,
+                confidence_interval_size=0.95,
+                random_state=np.random.RandomState(seed),
+            )
+    finally:
+        np.random.set_state(state)
     low, high = intervals["cell"][:, 0]
     return Interval(float(points["cell"][0]), float(low), float(high), tuple(float(v) for v in scores[:, 0]))
 

@@ -153,6 +153,12 @@ def read_record(run: Path) -> dict:
         "mean_return": final.get("mean_return"),
         "steps_to_095": reached[0] if reached else None,
         "steps_per_s": int(result["steps_per_second"]),
+        # present where steps_per_s is training alone (results written before 2026-12-07 counted evaluations)
+        **(
+            {"outside_training_s": round(result["outside_training_seconds"], 1)}
+            if result.get("outside_training_seconds") is not None
+            else {}
+        ),
         "curve": curve,
         "return_curve": return_curve,
         "folder": str(run),
@@ -324,8 +330,8 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
     pending: list[int] = []
     for i, case in enumerate(cases):
         old = None
-        if args.saved_only:  # shows what was saved
-            old = saved.find(case.key)
+        if args.saved_only:  # shows what was saved: of the settings this command names, else the latest
+            old = saved.find(case.key, case_digest(case)) or saved.find(case.key)
         elif args.reuse:  # stands in for a run made now: the arguments must match too
             old = saved.find(case.key, case_digest(case))
             if old is not None and case.current is not None and not case.current(old):
@@ -351,12 +357,42 @@ def run_cases(cases: Iterable[Case], args: argparse.Namespace) -> list[dict]:
                 f"{stopped} trials were interrupted: run the same command to go on (finished trials are read from "
                 "their run folders, unfinished ones resume from their last saved point)"
             )
+    if args.saved_only:
+        one_settings_per_cell(cases, records, saved)
     elapsed = time.perf_counter() - start_time
     print(
         f"sweep wall time {elapsed:.1f} s: {len(pending)} trials run ({args.workers} workers), "
         f"{len(records) - len(pending)} read from run folders or --results"
     )
     return [records[i] for i in sorted(records)]
+
+
+def one_settings_per_cell(cases: list[Case], records: dict[int, dict], saved: Results) -> None:
+    """Drop from ``records`` the seeds of a cell saved with other settings than the cell's others (a preset
+    changed between seeds): one cell, one set of settings. A cell keeps the settings this command would run
+    where any seed has them, else those of its latest saved record."""
+    order = {id(r): n for n, r in enumerate(saved.records)}
+    cells: dict[str, list[int]] = {}
+    for i in records:
+        cells.setdefault(settings_text({k: v for k, v in cases[i].key.items() if k != "seed"}), []).append(i)
+    dropped = 0
+    for members in cells.values():
+        # records saved before the field existed have no settings digest: unknown, so kept (as the plot does)
+        made_with = {i: d for i in members if (d := records[i].get("settings_digest")) is not None}
+        if len(set(made_with.values())) < 2:
+            continue
+        own = settings_digest(cases[members[0]])
+        latest = max(made_with, key=lambda i: order.get(id(records[i]), -1))
+        keep = own if own in made_with.values() else made_with[latest]
+        for i in made_with:
+            if made_with[i] != keep:
+                del records[i]
+                dropped += 1
+    if dropped:
+        print(
+            f"{dropped} saved runs were made with other settings than the rest of their cell (a preset changed "
+            "since): they leave the table; run them again to fill the cell"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -431,6 +467,11 @@ def check_arguments(parser: OneLineParser, args: argparse.Namespace) -> None:
         parser.error(f"--tune-seed {args.tune_seed} is invalid: must be <= {SEED_MAX}")
     if args.seed + args.seeds - 1 > SEED_MAX:
         parser.error(f"--seed {args.seed} is invalid with --seeds {args.seeds}: the last seed must be <= {SEED_MAX}")
+    if args.tune is not None and args.seed <= args.tune_seed < args.seed + args.seeds:
+        parser.error(
+            f"--tune-seed {args.tune_seed} is invalid with --seed {args.seed} --seeds {args.seeds}: the tuned cells "
+            f"would be scored on the seed their settings were picked on; use --seed {args.tune_seed + 1} or another --tune-seed"
+        )
     if args.checkpoint_every < 0 and args.checkpoint_every != -1:
         parser.error(f"--checkpoint-every {args.checkpoint_every:g} is invalid: must be >= 0 seconds, or -1 for none")
     try:
@@ -633,6 +674,23 @@ class Cell:
     def mean(self, name: str) -> float:
         return float(np.mean([r[name] for r in self.done])) if self.done else float("nan")
 
+    def speed(self) -> float:
+        """Training env steps/s over the seeds that ran: their steps over their seconds (the harmonic mean
+        of their rates, the seeds of a cell training equal steps), not the mean of the rates."""
+        rates = [r["steps_per_s"] for r in self.done]
+        return len(rates) / sum(1 / max(rate, 1e-9) for rate in rates) if rates else float("nan")
+
+    def speed_text(self) -> str:
+        """:meth:`speed` for a table, marked ``*`` where a seed's rate counted its evaluations' time too
+        (records made before 2026-12-07): see :data:`SPEED_NOTE`."""
+        return f"{self.speed():,.0f}" + ("*" if any("outside_training_s" not in r for r in self.done) else "")
+
+
+SPEED_NOTE = (
+    "steps/s (and ratios) marked * count the time of the runs' evaluations too (records made before 2026-12-07); "
+    "the others count training alone"
+)
+
 
 def cells(records: list[dict], fields: Sequence[str]) -> list[Cell]:
     """Records grouped by ``fields`` (the settings but the seed), in first-seen order, with their statistics."""
@@ -675,7 +733,9 @@ def steps_text(cell: Cell) -> tuple[str, str]:
         summary = f"never in {never}/{len(values)}"
     else:  # every seed that ran reached it, but not every seed ran: no interval over the seeds that did
         summary = f"- ({len(values)}/{len(cell.runs)} seeds ran)" if values else "-"
-    return summary, per_seed(values, steps=True)
+    # in seed order like the success column: "-" for a seed that failed or is unfinished
+    by_seed = [per_seed([r.get("steps_to_095")], steps=True) if "success" in r else "-" for r in cell.runs]
+    return summary, " ".join(by_seed)
 
 
 def best(record: dict) -> float:
@@ -804,6 +864,8 @@ def sweep_main(name: str, cases: list[Case], args: argparse.Namespace, table: Ta
     print_rows(table.columns, rows, table.align)
     if args.markdown:
         print_rows(table.columns, rows, table.align, markdown=True)
+    if any(value.endswith("*") for row in rows for value in row):
+        print(SPEED_NOTE)
     if table.plot is not None:  # beside the results unless told: a scratch sweep leaves the committed plot alone
         path = getattr(args, "plot", None) or args.results.with_suffix(".png")
         if not getattr(args, "new_plot", False):  # the plot keeps the runs it drew that this command did not make

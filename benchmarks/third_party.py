@@ -147,7 +147,7 @@ def row(cell: Cell) -> list[str]:
     scores = [r["score"] for r in cell.done]
     best = sum(r["best_score"] for r in cell.done) / len(cell.done)
     values = [r.get("score") for r in cell.runs]
-    return [*head, str(iqm_interval(scores)), per_seed(values), f"{best:.2f}", f"{cell.mean('steps_per_s'):,.0f}"]
+    return [*head, str(iqm_interval(scores)), per_seed(values), f"{best:.2f}", cell.speed_text()]
 
 
 def speed_ratio(cell: Cell, table: list[Cell]) -> list[str]:
@@ -166,7 +166,8 @@ def speed_ratio(cell: Cell, table: list[Cell]) -> list[str]:
     )
     if baseline is None or not baseline.done or not cell.done:
         return ["-"]
-    return [f"{cell.mean('steps_per_s') / baseline.mean('steps_per_s'):.1f}x"]
+    mixed = "*" if cell.speed_text().endswith("*") or baseline.speed_text().endswith("*") else ""
+    return [f"{cell.speed() / baseline.speed():.1f}x{mixed}"]
 
 
 def plot(table: list[Cell], path: Path) -> None:

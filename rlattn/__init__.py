@@ -12,6 +12,7 @@ from rlattn.image_extractors import (
     PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
 )
+from rlattn.normalize import HistoryNormalize
 from rlattn.wrappers import ChannelFirst, FlatObservation, HistoryObservation
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "GRUGate",
     "HistoryAttentionExtractor",
     "HistoryFlattenExtractor",
+    "HistoryNormalize",
     "HistoryObservation",
     "KeepsOwnInit",
     "MemoryLook",

@@ -14,7 +14,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
@@ -320,7 +320,26 @@ class AttentionPPO(PPO):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfAttentionPPO:
+        if self.include_reward and any(isinstance(c, EvalCallback) for c in _every_callback(callback)):
+            # it would fail at its first evaluation's second step, however long training had run by then
+            raise ValueError(
+                "EvalCallback cannot evaluate an AttentionPPO with include_reward=True: SB3's evaluate_policy passes "
+                "predict no rewards; evaluate in your own loop with predict(obs, state=..., episode_start=..., reward=rewards)"
+            )
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_memory"]
+
+
+def _every_callback(callback: MaybeCallback) -> list[Any]:
+    """The callbacks ``learn`` runs: lists and ``CallbackList`` opened, each one's child (``callback``,
+    as ``EvalCallback`` and ``EveryNTimesteps`` hold it) included."""
+    if callback is None:
+        return []
+    if isinstance(callback, list):
+        return [found for item in callback for found in _every_callback(item)]
+    if isinstance(callback, CallbackList):
+        return _every_callback(callback.callbacks)
+    child = getattr(callback, "callback", None)
+    return [callback, *(_every_callback(child) if isinstance(child, BaseCallback) else [])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -25,9 +25,16 @@ from stable_baselines3.common.vec_env import (
 )
 
 from rlattn.extractors import HistoryAttentionExtractor
-from rlattn.faithfulness import Faithfulness, history_decision, memory_decision, newest_frame, patch_decision
+from rlattn.faithfulness import (
+    Faithfulness,
+    history_decision,
+    look_decision,
+    memory_decision,
+    newest_frame,
+    patch_decision,
+)
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
-from rlattn.overlay import box_mass, colorize, overlay
+from rlattn.overlay import colorize, overlay
 from rlattn.validation import check_int
 
 AttentionExtractor = HistoryAttentionExtractor | PatchAttentionExtractor | SpatioTemporalAttentionExtractor
@@ -270,24 +277,30 @@ class AttentionLoggingCallback(BaseCallback):
             by_age[..., span - 1 - (t - position[seen])] = w[..., seen]
             maps.append(by_age)
             last = np.clip(w[-1][:, seen], 1e-12, 1.0)
-            entropies.append(float(-(last * np.log(last)).sum(-1).mean()))
             step = _step_of(info.get(self.target_key) if self.target_key else None)  # a box in a frame is no step
             if step >= 0 and bool((position == step).any()):
                 counts[span - 1 - (t - step)] += 1
-            decision = memory_decision(self.model.policy, memory, w[-1], position, step, rng)
             look_maps = getattr(self.model.policy, "look_maps", None)
             looked = look_maps(memory) if callable(look_maps) else None
-            if looked is not None:  # a look after the memory: its weight on the target's box, and the overlay
+            if looked is None:
+                decision = memory_decision(self.model.policy, memory, w[-1], position, step, rng)
+                entropies.append(float(-(last * np.log(last)).sum(-1).mean()))
+            else:
+                # a look after the memory reads the frame acted on: its entropy, target mass, flips and
+                # overlay are the look's (the attention on the frame, as the README's image views are)
                 frame, weights = self._drawn(newest_frame(obs)), looked[0].mean(0).cpu().numpy()
                 box = info.get(self.target_key) if self.target_key else None
                 box = tuple(int(v) for v in box) if isinstance(box, (tuple, list, np.ndarray)) else None
-                if box is not None:
-                    decision = replace(decision, target_mass=box_mass(weights, frame.shape[-2:], box))
+                decision = look_decision(self.model.policy, memory, obs, weights, box, rng)
+                mean = np.clip(weights, 1e-12, 1.0)  # the heads' mean, as for the image extractors
+                entropies.append(float(-(mean * np.log(mean)).sum()))
                 if len(overlays) < SHOWN:
                     overlays.append(overlay(frame, weights, box))
             scored.append(decision)
-        image = heatmap_image(np.mean(maps, axis=0).reshape(-1, span), counts)
         extra = (("attention/overlay", _stack(overlays)),) if overlays else ()
+        if span == 1 and extra:  # one-step episodes (a search with a look): no ages to draw, the look's overlay
+            return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), *extra[0])
+        image = heatmap_image(np.mean(maps, axis=0).reshape(-1, span), counts)
         return Round(Faithfulness(tuple(scored)), float(np.mean(entropies)), "attention/heatmap", image, extra)
 
     def _record(self, scored: Round) -> None:

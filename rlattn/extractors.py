@@ -22,6 +22,7 @@ from rlattn.history import (
     pixel_scale,
     raw_uint8,
     step_size,
+    uint8_steps,
     valid_steps,
 )
 from rlattn.validation import check_choice, check_int
@@ -97,7 +98,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
                 "use SpatioTemporalAttentionExtractor (or PatchAttentionExtractor on single frames)"
             )
         self.obs_scale = pixel_scale(obs_space)
-        self.obs_uint8 = str(obs_space.dtype) == "uint8"
+        self.obs_uint8 = uint8_steps(obs_space)
 
     def step_features(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """dict of (B, K, ...) -> steps (B, K, D), valid (B, K) bool with the newest step always valid."""

@@ -250,6 +250,42 @@ def memory_decision(
     return _decision(flips, top, other, mass, newest_top=bool(positions[np.argmax(mean)] == positions.max()))
 
 
+@torch.no_grad()
+def look_decision(
+    policy: Any,
+    memory: EpisodicMemory,
+    obs: Observation,
+    weights: np.ndarray,
+    box: tuple[int, int, int, int] | None,
+    rng: np.random.Generator,
+) -> Decision:
+    """Score the look an episodic memory makes after it, over the frame acted on: ``weights`` (rows, cols)
+    its attention, mean over heads. A patch is masked as :func:`patch_decision` masks it, in the frame
+    the look reads; the memory (its encoding of this step too) stays as it is, so a flip is the look's."""
+    frame = newest_frame(obs)
+    rows, cols = weights.shape
+    patch_size = policy.features_extractor.encoder.patch_size
+    blocks = patch_grid(frame, rows, cols, patch_size)
+    _, fill = _emptiest(blocks)
+    differs = (blocks != fill[:, None, :, None, :]).any(axis=(0, 2, 4)).reshape(-1)
+    top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), differs, rng)
+    if top is not None and not differs[top]:
+        top = None  # the background itself is the most attended: not counted, as for a frame's readout
+    variants = [obs, *(mask_patch(obs, p, patch_size, cols, fill) for p in (top, other) if p is not None)]
+    if isinstance(obs, dict):
+        batch: Observation = {key: np.stack([v[key] for v in variants]) for key in obs}  # type: ignore[index]
+    else:
+        batch = np.stack(variants)  # type: ignore[arg-type]
+    tensor, _ = policy.obs_to_tensor(batch)
+    _, patches = policy.encode(tensor)
+    features, _ = policy.memory_net.rerun(memory.select([0] * len(variants)))
+    latent_pi, _ = policy.mlp_extractor(policy.read(features, patches))
+    actions = policy._get_action_dist_from_latent(latent_pi).get_actions(deterministic=True).cpu().numpy()
+    flips = [changed(action, actions[0], getattr(policy, "action_space", None)) for action in actions[1:]]
+    mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
+    return _decision(flips, top, other, mass)
+
+
 __all__ = [
     "Decision",
     "PATCH_MASK",
@@ -257,6 +293,7 @@ __all__ = [
     "Faithfulness",
     "deterministic_flips",
     "history_decision",
+    "look_decision",
     "mask_patch",
     "mask_step",
     "memory_actions",

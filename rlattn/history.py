@@ -53,16 +53,26 @@ def image_steps(space: spaces.Space) -> bool:
     return is_image_space(spaces.Box(space.low[0], space.high[0], dtype=space.dtype), check_channels=False)
 
 
+def uint8_steps(space: spaces.Space) -> bool:
+    """Whether a history entry holds uint8 steps, which ``HistoryObservation`` keeps uint8 (pixels and
+    flags, scaled by the extractors) where it makes every other integer or bool step float32."""
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8
+
+
 def raw_uint8(x: Tensor, key: str) -> Tensor:
     """``x``, the batch of a uint8 history entry, checked to hold the whole numbers 0..255 its space
-    allows: ``VecNormalize`` keeps a uint8 space's dtype (it makes only images float32), so SB3 would
-    store normalised values as uint8 and train on wrapped numbers. A one-line ValueError naming the fix."""
+    allows: ``VecNormalize`` keeps a uint8 space's dtype (it makes only images float32), so SB3's rollout
+    buffer would store normalised values as uint8 and train on wrapped numbers. A one-line ValueError
+    naming the fix."""
+    if not x.is_floating_point():  # as the env made it
+        return x
     wrong = (x < 0) | (x > 255) | (x != x.floor())
     if bool(wrong.any()):
         value = float(x[wrong][0])
         raise ValueError(
             f"history key {key!r} holds {value:.4g} where its space is uint8: allowed are whole numbers 0..255 "
-            f"(with VecNormalize, leave {key!r} out of norm_obs_keys: the extractor scales uint8 values itself)"
+            f"(with VecNormalize, leave {key!r} out of norm_obs_keys, the extractor scales uint8 values itself; "
+            "or normalise with rlattn.HistoryNormalize, which makes it float32)"
         )
     return x
 
@@ -78,7 +88,8 @@ def valid_steps(observations: dict[str, Tensor]) -> Tensor:
     if other.numel():
         raise ValueError(
             f"HistoryObservation's 'valid' mask holds {other[0].item():.4g}: allowed are 0 "
-            "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']))"
+            "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']), "
+            "or use rlattn.HistoryNormalize(venv))"
         )
     valid = mask > 0.5  # a fresh tensor
     valid[:, -1] = True

@@ -15,7 +15,16 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from rlattn.blocks import KeepsOwnInit, TransformerBlock, init_linear, sinusoidal_table
-from rlattn.history import STEP_KEYS, first_kept, history_length, pixel_scale, step_size, valid_steps
+from rlattn.history import (
+    STEP_KEYS,
+    first_kept,
+    history_length,
+    pixel_scale,
+    raw_uint8,
+    step_size,
+    uint8_steps,
+    valid_steps,
+)
 from rlattn.patches import (
     IMAGE_READOUTS,
     PatchEncoder,
@@ -170,6 +179,7 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         super().__init__(observation_space, self.pointer_size + features_dim)
         self.history_length = K
         self.scale = pixel_scale(frames)
+        self.frames_uint8 = uint8_steps(frames)
         self.extra_keys = [key for key in STEP_KEYS[1:] if key in observation_space.spaces]
         extra = sum(step_size(observation_space[key]) for key in self.extra_keys)
         self.extra = nn.Linear(extra, embed_dim) if extra else None
@@ -194,6 +204,8 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         start = first_kept(valid)  # slots that are padding everywhere: never computed
         valid = valid[:, start:]
         frames = observations["obs"][:, start:]
+        if self.frames_uint8 and not torch.is_grad_enabled():  # rollouts see what VecNormalize made
+            raw_uint8(frames, "obs")
         B, K = valid.shape
         which = valid.flatten().nonzero().squeeze(1)
         patches = self.encoder(frames.flatten(0, 1)[which].float() * self.scale)  # (M, N, E)

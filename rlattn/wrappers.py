@@ -148,8 +148,16 @@ def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     - a channel-last image (H, W, C) channel-first (C, H, W), as SB3 moves a single image's channels
       (it never looks inside a history);
     - a 2-D uint8 0..255 step (a frame without a channel axis) flattened: K of them stacked would be
-      one (K, H, W) image to SB3, which would move its axes.
+      one (K, H, W) image to SB3, which would move its axes;
+    - integer and bool steps other than uint8 as float32 (float64 beyond 2**24), values unchanged: SB3's rollout buffer keeps
+      a space's dtype, so under ``VecNormalize`` it would cut their normalised values to whole numbers
+      (uint8 stays compact and is scaled by the extractors).
     """
+    if np.dtype(space.dtype).kind in "iub" and space.dtype != np.uint8:
+        # float32 holds every integer up to 2**24 exactly; wider ranges take float64 to stay unchanged
+        wide = max(float(np.max(np.abs(space.low))), float(np.max(np.abs(space.high)))) > 2**24
+        dtype = np.float64 if wide else np.float32
+        space = spaces.Box(space.low.astype(dtype), space.high.astype(dtype), space.shape, dtype)
     if space.shape == ():
         return (lambda x: np.asarray(x, dtype=space.dtype).reshape(1)), spaces.Box(
             space.low.reshape(1), space.high.reshape(1), (1,), space.dtype

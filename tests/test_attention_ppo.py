@@ -315,6 +315,19 @@ def test_predict_asks_for_rewards_when_steps_hold_them():
     assert state.extras[0, -1] == 0.0  # the reward was used for this step; the next one's is not known yet
 
 
+def test_learn_refuses_an_eval_callback_that_could_not_pass_rewards_before_training(tmp_path):
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
+
+    model = small_model(tmaze(), include_reward=True)
+    nested = [CallbackList([CheckpointCallback(10**6, str(tmp_path)), EvalCallback(tmaze(), eval_freq=8)])]
+    for callback in (EvalCallback(tmaze(), eval_freq=8), nested):
+        with pytest.raises(ValueError, match="EvalCallback cannot evaluate an AttentionPPO with include_reward=True"):
+            model.learn(16, callback=callback)
+        assert model.num_timesteps == 0  # refused before any step
+    model.learn(16, callback=CheckpointCallback(10**6, str(tmp_path)))  # other callbacks are fine
+    small_model(tmaze()).learn(16, callback=EvalCallback(tmaze(), eval_freq=8, n_eval_episodes=1))
+
+
 def test_predict_refuses_a_reset_tuple_in_one_line():
     model = small_model(tmaze())
     with pytest.raises(ValueError, match=r"predict got a tuple \(observation, info\), as a gymnasium env's reset"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.build import resolve
+from agents.build import build_model, make_vec, resolve
 from agents.cli import config_from_args, main
 from agents.config import TrainConfig
 from agents.runfolder import new_run_folder
@@ -71,6 +71,10 @@ def test_tiny_run_writes_the_zoo_layout_and_tensorboard(tmp_path):
         assert tag in scalars, tag
     mass = [e.value for e in events.Scalars("attention/target_mass")]
     assert len(mass) == 2 and all(0.0 <= m <= 1.0 for m in mass)
+    result = json.loads((run / "result.json").read_text())["evaluation"]
+    (final,) = events.Scalars("eval/final_success_rate")  # the final evaluation, as the last line says
+    assert final.step == 512 and final.value == pytest.approx(result["success_rate"])
+    assert events.Scalars("eval/final_mean_reward")[0].value == pytest.approx(result["mean_return"])
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     heatmap = events.Images("attention/heatmap")
     assert len(heatmap) == 2 and heatmap[-1].width > 0 and heatmap[-1].height > 0
@@ -240,6 +244,14 @@ BAD_INPUTS = [
     (["-params", "stats_window_size:-1"], "-params stats_window_size=-1 is invalid"),
     (["-params", "sde_sample_freq:'x'"], "-params sde_sample_freq='x' is invalid"),
     (["-params", "policy_kwargs:{'foo':1}"], "foo"),
+    (
+        ["-params", "policy_kwargs:{'features_extractor_kwargs':{'d_model':8}}"],
+        "features_extractor_kwargs key 'd_model' is not accepted by ppo with --extractor attention: allowed are",
+    ),
+    (["-params", "policy_kwargs:{'features_extractor_kwargs':[8]}"], "features_extractor_kwargs=[8] is invalid"),
+    (["-params", "policy_kwargs:{'features_extractor_class':'X'}"], "features_extractor_class='X' is invalid"),
+    (["--algo", "dqn", "-params", "train_freq:(2,'steps')"], "train_freq=(2, 'steps') is invalid: must be an integer"),
+    (["--algo", "dqn", "-params", "train_freq:(0,'step')"], "train_freq=(0, 'step') is invalid"),
     (["--env", "FrozenLake-v1", "--env-kwargs", "map_name:'9x9'"], "--env-kwargs for FrozenLake-v1: KeyError"),
     (["-f", "{tmp}/fileinside"], "is a file, not a folder"),
     (["-tb", "{tmp}/fileinside"], "-tb"),
@@ -462,24 +474,27 @@ def test_runs_started_together_get_their_own_folders(tmp_path, monkeypatch):
     assert first.name == "rlattn-TMaze-v0_1" and second.name == "rlattn-TMaze-v0_2" and len(calls) == 2
 
 
+TAB = ["rollout/ep_rew_mean", "eval/mean_reward", "eval/success_rate"]
+FINAL = ["eval/final_mean_reward", "eval/final_success_rate"]
+
+
 @pytest.mark.parametrize(
-    ("env", "eval_freq", "expected"),
+    ("env", "algo", "extractor", "eval_freq", "expected"),
     [
-        (
-            "rlattn/TMaze-v0",
-            100,
-            ["rollout/ep_rew_mean", "eval/mean_reward", "eval/success_rate", "attention/target_mass"],
-        ),
-        ("CartPole-v1", 100, ["rollout/ep_rew_mean", "eval/mean_reward"]),
-        ("CartPole-v1", -1, ["rollout/ep_rew_mean"]),
+        ("rlattn/TMaze-v0", "ppo", "attention", 100, [*TAB, "attention/target_mass", *FINAL]),
+        ("CartPole-v1", "ppo", "attention", 100, ["rollout/ep_rew_mean", "eval/mean_reward", FINAL[0]]),
+        ("CartPole-v1", "ppo", "attention", -1, ["rollout/ep_rew_mean", FINAL[0]]),
+        ("rlattn/VisualSearch-v0", "ppo", "patch-attention", 100, [*TAB, "attention/target_mass", *FINAL]),
+        ("rlattn/VisualSearch-v0", "ppo_attention", "patch-attention", 100, [*TAB, "attention/target_mass", *FINAL]),
+        ("rlattn/VisualSearch-v0", "ppo_attention", "cnn", 100, [*TAB, *FINAL]),  # no readout over patches
     ],
 )
-def test_hparams_tab_links_only_the_metrics_the_run_logs(tmp_path, env, eval_freq, expected):
+def test_hparams_tab_links_only_the_metrics_the_run_logs(tmp_path, env, algo, extractor, eval_freq, expected):
     """An env without is_success or an attention target gets no column that would stay empty."""
     from agents.build import make_vec
     from agents.callbacks import HParamCallback, run_callbacks
 
-    plan = resolve(TrainConfig(env=env, extractor="attention", eval_freq=eval_freq, verbose=0))
+    plan = resolve(TrainConfig(env=env, algo=algo, extractor=extractor, eval_freq=eval_freq, verbose=0))
     eval_env = make_vec(plan, 1, 0, evaluation=True)
     try:
         callbacks = run_callbacks(plan, tmp_path, eval_env, resumed=False)
@@ -612,6 +627,40 @@ def test_whole_number_floats_for_integer_keywords_are_integers():
     )
     assert plan.algo_kwargs["n_steps"] == 64 and type(plan.algo_kwargs["n_steps"]) is int
     assert type(plan.algo_kwargs["stats_window_size"]) is int
+
+
+def test_extractor_keywords_inside_policy_kwargs_reach_the_extractor():
+    """build.py sets ``features_extractor_kwargs`` from the plan: keywords given inside ``policy_kwargs``
+    must land in the plan's extractor keywords, not be overwritten."""
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"embed_dim": 24}, "net_arch": [32]}}
+    plan = resolve(TrainConfig(env="rlattn/TMaze-v0", hyperparams=given, verbose=0))
+    assert plan.extractor_kwargs["embed_dim"] == 24
+    assert plan.policy_kwargs == {"net_arch": [32]}
+
+
+def test_policy_kwargs_of_an_algorithm_with_its_own_extractors_are_handed_on_as_given():
+    """ppo_attention and ppo_lstm set no features_extractor_kwargs of their own: the user's reach the
+    frame encoder (here the CNN) untouched, not the memory."""
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"features_dim": 128}}}
+    for algo in ("ppo_attention", "ppo_lstm"):
+        cfg = TrainConfig(env="rlattn/VisualSearch-v0", algo=algo, extractor="cnn", hyperparams=given, verbose=0)
+        plan = resolve(cfg)
+        assert plan.policy_kwargs["features_extractor_kwargs"] == {"features_dim": 128}
+        assert plan.extractor_kwargs.get("features_dim") != 128
+    given = {"policy_kwargs": {"features_extractor_kwargs": {"look_dim": 16}}}  # over the encoder's own keywords
+    cfg = TrainConfig(
+        env="rlattn/VisualSearch-v0", algo="ppo_attention", extractor="patch-attention", hyperparams=given
+    )
+    plan = resolve(cfg)
+    model = build_model(plan, make_vec(plan, 1, 0))
+    assert model.policy.features_extractor.look_dim == 16
+    assert model.policy_kwargs["features_extractor_kwargs"]["patch_size"] == plan.extractor_kwargs["patch_size"]
+
+
+def test_sb3s_tuple_form_of_train_freq_is_accepted():
+    for given in ((2, "episode"), [2, "episode"]):
+        plan = resolve(TrainConfig(env="rlattn/TMaze-v0", algo="dqn", hyperparams={"train_freq": given}, verbose=0))
+        assert plan.algo_kwargs["train_freq"] == (2, "episode")  # a tuple: SB3 refuses a list
 
 
 def test_a_copied_runs_resume_leaves_the_originals_tensorboard_alone(tmp_path):

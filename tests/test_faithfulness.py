@@ -8,6 +8,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -19,6 +20,7 @@ from rlattn.faithfulness import (
     Faithfulness,
     background_patch,
     history_decision,
+    look_decision,
     mask_patch,
     mask_step,
     memory_actions,
@@ -280,3 +282,37 @@ def test_on_a_noisy_display_a_masked_patch_becomes_background_noise_not_a_dark_s
     weights_on_background.reshape(-1)[empty] = 0.5
     skipped = patch_decision(picker, frame, weights_on_background, cell, None, np.random.default_rng(seed))
     assert skipped.top_flip is None  # the background patch itself: nothing to mask, not counted
+
+
+def test_a_look_after_the_memory_is_scored_on_the_frame_it_reads(tmp_path):
+    """An episodic memory with a look on one-step searches: entropy, flips and target mass are the
+    look's over the frame's patches (the memory holds one step: its entropy is always 0), the overlay is
+    the picture, and the unmasked decision is the predicted one."""
+    env = gym.make("rlattn/VisualSearch-v0", image_size=16, grid=4, set_size=3)
+    frames = {"features_extractor_kwargs": {"patch_size": 4, "embed_dim": 16, "n_heads": 2}}
+    model = AttentionPPO("PatchPolicy", env, memory=4, n_steps=16, seed=0, policy_kwargs=frames)
+    with torch.no_grad():  # a look that depends on the frame: a random query rather than the zero one
+        model.policy.look_net.look.pool.query.normal_()
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        action, state = model.predict(obs[None], deterministic=True)
+        weights = model.policy.look_maps(state)[0].mean(0).cpu().numpy()
+        decision = look_decision(model.policy, state, obs, weights, None, rng)
+        assert decision.top_flip is not None or decision.random_flip is not None
+        empty, _ = background_patch(obs, *weights.shape, 4)
+        on_background = np.zeros_like(weights)
+        on_background.flat[empty] = 1.0  # the most attended patch is the background: masking it is not counted
+        assert look_decision(model.policy, state, obs, on_background, None, rng).top_flip is None
+    attention = AttentionLoggingCallback(
+        DummyVecEnv([lambda: gym.make("rlattn/VisualSearch-v0", image_size=16, grid=4, set_size=3)] * 2),
+        n_episodes=4,
+        target_key="target_box",
+    )
+    model.set_logger(configure(str(tmp_path), ["tensorboard"]))
+    attention.init_callback(model)
+    measured = attention.measure()
+    assert measured is not None and measured.image_key == "attention/overlay" and not measured.extra_images
+    assert measured.entropy > 0.0  # over the patches, not the one-step memory
+    assert measured.faithfulness.record()["top_n"] + measured.faithfulness.record()["random_n"] > 0
+    assert measured.faithfulness.target_mass is not None

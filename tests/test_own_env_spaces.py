@@ -12,6 +12,7 @@ import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -23,6 +24,7 @@ from rlattn import (
     ChannelFirst,
     HistoryAttentionExtractor,
     HistoryFlattenExtractor,
+    HistoryNormalize,
     HistoryObservation,
     PatchAttentionExtractor,
     SpatioTemporalAttentionExtractor,
@@ -177,6 +179,53 @@ def test_a_normalised_valid_mask_is_one_line_naming_the_fix():
     model.learn(32)
 
 
+def test_history_normalize_keeps_one_steps_statistics_for_every_slot(tmp_path):
+    """Statistics of one step, from the steps the env returned, as VecNormalize on the env alone keeps
+    them; every slot normalised by them; padding 0; uint8 steps become float32 for SB3's buffer."""
+    space = spaces.Box(0, 50, (3,), np.uint8)
+    history = HistoryNormalize(make_vec_env(lambda: HistoryObservation(Steps(space, horizon=9), 5), n_envs=2))
+    alone = VecNormalize(make_vec_env(lambda: Steps(space, horizon=9), n_envs=2))
+    assert (
+        history.observation_space["obs"].dtype == np.float32 and history.venv.observation_space["obs"].dtype == np.uint8
+    )
+    obs, _ = history.reset(), alone.reset()
+    for _ in range(20):
+        obs = history.step(np.zeros(2, dtype=np.int64))[0]
+        alone.step(np.zeros(2, dtype=np.int64))
+    rms = history.obs_rms["obs"]
+    assert rms.mean.shape == (3,) and rms.count == alone.obs_rms.count
+    np.testing.assert_allclose(rms.mean, alone.obs_rms.mean)
+    np.testing.assert_allclose(rms.var, alone.obs_rms.var)
+    raw = history.get_original_obs()
+    for env in range(2):  # the same raw value gets the same normalised value in every slot it sits in
+        valid = raw["valid"][env] > 0.5
+        expected = (raw["obs"][env] - rms.mean) / np.sqrt(rms.var + history.epsilon)
+        np.testing.assert_allclose(obs["obs"][env][valid], expected[valid], rtol=1e-5)
+        assert (obs["obs"][env][~valid] == 0).all()
+    assert (raw["valid"] < 0.5).any()  # some padding was there to zero
+    policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL}
+    model = PPO("MultiInputPolicy", history, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
+    evaluation = HistoryNormalize(make_vec_env(lambda: HistoryObservation(Steps(space, horizon=9), 5)), training=False)
+    model.learn(32, callback=EvalCallback(evaluation, eval_freq=8, n_eval_episodes=1, verbose=0))
+    np.testing.assert_allclose(evaluation.obs_rms["obs"].mean, history.obs_rms["obs"].mean)  # synced by SB3
+    assert model.rollout_buffer.observations["obs"].dtype == np.float32
+    history.save(str(tmp_path / "stats.pkl"))
+    loaded = HistoryNormalize.load(
+        str(tmp_path / "stats.pkl"), make_vec_env(lambda: HistoryObservation(Steps(space), 5))
+    )
+    assert isinstance(loaded, HistoryNormalize) and isinstance(loaded.obs_rms["obs"], type(rms))
+    np.testing.assert_allclose(loaded.obs_rms["obs"].var, rms.var)
+
+
+def test_history_normalize_refuses_what_it_cannot_normalise():
+    make = lambda: HistoryObservation(Steps(spaces.Box(0, 9, (2,), np.float32)), 4)  # noqa: E731
+    for key in ("valid", "reward"):
+        with pytest.raises(ValueError, match=f"norm_obs_keys entry '{key}' is invalid: allowed are obs$"):
+            HistoryNormalize(make_vec_env(make), norm_obs_keys=[key])
+    with pytest.raises(ValueError, match="wraps a VecEnv of HistoryObservation envs"):
+        HistoryNormalize(make_vec_env(lambda: Steps(spaces.Box(0, 9, (2,), np.float32))))
+
+
 def test_a_normalised_uint8_history_is_one_line_naming_the_key():
     """VecNormalize keeps a uint8 space uint8, so SB3's buffer would store its normalised values as
     wrapped uint8 numbers: refused at the first normalised rollout step, not trained on."""
@@ -192,6 +241,40 @@ def test_a_normalised_uint8_history_is_one_line_naming_the_key():
     PPO("MultiInputPolicy", make_vec_env(make, n_envs=2), n_steps=8, batch_size=8, policy_kwargs=policy_kwargs).learn(
         16
     )
+
+
+def test_a_normalised_image_history_is_one_line_naming_the_key():
+    """A history of frames is 4-D, so SB3 does not take it for an image and VecNormalize keeps it uint8:
+    the image-history extractor refuses normalised frames as the vector one refuses uint8 vectors."""
+    make = lambda: HistoryObservation(Steps(spaces.Box(0, 255, (16, 16, 3), np.uint8)), 3)  # noqa: E731
+    venv = VecNormalize(make_vec_env(make, n_envs=2), norm_obs_keys=["obs"])
+    kwargs = {"patch_size": 8, "embed_dim": 16, "n_heads": 2}
+    policy_kwargs = {"features_extractor_class": SpatioTemporalAttentionExtractor, "features_extractor_kwargs": kwargs}
+    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
+    with pytest.raises(ValueError, match=r"history key 'obs' holds -?\d.* where its space is uint8: allowed") as error:
+        model.learn(16)
+    assert len(str(error.value).splitlines()) == 1 and "norm_obs_keys" in str(error.value)
+    PPO("MultiInputPolicy", make_vec_env(make, n_envs=2), n_steps=8, batch_size=8, policy_kwargs=policy_kwargs).learn(
+        16
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int16, np.bool_])
+def test_integer_and_bool_steps_are_float32_in_a_history_so_they_can_be_normalised(dtype):
+    """SB3's rollout buffer keeps a space's dtype: an integer history under VecNormalize had its
+    normalised values cut to whole numbers. The history holds them as float32, values unchanged."""
+    space = spaces.Box(0, 1 if dtype is np.bool_ else 1000, (4,), dtype)
+    env = HistoryObservation(Steps(space), 3)
+    assert env.observation_space["obs"].dtype == np.float32
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(0)
+    np.testing.assert_array_equal(obs["obs"][-1], np.full(4, 1.0, np.float32))  # step 1's values
+    venv = VecNormalize(make_vec_env(lambda: HistoryObservation(Steps(space), 3), n_envs=2), norm_obs_keys=["obs"])
+    policy_kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": SMALL}
+    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs, device="cpu")
+    model.learn(16)
+    stored = model.rollout_buffer.observations["obs"]
+    assert stored.dtype == np.float32 and (stored != np.round(stored)).any()  # normalised values kept
 
 
 @pytest.mark.parametrize("extractor", [HistoryAttentionExtractor, HistoryFlattenExtractor])
@@ -467,6 +550,20 @@ def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
     preflight(resolve(config_from_args([*args, "buffer_size:1000"])))
     short = resolve(config_from_args([*args[:-3], "-n", "1000", "-params", "buffer_size:1000000000000"]))
     preflight(short)  # a buffer larger than the run's steps holds only those
+
+
+def test_a_rollout_larger_than_the_memory_is_one_line_before_training():
+    from agents.build import resolve
+    from agents.cli import config_from_args
+    from agents.config import ConfigError
+    from agents.plan import preflight
+
+    env_id = register("Vector", spaces.Box(0, 9, (2,), np.float32))
+    args = ["--env", env_id, "--extractor", "attention", "--history", "1000", "--n-envs", "1000", "-params"]
+    # 10**8 steps x 1,000 envs of a (1000, 2) history and its mask: 12 KB each, about 1.1 PiB
+    with pytest.raises(ConfigError, match=r"rollout of 100,000,000 steps x 1000 envs, observations of 12,000 bytes"):
+        preflight(resolve(config_from_args([*args, "n_steps:100000000", "batch_size:100"])))
+    preflight(resolve(config_from_args([*args, "n_steps:8", "batch_size:100"])))
 
 
 def test_errors_while_importing_the_users_module_are_one_line_naming_the_cause(tmp_path):

@@ -413,3 +413,24 @@ def test_keeping_the_progress_log_never_overwrites_one_and_drops_empty_ones(tmp_
     keep_progress(tmp_path, 256)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["progress_until_256.csv", "progress_until_256_2.csv"]
     assert (tmp_path / "progress_until_256.csv").read_text().endswith("256\n")
+
+
+class Slow(BaseCallback):
+    """Stands in for an evaluation: time in a callback, not in training."""
+
+    def _on_step(self) -> bool:
+        time.sleep(0.01)
+        return True
+
+
+def test_steps_per_second_counts_training_alone_and_the_result_keeps_the_rest(tmp_path):
+    cfg = config_from_args(
+        ["--env-kwargs", "corridor_length:3", "--extractor", "mlp", "-n", "256", "--n-envs", "2", "--eval-freq", "-1"]
+        + ["-params", "n_steps:64", "batch_size:64", "-f", str(tmp_path), "--verbose", "0"]
+    )
+    run = train(cfg, extra_callbacks=[Slow()])
+    result = json.loads((run.folder / "result.json").read_text())
+    assert result["outside_training_seconds"] >= 128 * 0.01  # 128 callback steps of 2 envs, 10 ms each
+    training = result["wall_seconds"] - result["outside_training_seconds"]
+    assert result["steps_per_second"] == pytest.approx(256 / training, rel=1e-6)
+    assert run.steps_per_second == result["steps_per_second"]

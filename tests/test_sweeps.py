@@ -279,7 +279,7 @@ def test_a_cell_with_a_failed_seed_says_so_in_its_seeds_column_and_claims_no_ste
     assert third_party.row(cell)[3] == "2/3" and third_party.row(cell)[5] == "1.00 - 1.00"
     (whole,) = sweep.cells([runs[0], runs[2]], third_party.KEY_FIELDS)
     assert sweep.seeds_text(whole) == "2" and whole.steps is not None
-    assert sweep.steps_text(cell) == ("- (2/3 seeds ran)", "500 500")
+    assert sweep.steps_text(cell) == ("- (2/3 seeds ran)", "500 - 500")  # in seed order, as success
     assert sweep.steps_text(whole)[0].startswith("500 [500, 500]")
 
 
@@ -1014,6 +1014,22 @@ def test_iqm_and_its_interval_match_a_hand_computation():
     assert stats.steps_interval([40_000, None]) is None
     assert stats.steps_interval([40_000, 40_000], reps=100).steps() == "40,000 [40,000, 40,000]"
     assert stats.per_seed([40_000, None], steps=True) == "40,000 never"
+    assert str(stats.iqm_interval([0.5])) == "0.50 (1 seed)"  # no interval from one value
+    assert stats.steps_interval([40_000], reps=100).steps() == "40,000 (1 seed)"
+
+
+def test_the_bootstrap_interval_is_the_same_every_time_and_leaves_numpys_generator_alone():
+    """rliable resamples with numpy's global generator: the table and the plot of one cell, and two runs
+    of one command, must still print the same interval."""
+    values = [0.1, 0.5, 0.9, 0.3, 0.7]
+    np.random.seed(123)
+    first = stats.iqm_interval(values, reps=300)
+    after = np.random.random()
+    np.random.seed(7)
+    second = stats.iqm_interval(values, reps=300)
+    assert (first.low, first.high) == (second.low, second.high)
+    np.random.seed(123)
+    assert np.random.random() == after  # the caller's generator went on as if nothing had drawn from it
 
 
 def test_bad_sweep_input_is_one_line(capsys):
@@ -1039,6 +1055,14 @@ def test_bad_sweep_input_is_one_line(capsys):
     with pytest.raises(SystemExit):
         sweep.check_arguments(parser, parser.parse_args(["--seed", str(2**32 - 20_002), "--seeds", "3"]))
     assert "--seeds 3: the last seed must be <= 4294947295" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # tuned cells scored on the seed they were tuned on: biased upwards
+        sweep.check_arguments(parser, parser.parse_args(["--tune", "4", "--seeds", "3"]))
+    assert (
+        "--tune-seed 0 is invalid with --seed 0 --seeds 3: the tuned cells would be scored" in capsys.readouterr().err
+    )
+    fine = parser.parse_args(["--tune", "4", "--seed", "1", "--seeds", "3"])
+    fine.methods = ["mlp"]  # set by each sweep's own parser
+    sweep.check_arguments(parser, fine)
 
 
 @pytest.mark.parametrize(
@@ -1112,10 +1136,11 @@ def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only()
     """The speed column divides by the ppo_lstm cell of the same task, budget and tuning; without one it says '-'."""
     import third_party
 
-    def runs(task, method, speeds, tuned=False):
+    def runs(task, method, speeds, tuned=False, old=False):
         key = dict(task=task, method=method, budget=1000, tuned=tuned)
+        timed = {} if old else {"outside_training_s": 1.0}  # old: a record whose rate counted its evaluations
         return [
-            {**key, "seed": seed, "success": None, "score": 0.5, "best_score": 0.5, "steps_per_s": value}
+            {**key, "seed": seed, "success": None, "score": 0.5, "best_score": 0.5, "steps_per_s": value, **timed}
             for seed, value in enumerate(speeds)
         ]
 
@@ -1127,6 +1152,8 @@ def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only()
         + runs("MemoryS11", "ppo_lstm", [200.0])
         + runs("MemoryS11", "mlp", [300.0])
         + runs("RepeatPrevious", "mlp", [900.0])
+        + runs("Autoencode", "ppo_lstm", [100.0])
+        + runs("Autoencode", "mlp", [400.0], old=True)
     )
     table = third_party.Table(
         third_party.KEY_FIELDS, third_party.COLUMNS, "", third_party.row, None, third_party.speed_ratio
@@ -1134,11 +1161,13 @@ def test_third_party_rows_give_steps_per_s_over_ppo_lstm_on_the_same_task_only()
     rows = {(r[0], r[1]): r for r in table.rows(sweep.cells(records, third_party.KEY_FIELDS))}
     assert all(len(r) == len(third_party.COLUMNS) for r in rows.values())
     ratio = {cell: r[-1] for cell, r in rows.items()}
-    assert ratio[("MemoryS7", "ppo_attention")] == "4.0x"  # 2,400 over the mean of 500 and 700, not the tuned 100
+    # 2,400 over the steps over the seconds of 500 and 700 (583 = 2 / (1/500 + 1/700)), not the tuned 100
+    assert ratio[("MemoryS7", "ppo_attention")] == "4.1x" and rows[("MemoryS7", "ppo_lstm")][-2] == "583"
     assert ratio[("MemoryS7", "ppo_lstm")] == "1.0x"
     assert ratio[("MemoryS7", "ppo_attention, tuned")] == "3.0x"  # over the tuned ppo_lstm's 100
     assert ratio[("MemoryS11", "mlp")] == "1.5x"
     assert ratio[("RepeatPrevious", "mlp")] == "-"
+    assert rows[("Autoencode", "mlp")][-2:] == ["400*", "4.0x*"]  # a rate with evaluations in it is marked
 
 
 def test_a_preset_change_behind_the_same_arguments_gives_a_case_a_new_digest(monkeypatch):
@@ -1184,6 +1213,41 @@ def test_reuse_needs_the_same_arguments_and_saved_only_shows_what_was_saved(tmp_
     assert results.find(after.key, sweep.case_digest(after))["success"] == 1.0
     assert results.find(before.key, sweep.case_digest(before))["success"] == 0.0
     assert sweep.Results(tmp_path / "results.json").find(after.key, sweep.case_digest(after))["success"] == 1.0
+
+
+def test_saved_only_keeps_one_set_of_settings_per_cell(tmp_path, capsys):
+    """Seeds of one cell saved under other settings (a preset changed between them) leave the table: the
+    cell keeps the settings this command names where a seed has them, else its latest ones."""
+    cases = tiny_cases(seeds=(0, 1, 2))
+    args = sweep_args(tmp_path)
+    args.saved_only = True
+    results = sweep.Results(args.results)
+    record = {"success": 1.0, "steps_to_095": 64, "steps_per_s": 100, "outside_training_s": 0.0}
+    for case in cases:  # the settings this command runs: digest and settings digest of the case
+        results.add(
+            {**case.key, **record, "digest": sweep.case_digest(case), "settings_digest": sweep.settings_digest(case)}
+        )
+    results.add({**cases[2].key, **record, "success": 0.0, "digest": "other", "settings_digest": "other"})
+    records = sweep.run_cases(cases, args)
+    assert [r["success"] for r in records] == [1.0, 1.0, 1.0]  # the seed rerun elsewhere shows its own settings' run
+    stale = tmp_path / "stale.json"
+    args.results = stale
+    results = sweep.Results(stale)
+    for case in cases:
+        digest = "old" if case.key["seed"] < 2 else "new"  # saved under settings this command no longer names
+        results.add(
+            {**case.key, **record, "success": float(case.key["seed"]), "digest": digest, "settings_digest": digest}
+        )
+    records = sweep.run_cases(cases, args)
+    assert [r["seed"] for r in records] == [2]  # the latest settings keep the cell
+    assert "2 saved runs were made with other settings than the rest of their cell" in capsys.readouterr().out
+    older = tmp_path / "older.json"  # seeds 0 and 1 saved before records had a settings digest: kept
+    args.results = older
+    results = sweep.Results(older)
+    for case in cases:
+        digests = {"settings_digest": "new"} if case.key["seed"] == 2 else {}
+        results.add({**case.key, **record, "digest": sweep.case_digest(case), **digests})
+    assert [r["seed"] for r in sweep.run_cases(cases, args)] == [0, 1, 2]
 
 
 def test_routing_benchmark_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
