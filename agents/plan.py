@@ -474,12 +474,18 @@ def preflight(plan: RunPlan) -> None:
         probe.close()
 
 
+def _algo_value(plan: RunPlan, key: str) -> Any:
+    """An algorithm keyword as the run uses it: the plan's, else the algorithm's default."""
+    cls = plan.algo_entry.cls
+    return plan.algo_kwargs.get(key, inspect.signature(cls.__init__).parameters[key].default)
+
+
 def _warn_short_budget(plan: RunPlan) -> None:
     """An on-policy run collects whole rollouts: ``-n`` below one (n_steps x n_envs) trains that many anyway."""
     cls = plan.algo_entry.cls
     if not issubclass(cls, OnPolicyAlgorithm):
         return
-    n_steps = int(plan.algo_kwargs.get("n_steps", inspect.signature(cls.__init__).parameters["n_steps"].default))
+    n_steps = int(_algo_value(plan, "n_steps"))
     rollout = n_steps * plan.n_envs
     if plan.n_timesteps < rollout:
         warnings.warn(
@@ -522,7 +528,7 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
     cls = plan.algo_entry.cls
     if not issubclass(cls, OffPolicyAlgorithm):
         return
-    buffer = int(plan.algo_kwargs.get("buffer_size", inspect.signature(cls.__init__).parameters["buffer_size"].default))
+    buffer = int(_algo_value(plan, "buffer_size"))
     size = min(buffer, plan.n_timesteps)
     one = _step_bytes(policy_space(plan, probe))
     copies = 1 if plan.algo_kwargs.get("optimize_memory_usage", False) else 2
@@ -548,7 +554,7 @@ def _check_rollout_memory(plan: RunPlan, probe: gym.Env) -> None:
     cls = plan.algo_entry.cls
     if not issubclass(cls, OnPolicyAlgorithm):
         return
-    n_steps = int(plan.algo_kwargs.get("n_steps", inspect.signature(cls.__init__).parameters["n_steps"].default))
+    n_steps = int(_algo_value(plan, "n_steps"))
     one = _step_bytes(policy_space(plan, probe))
     needed, available = 2 * n_steps * plan.n_envs * one, available_memory()
     if available is not None and needed > available:

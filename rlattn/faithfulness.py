@@ -113,13 +113,16 @@ def pick(weights: np.ndarray, top_from: np.ndarray, other_from: np.ndarray, rng:
 def deterministic_flips(policy: BasePolicy, original: Observation, masked: list[Observation]) -> list[bool | None]:
     """Whether each masked observation's deterministic action differs from the original's (one batch;
     None for continuous actions: see :func:`changed`)."""
-    variants = [original, *masked]
-    if isinstance(original, dict):
-        batch: Observation = {key: np.stack([v[key] for v in variants]) for key in original}  # type: ignore[index]
-    else:
-        batch = np.stack(variants)  # type: ignore[arg-type]
-    actions, _ = policy.predict(batch, deterministic=True)
+    actions, _ = policy.predict(_batch([original, *masked]), deterministic=True)
     return [changed(action, actions[0], getattr(policy, "action_space", None)) for action in actions[1:]]
+
+
+def _batch(variants: list[Observation]) -> Observation:
+    """Observations of one env stacked into a batch (a dict of stacked arrays for a dict)."""
+    first = variants[0]
+    if isinstance(first, dict):
+        return {key: np.stack([v[key] for v in variants]) for key in first}  # type: ignore[index]
+    return np.stack(variants)  # type: ignore[arg-type]
 
 
 def changed(action: np.ndarray, original: np.ndarray, space: spaces.Space | None) -> bool | None:
@@ -204,6 +207,16 @@ def patch_decision(
     rng: np.random.Generator,
 ) -> Decision:
     """Score one decision on a frame: ``weights`` (rows, cols) the readout's attention, mean over heads."""
+    top, other, masked = _patch_masks(obs, weights, patch_size, rng)
+    mass = box_mass(weights, newest_frame(obs).shape[-2:], box) if box is not None else None
+    return _decision(deterministic_flips(policy, obs, masked), top, other, mass)
+
+
+def _patch_masks(
+    obs: Observation, weights: np.ndarray, patch_size: int, rng: np.random.Generator
+) -> tuple[int | None, int | None, list[Observation]]:
+    """(the most-attended patch, a random other one, the observation with each masked): a patch is masked
+    with the frame's emptiest patch; a most-attended patch that is that background is not counted."""
     frame = newest_frame(obs)
     rows, cols = weights.shape
     blocks = patch_grid(frame, rows, cols, patch_size)
@@ -212,9 +225,7 @@ def patch_decision(
     top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), differs, rng)
     if top is not None and not differs[top]:
         top = None  # the background itself is the most attended: masking it would change nothing, not counted
-    masked = [mask_patch(obs, p, patch_size, cols, fill) for p in (top, other) if p is not None]
-    mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
-    return _decision(deterministic_flips(policy, obs, masked), top, other, mass)
+    return top, other, [mask_patch(obs, p, patch_size, cols, fill) for p in (top, other) if p is not None]
 
 
 @torch.no_grad()
@@ -262,27 +273,14 @@ def look_decision(
     """Score the look an episodic memory makes after it, over the frame acted on: ``weights`` (rows, cols)
     its attention, mean over heads. A patch is masked as :func:`patch_decision` masks it, in the frame
     the look reads; the memory (its encoding of this step too) stays as it is, so a flip is the look's."""
-    frame = newest_frame(obs)
-    rows, cols = weights.shape
-    patch_size = policy.features_extractor.encoder.patch_size
-    blocks = patch_grid(frame, rows, cols, patch_size)
-    _, fill = _emptiest(blocks)
-    differs = (blocks != fill[:, None, :, None, :]).any(axis=(0, 2, 4)).reshape(-1)
-    top, other = pick(weights.reshape(-1), np.ones(rows * cols, bool), differs, rng)
-    if top is not None and not differs[top]:
-        top = None  # the background itself is the most attended: not counted, as for a frame's readout
-    variants = [obs, *(mask_patch(obs, p, patch_size, cols, fill) for p in (top, other) if p is not None)]
-    if isinstance(obs, dict):
-        batch: Observation = {key: np.stack([v[key] for v in variants]) for key in obs}  # type: ignore[index]
-    else:
-        batch = np.stack(variants)  # type: ignore[arg-type]
-    tensor, _ = policy.obs_to_tensor(batch)
+    top, other, masked = _patch_masks(obs, weights, policy.features_extractor.encoder.patch_size, rng)
+    tensor, _ = policy.obs_to_tensor(_batch([obs, *masked]))
     _, patches = policy.encode(tensor)
-    features, _ = policy.memory_net.rerun(memory.select([0] * len(variants)))
+    features, _ = policy.memory_net.rerun(memory.select([0] * (1 + len(masked))))
     latent_pi, _ = policy.mlp_extractor(policy.read(features, patches))
     actions = policy._get_action_dist_from_latent(latent_pi).get_actions(deterministic=True).cpu().numpy()
     flips = [changed(action, actions[0], getattr(policy, "action_space", None)) for action in actions[1:]]
-    mass = box_mass(weights, frame.shape[-2:], box) if box is not None else None
+    mass = box_mass(weights, newest_frame(obs).shape[-2:], box) if box is not None else None
     return _decision(flips, top, other, mass)
 
 
