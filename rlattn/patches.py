@@ -23,14 +23,27 @@ IMAGE_READOUTS = ("pool", "pointer", "summary")
 FRAME_READOUTS = ("max", "pool", "summary")
 
 
-def image_shape(space: spaces.Space, who: str) -> tuple[int, int, int]:
-    """(C, H, W) of a channel-first image Box; a one-line ValueError for anything else."""
+def image_shape(space: spaces.Space, who: str, what: str | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of a channel-first image Box; a one-line ValueError for anything else, ``what`` naming it
+    (default: the observation space).
+
+    A Box whose last axis is strictly its smallest is taken as channel-last, SB3's rule for images
+    (``is_image_space_channels_first``), and refused: SB3 moves the channels of uint8 images itself,
+    but not of float ones (a ``VecNormalize``'d image, a float frame), which would be read with the
+    height as channels and the channels as width."""
+    what = what or f"observation space {space}"
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         raise ValueError(
-            f"observation space {space} is not an image: {who} needs a channel-first (C, H, W) Box; "
+            f"{what} is not an image: {who} needs channel-first (C, H, W) images; "
             "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor"
         )
     C, H, W = (int(n) for n in space.shape)
+    if W < C and W < H:
+        raise ValueError(
+            f"{what} looks channel-last (its smallest axis, {W}, is the last): {who} reads channel-first "
+            "(C, H, W) images; move the channels first on the env (rlattn.ChannelFirst(env)) or with SB3's "
+            "VecTransposeImage before VecNormalize"
+        )
     return C, H, W
 
 

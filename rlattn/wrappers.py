@@ -16,17 +16,23 @@ from rlattn.validation import check_int
 Encoder = Callable[[Any], np.ndarray]
 
 
-def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray) -> tuple[Encoder, spaces.Box]:
+def _out_of_range(what: str, x: Any, low: np.ndarray, high: np.ndarray) -> ValueError:
+    """The one-line error for a value outside the integers its space allows."""
+    hint = " (SB3 acts with 0..n-1 whatever a Discrete action space's start)" if what == "action" else ""
+    return ValueError(
+        f"{what} value {np.asarray(x).tolist()} is outside its space: allowed are integers from {low.tolist()} "
+        f"to {high.tolist()}{hint}"
+    )
+
+
+def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray, what: str) -> tuple[Encoder, spaces.Box]:
     offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
     size = int(np.sum(nvec))
 
     def encode(x: Any) -> np.ndarray:
         codes = np.asarray(x, dtype=np.int64).reshape(-1) - start
         if np.any(codes < 0) or np.any(codes >= nvec):  # numpy would wrap a negative index silently
-            raise ValueError(
-                f"value {np.asarray(x).tolist()} is invalid: allowed are integers from {start.tolist()} to "
-                f"{(start + nvec - 1).tolist()} (SB3 acts with 0..n-1 whatever a Discrete action space's start)"
-            )
+            raise _out_of_range(what, x, start, start + nvec - 1)
         out = np.zeros(size, dtype=np.float32)
         out[offsets + codes] = 1.0
         return out
@@ -42,12 +48,16 @@ CODE_SIZE_MAX = 8192
 """... while the encoded leaf holds at most this many numbers (larger leaves, images, become values in [0, 1])"""
 
 
-def _binary_encoder(low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
-    """Each number (x - low) as its ``width`` bits, least significant first."""
+def _binary_encoder(low: np.ndarray, high: np.ndarray, width: int, what: str) -> tuple[Encoder, spaces.Box]:
+    """Each number (x - low) as its ``width`` bits, least significant first; a number outside low..high
+    is a one-line error (its bits would be another value's code)."""
     bits = np.left_shift(1, np.arange(width, dtype=np.int64))
+    span = high - low
 
     def encode(x: Any) -> np.ndarray:
         codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
+        if np.any(codes < 0) or np.any(codes > span):
+            raise _out_of_range(what, x, low, high)
         return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
 
     return encode, spaces.Box(0.0, 1.0, (low.size * width,), np.float32)
@@ -67,7 +77,7 @@ def coded_width(space: spaces.Box) -> int | None:
     return width if span.size * width <= CODE_SIZE_MAX else None
 
 
-def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
+def _flat_box(space: spaces.Box, what: str) -> tuple[Encoder, spaces.Box]:
     """A Box leaf as a float vector. Integer leaves are codes (MiniGrid's object, colour and state
     indices): one-hot where each number has at most ``CODE_ONE_HOT_MAX`` values, else each number's
     binary code (``CODE_BITS_MAX`` bits at most): each value its own pattern, not a magnitude (a key, 5,
@@ -79,9 +89,9 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     width = coded_width(space)
     first = np.asarray(space.low, dtype=np.int64).reshape(-1) if width is not None else np.zeros(0, np.int64)
     if width == 0:
-        return _one_hot_encoder(span.astype(np.int64) + 1, first)
+        return _one_hot_encoder(span.astype(np.int64) + 1, first, what)
     if width is not None:
-        return _binary_encoder(first, width)
+        return _binary_encoder(first, np.asarray(space.high, dtype=np.int64).reshape(-1), width, what)
     if np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX:
         # too many numbers to code (an image): magnitudes in [0, 1], as the extractors scale a uint8
         # step (pixels by 1/255), not 0..255 into a Linear layer
@@ -110,7 +120,9 @@ def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[E
     for key, leaf in items:
         leaf_what = f"{what} key {key!r}"
         try:
-            kept.append((key, *(_flat_box(leaf) if isinstance(leaf, spaces.Box) else step_encoder(leaf, leaf_what))))
+            kept.append(
+                (key, *(_flat_box(leaf, leaf_what) if isinstance(leaf, spaces.Box) else step_encoder(leaf, leaf_what)))
+            )
         except ValueError:  # text (a MiniGrid mission), graphs, sequences: no fixed-size numbers
             warnings.warn(
                 f"{leaf_what} ({type(leaf).__name__}) cannot be encoded as numbers and is dropped: "
@@ -133,7 +145,14 @@ def channel_last_image(space: gym.Space) -> bool:
 
 
 def _channel_first_space(space: spaces.Box) -> spaces.Box:
-    return spaces.Box(0, 255, (space.shape[2], space.shape[0], space.shape[1]), space.dtype)
+    """(H, W, C) -> (C, H, W), bounds moved with their values."""
+    return spaces.Box(_channels_first(space.low), _channels_first(space.high), dtype=space.dtype)
+
+
+def channel_last_frame(space: gym.Space) -> bool:
+    """A three-axis Box of any dtype whose last axis is strictly its smallest: channel-last by SB3's rule
+    for images (``is_image_space_channels_first``), which SB3 moves itself only for uint8 images."""
+    return isinstance(space, spaces.Box) and len(space.shape) == 3 and space.shape[2] < min(space.shape[:2])
 
 
 def _channels_first(image: Any) -> np.ndarray:
@@ -155,7 +174,8 @@ def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     """
     if np.dtype(space.dtype).kind in "iub" and space.dtype != np.uint8:
         # float32 holds every integer up to 2**24 exactly; wider ranges take float64 to stay unchanged
-        wide = max(float(np.max(np.abs(space.low))), float(np.max(np.abs(space.high)))) > 2**24
+        bounds = np.abs(np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in (space.low, space.high)]))
+        wide = float(np.max(bounds)) > 2**24  # float64 first: abs of an integer dtype's minimum overflows
         dtype = np.float64 if wide else np.float32
         space = spaces.Box(space.low.astype(dtype), space.high.astype(dtype), space.shape, dtype)
     if space.shape == ():
@@ -182,9 +202,9 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
     if isinstance(space, spaces.Box):
         return _box_step(space)
     if isinstance(space, spaces.Discrete):
-        return _one_hot_encoder(np.array([space.n]), np.array([space.start]))
+        return _one_hot_encoder(np.array([space.n]), np.array([space.start]), what)
     if isinstance(space, spaces.MultiDiscrete):
-        return _one_hot_encoder(space.nvec.reshape(-1), space.start.reshape(-1))
+        return _one_hot_encoder(space.nvec.reshape(-1), space.start.reshape(-1), what)
     if isinstance(space, spaces.MultiBinary):
         n = int(np.prod(space.shape))
         return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(0.0, 1.0, (n,), np.float32)
@@ -220,18 +240,20 @@ class FlatObservation(gym.ObservationWrapper):
 
 class ChannelFirst(gym.ObservationWrapper):
     """A channel-last image observation (H, W, C) as channel-first (C, H, W), the layout every image
-    extractor here (and SB3's CNN policies) reads. SB3 does this itself for a lone image
-    (``VecTransposeImage``), but not inside a history or a frame stack, and not for code that reads
-    the env's shape first (patch sizes): ``train.py`` applies it to every channel-last image env.
+    extractor here (and SB3's CNN policies) reads. SB3 does this itself for a lone uint8 image
+    (``VecTransposeImage``), but not inside a history or a frame stack, not for float images, and not
+    for code that reads the env's shape first (patch sizes): ``train.py`` applies it to every
+    channel-last image env.
 
-    :param env: an env whose observation is a uint8 0..255 image with its channels last.
+    :param env: an env whose observation is an image with its channels last: a uint8 0..255 image
+        whose channels SB3 would take as last, or a three-axis Box of any dtype whose last axis is its smallest.
     """
 
     def __init__(self, env: gym.Env):
-        if not channel_last_image(env.observation_space):
+        if not (channel_last_image(env.observation_space) or channel_last_frame(env.observation_space)):
             raise ValueError(
-                f"observation space {env.observation_space} is not supported by ChannelFirst: "
-                "allowed are uint8 0..255 images (H, W, C) with the channels last"
+                f"observation space {env.observation_space} is not supported by ChannelFirst: allowed are "
+                "images (H, W, C) with the channels last (uint8 0..255, or any Box whose last axis is its smallest)"
             )
         super().__init__(env)
         assert isinstance(env.observation_space, spaces.Box)
@@ -254,8 +276,9 @@ class HistoryObservation(gym.Wrapper):
 
     Observation: ``Dict(obs=(K, *step_shape), valid=(K,))``, newest step last. ``valid`` is 1 for real
     steps of the current episode and 0 for padding (which holds a fixed in-space filler); the newest
-    step is always valid. Box observations keep their dtype and shape, but for scalars (one number),
-    channel-last images (channels first) and 2-D uint8 frames (flat); Discrete and MultiDiscrete become
+    step is always valid. Box observations keep their shape, but for scalars (one number), channel-last
+    images (channels first) and 2-D uint8 frames (flat), and their dtype, but for integer and bool steps
+    other than uint8 (float32, or float64 where a bound passes 2**24; values unchanged); Discrete and MultiDiscrete become
     one-hot float vectors, MultiBinary a float vector, Dict and Tuple one float vector of their leaves
     (see :func:`step_encoder`).
 

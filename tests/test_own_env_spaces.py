@@ -108,6 +108,51 @@ def test_channel_first_wrapper_and_make_env():
         ChannelFirst(Steps(spaces.Box(0, 255, (3, 12, 16), np.uint8)))
 
 
+def test_a_channel_last_image_sb3_does_not_move_is_refused_until_its_channels_come_first():
+    """SB3 moves a uint8 image's channels but not a float image's (VecNormalize makes images float32):
+    (16, 16, 4) was read as 16 channels of 16 x 4, silently."""
+    venv = VecNormalize(make_vec_env(lambda: Steps(spaces.Box(0, 255, (16, 16, 4), np.uint8)), n_envs=2))
+    assert venv.observation_space.shape == (16, 16, 4) and venv.observation_space.dtype == np.float32
+    kwargs = {
+        "features_extractor_class": PatchAttentionExtractor,
+        "features_extractor_kwargs": {**SMALL, "patch_size": 4},
+    }
+    with pytest.raises(
+        ValueError, match=r"\(16, 16, 4\).* looks channel-last \(its smallest axis, 4, is the last\).*ChannelFirst"
+    ) as error:
+        PPO("CnnPolicy", venv, policy_kwargs=kwargs, device="cpu")
+    assert "\n" not in str(error.value)
+    floats = spaces.Box(0.0, 1.0, (16, 16, 4), np.float32)
+    moved = ChannelFirst(Steps(floats))  # float images too, bounds moved with them
+    assert moved.observation_space.shape == (4, 16, 16) and moved.observation_space.dtype == np.float32
+    first = VecNormalize(make_vec_env(lambda: ChannelFirst(Steps(spaces.Box(0, 255, (16, 16, 4), np.uint8))), n_envs=2))
+    model = PPO("CnnPolicy", first, n_steps=8, batch_size=8, policy_kwargs=kwargs, device="cpu")
+    assert model.policy.features_extractor.grid == (4, 4)
+    model.learn(16)
+
+
+def test_unscaled_pixels_from_sb3_are_one_line_naming_normalize_images():
+    """SB3 divides a uint8 image by 255 only with normalize_images=True: with False the extractor got 0..255."""
+    kwargs = {
+        "features_extractor_class": PatchAttentionExtractor,
+        "features_extractor_kwargs": {**SMALL, "patch_size": 4},
+    }
+    venv = make_vec_env(lambda: Steps(spaces.Box(0, 255, (3, 16, 16), np.uint8)), n_envs=2)
+    model = PPO("CnnPolicy", venv, n_steps=8, batch_size=8, policy_kwargs={**kwargs, "normalize_images": False})
+    with pytest.raises(ValueError, match=r"pixel values up to .* allowed is normalize_images=True"):
+        model.learn(16)
+    PPO("CnnPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=kwargs).learn(16)
+
+
+def test_two_d_uint8_frames_for_the_image_history_extractor_are_one_line_naming_the_channel_axis():
+    env = HistoryObservation(Steps(spaces.Box(0, 255, (6, 8), np.uint8)), 4)
+    with pytest.raises(
+        ValueError,
+        match=r"^a history step of shape \(48,\) \(HistoryObservation flattens 2-D uint8 frames.*channel axis",
+    ):
+        SpatioTemporalAttentionExtractor(env.observation_space, patch_size=2, features_dim=16, embed_dim=16)
+
+
 def test_train_py_reads_a_channel_last_image_env(tmp_path):
     """The patch size and grid come from the image's height and width, not from its channels."""
     (tmp_path / "ownimage.py").write_text(
@@ -275,6 +320,17 @@ def test_integer_and_bool_steps_are_float32_in_a_history_so_they_can_be_normalis
     model.learn(16)
     stored = model.rollout_buffer.observations["obs"]
     assert stored.dtype == np.float32 and (stored != np.round(stored)).any()  # normalised values kept
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_an_integer_step_bounded_by_its_dtypes_minimum_keeps_its_values(dtype):
+    """ "Unbounded below" written as the dtype's minimum: its abs overflows in the integer dtype, which
+    judged the range narrow and held the step as float32, changing values past 2**24."""
+    space = spaces.Box(np.iinfo(dtype).min, 5, (2,), dtype)
+    env = HistoryObservation(Steps(space), 2)
+    assert env.observation_space["obs"].dtype == np.float64
+    values = np.array([-2147483647, -16777217], dtype)
+    np.testing.assert_array_equal(env._encode_obs(values), values.astype(np.float64))
 
 
 @pytest.mark.parametrize("extractor", [HistoryAttentionExtractor, HistoryFlattenExtractor])

@@ -86,6 +86,21 @@ def test_integer_leaves_are_codes(leaf, value, expected):
     assert env.observation_space.shape == encoded.shape and env.observation_space.contains(encoded)
 
 
+@pytest.mark.parametrize(
+    "leaf", [spaces.Box(0, 100, (2,), np.int32), spaces.Box(1, 4, (2,), np.int64)], ids=["binary", "one-hot"]
+)
+@pytest.mark.parametrize("value", [[128, 3], [3, -1]])
+def test_a_leaf_value_outside_its_space_is_one_line_naming_the_key(leaf, value):
+    """A binary code has room for values past the range (0..100 takes 7 bits: 128 would read as 0):
+    refused, as the one-hot code refuses them, naming the observation key and the range."""
+    env = FlatObservation(Structured(spaces.Dict({"level": leaf})))
+    with pytest.raises(
+        ValueError, match=r"^observation key 'level' value .* is outside its space: allowed are integers"
+    ) as error:
+        env.observation({"level": np.asarray(value, dtype=leaf.dtype)})
+    assert "\n" not in str(error.value) and "SB3 acts" not in str(error.value)
+
+
 def test_key_and_ball_codes_differ_in_two_bits():
     """Raw, key (5) and ball (6) differed by 1 where key and wall (2) differed by 3; as codes 5 and 6
     differ in two bits, 5 and 2 in three."""
