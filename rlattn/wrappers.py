@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -28,16 +29,40 @@ def _out_of_range(what: str, x: Any, low: np.ndarray, high: np.ndarray) -> Value
 def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray, what: str) -> tuple[Encoder, spaces.Box]:
     offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
     size = int(np.sum(nvec))
-
-    def encode(x: Any) -> np.ndarray:
-        codes = np.asarray(x, dtype=np.int64).reshape(-1) - start
-        if np.any(codes < 0) or np.any(codes >= nvec):  # numpy would wrap a negative index silently
-            raise _out_of_range(what, x, start, start + nvec - 1)
-        out = np.zeros(size, dtype=np.float32)
-        out[offsets + codes] = 1.0
-        return out
-
+    encode = functools.partial(_one_hot, nvec=nvec, start=start, offsets=offsets, size=size, what=what)
     return encode, spaces.Box(0.0, 1.0, (size,), np.float32)
+
+
+# Encoders are module functions bound with functools.partial, not closures, so a wrapped env pickles
+def _one_hot(x: Any, nvec: np.ndarray, start: np.ndarray, offsets: np.ndarray, size: int, what: str) -> np.ndarray:
+    codes = np.asarray(x, dtype=np.int64).reshape(-1) - start
+    if np.any(codes < 0) or np.any(codes >= nvec):  # numpy would wrap a negative index silently
+        raise _out_of_range(what, x, start, start + nvec - 1)
+    out = np.zeros(size, dtype=np.float32)
+    out[offsets + codes] = 1.0
+    return out
+
+
+def _binary(
+    x: Any, low: np.ndarray, high: np.ndarray, span: np.ndarray | int, bits: np.ndarray, what: str
+) -> np.ndarray:
+    codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
+    if codes.min() < 0 or (codes.max() > span if isinstance(span, int) else np.any(codes > span)):
+        raise _out_of_range(what, x, low, high)
+    return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
+
+
+def _as_array(x: Any, dtype: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    array = np.asarray(x, dtype=dtype)
+    return array if shape is None else array.reshape(shape)
+
+
+def _scaled(x: Any, low: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float32).reshape(-1) - low) * scale
+
+
+def _concatenate(x: Any, parts: list[tuple[Any, Encoder, spaces.Box]]) -> np.ndarray:
+    return np.concatenate([encoder(x[key]) for key, encoder, _ in parts])
 
 
 CODE_ONE_HOT_MAX = 16
@@ -52,15 +77,11 @@ def _binary_encoder(low: np.ndarray, high: np.ndarray, width: int, what: str) ->
     """Each number (x - low) as its ``width`` bits, least significant first; a number outside low..high
     is a one-line error (its bits would be another value's code)."""
     bits = np.left_shift(1, np.arange(width, dtype=np.int64))
-    span = high - low
-
-    def encode(x: Any) -> np.ndarray:
-        codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
-        if np.any(codes < 0) or np.any(codes > span):
-            raise _out_of_range(what, x, low, high)
-        return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
-
-    return encode, spaces.Box(0.0, 1.0, (low.size * width,), np.float32)
+    spans = high - low
+    span = int(spans[0]) if spans.size and (spans == spans[0]).all() else spans  # one bound for all: cheaper check
+    return functools.partial(_binary, low=low, high=high, span=span, bits=bits, what=what), spaces.Box(
+        0.0, 1.0, (low.size * width,), np.float32
+    )
 
 
 def coded_width(space: spaces.Box) -> int | None:
@@ -96,21 +117,15 @@ def _flat_box(space: spaces.Box, what: str) -> tuple[Encoder, spaces.Box]:
         # too many numbers to code (an image): magnitudes in [0, 1], as the extractors scale a uint8
         # step (pixels by 1/255), not 0..255 into a Linear layer
         scale = (1.0 / np.maximum(span, 1.0)).astype(np.float32)
-        return (lambda x: (np.asarray(x, dtype=np.float32).reshape(-1) - low) * scale), spaces.Box(
-            0.0, 1.0, low.shape, np.float32
-        )
-    return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
+        return functools.partial(_scaled, low=low, scale=scale), spaces.Box(0.0, 1.0, low.shape, np.float32)
+    return functools.partial(_as_array, dtype=np.float32, shape=(-1,)), spaces.Box(low, high, low.shape, np.float32)
 
 
 def _concatenated(parts: list[tuple[Any, Encoder, spaces.Box]]) -> tuple[Encoder, spaces.Box]:
     """One float vector from the encoded leaves (key, encoder, space) of a Dict or Tuple (keys are indices there)."""
     low = np.concatenate([box.low.reshape(-1) for _, _, box in parts]).astype(np.float32)
     high = np.concatenate([box.high.reshape(-1) for _, _, box in parts]).astype(np.float32)
-
-    def encode(x: Any) -> np.ndarray:
-        return np.concatenate([encoder(x[key]) for key, encoder, _ in parts])
-
-    return encode, spaces.Box(low, high, low.shape, np.float32)
+    return functools.partial(_concatenate, parts=parts), spaces.Box(low, high, low.shape, np.float32)
 
 
 def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[Encoder, spaces.Box]:
@@ -179,15 +194,15 @@ def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
         dtype = np.float64 if wide else np.float32
         space = spaces.Box(space.low.astype(dtype), space.high.astype(dtype), space.shape, dtype)
     if space.shape == ():
-        return (lambda x: np.asarray(x, dtype=space.dtype).reshape(1)), spaces.Box(
+        return functools.partial(_as_array, dtype=space.dtype, shape=(1,)), spaces.Box(
             space.low.reshape(1), space.high.reshape(1), (1,), space.dtype
         )
     if channel_last_image(space):
         return _channels_first, _channel_first_space(space)
     if len(space.shape) == 2 and space.dtype == np.uint8 and np.all(space.low == 0) and np.all(space.high == 255):
         size = int(np.prod(space.shape))
-        return (lambda x: np.asarray(x, dtype=space.dtype).reshape(-1)), spaces.Box(0, 255, (size,), space.dtype)
-    return (lambda x: np.asarray(x, dtype=space.dtype)), space
+        return functools.partial(_as_array, dtype=space.dtype, shape=(-1,)), spaces.Box(0, 255, (size,), space.dtype)
+    return functools.partial(_as_array, dtype=space.dtype), space
 
 
 def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
@@ -207,7 +222,7 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
         return _one_hot_encoder(space.nvec.reshape(-1), space.start.reshape(-1), what)
     if isinstance(space, spaces.MultiBinary):
         n = int(np.prod(space.shape))
-        return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(0.0, 1.0, (n,), np.float32)
+        return functools.partial(_as_array, dtype=np.float32, shape=(-1,)), spaces.Box(0.0, 1.0, (n,), np.float32)
     if isinstance(space, (spaces.Dict, spaces.Tuple)):
         return _structured_encoder(space, what)
     allowed = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict or Tuple of them"
