@@ -34,6 +34,7 @@ from rlattn.faithfulness import (
     patch_decision,
 )
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
+from rlattn.normalize import HistoryNormalize
 from rlattn.overlay import colorize, overlay
 from rlattn.validation import check_int
 
@@ -181,7 +182,10 @@ class AttentionLoggingCallback(BaseCallback):
         if normaliser is not None and normaliser.norm_obs and own is not None and own is not normaliser:
             ours, theirs = type(own).__name__, type(normaliser).__name__
             keys, train_keys = getattr(own, "norm_obs_keys", None), getattr(normaliser, "norm_obs_keys", None)
-            if ours != theirs or (keys is not None and train_keys is not None and sorted(keys) != sorted(train_keys)):
+            step_statistics = isinstance(own, HistoryNormalize), isinstance(normaliser, HistoryNormalize)
+            if step_statistics[0] != step_statistics[1] or (
+                keys is not None and train_keys is not None and sorted(keys) != sorted(train_keys)
+            ):
                 raise ValueError(
                     f"AttentionLoggingCallback's env is wrapped in {ours} normalising keys {keys}, but the model "
                     f"trains on {theirs} normalising keys {train_keys}: wrap it the same way, as "

@@ -181,7 +181,7 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
             "SpatioTemporalAttentionExtractor",
             f"a history step of shape {frames.shape[1:]}"
             + (
-                " (HistoryObservation flattens 2-D uint8 frames (H, W): give them a channel axis, (H, W, 1))"
+                " (if they are 2-D uint8 frames (H, W), which HistoryObservation flattens, give them a channel axis, (H, W, 1))"
                 if frames.dtype == np.uint8 and len(frames.shape) == 2
                 else ""
             ),

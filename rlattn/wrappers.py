@@ -165,9 +165,14 @@ def _channel_first_space(space: spaces.Box) -> spaces.Box:
 
 
 def channel_last_frame(space: gym.Space) -> bool:
-    """A three-axis Box of any dtype whose last axis is strictly its smallest: channel-last by SB3's rule
-    for images (``is_image_space_channels_first``), which SB3 moves itself only for uint8 images."""
-    return isinstance(space, spaces.Box) and len(space.shape) == 3 and space.shape[2] < min(space.shape[:2])
+    """A three-axis Box of any dtype that reads as channel-last (H, W, C): its last axis strictly its
+    smallest (SB3's rule for images, ``is_image_space_channels_first``, which SB3 applies itself only to
+    uint8 images) and a channel count, at most 4 (grey, RGB, RGBA, 4 stacked greys) or at most a quarter
+    of each other side (84 x 84 x 12), so that channel-first grids such as (20, 9, 7) are not taken for it."""
+    if not (isinstance(space, spaces.Box) and len(space.shape) == 3):
+        return False
+    side, last = min(space.shape[:2]), space.shape[2]
+    return last < side and (last <= 4 or 4 * last <= side)
 
 
 def _channels_first(image: Any) -> np.ndarray:

@@ -119,8 +119,9 @@ def test_observation_statistics_of_training_reach_the_callbacks_env():
 
 
 def test_a_model_trained_on_history_normalize_needs_it_on_the_callbacks_env_too():
-    """HistoryNormalize keeps one step's statistics: VecNormalize's per-slot normaliser could not take them
-    (a bare KeyError at the first round)."""
+    """HistoryNormalize keeps one step's statistics: a VecNormalize on the callback's env normalised the
+    history per slot with them (padding moved off 0), or failed with a bare KeyError where it also
+    normalised the valid mask."""
     from stable_baselines3.common.vec_env import VecNormalize
 
     from rlattn import HistoryNormalize

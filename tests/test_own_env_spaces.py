@@ -125,6 +125,10 @@ def test_a_channel_last_image_sb3_does_not_move_is_refused_until_its_channels_co
     floats = spaces.Box(0.0, 1.0, (16, 16, 4), np.float32)
     moved = ChannelFirst(Steps(floats))  # float images too, bounds moved with them
     assert moved.observation_space.shape == (4, 16, 16) and moved.observation_space.dtype == np.float32
+    grid = spaces.Box(0.0, 1.0, (20, 9, 7), np.float32)  # a channel-first one-hot grid: 20 channels, 9 x 7
+    assert PatchAttentionExtractor(grid, **{**SMALL, "patch_size": 1}).grid == (9, 7)
+    with pytest.raises(ValueError, match="not supported by ChannelFirst"):
+        ChannelFirst(Steps(grid))
     first = VecNormalize(make_vec_env(lambda: ChannelFirst(Steps(spaces.Box(0, 255, (16, 16, 4), np.uint8))), n_envs=2))
     model = PPO("CnnPolicy", first, n_steps=8, batch_size=8, policy_kwargs=kwargs, device="cpu")
     assert model.policy.features_extractor.grid == (4, 4)
@@ -148,7 +152,7 @@ def test_two_d_uint8_frames_for_the_image_history_extractor_are_one_line_naming_
     env = HistoryObservation(Steps(spaces.Box(0, 255, (6, 8), np.uint8)), 4)
     with pytest.raises(
         ValueError,
-        match=r"^a history step of shape \(48,\) \(HistoryObservation flattens 2-D uint8 frames.*channel axis",
+        match=r"^a history step of shape \(48,\) \(if they are 2-D uint8 frames.*HistoryObservation flattens.*channel axis",
     ):
         SpatioTemporalAttentionExtractor(env.observation_space, patch_size=2, features_dim=16, embed_dim=16)
 
