@@ -137,7 +137,13 @@ MAKE_KEYWORDS = ("max_episode_steps",)
 
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
     entry_point = gym.spec(env_id).entry_point
-    creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    try:  # a registered id whose module needs an extra (MuJoCo, Box2D, JAX) or names a missing class
+        creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    except Exception as error:
+        raise ConfigError(
+            f"--env {env_id}: its entry point {entry_point!r} cannot be loaded: "
+            f"{type(error).__name__}: {first_line(error)}"
+        ) from None
     params = inspect.signature(creator).parameters  # type: ignore[arg-type]
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = [name for name in params if name not in ("self", "render_mode")] + list(MAKE_KEYWORDS)

@@ -30,6 +30,8 @@ class TextObservation(gym.Env):
 
 
 gym.register("tests/TextObservation-v0", TextObservation)
+gym.register("tests/MissingClass-v0", "tests.test_cli:NoSuchEnv")  # the module imports; the class is not in it
+gym.register("tests/MissingModule-v0", "rlattn_no_such_module:Env")
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = "-n 512 --n-envs 2 --eval-freq 256".split()
 TINY = ["--env-kwargs", "corridor_length:3", *BUDGET, "--eval-episodes", "4", "--save-freq", "256"]
@@ -294,6 +296,38 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, bad_files, tmp_path, c
     assert err.startswith("train.py: error: ")
     assert not (tmp_path / "logs").exists()  # nothing half-written
     assert sorted(p.name for p in bad_files.rglob("*")) == before
+
+
+def _mujoco_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mujoco") is not None
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            "tests/MissingClass-v0",
+            "'tests.test_cli:NoSuchEnv' cannot be loaded: AttributeError: module 'tests.test_cli'",
+        ),
+        ("tests/MissingModule-v0", "cannot be loaded: ModuleNotFoundError: No module named 'rlattn_no_such_module'"),
+        pytest.param(
+            "Hopper-v5",
+            "--env Hopper-v5: its entry point 'gymnasium.envs.mujoco.hopper_v5:HopperEnv' cannot be loaded: "
+            "DependencyNotInstalled: MuJoCo is not installed",
+            marks=pytest.mark.skipif(_mujoco_installed(), reason="MuJoCo is installed here"),
+        ),
+    ],
+)
+def test_a_registered_env_whose_entry_point_cannot_be_loaded_is_one_line(env, expected, tmp_path, capsys):
+    """Gymnasium's MuJoCo, Box2D and JAX ids without their extra, or an entry point naming what is not there."""
+    for flags in ([], ["--eval-env-kwargs", "max_episode_steps:5"]):
+        code = main(["--env", env, "-f", str(tmp_path / "logs"), *flags])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("train.py: error: --env "), err
+        assert expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_bad_input_table_is_large():
