@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from agents.callbacks import TARGET_KEYS
@@ -217,6 +218,13 @@ def replay(cfg: TrainConfig) -> ReplayResult:
             f"--replay {str(model_file)!r} cannot be loaded as {saved.algo}: {first_line(error)}"
         ) from None
     venv = _make_env(plan, cfg.seed)
+    try:  # a model copied in from another run: SB3 checks nothing when loaded without an env
+        check_for_correct_spaces(venv, model.observation_space, model.action_space)
+    except ValueError as error:
+        venv.close()
+        raise ConfigError(
+            f"--replay {str(model_file)!r} does not fit the run's env ({saved.env} as the run saw it): {first_line(error)}"
+        ) from None
     try:
         target_key = TARGET_KEYS.get(env_family(saved.env))
         returns, successes, masses, pictures = play(model, venv, cfg.episodes, target_key, reports_success(folder))

@@ -104,3 +104,20 @@ def test_replay_refuses_bad_flags(search_run, extra, expected):
     cwd, run_folder = search_run
     done = run(["--replay", str(run_folder), *extra], cwd)
     assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_replay_of_a_model_that_does_not_fit_the_runs_env_is_one_line(tmp_path, capsys):
+    """A model copied in from another run (here one of CartPole): refused before any episode, as -i refuses it."""
+    from stable_baselines3 import PPO
+
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    stranger = PPO("MlpPolicy", "CartPole-v1", n_steps=64, device="cpu")
+    model = untrained_run(tmp_path / "logs", ["--env-kwargs", "corridor_length:3", "--extractor", "mlp"], stranger)
+    for target in (model, model.parent):
+        code = main(["--replay", str(target), "--episodes", "1"])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and line.startswith(f"train.py: error: --replay '{model}' does not fit the run's env"), line
+        assert "Observation spaces do not match: Box(" in line
+    assert not list(model.parent.glob("replay*"))  # no GIF, no record
