@@ -761,3 +761,16 @@ def test_where_a_resumed_runs_tensorboard_events_go(tmp_path):
     assert (target, own) == (run, True) and (run / TENSORBOARD_NOTE).read_text().strip() != "."
     settle()
     assert tensorboard_folder(run, str(tmp_path / "tb"), "ppo", resumed=True)[:2] == (run, True)
+
+
+def test_a_run_that_cannot_start_removes_the_folders_it_made_and_no_other(tmp_path, capsys):
+    """Caught when the model is built (after the run folder is made): every folder this run made goes, down to
+    the first that was there before."""
+    there = tmp_path / "there"
+    (there / "kept").mkdir(parents=True)  # made before the run: stays
+    logs, tb = there / "a" / "b" / "logs", there / "kept" / "c" / "tb"
+    args = ["-f", str(logs), "-tb", str(tb), "-params", "batch_size:1", "-n", "64", "--verbose", "0"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "`batch_size` must be greater than 1" in line, line
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["there", "there/kept"]
