@@ -451,6 +451,38 @@ def available_memory() -> int | None:
     return None
 
 
+def _meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where there is none)."""
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                name, _, rest = line.partition(":")
+                if rest.split():
+                    values[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        return {}
+    return values
+
+
+def reservable_memory() -> tuple[str, int] | None:
+    """What numpy's zeroed arrays may reserve here (Linux's overcommit policy, ``/proc/sys/vm/overcommit_memory``):
+    ``("each", RAM + swap)`` under the heuristic (the default, which refuses one allocation larger than that),
+    ``("all", CommitLimit - Committed_AS)`` under strict accounting (every allocation counts); None where nothing
+    is refused (always overcommit) or the policy is unknown (not Linux)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as file:
+            mode = int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+    info = _meminfo()
+    if mode == 0 and "MemTotal" in info:
+        return "each", info["MemTotal"] + info.get("SwapTotal", 0)
+    if mode == 2 and "CommitLimit" in info and "Committed_AS" in info:
+        return "all", max(info["CommitLimit"] - info["Committed_AS"], 0)
+    return None
+
+
 def plan_digest(plan: RunPlan) -> str:
     """A short hash of what a run resolves to (every preset and default filled in; not its seed, log
     folder or other run-level flags): the same flags under another preset give another digest."""
@@ -529,15 +561,20 @@ def _warn_preset_env_off(plan: RunPlan) -> None:
 
 def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
     """An off-policy algorithm's replay buffer must fit in memory: each stored transition holds its
-    observation and the next (histories included); the OS provides SB3's zeroed arrays as they fill,
-    so what counts is the transitions the run stores (its buffer, or its steps if fewer)."""
+    observation and the next (histories included). SB3 reserves the whole ``buffer_size`` up front (an
+    array for the observations and one for the next, one each per key of a Dict), which Linux refuses
+    beyond what it lets be reserved (:func:`reservable_memory`); within that, the OS provides the zeroed
+    pages as they fill, so what must fit in the memory available is the transitions the run stores (its
+    buffer, or its steps if fewer)."""
     cls = plan.algo_entry.cls
     if not issubclass(cls, OffPolicyAlgorithm):
         return
     buffer = int(_algo_value(plan, "buffer_size"))
-    size = min(buffer, plan.n_timesteps)
-    one = _step_bytes(policy_space(plan, probe))
+    space = policy_space(plan, probe)
+    one = _step_bytes(space)
     copies = 1 if plan.algo_kwargs.get("optimize_memory_usage", False) else 2
+    rows = max(buffer // plan.n_envs, 1) * plan.n_envs  # SB3's (buffer_size // n_envs, n_envs, ...) arrays
+    size = min(buffer, plan.n_timesteps)
     needed, available = size * one * copies, available_memory()
     if available is not None and needed > available:
         raise ConfigError(
@@ -545,6 +582,22 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
             f"{one:,} bytes each (history {plan.history}), needs {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
             "available: lower -params buffer_size:N or --history K"
         )
+    limit = reservable_memory()
+    if limit is not None:
+        kind, reservable = limit
+        leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+        reserved = rows * (max(_step_bytes(leaf) for leaf in leaves) if kind == "each" else one * copies)
+        if reserved > reservable:
+            what = (
+                f"an array of {reserved / 2**30:.1f} GiB" if kind == "each" else f"{reserved / 2**30:.1f} GiB of arrays"
+            )
+            allowed = "RAM + swap" if kind == "each" else "its commit limit left"
+            raise ConfigError(
+                f"--algo {plan.config.algo} on {plan.config.env}: SB3 reserves the whole replay buffer up front "
+                f"(buffer_size {buffer:,} transitions, observations of {one:,} bytes, history {plan.history}): "
+                f"{what}, more than this machine lets be reserved ({reservable / 2**30:.1f} GiB, {allowed}): "
+                "lower -params buffer_size:N or --history K"
+            )
 
 
 def _step_bytes(space: gym.Space) -> int:

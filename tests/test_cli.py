@@ -774,3 +774,19 @@ def test_a_run_that_cannot_start_removes_the_folders_it_made_and_no_other(tmp_pa
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "`batch_size` must be greater than 1" in line, line
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["there", "there/kept"]
+
+
+def test_a_replay_buffer_that_cannot_be_reserved_is_one_line_naming_buffer_size_and_history(
+    tmp_path, capsys, monkeypatch
+):
+    """SB3 allocates the whole buffer_size up front, however few steps the run takes: a machine that cannot
+    reserve it (here one that lets 1 GiB be reserved) refuses before anything is built."""
+    import agents.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "reservable_memory", lambda: ("each", 2**30), raising=False)
+    args = ["--algo", "dqn", "-n", "64", "-params", "buffer_size:100000000", "-f", str(tmp_path / "logs")]
+    assert main([*args, "--verbose", "0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("train.py: error: --algo dqn on rlattn/TMaze-v0: SB3 reserves the whole replay buffer")
+    assert "(buffer_size 100,000,000 transitions" in line and "more than this machine lets be reserved (1.0 GiB" in line
+    assert line.endswith("lower -params buffer_size:N or --history K") and not (tmp_path / "logs").exists()
