@@ -31,6 +31,7 @@ from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, env_family, episode_cap, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
 from rlattn import ChannelFirst, FlatObservation, HistoryObservation
+from rlattn.validation import check_int
 from rlattn.wrappers import channel_last_image
 
 _SET_BY_US = {
@@ -150,7 +151,7 @@ def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--en
         for key in env_kwargs:
             if key not in allowed:
                 raise ConfigError(
-                    f"env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}"
+                    f"{flag}: env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}"
                 )
     try:
         return make_env(env_id, **env_kwargs)
@@ -434,6 +435,8 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
     if entry.defaults is not None:
         plan.extractor_kwargs = {**entry.defaults(plan, probe), **plan.extractor_kwargs}
     try:
+        if "features_dim" in plan.extractor_kwargs:  # SB3's own extractors (NatureCNN) only assert it, bare
+            check_int("features_dim", plan.extractor_kwargs["features_dim"])
         entry.cls(policy_space(plan, probe), **plan.extractor_kwargs)
     except (ValueError, TypeError, AssertionError) as error:
         raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None

@@ -123,7 +123,7 @@ BAD_INPUTS = [
     (["--extractor", "cnnn"], "--extractor 'cnnn' is invalid"),
     (["--vec-env", "ray"], "invalid choice: 'ray'"),
     (["--device", "tpu9"], "--device 'tpu9' is invalid"),
-    (["--env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
+    (["--env-kwargs", "corridor:20"], "--env-kwargs: env keyword 'corridor' is not accepted by rlattn/TMaze-v0"),
     (["-params", "learning_rat:0.1"], "-params key 'learning_rat' is not accepted"),
     (["--extractor", "local-attention", "-params", "attention:'banded'"], "attention='banded' is invalid"),
     # not literals, wrong types
@@ -146,7 +146,7 @@ BAD_INPUTS = [
     (["--env-kwargs", "slack:-1"], "slack=-1 is invalid"),
     (["--env-kwargs", "min_corridor_length:11"], "min_corridor_length=11 is invalid"),
     (["--eval-env-kwargs", "min_corridor_length:0"], "--eval-env-kwargs for rlattn/TMaze-v0: min_corridor_length=0"),
-    (["--eval-env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
+    (["--eval-env-kwargs", "corridor:20"], "--eval-env-kwargs: env keyword 'corridor' is not accepted"),
     (["--history", "0"], "--history=0 is invalid"),
     (["-n", "0"], "--n-timesteps=0 is invalid"),
     (["--n-envs", "-2"], "--n-envs=-2 is invalid"),
@@ -162,6 +162,12 @@ BAD_INPUTS = [
     (["-params", "n_steps:0"], "n_steps=0 is invalid: must be an integer >= 1"),
     (["--extractor", "sparse-attention", "-params", "top_k:0"], "top_k=0 is invalid"),
     (["--extractor", "attention", "-params", "embed_dim:0"], "embed_dim=0 is invalid"),
+    (["-params", "features_dim:0"], "--extractor attention on rlattn/TMaze-v0: features_dim=0 is invalid: must be an"),
+    (["--extractor", "mlp-stack", "-params", "features_dim:0"], "features_dim=0 is invalid: must be an integer >= 1"),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--extractor", "cnn", "-params", "features_dim:0"],
+        "--extractor cnn on rlattn/VisualSearch-v0: features_dim=0 is invalid: must be an integer >= 1",
+    ),
     (["--extractor", "local-attention", "-params", "window:100"], "window=100 is invalid"),
     (["--extractor", "attention", "-params", "n_heads:3"], "embed_dim=64 is invalid: must be divisible by n_heads=3"),
     # incompatible combinations
@@ -204,6 +210,7 @@ BAD_INPUTS = [
     (["--replay", "{tmp}/nothing"], "--replay '{tmp}/nothing' is invalid: no such folder or file"),
     (["--replay", "{tmp}/loose"], "holds no run settings"),
     (["--replay", "{tmp}/corrupt.zip"], "cannot read it as a zip"),
+    (["--replay", "{tmp}/badconfig"], "cannot read {tmp}/badconfig/rlattn-TMaze-v0/config.json: 'list' object has no"),
     # files and folders
     (["-f", "{tmp}/afile/logs"], "is a file, not a folder"),
     (["-f", "/proc/rlattn-logs"], "cannot write in /proc"),
@@ -275,6 +282,10 @@ def bad_files(tmp_path_factory):
     with zipfile.ZipFile(folder / "other.zip", "w") as archive:
         archive.writestr("readme.txt", "hello")
     (folder / "loose").mkdir()
+    settings = folder / "badconfig" / "rlattn-TMaze-v0"  # a run's settings, its config.json valid JSON but no object
+    settings.mkdir(parents=True)
+    (settings / "args.json").write_text(json.dumps({"env": "rlattn/TMaze-v0", "history_inputs": None}))
+    (settings / "config.json").write_text("[1, 2]\n")
     PPO("MlpPolicy", "CartPole-v1", n_steps=64, device="cpu").save(folder / "loose" / "model.zip")
     return folder
 
