@@ -72,16 +72,14 @@ def list_envs() -> str:
     return "\n".join(lines)
 
 
-def optimize_flags(cfg: TrainConfig) -> dict[str, bool]:
-    """Which of the search's own flags were given (``--n-trials`` away from its default counts)."""
-    defaults = TrainConfig()
-    return {
-        "--n-trials": cfg.n_trials != defaults.n_trials,
-        "--storage": cfg.storage is not None,
-        "--study-name": cfg.study_name is not None,
-        "--search-space": bool(cfg.search_space),
-        "--objective": cfg.objective != defaults.objective,
-    }
+OPTIMIZE_ONLY = ("n_trials", "storage", "study_name", "search_space", "objective")
+"""the search's own settings: flags that go with ``--optimize`` alone"""
+
+
+def optimize_flags(given: set[str]) -> dict[str, bool]:
+    """Which of the search's own flags were typed (``given``: :func:`given_flags`), whatever their values."""
+    flags = {f.name: f.metadata["flags"][-1] for f in fields(TrainConfig)}
+    return {flags[name]: name in given for name in OPTIMIZE_ONLY}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.list_envs:
             print(list_envs())
             return 0
-        check_optimize_flags(cfg.optimize, optimize_flags(cfg), cfg.n_trials)
+        given = given_flags(argv)  # typed on the command line, whatever the value
+        check_optimize_flags(cfg.optimize, optimize_flags(given), cfg.n_trials)
         if cfg.optimize and (cfg.trained_agent or cfg.replay is not None):
             other = "-i" if cfg.trained_agent else "--replay"
             raise ConfigError(f"--optimize does not go with {other}: a search trains new runs; leave one of them out")
         # -i and --replay take the run's saved settings: any other flag typed is refused, whatever its value
-        given = given_flags(argv)
         if cfg.trained_agent:
             check_only_changes(cfg, RESUME_FLAGS, "resuming (-i)", given)
         elif cfg.replay is not None:

@@ -235,6 +235,12 @@ BAD_INPUTS = [
     (["--storage", "sqlite:///study.db"], "--storage is only for --optimize"),
     (["--n-trials", "3"], "--n-trials is only for --optimize"),
     (["--objective", "final"], "--objective is only for --optimize"),
+    # typed, even at their defaults: what was asked for is refused, not what differs from the default (with a
+    # bad --history besides, which is refused later: a run that wrongly accepts the flag stops before training)
+    (["--objective", "curve", "--history", "0"], "--objective is only for --optimize: add --optimize, or leave"),
+    (["--n-trials", "10", "--history", "0"], "--n-trials is only for --optimize"),
+    (["--search-space", "--history", "0"], "--search-space is only for --optimize"),
+    (["--study-name", "s", "--history", "0"], "--study-name is only for --optimize"),
     (["--optimize", "--search-space", "n_heads:[3]"], "--search-space can draw n_heads=3, which cannot be built"),
     (
         ["--algo", "ppo_attention", "--optimize", "--search-space", "embed_dim:[36,64]"],
