@@ -107,7 +107,11 @@ class TrainConfig:
         help="play a trained run instead of training: a run folder (its best model, else its final one) or a model zip in one; prints success and return and writes a GIF with the attention overlay",
     )
     episodes: int = _flag("--episodes", default=5, type=int, help="episodes to play with --replay")
-    video: str | None = _flag("--video", default=None, help="GIF written by --replay (default: RUN_FOLDER/replay.gif)")
+    video: str | None = _flag(
+        "--video",
+        default=None,
+        help="GIF written by --replay, its record beside it as .json (default: RUN_FOLDER/replay.gif)",
+    )
     list_envs: bool = _flag(
         "--list-envs", default=False, action="store_true", help="list this project's env ids and exit"
     )

@@ -24,12 +24,40 @@ from agents.plan import SEED_MAX, RunPlan, make_env, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS, is_image
 from agents.run import REPLAY_FLAGS, check_only_changes
-from agents.runfolder import as_started, find_model, load_run_config
+from agents.runfolder import as_started, find_model, load_run_config, write_atomic
 from rlattn import HistoryAttentionExtractor
 from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
 
 FRAME_MS = 350
+RECORD_KEYS = {"model", "episodes", "returns", "video", "frames"}
+"""what every replay record holds (:meth:`ReplayResult.record`): a JSON file with them is one a replay wrote"""
+
+
+def record_path(video: Path) -> Path:
+    """Where the replay record of the GIF at ``video`` goes: beside it, ``.json`` for ``.gif``."""
+    return video.with_suffix(".json")
+
+
+def check_record_path(video: Path) -> None:
+    """A replay writes its GIF and record over earlier replays' alone: a record path held by any other file
+    (``RUN/result.gif`` beside the run's ``result.json``, say) is refused, before the episodes are played."""
+    record = record_path(video)
+    for path in (video, record):
+        if path.is_dir():
+            raise ConfigError(f"--video {video} cannot be written: {path} is a folder; give --video another .gif name")
+    if not record.exists():
+        return
+    try:
+        written = json.loads(record.read_text())
+        ours = isinstance(written, dict) and RECORD_KEYS <= set(written)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"--video {video}: its replay record {record} (the GIF's name with .json) would replace a file that no "
+            "replay wrote: give --video another .gif name"
+        )
 
 
 @dataclass(frozen=True)
@@ -192,7 +220,9 @@ def write_gif(pictures: list[np.ndarray], path: Path) -> None:
     width = max(p.shape[1] for p in pictures)
     frames = [Image.fromarray(np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)))) for p in pictures]
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
+    write_atomic(
+        path, lambda target: frames[0].save(target, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
+    )
 
 
 def replay(cfg: TrainConfig) -> ReplayResult:
@@ -211,6 +241,7 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     if video.suffix.lower() != ".gif":
         raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")
     check_writable(str(video.parent), "--video")  # before the episodes are played, not after
+    check_record_path(video)
     try:
         model = ALGOS[saved.algo].cls.load(model_file, device=cfg.device)
     except Exception as error:
@@ -232,5 +263,6 @@ def replay(cfg: TrainConfig) -> ReplayResult:
         venv.close()
     write_gif(pictures, video)
     result = ReplayResult(model_file, returns, successes, masses, video, len(pictures))
-    video.with_suffix(".json").write_text(json.dumps(result.record(), indent=2) + "\n")
+    text = json.dumps(result.record(), indent=2) + "\n"
+    write_atomic(record_path(video), lambda path: path.write_text(text))
     return result
