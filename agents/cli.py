@@ -11,7 +11,7 @@ import gymnasium as gym
 
 import envs
 from agents.checks import check_optimize_flags
-from agents.config import ConfigError, TrainConfig, parse_key_values
+from agents.config import ConfigError, StoppedEarly, TrainConfig, parse_key_values
 from agents.registry import ALGOS, algo_help, extractor_help
 from agents.replay import replay
 from agents.run import REPLAY_FLAGS, RESUME_FLAGS, check_only_changes, train
@@ -82,8 +82,14 @@ def optimize_flags(given: set[str]) -> dict[str, bool]:
     return {flags[name]: name in given for name in OPTIMIZE_ONLY}
 
 
+INTERRUPTED = 130
+"""the exit code of a process stopped by Ctrl-C (128 + SIGINT), as shells report it"""
+STARTING = "interrupted before training started; nothing was saved"
+
+
 def main(argv: list[str] | None = None) -> int:
     result: Any
+    optimizing, stopped = False, STARTING
     try:
         cfg = config_from_args(argv)
         if cfg.list_envs:
@@ -100,13 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         elif cfg.replay is not None:
             check_only_changes(cfg, REPLAY_FLAGS, "replaying (--replay)", given)
         if cfg.optimize:
+            optimizing = True  # a search says itself what an interrupt left
             from agents.tune import optimize  # Optuna and Ray load only when tuning
 
             result = optimize(cfg)
+        elif cfg.replay is not None:
+            stopped = "interrupted before the replay started; nothing was written"
+            result = replay(cfg)
         else:
-            result = replay(cfg) if cfg.replay is not None else train(cfg)
+            result = train(cfg)  # a Ctrl-C while training saves the model and returns; one before it gets here
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C while none of train.py's own handling is on
+        if optimizing:
+            raise
+        print(f"train.py: {interrupt if isinstance(interrupt, StoppedEarly) else stopped}", file=sys.stderr)
+        return INTERRUPTED
     print(result.summary())
     return getattr(result, "exit_code", 0)

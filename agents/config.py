@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     """A bad setting: the message is one line naming the value and what is allowed."""
 
 
+class StoppedEarly(KeyboardInterrupt):
+    """Ctrl-C where training's own handling is not (start-up, a replay): the message, one line, says what
+    was left; ``train.py`` prints it and exits with 130."""
+
+
 def _flag(*flags: str, help: str, **kwargs: Any) -> Any:
     default = kwargs.pop("default", None)
     factory = kwargs.pop("default_factory", None)

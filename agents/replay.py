@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from agents.callbacks import TARGET_KEYS
 from agents.checks import check_int_flag, check_writable, first_line
-from agents.config import ConfigError, TrainConfig
+from agents.config import ConfigError, StoppedEarly, TrainConfig
 from agents.evaluate import success_flags
 from agents.plan import SEED_MAX, RunPlan, make_env, resolve
 from agents.presets import env_family
@@ -259,10 +259,17 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     try:
         target_key = TARGET_KEYS.get(env_family(saved.env))
         returns, successes, masses, pictures = play(model, venv, cfg.episodes, target_key, reports_success(folder))
+    except KeyboardInterrupt:
+        raise StoppedEarly("interrupted during the replay; no GIF or record was written") from None
     finally:
         venv.close()
-    write_gif(pictures, video)
     result = ReplayResult(model_file, returns, successes, masses, video, len(pictures))
     text = json.dumps(result.record(), indent=2) + "\n"
-    write_atomic(record_path(video), lambda path: path.write_text(text))
+    try:  # each written beside and renamed into place: whole or not there
+        write_gif(pictures, video)
+        write_atomic(record_path(video), lambda path: path.write_text(text))
+    except KeyboardInterrupt:
+        raise StoppedEarly(
+            f"interrupted while writing the replay's GIF and record ({video}): each file is whole or was not replaced"
+        ) from None
     return result

@@ -353,10 +353,10 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
     if cfg.verbose and plan.env_kwargs != plan.eval_env_kwargs:
         print(f"training envs: {plan.env_kwargs}; evaluation envs: {plan.eval_env_kwargs}", flush=True)
     folder, model, venv, eval_env, callbacks = _start(plan, resumed)
-    start, started_at = time.perf_counter(), model.num_timesteps
-    learned = LearnedSteps(started_at)
-    outside = OutsideTraining([*callbacks, *extra_callbacks])
-    with _Signals() as signals:
+    with _Signals() as signals:  # at once: a Ctrl-C from here on saves the model
+        start, started_at = time.perf_counter(), model.num_timesteps
+        learned = LearnedSteps(started_at)
+        outside = OutsideTraining([*callbacks, *extra_callbacks])
         try:
             with signals.armed():
                 model.learn(

@@ -807,3 +807,71 @@ def test_a_replay_buffer_that_cannot_be_reserved_is_one_line_naming_buffer_size_
     assert line.startswith("train.py: error: --algo dqn on rlattn/TMaze-v0: SB3 reserves the whole replay buffer")
     assert "(buffer_size 100,000,000 transitions" in line and "more than this machine lets be reserved (1.0 GiB" in line
     assert line.endswith("lower -params buffer_size:N or --history K") and not (tmp_path / "logs").exists()
+
+
+STARTING = "train.py: interrupted before training started; nothing was saved"
+
+
+def test_ctrl_c_while_a_run_starts_is_one_line_and_exit_130(tmp_path):
+    """A real SIGINT while train.py imports the user's env module (before training's own handling is on)."""
+    import os
+    import signal
+    import time
+
+    ready = tmp_path / "importing"
+    (tmp_path / "slowenv.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "--env", "slowenv:Slow-v0", "-f", "logs"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as in a background job
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == STARTING, err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_ctrl_c_before_training_removes_the_run_folder_it_made(tmp_path, capsys, monkeypatch):
+    import agents.run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for stage in ("preflight", "build_model"):  # before the run folder is made, and after
+        with monkeypatch.context() as patch:
+            patch.setattr(run_module, stage, interrupted)
+            try:
+                code = main(["-f", str(tmp_path / "new" / "logs"), "-n", "64", "--verbose", "0"])
+            except KeyboardInterrupt:
+                pytest.fail(f"Ctrl-C in {stage} escaped train.py's main")
+        assert code == 130 and capsys.readouterr().err.strip() == STARTING
+        assert list(tmp_path.iterdir()) == []  # the folders it made are gone
+
+
+def test_ctrl_c_while_train_py_imports_is_one_line(capsys, monkeypatch):
+    import runpy
+    import types
+
+    class Loading(types.ModuleType):
+        def __getattr__(self, name):
+            if name == "main":
+                raise KeyboardInterrupt  # Ctrl-C while torch, SB3 and the envs load
+            raise AttributeError(name)
+
+    monkeypatch.setitem(sys.modules, "agents.cli", Loading("agents.cli"))
+    with pytest.raises(SystemExit) as exit_:
+        try:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C while train.py imports escaped it")
+    assert exit_.value.code == 130 and capsys.readouterr().err.strip() == STARTING

@@ -144,3 +144,29 @@ def test_the_replay_record_never_replaces_a_file_a_replay_did_not_write(tmp_path
         assert main(["--replay", str(run), "--episodes", "1"]) == 0
         assert json.loads((run / "replay.json").read_text())["episodes"] == 1 and (run / "replay.gif").is_file()
     assert not list(run.glob(".*partial*"))
+
+
+def test_ctrl_c_during_a_replay_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import agents.replay as replay_module
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    run = untrained_run(tmp_path / "logs", ["--env-kwargs", "corridor_length:3", "--extractor", "mlp"]).parent
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for stage, said in (
+        ("resolve", "interrupted before the replay started; nothing was written"),
+        ("play", "interrupted during the replay; no GIF or record was written"),
+        ("write_gif", f"interrupted while writing the replay's GIF and record ({run / 'replay.gif'}): each file is"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(replay_module, stage, interrupted)
+            try:
+                code = main(["--replay", str(run), "--episodes", "1"])
+            except KeyboardInterrupt:
+                pytest.fail(f"Ctrl-C in {stage} escaped train.py's main")
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert code == 130 and line.startswith(f"train.py: {said}"), line
+        assert not list(run.glob("replay*")) and not list(run.glob(".*partial*"))
