@@ -596,7 +596,8 @@ def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
         resolve(config_from_args(["--env", "OwnDictImage200-v0", "--extractor", "spatiotemporal-attention"]))
 
 
-def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
+def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training(monkeypatch):
+    import agents.plan as plan_module
     from agents.build import resolve
     from agents.cli import config_from_args
     from agents.config import ConfigError
@@ -609,7 +610,26 @@ def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
         preflight(huge)
     preflight(resolve(config_from_args([*args, "buffer_size:1000"])))
     short = resolve(config_from_args([*args[:-3], "-n", "1000", "-params", "buffer_size:1000000000000"]))
+    monkeypatch.setattr(plan_module, "reservable_memory", lambda: None, raising=False)  # Linux's "always overcommit"
     preflight(short)  # a buffer larger than the run's steps holds only those
+    # but SB3 reserves all of it up front: under Linux's heuristic each array (here the history's 48-byte
+    # observations, beside its 24-byte mask) must fit RAM + swap, under strict accounting all of them the commit
+    # limit left (observations and next observations: 2 x 72 bytes a transition)
+    fits = resolve(config_from_args([*args[:-3], "-n", "1000", "-params", "buffer_size:1000000"]))  # 0.13 GiB
+    for limit, needs in ((("each", 2**30), "an array of 44703.5 GiB"), (("all", 2**30), "134110.5 GiB of arrays")):
+        monkeypatch.setattr(plan_module, "reservable_memory", lambda limit=limit: limit, raising=False)
+        with pytest.raises(ConfigError) as refused:
+            preflight(short)
+        assert str(refused.value) == (
+            f"--algo dqn on {env_id}: SB3 reserves the whole replay buffer up front (buffer_size 1,000,000,000,000 "
+            f"transitions, observations of 72 bytes, history 6): {needs}, more than this machine lets be reserved "
+            f"(1.0 GiB, {'RAM + swap' if limit[0] == 'each' else 'its commit limit left'}): lower -params "
+            "buffer_size:N or --history K"
+        )
+        preflight(fits)
+    monkeypatch.undo()
+    here = plan_module.reservable_memory()  # this machine's: None under "always overcommit" or outside Linux
+    assert here is None or (here[0] in ("each", "all") and here[1] >= 0)
 
 
 def test_a_rollout_larger_than_the_memory_is_one_line_before_training():
