@@ -2,7 +2,10 @@
 
 import sys
 
-from agents.cli import main
-
 if __name__ == "__main__":
+    try:  # torch, SB3 and the envs load first: a Ctrl-C meanwhile is one line too
+        from agents.cli import main
+    except KeyboardInterrupt:
+        print("train.py: interrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

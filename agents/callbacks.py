@@ -200,23 +200,10 @@ class ResumableEvalCallback(EvalCallback):
 
     def restore(self, path: Path) -> None:
         """The evaluations of the run being resumed; one line if the file cannot be read."""
-        if not path.is_file():
+        saved = read_evaluations(path)
+        if saved is None:
             return
-        try:
-            with np.load(path) as saved:
-                timesteps = [int(t) for t in saved["timesteps"]]
-                results = [list(r) for r in saved["results"]]
-                lengths = [list(n) for n in saved["ep_lengths"]]
-                successes = [list(s) for s in saved["successes"]] if "successes" in saved else None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise ConfigError(
-                f"{path} cannot be read ({first_line(error)}): move it aside to resume without the earlier evaluations"
-            ) from None
-        if not len(timesteps) == len(results) == len(lengths):
-            raise ConfigError(
-                f"{path} is inconsistent ({len(timesteps)} steps, {len(results)} results, {len(lengths)} lengths): "
-                "move it aside to resume without the earlier evaluations"
-            )
+        timesteps, results, lengths, successes = saved
         self.evaluations_timesteps, self.evaluations_results, self.evaluations_length = timesteps, results, lengths
         if successes is not None:
             self.evaluations_successes = successes
@@ -225,6 +212,30 @@ class ResumableEvalCallback(EvalCallback):
                 self._fill_earlier_successes()
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
+
+
+def read_evaluations(path: Path) -> tuple[list[int], list[list], list[list], list[list] | None] | None:
+    """A run's ``evaluations.npz``: timesteps, results, episode lengths and successes (None where the file
+    has none); None when there is no file. ConfigError (one line) when it cannot be read or does not add up:
+    a resume checks it before it changes anything in the run folder."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            timesteps = [int(t) for t in saved["timesteps"]]
+            results = [list(r) for r in saved["results"]]
+            lengths = [list(n) for n in saved["ep_lengths"]]
+            successes = [list(s) for s in saved["successes"]] if "successes" in saved else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ConfigError(
+            f"{path} cannot be read ({first_line(error)}): move it aside to resume without the earlier evaluations"
+        ) from None
+    if not len(timesteps) == len(results) == len(lengths):
+        raise ConfigError(
+            f"{path} is inconsistent ({len(timesteps)} steps, {len(results)} results, {len(lengths)} lengths): "
+            "move it aside to resume without the earlier evaluations"
+        )
+    return timesteps, results, lengths, successes
 
 
 class OutsideTraining(CallbackList):

@@ -11,7 +11,7 @@ import gymnasium as gym
 
 import envs
 from agents.checks import check_optimize_flags
-from agents.config import ConfigError, TrainConfig, parse_key_values
+from agents.config import ConfigError, StoppedEarly, TrainConfig, parse_key_values
 from agents.registry import ALGOS, algo_help, extractor_help
 from agents.replay import replay
 from agents.run import REPLAY_FLAGS, RESUME_FLAGS, check_only_changes, train
@@ -72,43 +72,56 @@ def list_envs() -> str:
     return "\n".join(lines)
 
 
-def optimize_flags(cfg: TrainConfig) -> dict[str, bool]:
-    """Which of the search's own flags were given (``--n-trials`` away from its default counts)."""
-    defaults = TrainConfig()
-    return {
-        "--n-trials": cfg.n_trials != defaults.n_trials,
-        "--storage": cfg.storage is not None,
-        "--study-name": cfg.study_name is not None,
-        "--search-space": bool(cfg.search_space),
-        "--objective": cfg.objective != defaults.objective,
-    }
+OPTIMIZE_ONLY = ("n_trials", "storage", "study_name", "search_space", "objective")
+"""the search's own settings: flags that go with ``--optimize`` alone"""
+
+
+def optimize_flags(given: set[str]) -> dict[str, bool]:
+    """Which of the search's own flags were typed (``given``: :func:`given_flags`), whatever their values."""
+    flags = {f.name: f.metadata["flags"][-1] for f in fields(TrainConfig)}
+    return {flags[name]: name in given for name in OPTIMIZE_ONLY}
+
+
+INTERRUPTED = 130
+"""the exit code of a process stopped by Ctrl-C (128 + SIGINT), as shells report it"""
+STARTING = "interrupted before training started; nothing was saved"
 
 
 def main(argv: list[str] | None = None) -> int:
     result: Any
+    optimizing, stopped = False, STARTING
     try:
         cfg = config_from_args(argv)
         if cfg.list_envs:
             print(list_envs())
             return 0
-        check_optimize_flags(cfg.optimize, optimize_flags(cfg), cfg.n_trials)
+        given = given_flags(argv)  # typed on the command line, whatever the value
+        check_optimize_flags(cfg.optimize, optimize_flags(given), cfg.n_trials)
         if cfg.optimize and (cfg.trained_agent or cfg.replay is not None):
             other = "-i" if cfg.trained_agent else "--replay"
             raise ConfigError(f"--optimize does not go with {other}: a search trains new runs; leave one of them out")
         # -i and --replay take the run's saved settings: any other flag typed is refused, whatever its value
-        given = given_flags(argv)
         if cfg.trained_agent:
             check_only_changes(cfg, RESUME_FLAGS, "resuming (-i)", given)
         elif cfg.replay is not None:
             check_only_changes(cfg, REPLAY_FLAGS, "replaying (--replay)", given)
         if cfg.optimize:
+            optimizing = True  # a search says itself what an interrupt left
             from agents.tune import optimize  # Optuna and Ray load only when tuning
 
             result = optimize(cfg)
+        elif cfg.replay is not None:
+            stopped = "interrupted before the replay started; nothing was written"
+            result = replay(cfg)
         else:
-            result = replay(cfg) if cfg.replay is not None else train(cfg)
+            result = train(cfg)  # a Ctrl-C while training saves the model and returns; one before it gets here
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C while none of train.py's own handling is on
+        if optimizing:
+            raise
+        print(f"train.py: {interrupt if isinstance(interrupt, StoppedEarly) else stopped}", file=sys.stderr)
+        return INTERRUPTED
     print(result.summary())
     return getattr(result, "exit_code", 0)

@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     """A bad setting: the message is one line naming the value and what is allowed."""
 
 
+class StoppedEarly(KeyboardInterrupt):
+    """Ctrl-C where training's own handling is not (start-up, a replay): the message, one line, says what
+    was left; ``train.py`` prints it and exits with 130."""
+
+
 def _flag(*flags: str, help: str, **kwargs: Any) -> Any:
     default = kwargs.pop("default", None)
     factory = kwargs.pop("default_factory", None)
@@ -107,7 +112,11 @@ class TrainConfig:
         help="play a trained run instead of training: a run folder (its best model, else its final one) or a model zip in one; prints success and return and writes a GIF with the attention overlay",
     )
     episodes: int = _flag("--episodes", default=5, type=int, help="episodes to play with --replay")
-    video: str | None = _flag("--video", default=None, help="GIF written by --replay (default: RUN_FOLDER/replay.gif)")
+    video: str | None = _flag(
+        "--video",
+        default=None,
+        help="GIF written by --replay, its record beside it as .json (default: RUN_FOLDER/replay.gif)",
+    )
     list_envs: bool = _flag(
         "--list-envs", default=False, action="store_true", help="list this project's env ids and exit"
     )

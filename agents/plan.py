@@ -31,6 +31,7 @@ from agents.config import HISTORY_INPUTS, VEC_ENVS, ConfigError, TrainConfig
 from agents.presets import default_history, env_family, episode_cap, preset_for
 from agents.registry import ALGOS, EXTRACTORS, AlgoEntry, ExtractorEntry, default_extractor, is_image, listed, names
 from rlattn import ChannelFirst, FlatObservation, HistoryObservation
+from rlattn.validation import check_int
 from rlattn.wrappers import channel_last_image
 
 _SET_BY_US = {
@@ -137,14 +138,20 @@ MAKE_KEYWORDS = ("max_episode_steps",)
 
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], flag: str = "--env-kwargs") -> gym.Env:
     entry_point = gym.spec(env_id).entry_point
-    creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    try:  # a registered id whose module needs an extra (MuJoCo, Box2D, JAX) or names a missing class
+        creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    except Exception as error:
+        raise ConfigError(
+            f"--env {env_id}: its entry point {entry_point!r} cannot be loaded: "
+            f"{type(error).__name__}: {first_line(error)}"
+        ) from None
     params = inspect.signature(creator).parameters  # type: ignore[arg-type]
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = [name for name in params if name not in ("self", "render_mode")] + list(MAKE_KEYWORDS)
         for key in env_kwargs:
             if key not in allowed:
                 raise ConfigError(
-                    f"env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}"
+                    f"{flag}: env keyword {key!r} is not accepted by {env_id}: allowed are {', '.join(allowed) or 'none'}"
                 )
     try:
         return make_env(env_id, **env_kwargs)
@@ -428,6 +435,8 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
     if entry.defaults is not None:
         plan.extractor_kwargs = {**entry.defaults(plan, probe), **plan.extractor_kwargs}
     try:
+        if "features_dim" in plan.extractor_kwargs:  # SB3's own extractors (NatureCNN) only assert it, bare
+            check_int("features_dim", plan.extractor_kwargs["features_dim"])
         entry.cls(policy_space(plan, probe), **plan.extractor_kwargs)
     except (ValueError, TypeError, AssertionError) as error:
         raise ConfigError(f"--extractor {plan.extractor} on {plan.config.env}: {first_line(error)}") from None
@@ -442,6 +451,38 @@ def available_memory() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where there is none)."""
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                name, _, rest = line.partition(":")
+                if rest.split():
+                    values[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        return {}
+    return values
+
+
+def reservable_memory() -> tuple[str, int] | None:
+    """What numpy's zeroed arrays may reserve here (Linux's overcommit policy, ``/proc/sys/vm/overcommit_memory``):
+    ``("each", RAM + swap)`` under the heuristic (the default, which refuses one allocation larger than that),
+    ``("all", CommitLimit - Committed_AS)`` under strict accounting (every allocation counts); None where nothing
+    is refused (always overcommit) or the policy is unknown (not Linux)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as file:
+            mode = int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+    info = _meminfo()
+    if mode == 0 and "MemTotal" in info:
+        return "each", info["MemTotal"] + info.get("SwapTotal", 0)
+    if mode == 2 and "CommitLimit" in info and "Committed_AS" in info:
+        return "all", max(info["CommitLimit"] - info["Committed_AS"], 0)
     return None
 
 
@@ -523,15 +564,20 @@ def _warn_preset_env_off(plan: RunPlan) -> None:
 
 def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
     """An off-policy algorithm's replay buffer must fit in memory: each stored transition holds its
-    observation and the next (histories included); the OS provides SB3's zeroed arrays as they fill,
-    so what counts is the transitions the run stores (its buffer, or its steps if fewer)."""
+    observation and the next (histories included). SB3 reserves the whole ``buffer_size`` up front (an
+    array for the observations and one for the next, one each per key of a Dict), which Linux refuses
+    beyond what it lets be reserved (:func:`reservable_memory`); within that, the OS provides the zeroed
+    pages as they fill, so what must fit in the memory available is the transitions the run stores (its
+    buffer, or its steps if fewer)."""
     cls = plan.algo_entry.cls
     if not issubclass(cls, OffPolicyAlgorithm):
         return
     buffer = int(_algo_value(plan, "buffer_size"))
-    size = min(buffer, plan.n_timesteps)
-    one = _step_bytes(policy_space(plan, probe))
+    space = policy_space(plan, probe)
+    one = _step_bytes(space)
     copies = 1 if plan.algo_kwargs.get("optimize_memory_usage", False) else 2
+    rows = max(buffer // plan.n_envs, 1) * plan.n_envs  # SB3's (buffer_size // n_envs, n_envs, ...) arrays
+    size = min(buffer, plan.n_timesteps)
     needed, available = size * one * copies, available_memory()
     if available is not None and needed > available:
         raise ConfigError(
@@ -539,6 +585,22 @@ def _check_replay_memory(plan: RunPlan, probe: gym.Env) -> None:
             f"{one:,} bytes each (history {plan.history}), needs {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
             "available: lower -params buffer_size:N or --history K"
         )
+    limit = reservable_memory()
+    if limit is not None:
+        kind, reservable = limit
+        leaves = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+        reserved = rows * (max(_step_bytes(leaf) for leaf in leaves) if kind == "each" else one * copies)
+        if reserved > reservable:
+            what = (
+                f"an array of {reserved / 2**30:.1f} GiB" if kind == "each" else f"{reserved / 2**30:.1f} GiB of arrays"
+            )
+            allowed = "RAM + swap" if kind == "each" else "its commit limit left"
+            raise ConfigError(
+                f"--algo {plan.config.algo} on {plan.config.env}: SB3 reserves the whole replay buffer up front "
+                f"(buffer_size {buffer:,} transitions, observations of {one:,} bytes, history {plan.history}): "
+                f"{what}, more than this machine lets be reserved ({reservable / 2**30:.1f} GiB, {allowed}): "
+                "lower -params buffer_size:N or --history K"
+            )
 
 
 def _step_bytes(space: gym.Space) -> int:

@@ -13,22 +13,51 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from agents.callbacks import TARGET_KEYS
 from agents.checks import check_int_flag, check_writable, first_line
-from agents.config import ConfigError, TrainConfig
+from agents.config import ConfigError, StoppedEarly, TrainConfig
 from agents.evaluate import success_flags
 from agents.plan import SEED_MAX, RunPlan, make_env, resolve
 from agents.presets import env_family
 from agents.registry import ALGOS, is_image
 from agents.run import REPLAY_FLAGS, check_only_changes
-from agents.runfolder import as_started, find_model, load_run_config
+from agents.runfolder import as_started, find_model, load_run_config, write_atomic
 from rlattn import HistoryAttentionExtractor
 from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
 
 FRAME_MS = 350
+RECORD_KEYS = {"model", "episodes", "returns", "video", "frames"}
+"""what every replay record holds (:meth:`ReplayResult.record`): a JSON file with them is one a replay wrote"""
+
+
+def record_path(video: Path) -> Path:
+    """Where the replay record of the GIF at ``video`` goes: beside it, ``.json`` for ``.gif``."""
+    return video.with_suffix(".json")
+
+
+def check_record_path(video: Path) -> None:
+    """A replay writes its GIF and record over earlier replays' alone: a record path held by any other file
+    (``RUN/result.gif`` beside the run's ``result.json``, say) is refused, before the episodes are played."""
+    record = record_path(video)
+    for path in (video, record):
+        if path.is_dir():
+            raise ConfigError(f"--video {video} cannot be written: {path} is a folder; give --video another .gif name")
+    if not record.exists():
+        return
+    try:
+        written = json.loads(record.read_text())
+        ours = isinstance(written, dict) and RECORD_KEYS <= set(written)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"--video {video}: its replay record {record} (the GIF's name with .json) would replace a file that no "
+            "replay wrote: give --video another .gif name"
+        )
 
 
 @dataclass(frozen=True)
@@ -191,7 +220,9 @@ def write_gif(pictures: list[np.ndarray], path: Path) -> None:
     width = max(p.shape[1] for p in pictures)
     frames = [Image.fromarray(np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)))) for p in pictures]
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
+    write_atomic(
+        path, lambda target: frames[0].save(target, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
+    )
 
 
 def replay(cfg: TrainConfig) -> ReplayResult:
@@ -210,6 +241,7 @@ def replay(cfg: TrainConfig) -> ReplayResult:
     if video.suffix.lower() != ".gif":
         raise ConfigError(f"--video {cfg.video!r} is invalid: must end in .gif")
     check_writable(str(video.parent), "--video")  # before the episodes are played, not after
+    check_record_path(video)
     try:
         model = ALGOS[saved.algo].cls.load(model_file, device=cfg.device)
     except Exception as error:
@@ -217,12 +249,27 @@ def replay(cfg: TrainConfig) -> ReplayResult:
             f"--replay {str(model_file)!r} cannot be loaded as {saved.algo}: {first_line(error)}"
         ) from None
     venv = _make_env(plan, cfg.seed)
+    try:  # a model copied in from another run: SB3 checks nothing when loaded without an env
+        check_for_correct_spaces(venv, model.observation_space, model.action_space)
+    except ValueError as error:
+        venv.close()
+        raise ConfigError(
+            f"--replay {str(model_file)!r} does not fit the run's env ({saved.env} as the run saw it): {first_line(error)}"
+        ) from None
     try:
         target_key = TARGET_KEYS.get(env_family(saved.env))
         returns, successes, masses, pictures = play(model, venv, cfg.episodes, target_key, reports_success(folder))
+    except KeyboardInterrupt:
+        raise StoppedEarly("interrupted during the replay; no GIF or record was written") from None
     finally:
         venv.close()
-    write_gif(pictures, video)
     result = ReplayResult(model_file, returns, successes, masses, video, len(pictures))
-    video.with_suffix(".json").write_text(json.dumps(result.record(), indent=2) + "\n")
+    text = json.dumps(result.record(), indent=2) + "\n"
+    try:  # each written beside and renamed into place: whole or not there
+        write_gif(pictures, video)
+        write_atomic(record_path(video), lambda path: path.write_text(text))
+    except KeyboardInterrupt:
+        raise StoppedEarly(
+            f"interrupted while writing the replay's GIF and record ({video}): each file is whole or was not replaced"
+        ) from None
     return result

@@ -22,7 +22,14 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.build import build_model, make_vec
-from agents.callbacks import EVAL_SEED_OFFSET, FINAL_TAGS, LearnedSteps, OutsideTraining, run_callbacks
+from agents.callbacks import (
+    EVAL_SEED_OFFSET,
+    FINAL_TAGS,
+    LearnedSteps,
+    OutsideTraining,
+    read_evaluations,
+    run_callbacks,
+)
 from agents.checks import check_model_file, first_line
 from agents.config import ConfigError, TrainConfig
 from agents.evaluate import EvalResult, evaluate
@@ -192,7 +199,13 @@ def _load(plan: RunPlan, file: Path, venv: VecEnv) -> BaseAlgorithm:
     if isinstance(model, OffPolicyAlgorithm):
         replay = replay_buffer_for(model, file.parent)
         if replay is not None:
-            model.load_replay_buffer(replay)
+            try:
+                model.load_replay_buffer(replay)
+            except Exception as error:  # cut short, or not a replay buffer: pickle and numpy may raise anything
+                raise ConfigError(
+                    f"{replay} cannot be read ({type(error).__name__}: {first_line(error)}): move it aside to resume "
+                    "with an empty replay buffer"
+                ) from None
     normalization = model.get_vec_normalize_env()
     if normalization is not None:
         restore_normalization(normalization, normalization_file(file))
@@ -208,7 +221,13 @@ def restore_normalization(normalization: VecNormalize, path: Path) -> None:
     if not path.is_file():
         warnings.warn(f"{path} is missing: the reward normalization starts its statistics afresh", stacklevel=2)
         return
-    saved = VecNormalize.load(str(path), normalization.venv)
+    try:
+        saved = VecNormalize.load(str(path), normalization.venv)
+    except Exception as error:  # cut short, or not VecNormalize's: pickle may raise anything
+        raise ConfigError(
+            f"{path} cannot be read ({type(error).__name__}: {first_line(error)}): move it aside to resume with the "
+            "reward normalization's statistics started afresh"
+        ) from None
     normalization.ret_rms = saved.ret_rms  # observations are not normalized: the return's spread is all there is
 
 
@@ -222,15 +241,17 @@ def _close(venv: VecEnv) -> None:
 def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, VecEnv, list]:
     """The run folder, the model (built, or loaded with ``-i``), training and evaluation envs, callbacks.
 
-    A run that cannot start leaves nothing behind.
+    A run that cannot start leaves nothing behind: a new run's folders are removed (with every folder
+    above it that this run made), and a resume checks everything that can refuse it before it changes
+    anything in the run folder.
     """
     cfg = plan.config
-    # folders this run makes above its run folder (LOG, LOG/ALGO, TB/ALGO): removed again if it cannot start
-    above = [Path(cfg.log_folder) / cfg.algo, Path(cfg.log_folder)]
-    if cfg.tensorboard_log:
-        above += [Path(cfg.tensorboard_log) / cfg.algo, Path(cfg.tensorboard_log)]
-    made = [p for p in above if not p.exists()]
+    # folders this run makes above its run folder (LOG/ALGO, TB/ALGO and each missing one above them): removed
+    # again if it cannot start
+    above = [Path(cfg.log_folder) / cfg.algo, *([Path(cfg.tensorboard_log) / cfg.algo] if cfg.tensorboard_log else [])]
+    made = missing_folders(above)
     folder = Path(cfg.trained_agent).parent if resumed else new_run_folder(cfg.log_folder, cfg.algo, cfg.env)  # type: ignore[arg-type]
+    monitors = set(folder.glob("*.monitor.csv"))  # a resume appends to these (and makes those missing)
     envs: list[VecEnv] = []
     tb_dir: Path | None = None
     try:
@@ -238,6 +259,8 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
         envs.append(make_vec(plan, eval_envs(cfg.eval_episodes), cfg.seed + EVAL_SEED_OFFSET, evaluation=True))
         if resumed:
             model = _load(plan, Path(cfg.trained_agent), envs[0])  # type: ignore[arg-type]
+            if cfg.eval_freq > 0:  # read again by the evaluation callback: checked before the folder changes
+                read_evaluations(folder / "evaluations.npz")
             keep_progress(folder, model.num_timesteps)
             append_command(folder, cfg.env)
         else:
@@ -255,17 +278,31 @@ def _start(plan: RunPlan, resumed: bool) -> tuple[Path, BaseAlgorithm, VecEnv, V
     except BaseException:
         for env in envs:
             _close(env)
-        if not resumed:
+        if resumed:  # the monitor files this attempt made (empty: nothing was trained)
+            for monitor in set(folder.glob("*.monitor.csv")) - monitors:
+                monitor.unlink(missing_ok=True)
+        else:
             for path in (folder, tb_dir if tb_dir != folder else None):
                 if path is not None and path.exists():
                     shutil.rmtree(path)
-            for path in made:  # deepest first; left where anything else is in them
+            for path in made:  # deepest first; left where anything else is in them (another run's)
                 try:
                     path.rmdir()
                 except OSError:
                     pass
         raise
     return folder, model, envs[0], envs[1], callbacks
+
+
+def missing_folders(paths: Sequence[Path]) -> list[Path]:
+    """Each of ``paths`` that does not exist and every missing folder above it, deepest first (no repeats)."""
+    missing: dict[Path, None] = {}
+    for path in paths:
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            missing[folder] = None
+    return sorted(missing, key=lambda folder: len(folder.absolute().parts), reverse=True)
 
 
 LOG_STEPS = 1024
@@ -316,10 +353,10 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> Run
     if cfg.verbose and plan.env_kwargs != plan.eval_env_kwargs:
         print(f"training envs: {plan.env_kwargs}; evaluation envs: {plan.eval_env_kwargs}", flush=True)
     folder, model, venv, eval_env, callbacks = _start(plan, resumed)
-    start, started_at = time.perf_counter(), model.num_timesteps
-    learned = LearnedSteps(started_at)
-    outside = OutsideTraining([*callbacks, *extra_callbacks])
-    with _Signals() as signals:
+    with _Signals() as signals:  # at once: a Ctrl-C from here on saves the model
+        start, started_at = time.perf_counter(), model.num_timesteps
+        learned = LearnedSteps(started_at)
+        outside = OutsideTraining([*callbacks, *extra_callbacks])
         try:
             with signals.armed():
                 model.learn(

@@ -171,17 +171,24 @@ def load_run_config(folder: Path, what: str) -> TrainConfig:
         raise ConfigError(
             f"{what} is invalid: {folder} holds no run settings (*/args.json); expected a run folder written by train.py"
         )
+    unreadable = (ValueError, TypeError, AttributeError, SyntaxError, MemoryError, RecursionError)
     try:
         args = json.loads(saved_args[0].read_text())
         args = from_json(args) if isinstance(args, dict) else args
-        if isinstance(args, dict) and args.get("history_inputs") is None:
-            # what the run's steps held, as resolved when it started (runs from before the flag: nothing)
-            resolved = saved_args[0].with_name("config.json")
+    except unreadable as error:
+        raise ConfigError(f"{what}: cannot read {saved_args[0]}: {first_line(error)}") from None
+    if isinstance(args, dict) and args.get("history_inputs") is None:
+        # what the run's steps held, as resolved when it started (runs from before the flag: nothing)
+        resolved = saved_args[0].with_name("config.json")
+        try:
             args["history_inputs"] = (
                 list(json.loads(resolved.read_text()).get("history_inputs", [])) if resolved.is_file() else []
             )
+        except unreadable as error:
+            raise ConfigError(f"{what}: cannot read {resolved}: {first_line(error)}") from None
+    try:
         return TrainConfig(**args)
-    except (ValueError, TypeError, AttributeError, SyntaxError, MemoryError, RecursionError) as error:
+    except unreadable as error:
         raise ConfigError(f"{what}: cannot read {saved_args[0]}: {first_line(error)}") from None
 
 

@@ -62,7 +62,8 @@ def as_algorithm_kwargs(values: dict[str, Any]) -> dict[str, Any]:
 class EntropySchedule(BaseCallback):
     """Before every update: ``ent_coef = start * (1 - env steps so far / env steps of the run)``.
 
-    Reads the model's own step counts, so a resumed run (``-i``) continues the same line.
+    Reads the model's own step counts, as SB3's schedules do: a resume (``-i``) to the run's own total
+    continues the same line; one given another ``-n`` rescales it to that total from the resume on.
     """
 
     def __init__(self, start: float):

@@ -160,6 +160,10 @@ class AttentionPPO(PPO):
         self.rollout_buffer_kwargs = {"extras_dim": extras_dim}
         super()._setup_model()
         self._last_memory = self.policy.initial_memory(self.n_envs)
+        if self._last_episode_starts is not None:
+            # loaded with its last observations (load(..., force_reset=False)): the memory is not saved, so each
+            # env's next step starts it afresh, as an episode start (not mid-episode with positions from 0)
+            self._last_episode_starts = np.ones(len(self._last_episode_starts), dtype=bool)
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
@@ -172,6 +176,7 @@ class AttentionPPO(PPO):
         memory = self._last_memory
         if memory.n_envs != env.num_envs:
             memory = self._last_memory = self.policy.initial_memory(env.num_envs)
+            self._last_episode_starts = np.ones(env.num_envs, dtype=bool)
         self.policy.memory_net.refresh(memory)  # keys and values as training will recompute them
         rollout_buffer.carry_in(memory)
         callback.on_rollout_start()
@@ -181,10 +186,11 @@ class AttentionPPO(PPO):
                 memory.reset(torch.as_tensor(self._last_episode_starts, device=self.device))
                 rollout_buffer.add_memory_inputs(memory)
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                actions, values, log_probs = self.policy.act(obs_tensor, memory)
-            actions_np = actions.cpu().numpy()
-            clipped_actions = self.policy._to_env_actions(actions_np)
+                action_tensor, values, log_probs = self.policy.act(obs_tensor, memory)
+            actions = action_tensor.cpu().numpy()  # numpy, as SB3's callbacks read self.locals["actions"]
+            clipped_actions = self.policy._to_env_actions(actions)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
+            dones = np.asarray(dones, dtype=bool)  # some VecEnvs return 0/1 integers
             self.num_timesteps += env.num_envs
             # the memory reads the rewards the env paid, as predict(reward=...) gets them, not VecNormalize's
             paid = rewards if self._vec_normalize_env is None else self._vec_normalize_env.get_original_reward()
@@ -198,8 +204,8 @@ class AttentionPPO(PPO):
             self.policy.remember(memory, clipped_actions, paid)
             self._bootstrap_timeouts(rewards, dones, infos, memory)
             if isinstance(self.action_space, spaces.Discrete):
-                actions_np = actions_np.reshape(-1, 1)
-            rollout_buffer.add(self._last_obs, actions_np, rewards, self._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
+                actions = actions.reshape(-1, 1)
+            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
             self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
             n_steps += 1
         with torch.no_grad():

@@ -34,6 +34,7 @@ from rlattn.faithfulness import (
     patch_decision,
 )
 from rlattn.image_extractors import PatchAttentionExtractor, SpatioTemporalAttentionExtractor
+from rlattn.normalize import HistoryNormalize
 from rlattn.overlay import colorize, overlay
 from rlattn.validation import check_int
 
@@ -174,9 +175,27 @@ class AttentionLoggingCallback(BaseCallback):
         own = unwrap_vec_normalize(self.env)
         if normaliser is not None and normaliser.norm_obs and (own is None or not own.norm_obs):
             raise ValueError(
-                "AttentionLoggingCallback's env is not wrapped in VecNormalize, but the model trains on VecNormalize "
-                "observations: wrap it as VecNormalize(env, training=False, norm_reward=False)"
+                f"AttentionLoggingCallback's env is not wrapped in VecNormalize, but the model trains on "
+                f"{type(normaliser).__name__} observations: wrap it as {type(normaliser).__name__}(env, training=False, "
+                "norm_reward=False)"
             )
+        if normaliser is not None and normaliser.norm_obs and own is not None and own is not normaliser:
+            ours, theirs = type(own).__name__, type(normaliser).__name__
+            keys, train_keys = getattr(own, "norm_obs_keys", None), getattr(normaliser, "norm_obs_keys", None)
+            step_statistics = isinstance(own, HistoryNormalize), isinstance(normaliser, HistoryNormalize)
+            if step_statistics[0] != step_statistics[1] or (
+                keys is not None and train_keys is not None and sorted(keys) != sorted(train_keys)
+            ):
+                raise ValueError(
+                    f"AttentionLoggingCallback's env is wrapped in {ours} normalising keys {keys}, but the model "
+                    f"trains on {theirs} normalising keys {train_keys}: wrap it the same way, as "
+                    f"{theirs}(env, training=False, norm_reward=False)"
+                    + (
+                        ""
+                        if theirs == "HistoryNormalize" or train_keys is None
+                        else f" with norm_obs_keys={train_keys}"
+                    )
+                )
 
     def _drawn(self, frame: np.ndarray) -> np.ndarray:
         """The frame an overlay draws: under ``VecFrameStack`` the newest frame's channels (the last of the

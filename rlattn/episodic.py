@@ -70,7 +70,9 @@ class EpisodicMemory:
         return self.valid.shape[1]
 
     def reset(self, starts: Tensor) -> None:
-        """Forget the envs where ``starts`` (B,) bool is True: their next step begins an episode."""
+        """Forget the envs where ``starts`` (B,) is true (bool, or 0/1 as some VecEnvs return their dones):
+        their next step begins an episode."""
+        starts = starts.to(torch.bool)
         if bool(starts.any()):
             self.valid &= ~starts[:, None]
             self.t = torch.where(starts, 0, self.t)

@@ -86,6 +86,7 @@ class HistoryExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: spaces.Dict, features_dim: int):
+        check_int("features_dim", features_dim)  # before SB3's bare assert
         super().__init__(observation_space, features_dim)
         self.history_length = history_length(observation_space)
         self.step_keys = [key for key in STEP_KEYS if key in observation_space.spaces]

@@ -45,6 +45,24 @@ def pixel_scale(space: spaces.Space) -> float:
     return 1.0 / max(1.0, float(np.max(space.high)))
 
 
+def sb3_scales(space: spaces.Space) -> bool:
+    """Whether SB3 hands this observation space over scaled to [0, 1]: a single uint8 image, which SB3's
+    policies divide by 255 when ``normalize_images`` is True (their default)."""
+    return space.dtype == np.uint8 and is_image_space(space, check_channels=False)
+
+
+def scaled_pixels(x: Tensor, who: str) -> Tensor:
+    """``x``, the batch of a uint8 image that SB3 should have scaled to [0, 1], checked to be so: with
+    ``normalize_images=False`` it hands over 0..255, which the extractor would read unscaled. A one-line
+    ValueError naming the fix."""
+    if x.is_floating_point() and x.numel() and float(x.max()) > 1.0:
+        raise ValueError(
+            f"{who} got pixel values up to {float(x.max()):.4g} where SB3 scales a uint8 image to [0, 1]: allowed is "
+            "normalize_images=True in policy_kwargs (SB3's default)"
+        )
+    return x
+
+
 def image_steps(space: spaces.Space) -> bool:
     """Whether a (K, ...) history entry holds images: steps of three axes that SB3 would call an image
     (uint8, 0..255). Other steps of any shape are vectors to the history extractors."""
@@ -87,7 +105,7 @@ def valid_steps(observations: dict[str, Tensor]) -> Tensor:
     other = mask[(mask != 0) & (mask != 1)]
     if other.numel():
         raise ValueError(
-            f"HistoryObservation's 'valid' mask holds {other[0].item():.4g}: allowed are 0 "
+            f"HistoryObservation's 'valid' mask holds {other[0].item()!r}: allowed are 0 "
             "and 1 (with VecNormalize, normalise the other keys only: VecNormalize(venv, norm_obs_keys=['obs']), "
             "or use rlattn.HistoryNormalize(venv))"
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
@@ -21,6 +22,8 @@ from rlattn.history import (
     history_length,
     pixel_scale,
     raw_uint8,
+    sb3_scales,
+    scaled_pixels,
     step_size,
     uint8_steps,
     valid_steps,
@@ -94,6 +97,7 @@ class PatchAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         self.pointer_size = encoder.n_patches if readout == "pointer" else 0
         super().__init__(observation_space, self.pointer_size + features_dim)
         self.scale = pixel_scale(observation_space)
+        self.scaled_by_sb3 = sb3_scales(observation_space)
         self.encoder = encoder
         self.readout = PatchReadout(readout, embed_dim, n_heads, gate, mlp_ratio)
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, features_dim))
@@ -104,6 +108,8 @@ class PatchAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         return self.encoder.grid
 
     def forward(self, observations: Tensor) -> Tensor:
+        if self.scaled_by_sb3 and not torch.is_grad_enabled():
+            scaled_pixels(observations, type(self).__name__)  # rollouts (no grad) come before any update
         out, weights = self.readout(self.encoder(observations.float() * self.scale))
         features = self.head(out)
         return torch.cat([pointer_features(weights), features], dim=-1) if self.pointer_size else features
@@ -170,7 +176,16 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         K = history_length(observation_space)
         frames = observation_space["obs"]
         assert isinstance(frames, spaces.Box)
-        image = image_shape(spaces.Box(0, 255, frames.shape[1:], frames.dtype), "SpatioTemporalAttentionExtractor")
+        image = image_shape(
+            spaces.Box(frames.low[0], frames.high[0], dtype=frames.dtype),
+            "SpatioTemporalAttentionExtractor",
+            f"a history step of shape {frames.shape[1:]}"
+            + (
+                " (if they are 2-D uint8 frames (H, W), which HistoryObservation flattens, give them a channel axis, (H, W, 1))"
+                if frames.dtype == np.uint8 and len(frames.shape) == 2
+                else ""
+            ),
+        )
         check_sizes(features_dim, embed_dim, n_heads, spatial_layers=spatial_layers, temporal_layers=temporal_layers)
         encoder = PatchEncoder(
             image, patch_size, embed_dim, n_heads, spatial_layers, attention, radius, gate, mlp_ratio, top_k, block_size
@@ -312,6 +327,7 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
         check_choice("readout", readout, IMAGE_READOUTS)
         super().__init__(observation_space, embed_dim)
         self.scale = pixel_scale(observation_space)
+        self.scaled_by_sb3 = sb3_scales(observation_space)
         self.encoder = encoder
         self.frame_readout = PatchReadout(frame_readout, embed_dim, n_heads, gate, mlp_ratio, name="frame_readout")
         self.look_kwargs: dict[str, Any] = {
@@ -339,6 +355,8 @@ class FramePatchExtractor(KeepsOwnInit, BaseFeaturesExtractor):
 
     def patches(self, observations: Tensor) -> Tensor:
         """(B, C, H, W) -> patch tokens (B, N, E)."""
+        if self.scaled_by_sb3 and not torch.is_grad_enabled():
+            scaled_pixels(observations, type(self).__name__)  # rollouts (no grad) come before any update
         return self.encoder(observations.float() * self.scale)
 
     def frame(self, patches: Tensor) -> Tensor:

@@ -17,20 +17,34 @@ from torch import Tensor, nn
 from rlattn.attention import explicit_attention
 from rlattn.blocks import TransformerBlock, init_linear, sinusoidal_table
 from rlattn.validation import check_choice, check_int
+from rlattn.wrappers import channel_last_frame
 
 IMAGE_ATTENTION = ("global", "neighbourhood")
 IMAGE_READOUTS = ("pool", "pointer", "summary")
 FRAME_READOUTS = ("max", "pool", "summary")
 
 
-def image_shape(space: spaces.Space, who: str) -> tuple[int, int, int]:
-    """(C, H, W) of a channel-first image Box; a one-line ValueError for anything else."""
+def image_shape(space: spaces.Space, who: str, what: str | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of a channel-first image Box; a one-line ValueError for anything else, ``what`` naming it
+    (default: the observation space).
+
+    A Box that reads as channel-last (:func:`rlattn.wrappers.channel_last_frame`: its last axis its
+    smallest and a channel count) is refused: SB3 moves the channels of uint8 images itself, but not of
+    float ones (a ``VecNormalize``'d image, a float frame), which would be read with the height as
+    channels and the channels as width."""
+    what = what or f"observation space {space}"
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         raise ValueError(
-            f"observation space {space} is not an image: {who} needs a channel-first (C, H, W) Box; "
+            f"{what} is not an image: {who} needs channel-first (C, H, W) images; "
             "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor"
         )
     C, H, W = (int(n) for n in space.shape)
+    if channel_last_frame(space):
+        raise ValueError(
+            f"{what} looks channel-last (its smallest axis, {W}, is the last): {who} reads channel-first "
+            "(C, H, W) images; move the channels first on the env, before VecNormalize or a frame stack "
+            "(rlattn.ChannelFirst(env))"
+        )
     return C, H, W
 
 

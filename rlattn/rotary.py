@@ -28,23 +28,22 @@ def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype = torch.f
     key = (head_dim, positions.device, dtype)
     table = _ROTARY_TABLES.get(key)
     needed = int(positions.max()) + 1 if positions.numel() else 1
+    # float64 on the CPU, then cast and moved: some devices (Apple's MPS) have no float64
     if needed > ROTARY_TABLE_MAX:  # a very long episode: these positions' angles only, the table stays bounded
-        angles = positions.to(torch.float64)[..., None] * _frequencies(head_dim, positions.device)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        angles = positions.cpu().to(torch.float64)[..., None] * _frequencies(head_dim)
+        return angles.cos().to(positions.device, dtype), angles.sin().to(positions.device, dtype)
     if table is None or len(table) < needed:
         size = max(1024, 1 << (needed - 1).bit_length())
-        angles = torch.arange(size, dtype=torch.float64, device=positions.device)[:, None] * _frequencies(
-            head_dim, positions.device
-        )
-        table = _ROTARY_TABLES[key] = torch.stack([angles.cos(), angles.sin()], dim=1).to(dtype)
+        angles = torch.arange(size, dtype=torch.float64)[:, None] * _frequencies(head_dim)
+        table = _ROTARY_TABLES[key] = torch.stack([angles.cos(), angles.sin()], dim=1).to(positions.device, dtype)
     cos, sin = table[positions].unbind(-2)
     return cos, sin
 
 
-def _frequencies(head_dim: int, device: torch.device) -> Tensor:
-    """(d/2,) float64 rotation frequencies, base^(-2i/d)."""
+def _frequencies(head_dim: int) -> Tensor:
+    """(d/2,) float64 rotation frequencies, base^(-2i/d), on the CPU."""
     half = head_dim // 2
-    return ROTARY_BASE ** (-torch.arange(half, dtype=torch.float64, device=device) / half)
+    return ROTARY_BASE ** (-torch.arange(half, dtype=torch.float64) / half)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

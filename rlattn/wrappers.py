@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,22 +17,52 @@ from rlattn.validation import check_int
 Encoder = Callable[[Any], np.ndarray]
 
 
-def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray) -> tuple[Encoder, spaces.Box]:
+def _out_of_range(what: str, x: Any, low: np.ndarray, high: np.ndarray) -> ValueError:
+    """The one-line error for a value outside the integers its space allows."""
+    hint = " (SB3 acts with 0..n-1 whatever a Discrete action space's start)" if what == "action" else ""
+    return ValueError(
+        f"{what} value {np.asarray(x).tolist()} is outside its space: allowed are integers from {low.tolist()} "
+        f"to {high.tolist()}{hint}"
+    )
+
+
+def _one_hot_encoder(nvec: np.ndarray, start: np.ndarray, what: str) -> tuple[Encoder, spaces.Box]:
     offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
     size = int(np.sum(nvec))
-
-    def encode(x: Any) -> np.ndarray:
-        codes = np.asarray(x, dtype=np.int64).reshape(-1) - start
-        if np.any(codes < 0) or np.any(codes >= nvec):  # numpy would wrap a negative index silently
-            raise ValueError(
-                f"value {np.asarray(x).tolist()} is invalid: allowed are integers from {start.tolist()} to "
-                f"{(start + nvec - 1).tolist()} (SB3 acts with 0..n-1 whatever a Discrete action space's start)"
-            )
-        out = np.zeros(size, dtype=np.float32)
-        out[offsets + codes] = 1.0
-        return out
-
+    encode = functools.partial(_one_hot, nvec=nvec, start=start, offsets=offsets, size=size, what=what)
     return encode, spaces.Box(0.0, 1.0, (size,), np.float32)
+
+
+# Encoders are module functions bound with functools.partial, not closures, so a wrapped env pickles
+def _one_hot(x: Any, nvec: np.ndarray, start: np.ndarray, offsets: np.ndarray, size: int, what: str) -> np.ndarray:
+    codes = np.asarray(x, dtype=np.int64).reshape(-1) - start
+    if np.any(codes < 0) or np.any(codes >= nvec):  # numpy would wrap a negative index silently
+        raise _out_of_range(what, x, start, start + nvec - 1)
+    out = np.zeros(size, dtype=np.float32)
+    out[offsets + codes] = 1.0
+    return out
+
+
+def _binary(
+    x: Any, low: np.ndarray, high: np.ndarray, span: np.ndarray | int, bits: np.ndarray, what: str
+) -> np.ndarray:
+    codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
+    if codes.min() < 0 or (codes.max() > span if isinstance(span, int) else np.any(codes > span)):
+        raise _out_of_range(what, x, low, high)
+    return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
+
+
+def _as_array(x: Any, dtype: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    array = np.asarray(x, dtype=dtype)
+    return array if shape is None else array.reshape(shape)
+
+
+def _scaled(x: Any, low: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float32).reshape(-1) - low) * scale
+
+
+def _concatenate(x: Any, parts: list[tuple[Any, Encoder, spaces.Box]]) -> np.ndarray:
+    return np.concatenate([encoder(x[key]) for key, encoder, _ in parts])
 
 
 CODE_ONE_HOT_MAX = 16
@@ -42,15 +73,15 @@ CODE_SIZE_MAX = 8192
 """... while the encoded leaf holds at most this many numbers (larger leaves, images, become values in [0, 1])"""
 
 
-def _binary_encoder(low: np.ndarray, width: int) -> tuple[Encoder, spaces.Box]:
-    """Each number (x - low) as its ``width`` bits, least significant first."""
+def _binary_encoder(low: np.ndarray, high: np.ndarray, width: int, what: str) -> tuple[Encoder, spaces.Box]:
+    """Each number (x - low) as its ``width`` bits, least significant first; a number outside low..high
+    is a one-line error (its bits would be another value's code)."""
     bits = np.left_shift(1, np.arange(width, dtype=np.int64))
-
-    def encode(x: Any) -> np.ndarray:
-        codes = np.asarray(x, dtype=np.int64).reshape(-1) - low
-        return (np.bitwise_and(codes[:, None], bits) > 0).astype(np.float32).reshape(-1)
-
-    return encode, spaces.Box(0.0, 1.0, (low.size * width,), np.float32)
+    spans = high - low
+    span = int(spans[0]) if spans.size and (spans == spans[0]).all() else spans  # one bound for all: cheaper check
+    return functools.partial(_binary, low=low, high=high, span=span, bits=bits, what=what), spaces.Box(
+        0.0, 1.0, (low.size * width,), np.float32
+    )
 
 
 def coded_width(space: spaces.Box) -> int | None:
@@ -67,7 +98,7 @@ def coded_width(space: spaces.Box) -> int | None:
     return width if span.size * width <= CODE_SIZE_MAX else None
 
 
-def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
+def _flat_box(space: spaces.Box, what: str) -> tuple[Encoder, spaces.Box]:
     """A Box leaf as a float vector. Integer leaves are codes (MiniGrid's object, colour and state
     indices): one-hot where each number has at most ``CODE_ONE_HOT_MAX`` values, else each number's
     binary code (``CODE_BITS_MAX`` bits at most): each value its own pattern, not a magnitude (a key, 5,
@@ -79,28 +110,22 @@ def _flat_box(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     width = coded_width(space)
     first = np.asarray(space.low, dtype=np.int64).reshape(-1) if width is not None else np.zeros(0, np.int64)
     if width == 0:
-        return _one_hot_encoder(span.astype(np.int64) + 1, first)
+        return _one_hot_encoder(span.astype(np.int64) + 1, first, what)
     if width is not None:
-        return _binary_encoder(first, width)
+        return _binary_encoder(first, np.asarray(space.high, dtype=np.int64).reshape(-1), width, what)
     if np.issubdtype(space.dtype, np.integer) and span.size and np.max(span) < 2**CODE_BITS_MAX:
         # too many numbers to code (an image): magnitudes in [0, 1], as the extractors scale a uint8
         # step (pixels by 1/255), not 0..255 into a Linear layer
         scale = (1.0 / np.maximum(span, 1.0)).astype(np.float32)
-        return (lambda x: (np.asarray(x, dtype=np.float32).reshape(-1) - low) * scale), spaces.Box(
-            0.0, 1.0, low.shape, np.float32
-        )
-    return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(low, high, low.shape, np.float32)
+        return functools.partial(_scaled, low=low, scale=scale), spaces.Box(0.0, 1.0, low.shape, np.float32)
+    return functools.partial(_as_array, dtype=np.float32, shape=(-1,)), spaces.Box(low, high, low.shape, np.float32)
 
 
 def _concatenated(parts: list[tuple[Any, Encoder, spaces.Box]]) -> tuple[Encoder, spaces.Box]:
     """One float vector from the encoded leaves (key, encoder, space) of a Dict or Tuple (keys are indices there)."""
     low = np.concatenate([box.low.reshape(-1) for _, _, box in parts]).astype(np.float32)
     high = np.concatenate([box.high.reshape(-1) for _, _, box in parts]).astype(np.float32)
-
-    def encode(x: Any) -> np.ndarray:
-        return np.concatenate([encoder(x[key]) for key, encoder, _ in parts])
-
-    return encode, spaces.Box(low, high, low.shape, np.float32)
+    return functools.partial(_concatenate, parts=parts), spaces.Box(low, high, low.shape, np.float32)
 
 
 def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[Encoder, spaces.Box]:
@@ -110,7 +135,9 @@ def _structured_encoder(space: spaces.Dict | spaces.Tuple, what: str) -> tuple[E
     for key, leaf in items:
         leaf_what = f"{what} key {key!r}"
         try:
-            kept.append((key, *(_flat_box(leaf) if isinstance(leaf, spaces.Box) else step_encoder(leaf, leaf_what))))
+            kept.append(
+                (key, *(_flat_box(leaf, leaf_what) if isinstance(leaf, spaces.Box) else step_encoder(leaf, leaf_what)))
+            )
         except ValueError:  # text (a MiniGrid mission), graphs, sequences: no fixed-size numbers
             warnings.warn(
                 f"{leaf_what} ({type(leaf).__name__}) cannot be encoded as numbers and is dropped: "
@@ -133,7 +160,19 @@ def channel_last_image(space: gym.Space) -> bool:
 
 
 def _channel_first_space(space: spaces.Box) -> spaces.Box:
-    return spaces.Box(0, 255, (space.shape[2], space.shape[0], space.shape[1]), space.dtype)
+    """(H, W, C) -> (C, H, W), bounds moved with their values."""
+    return spaces.Box(_channels_first(space.low), _channels_first(space.high), dtype=space.dtype)
+
+
+def channel_last_frame(space: gym.Space) -> bool:
+    """A three-axis Box of any dtype that reads as channel-last (H, W, C): its last axis strictly its
+    smallest (SB3's rule for images, ``is_image_space_channels_first``, which SB3 applies itself only to
+    uint8 images) and a channel count, at most 4 (grey, RGB, RGBA, 4 stacked greys) or at most a quarter
+    of each other side (84 x 84 x 12), so that channel-first grids such as (20, 9, 7) are not taken for it."""
+    if not (isinstance(space, spaces.Box) and len(space.shape) == 3):
+        return False
+    side, last = min(space.shape[:2]), space.shape[2]
+    return last < side and (last <= 4 or 4 * last <= side)
 
 
 def _channels_first(image: Any) -> np.ndarray:
@@ -155,19 +194,20 @@ def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     """
     if np.dtype(space.dtype).kind in "iub" and space.dtype != np.uint8:
         # float32 holds every integer up to 2**24 exactly; wider ranges take float64 to stay unchanged
-        wide = max(float(np.max(np.abs(space.low))), float(np.max(np.abs(space.high)))) > 2**24
+        bounds = np.abs(np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in (space.low, space.high)]))
+        wide = float(np.max(bounds)) > 2**24  # float64 first: abs of an integer dtype's minimum overflows
         dtype = np.float64 if wide else np.float32
         space = spaces.Box(space.low.astype(dtype), space.high.astype(dtype), space.shape, dtype)
     if space.shape == ():
-        return (lambda x: np.asarray(x, dtype=space.dtype).reshape(1)), spaces.Box(
+        return functools.partial(_as_array, dtype=space.dtype, shape=(1,)), spaces.Box(
             space.low.reshape(1), space.high.reshape(1), (1,), space.dtype
         )
     if channel_last_image(space):
         return _channels_first, _channel_first_space(space)
     if len(space.shape) == 2 and space.dtype == np.uint8 and np.all(space.low == 0) and np.all(space.high == 255):
         size = int(np.prod(space.shape))
-        return (lambda x: np.asarray(x, dtype=space.dtype).reshape(-1)), spaces.Box(0, 255, (size,), space.dtype)
-    return (lambda x: np.asarray(x, dtype=space.dtype)), space
+        return functools.partial(_as_array, dtype=space.dtype, shape=(-1,)), spaces.Box(0, 255, (size,), space.dtype)
+    return functools.partial(_as_array, dtype=space.dtype), space
 
 
 def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
@@ -182,12 +222,12 @@ def step_encoder(space: gym.Space, what: str) -> tuple[Encoder, spaces.Box]:
     if isinstance(space, spaces.Box):
         return _box_step(space)
     if isinstance(space, spaces.Discrete):
-        return _one_hot_encoder(np.array([space.n]), np.array([space.start]))
+        return _one_hot_encoder(np.array([space.n]), np.array([space.start]), what)
     if isinstance(space, spaces.MultiDiscrete):
-        return _one_hot_encoder(space.nvec.reshape(-1), space.start.reshape(-1))
+        return _one_hot_encoder(space.nvec.reshape(-1), space.start.reshape(-1), what)
     if isinstance(space, spaces.MultiBinary):
         n = int(np.prod(space.shape))
-        return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), spaces.Box(0.0, 1.0, (n,), np.float32)
+        return functools.partial(_as_array, dtype=np.float32, shape=(-1,)), spaces.Box(0.0, 1.0, (n,), np.float32)
     if isinstance(space, (spaces.Dict, spaces.Tuple)):
         return _structured_encoder(space, what)
     allowed = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict or Tuple of them"
@@ -220,18 +260,20 @@ class FlatObservation(gym.ObservationWrapper):
 
 class ChannelFirst(gym.ObservationWrapper):
     """A channel-last image observation (H, W, C) as channel-first (C, H, W), the layout every image
-    extractor here (and SB3's CNN policies) reads. SB3 does this itself for a lone image
-    (``VecTransposeImage``), but not inside a history or a frame stack, and not for code that reads
-    the env's shape first (patch sizes): ``train.py`` applies it to every channel-last image env.
+    extractor here (and SB3's CNN policies) reads. SB3 does this itself for a lone uint8 image
+    (``VecTransposeImage``), but not inside a history or a frame stack, not for float images, and not
+    for code that reads the env's shape first (patch sizes): ``train.py`` applies it to every
+    channel-last image env.
 
-    :param env: an env whose observation is a uint8 0..255 image with its channels last.
+    :param env: an env whose observation is an image with its channels last: a uint8 0..255 image
+        whose channels SB3 would take as last, or a three-axis Box of any dtype whose last axis is its smallest.
     """
 
     def __init__(self, env: gym.Env):
-        if not channel_last_image(env.observation_space):
+        if not (channel_last_image(env.observation_space) or channel_last_frame(env.observation_space)):
             raise ValueError(
-                f"observation space {env.observation_space} is not supported by ChannelFirst: "
-                "allowed are uint8 0..255 images (H, W, C) with the channels last"
+                f"observation space {env.observation_space} is not supported by ChannelFirst: allowed are "
+                "images (H, W, C) with the channels last (uint8 0..255, or any Box whose last axis is its smallest)"
             )
         super().__init__(env)
         assert isinstance(env.observation_space, spaces.Box)
@@ -254,8 +296,9 @@ class HistoryObservation(gym.Wrapper):
 
     Observation: ``Dict(obs=(K, *step_shape), valid=(K,))``, newest step last. ``valid`` is 1 for real
     steps of the current episode and 0 for padding (which holds a fixed in-space filler); the newest
-    step is always valid. Box observations keep their dtype and shape, but for scalars (one number),
-    channel-last images (channels first) and 2-D uint8 frames (flat); Discrete and MultiDiscrete become
+    step is always valid. Box observations keep their shape, but for scalars (one number), channel-last
+    images (channels first) and 2-D uint8 frames (flat), and their dtype, but for integer and bool steps
+    other than uint8 (float32, or float64 where a bound passes 2**24; values unchanged); Discrete and MultiDiscrete become
     one-hot float vectors, MultiBinary a float vector, Dict and Tuple one float vector of their leaves
     (see :func:`step_encoder`).
 

@@ -7,9 +7,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnvWrapper
 
 import envs  # noqa: F401  (registers the ids)
 from rlattn import AttentionPPO, EpisodicMemory
@@ -368,6 +370,44 @@ def test_a_callback_stopping_training_leaves_memory_and_next_observation_in_step
     assert model.num_timesteps < 1_000 and model._last_episode_starts.all()
     model.learn(16, reset_num_timesteps=False)
     assert model.rollout_buffer.positions[0, 0] == 0 and model.rollout_buffer.episode_starts[0, 0] == 1
+
+
+def test_a_load_that_keeps_the_last_observations_starts_each_memory_as_an_episode(tmp_path):
+    """The memory is not saved: loaded with force_reset=False, each env's next step begins its memory
+    afresh and says so (episode start, position 0), not mid-episode with an empty memory."""
+    model = small_model(make_vec_env(lambda: tmaze(20), n_envs=2, seed=0))
+    model.learn(32)
+    assert not model._last_episode_starts.any()  # both envs mid-episode (episodes of 20+ steps)
+    model.save(tmp_path / "model")
+    loaded = AttentionPPO.load(tmp_path / "model", env=model.get_env(), device="cpu", force_reset=False)
+    assert loaded._last_obs is not None and loaded._last_episode_starts.all()
+    loaded.learn(16, reset_num_timesteps=False)
+    assert (loaded.rollout_buffer.episode_starts[0] == 1).all() and (loaded.rollout_buffer.positions[0] == 0).all()
+
+
+class IntegerDones(VecEnvWrapper):
+    """A VecEnv whose dones are 0/1 int8, as some VecEnvs return them."""
+
+    def reset(self):
+        return self.venv.reset()
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        return obs, rewards, dones.astype(np.int8), infos
+
+
+def test_integer_dones_train_and_callbacks_read_numpy_actions():
+    seen = []
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.append(self.locals["actions"])
+            return True
+
+    model = small_model(IntegerDones(make_vec_env(lambda: tmaze(), n_envs=2, seed=0)))
+    model.learn(64, callback=Record())
+    assert model.num_timesteps == 64 and model.rollout_buffer.episode_starts.any()
+    assert all(isinstance(a, np.ndarray) and a.shape == (2,) for a in seen)
 
 
 BUDGET = 50_000

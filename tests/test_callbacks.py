@@ -111,6 +111,32 @@ def test_observation_statistics_of_training_reach_the_callbacks_env():
     assert callback.measure() is not None
     np.testing.assert_array_equal(own.obs_rms["obs"].mean, 5.0)  # training's, not its own initial zeros
     assert not own.training  # the round does not move them
+    every_key = VecNormalize(DummyVecEnv([maze]), norm_reward=False)  # would normalise the valid mask too
+    with pytest.raises(
+        ValueError, match=r"normalising keys \['obs', 'valid'\].*keys \['obs'\].*norm_obs_keys=\['obs'\]$"
+    ):
+        AttentionLoggingCallback(every_key, n_episodes=1).init_callback(model)
+
+
+def test_a_model_trained_on_history_normalize_needs_it_on_the_callbacks_env_too():
+    """HistoryNormalize keeps one step's statistics: a VecNormalize on the callback's env normalised the
+    history per slot with them (padding moved off 0), or failed with a bare KeyError where it also
+    normalised the valid mask."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlattn import HistoryNormalize
+
+    kwargs = {"features_extractor_class": HistoryAttentionExtractor, "features_extractor_kwargs": {"features_dim": 16}}
+    model = PPO(
+        "MultiInputPolicy", HistoryNormalize(DummyVecEnv([maze])), n_steps=16, batch_size=16, policy_kwargs=kwargs
+    )
+    for env in (DummyVecEnv([maze]), VecNormalize(DummyVecEnv([maze]), norm_obs_keys=["obs"], norm_reward=False)):
+        with pytest.raises(ValueError, match=r"HistoryNormalize\(env, training=False, norm_reward=False\)$"):
+            AttentionLoggingCallback(env, n_episodes=1).init_callback(model)
+    own = HistoryNormalize(DummyVecEnv([maze]), training=False, norm_reward=False)
+    callback = AttentionLoggingCallback(own, n_episodes=1, target_key="cue_step")
+    callback.init_callback(model)
+    assert callback.measure() is not None
 
 
 class Endless(gym.Wrapper):

@@ -30,6 +30,8 @@ class TextObservation(gym.Env):
 
 
 gym.register("tests/TextObservation-v0", TextObservation)
+gym.register("tests/MissingClass-v0", "tests.test_cli:NoSuchEnv")  # the module imports; the class is not in it
+gym.register("tests/MissingModule-v0", "rlattn_no_such_module:Env")
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = "-n 512 --n-envs 2 --eval-freq 256".split()
 TINY = ["--env-kwargs", "corridor_length:3", *BUDGET, "--eval-episodes", "4", "--save-freq", "256"]
@@ -121,7 +123,7 @@ BAD_INPUTS = [
     (["--extractor", "cnnn"], "--extractor 'cnnn' is invalid"),
     (["--vec-env", "ray"], "invalid choice: 'ray'"),
     (["--device", "tpu9"], "--device 'tpu9' is invalid"),
-    (["--env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
+    (["--env-kwargs", "corridor:20"], "--env-kwargs: env keyword 'corridor' is not accepted by rlattn/TMaze-v0"),
     (["-params", "learning_rat:0.1"], "-params key 'learning_rat' is not accepted"),
     (["--extractor", "local-attention", "-params", "attention:'banded'"], "attention='banded' is invalid"),
     # not literals, wrong types
@@ -144,7 +146,7 @@ BAD_INPUTS = [
     (["--env-kwargs", "slack:-1"], "slack=-1 is invalid"),
     (["--env-kwargs", "min_corridor_length:11"], "min_corridor_length=11 is invalid"),
     (["--eval-env-kwargs", "min_corridor_length:0"], "--eval-env-kwargs for rlattn/TMaze-v0: min_corridor_length=0"),
-    (["--eval-env-kwargs", "corridor:20"], "env keyword 'corridor' is not accepted"),
+    (["--eval-env-kwargs", "corridor:20"], "--eval-env-kwargs: env keyword 'corridor' is not accepted"),
     (["--history", "0"], "--history=0 is invalid"),
     (["-n", "0"], "--n-timesteps=0 is invalid"),
     (["--n-envs", "-2"], "--n-envs=-2 is invalid"),
@@ -160,6 +162,12 @@ BAD_INPUTS = [
     (["-params", "n_steps:0"], "n_steps=0 is invalid: must be an integer >= 1"),
     (["--extractor", "sparse-attention", "-params", "top_k:0"], "top_k=0 is invalid"),
     (["--extractor", "attention", "-params", "embed_dim:0"], "embed_dim=0 is invalid"),
+    (["-params", "features_dim:0"], "--extractor attention on rlattn/TMaze-v0: features_dim=0 is invalid: must be an"),
+    (["--extractor", "mlp-stack", "-params", "features_dim:0"], "features_dim=0 is invalid: must be an integer >= 1"),
+    (
+        ["--env", "rlattn/VisualSearch-v0", "--extractor", "cnn", "-params", "features_dim:0"],
+        "--extractor cnn on rlattn/VisualSearch-v0: features_dim=0 is invalid: must be an integer >= 1",
+    ),
     (["--extractor", "local-attention", "-params", "window:100"], "window=100 is invalid"),
     (["--extractor", "attention", "-params", "n_heads:3"], "embed_dim=64 is invalid: must be divisible by n_heads=3"),
     # incompatible combinations
@@ -202,6 +210,7 @@ BAD_INPUTS = [
     (["--replay", "{tmp}/nothing"], "--replay '{tmp}/nothing' is invalid: no such folder or file"),
     (["--replay", "{tmp}/loose"], "holds no run settings"),
     (["--replay", "{tmp}/corrupt.zip"], "cannot read it as a zip"),
+    (["--replay", "{tmp}/badconfig"], "cannot read {tmp}/badconfig/rlattn-TMaze-v0/config.json: 'list' object has no"),
     # files and folders
     (["-f", "{tmp}/afile/logs"], "is a file, not a folder"),
     (["-f", "/proc/rlattn-logs"], "cannot write in /proc"),
@@ -226,6 +235,12 @@ BAD_INPUTS = [
     (["--storage", "sqlite:///study.db"], "--storage is only for --optimize"),
     (["--n-trials", "3"], "--n-trials is only for --optimize"),
     (["--objective", "final"], "--objective is only for --optimize"),
+    # typed, even at their defaults: what was asked for is refused, not what differs from the default (with a
+    # bad --history besides, which is refused later: a run that wrongly accepts the flag stops before training)
+    (["--objective", "curve", "--history", "0"], "--objective is only for --optimize: add --optimize, or leave"),
+    (["--n-trials", "10", "--history", "0"], "--n-trials is only for --optimize"),
+    (["--search-space", "--history", "0"], "--search-space is only for --optimize"),
+    (["--study-name", "s", "--history", "0"], "--study-name is only for --optimize"),
     (["--optimize", "--search-space", "n_heads:[3]"], "--search-space can draw n_heads=3, which cannot be built"),
     (
         ["--algo", "ppo_attention", "--optimize", "--search-space", "embed_dim:[36,64]"],
@@ -273,6 +288,10 @@ def bad_files(tmp_path_factory):
     with zipfile.ZipFile(folder / "other.zip", "w") as archive:
         archive.writestr("readme.txt", "hello")
     (folder / "loose").mkdir()
+    settings = folder / "badconfig" / "rlattn-TMaze-v0"  # a run's settings, its config.json valid JSON but no object
+    settings.mkdir(parents=True)
+    (settings / "args.json").write_text(json.dumps({"env": "rlattn/TMaze-v0", "history_inputs": None}))
+    (settings / "config.json").write_text("[1, 2]\n")
     PPO("MlpPolicy", "CartPole-v1", n_steps=64, device="cpu").save(folder / "loose" / "model.zip")
     return folder
 
@@ -294,6 +313,38 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, bad_files, tmp_path, c
     assert err.startswith("train.py: error: ")
     assert not (tmp_path / "logs").exists()  # nothing half-written
     assert sorted(p.name for p in bad_files.rglob("*")) == before
+
+
+def _mujoco_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mujoco") is not None
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            "tests/MissingClass-v0",
+            "'tests.test_cli:NoSuchEnv' cannot be loaded: AttributeError: module 'tests.test_cli'",
+        ),
+        ("tests/MissingModule-v0", "cannot be loaded: ModuleNotFoundError: No module named 'rlattn_no_such_module'"),
+        pytest.param(
+            "Hopper-v5",
+            "--env Hopper-v5: its entry point 'gymnasium.envs.mujoco.hopper_v5:HopperEnv' cannot be loaded: "
+            "DependencyNotInstalled: MuJoCo is not installed",
+            marks=pytest.mark.skipif(_mujoco_installed(), reason="MuJoCo is installed here"),
+        ),
+    ],
+)
+def test_a_registered_env_whose_entry_point_cannot_be_loaded_is_one_line(env, expected, tmp_path, capsys):
+    """Gymnasium's MuJoCo, Box2D and JAX ids without their extra, or an entry point naming what is not there."""
+    for flags in ([], ["--eval-env-kwargs", "max_episode_steps:5"]):
+        code = main(["--env", env, "-f", str(tmp_path / "logs"), *flags])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("train.py: error: --env "), err
+        assert expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_bad_input_table_is_large():
@@ -727,3 +778,100 @@ def test_where_a_resumed_runs_tensorboard_events_go(tmp_path):
     assert (target, own) == (run, True) and (run / TENSORBOARD_NOTE).read_text().strip() != "."
     settle()
     assert tensorboard_folder(run, str(tmp_path / "tb"), "ppo", resumed=True)[:2] == (run, True)
+
+
+def test_a_run_that_cannot_start_removes_the_folders_it_made_and_no_other(tmp_path, capsys):
+    """Caught when the model is built (after the run folder is made): every folder this run made goes, down to
+    the first that was there before."""
+    there = tmp_path / "there"
+    (there / "kept").mkdir(parents=True)  # made before the run: stays
+    logs, tb = there / "a" / "b" / "logs", there / "kept" / "c" / "tb"
+    args = ["-f", str(logs), "-tb", str(tb), "-params", "batch_size:1", "-n", "64", "--verbose", "0"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "`batch_size` must be greater than 1" in line, line
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["there", "there/kept"]
+
+
+def test_a_replay_buffer_that_cannot_be_reserved_is_one_line_naming_buffer_size_and_history(
+    tmp_path, capsys, monkeypatch
+):
+    """SB3 allocates the whole buffer_size up front, however few steps the run takes: a machine that cannot
+    reserve it (here one that lets 1 GiB be reserved) refuses before anything is built."""
+    import agents.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "reservable_memory", lambda: ("each", 2**30), raising=False)
+    args = ["--algo", "dqn", "-n", "64", "-params", "buffer_size:100000000", "-f", str(tmp_path / "logs")]
+    assert main([*args, "--verbose", "0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("train.py: error: --algo dqn on rlattn/TMaze-v0: SB3 reserves the whole replay buffer")
+    assert "(buffer_size 100,000,000 transitions" in line and "more than this machine lets be reserved (1.0 GiB" in line
+    assert line.endswith("lower -params buffer_size:N or --history K") and not (tmp_path / "logs").exists()
+
+
+STARTING = "train.py: interrupted before training started; nothing was saved"
+
+
+def test_ctrl_c_while_a_run_starts_is_one_line_and_exit_130(tmp_path):
+    """A real SIGINT while train.py imports the user's env module (before training's own handling is on)."""
+    import os
+    import signal
+    import time
+
+    ready = tmp_path / "importing"
+    (tmp_path / "slowenv.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "--env", "slowenv:Slow-v0", "-f", "logs"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as in a background job
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == STARTING, err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_ctrl_c_before_training_removes_the_run_folder_it_made(tmp_path, capsys, monkeypatch):
+    import agents.run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for stage in ("preflight", "build_model"):  # before the run folder is made, and after
+        with monkeypatch.context() as patch:
+            patch.setattr(run_module, stage, interrupted)
+            try:
+                code = main(["-f", str(tmp_path / "new" / "logs"), "-n", "64", "--verbose", "0"])
+            except KeyboardInterrupt:
+                pytest.fail(f"Ctrl-C in {stage} escaped train.py's main")
+        assert code == 130 and capsys.readouterr().err.strip() == STARTING
+        assert list(tmp_path.iterdir()) == []  # the folders it made are gone
+
+
+def test_ctrl_c_while_train_py_imports_is_one_line(capsys, monkeypatch):
+    import runpy
+    import types
+
+    class Loading(types.ModuleType):
+        def __getattr__(self, name):
+            if name == "main":
+                raise KeyboardInterrupt  # Ctrl-C while torch, SB3 and the envs load
+            raise AttributeError(name)
+
+    monkeypatch.setitem(sys.modules, "agents.cli", Loading("agents.cli"))
+    with pytest.raises(SystemExit) as exit_:
+        try:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C while train.py imports escaped it")
+    assert exit_.value.code == 130 and capsys.readouterr().err.strip() == STARTING

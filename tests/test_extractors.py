@@ -236,6 +236,13 @@ def test_bad_arguments_name_the_value(kwargs, match):
         HistoryAttentionExtractor(SPACE, **kwargs)
 
 
+@pytest.mark.parametrize("extractor", [HistoryAttentionExtractor, HistoryFlattenExtractor])
+@pytest.mark.parametrize("features_dim", [0, -3, 2.5])
+def test_a_bad_features_dim_is_named_before_sb3s_bare_assert(extractor, features_dim):
+    with pytest.raises(ValueError, match=rf"^features_dim={features_dim!r} is invalid: must be an integer >= 1$"):
+        extractor(SPACE, features_dim=features_dim)
+
+
 def tmaze(length=4):
     return HistoryObservation(gym.make("rlattn/TMaze-v0", corridor_length=length), length + 1, include_action=True)
 

@@ -108,6 +108,55 @@ def test_channel_first_wrapper_and_make_env():
         ChannelFirst(Steps(spaces.Box(0, 255, (3, 12, 16), np.uint8)))
 
 
+def test_a_channel_last_image_sb3_does_not_move_is_refused_until_its_channels_come_first():
+    """SB3 moves a uint8 image's channels but not a float image's (VecNormalize makes images float32):
+    (16, 16, 4) was read as 16 channels of 16 x 4, silently."""
+    venv = VecNormalize(make_vec_env(lambda: Steps(spaces.Box(0, 255, (16, 16, 4), np.uint8)), n_envs=2))
+    assert venv.observation_space.shape == (16, 16, 4) and venv.observation_space.dtype == np.float32
+    kwargs = {
+        "features_extractor_class": PatchAttentionExtractor,
+        "features_extractor_kwargs": {**SMALL, "patch_size": 4},
+    }
+    with pytest.raises(
+        ValueError, match=r"\(16, 16, 4\).* looks channel-last \(its smallest axis, 4, is the last\).*ChannelFirst"
+    ) as error:
+        PPO("CnnPolicy", venv, policy_kwargs=kwargs, device="cpu")
+    assert "\n" not in str(error.value)
+    floats = spaces.Box(0.0, 1.0, (16, 16, 4), np.float32)
+    moved = ChannelFirst(Steps(floats))  # float images too, bounds moved with them
+    assert moved.observation_space.shape == (4, 16, 16) and moved.observation_space.dtype == np.float32
+    grid = spaces.Box(0.0, 1.0, (20, 9, 7), np.float32)  # a channel-first one-hot grid: 20 channels, 9 x 7
+    assert PatchAttentionExtractor(grid, **{**SMALL, "patch_size": 1}).grid == (9, 7)
+    with pytest.raises(ValueError, match="not supported by ChannelFirst"):
+        ChannelFirst(Steps(grid))
+    first = VecNormalize(make_vec_env(lambda: ChannelFirst(Steps(spaces.Box(0, 255, (16, 16, 4), np.uint8))), n_envs=2))
+    model = PPO("CnnPolicy", first, n_steps=8, batch_size=8, policy_kwargs=kwargs, device="cpu")
+    assert model.policy.features_extractor.grid == (4, 4)
+    model.learn(16)
+
+
+def test_unscaled_pixels_from_sb3_are_one_line_naming_normalize_images():
+    """SB3 divides a uint8 image by 255 only with normalize_images=True: with False the extractor got 0..255."""
+    kwargs = {
+        "features_extractor_class": PatchAttentionExtractor,
+        "features_extractor_kwargs": {**SMALL, "patch_size": 4},
+    }
+    venv = make_vec_env(lambda: Steps(spaces.Box(0, 255, (3, 16, 16), np.uint8)), n_envs=2)
+    model = PPO("CnnPolicy", venv, n_steps=8, batch_size=8, policy_kwargs={**kwargs, "normalize_images": False})
+    with pytest.raises(ValueError, match=r"pixel values up to .* allowed is normalize_images=True"):
+        model.learn(16)
+    PPO("CnnPolicy", venv, n_steps=8, batch_size=8, policy_kwargs=kwargs).learn(16)
+
+
+def test_two_d_uint8_frames_for_the_image_history_extractor_are_one_line_naming_the_channel_axis():
+    env = HistoryObservation(Steps(spaces.Box(0, 255, (6, 8), np.uint8)), 4)
+    with pytest.raises(
+        ValueError,
+        match=r"^a history step of shape \(48,\) \(if they are 2-D uint8 frames.*HistoryObservation flattens.*channel axis",
+    ):
+        SpatioTemporalAttentionExtractor(env.observation_space, patch_size=2, features_dim=16, embed_dim=16)
+
+
 def test_train_py_reads_a_channel_last_image_env(tmp_path):
     """The patch size and grid come from the image's height and width, not from its channels."""
     (tmp_path / "ownimage.py").write_text(
@@ -275,6 +324,17 @@ def test_integer_and_bool_steps_are_float32_in_a_history_so_they_can_be_normalis
     model.learn(16)
     stored = model.rollout_buffer.observations["obs"]
     assert stored.dtype == np.float32 and (stored != np.round(stored)).any()  # normalised values kept
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_an_integer_step_bounded_by_its_dtypes_minimum_keeps_its_values(dtype):
+    """ "Unbounded below" written as the dtype's minimum: its abs overflows in the integer dtype, which
+    judged the range narrow and held the step as float32, changing values past 2**24."""
+    space = spaces.Box(np.iinfo(dtype).min, 5, (2,), dtype)
+    env = HistoryObservation(Steps(space), 2)
+    assert env.observation_space["obs"].dtype == np.float64
+    values = np.array([-2147483647, -16777217], dtype)
+    np.testing.assert_array_equal(env._encode_obs(values), values.astype(np.float64))
 
 
 @pytest.mark.parametrize("extractor", [HistoryAttentionExtractor, HistoryFlattenExtractor])
@@ -536,7 +596,8 @@ def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
         resolve(config_from_args(["--env", "OwnDictImage200-v0", "--extractor", "spatiotemporal-attention"]))
 
 
-def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
+def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training(monkeypatch):
+    import agents.plan as plan_module
     from agents.build import resolve
     from agents.cli import config_from_args
     from agents.config import ConfigError
@@ -549,7 +610,26 @@ def test_a_replay_buffer_larger_than_the_memory_is_one_line_before_training():
         preflight(huge)
     preflight(resolve(config_from_args([*args, "buffer_size:1000"])))
     short = resolve(config_from_args([*args[:-3], "-n", "1000", "-params", "buffer_size:1000000000000"]))
+    monkeypatch.setattr(plan_module, "reservable_memory", lambda: None, raising=False)  # Linux's "always overcommit"
     preflight(short)  # a buffer larger than the run's steps holds only those
+    # but SB3 reserves all of it up front: under Linux's heuristic each array (here the history's 48-byte
+    # observations, beside its 24-byte mask) must fit RAM + swap, under strict accounting all of them the commit
+    # limit left (observations and next observations: 2 x 72 bytes a transition)
+    fits = resolve(config_from_args([*args[:-3], "-n", "1000", "-params", "buffer_size:1000000"]))  # 0.13 GiB
+    for limit, needs in ((("each", 2**30), "an array of 44703.5 GiB"), (("all", 2**30), "134110.5 GiB of arrays")):
+        monkeypatch.setattr(plan_module, "reservable_memory", lambda limit=limit: limit, raising=False)
+        with pytest.raises(ConfigError) as refused:
+            preflight(short)
+        assert str(refused.value) == (
+            f"--algo dqn on {env_id}: SB3 reserves the whole replay buffer up front (buffer_size 1,000,000,000,000 "
+            f"transitions, observations of 72 bytes, history 6): {needs}, more than this machine lets be reserved "
+            f"(1.0 GiB, {'RAM + swap' if limit[0] == 'each' else 'its commit limit left'}): lower -params "
+            "buffer_size:N or --history K"
+        )
+        preflight(fits)
+    monkeypatch.undo()
+    here = plan_module.reservable_memory()  # this machine's: None under "always overcommit" or outside Linux
+    assert here is None or (here[0] in ("each", "all") and here[1] >= 0)
 
 
 def test_a_rollout_larger_than_the_memory_is_one_line_before_training():

@@ -434,3 +434,62 @@ def test_steps_per_second_counts_training_alone_and_the_result_keeps_the_rest(tm
     training = result["wall_seconds"] - result["outside_training_seconds"]
     assert result["steps_per_second"] == pytest.approx(256 / training, rel=1e-6)
     assert run.steps_per_second == result["steps_per_second"]
+
+
+def folder_state(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def normalized_run(tmp_path_factory):
+    """A 256-step PPO run with reward normalization, evaluated at 128 and 256 steps."""
+    folder = tmp_path_factory.mktemp("normalized")
+    args = [*TINY, "-f", str(folder), "-n", "256", "--eval-freq", "128", "--save-freq", "-1", "--extractor", "mlp"]
+    result = train(config_from_args([*args, "-params", "n_steps:64", "batch_size:64", "normalize_reward:True"]))
+    assert (result.folder / "progress.csv").is_file() and (result.folder / "evaluations.npz").is_file()
+    return result.folder
+
+
+@pytest.mark.parametrize(
+    "damaged, expected",
+    [
+        ("evaluations.npz", r"evaluations.npz cannot be read \(.*\): move it aside to resume without the earlier"),
+        (
+            "rlattn-TMaze-v0_vecnormalize.pkl",
+            r"rlattn-TMaze-v0_vecnormalize.pkl cannot be read \(.*\): move it aside to resume with "
+            r"the reward normalization's statistics started afresh",
+        ),
+    ],
+)
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(normalized_run, damaged, expected, tmp_path, capsys):
+    import re
+    import shutil
+
+    from agents.cli import main
+
+    run = tmp_path / "logs" / "ppo" / normalized_run.name
+    shutil.copytree(normalized_run, run)
+    (run / damaged).write_bytes((run / damaged).read_bytes()[:100])  # a copy cut short
+    before = folder_state(tmp_path)
+    assert main(["-i", str(run / "rlattn-TMaze-v0.zip"), "-n", "512", "--verbose", "0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"train.py: error: {run / damaged} cannot be read") and re.search(expected, line), line
+    assert folder_state(tmp_path) == before  # no progress.csv renamed, no events file, no command line
+
+
+def test_a_damaged_replay_buffer_refuses_the_resume_in_one_line_and_leaves_the_folder(tmp_path, capsys):
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    args = ["--algo", "dqn", "--env-kwargs", "corridor_length:3", "--extractor", "mlp", "-params", "buffer_size:1000"]
+    model = untrained_run(tmp_path / "logs", args)
+    buffer = model.parent / "replay_buffer.pkl"
+    assert buffer.is_file() and (model.parent / "replay_buffer.json").is_file()  # saved with this model
+    buffer.write_bytes(b"garbage\n")
+    before = folder_state(tmp_path)
+    assert main(["-i", str(model), "-n", "512", "--verbose", "0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"train.py: error: {buffer} cannot be read (")
+    assert line.endswith("move it aside to resume with an empty replay buffer"), line
+    assert folder_state(tmp_path) == before  # the monitor files the resume opened are gone again

@@ -104,3 +104,69 @@ def test_replay_refuses_bad_flags(search_run, extra, expected):
     cwd, run_folder = search_run
     done = run(["--replay", str(run_folder), *extra], cwd)
     assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_replay_of_a_model_that_does_not_fit_the_runs_env_is_one_line(tmp_path, capsys):
+    """A model copied in from another run (here one of CartPole): refused before any episode, as -i refuses it."""
+    from stable_baselines3 import PPO
+
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    stranger = PPO("MlpPolicy", "CartPole-v1", n_steps=64, device="cpu")
+    model = untrained_run(tmp_path / "logs", ["--env-kwargs", "corridor_length:3", "--extractor", "mlp"], stranger)
+    for target in (model, model.parent):
+        code = main(["--replay", str(target), "--episodes", "1"])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and line.startswith(f"train.py: error: --replay '{model}' does not fit the run's env"), line
+        assert "Observation spaces do not match: Box(" in line
+    assert not list(model.parent.glob("replay*"))  # no GIF, no record
+
+
+def test_the_replay_record_never_replaces_a_file_a_replay_did_not_write(tmp_path, capsys):
+    """The record goes beside the GIF (.json for .gif): over an earlier replay's record, never over the run's
+    result.json (or replay_buffer.json, ...)."""
+    import json
+
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    model = untrained_run(tmp_path / "logs", ["--env-kwargs", "corridor_length:3", "--extractor", "mlp"])
+    run = model.parent
+    result = run / "result.json"
+    result.write_text('{"env_steps": 0}\n')  # the run's own, what benchmarks read
+    code = main(["--replay", str(run), "--episodes", "1", "--video", str(run / "result.gif")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith(f"train.py: error: --video {run / 'result.gif'}: its replay record"), line
+    assert f"{result} (the GIF's name with .json) would replace a file that no replay wrote" in line
+    assert result.read_text() == '{"env_steps": 0}\n' and not (run / "result.gif").exists()
+    for _ in range(2):  # an earlier replay's record is replaced
+        assert main(["--replay", str(run), "--episodes", "1"]) == 0
+        assert json.loads((run / "replay.json").read_text())["episodes"] == 1 and (run / "replay.gif").is_file()
+    assert not list(run.glob(".*partial*"))
+
+
+def test_ctrl_c_during_a_replay_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import agents.replay as replay_module
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    run = untrained_run(tmp_path / "logs", ["--env-kwargs", "corridor_length:3", "--extractor", "mlp"]).parent
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for stage, said in (
+        ("resolve", "interrupted before the replay started; nothing was written"),
+        ("play", "interrupted during the replay; no GIF or record was written"),
+        ("write_gif", f"interrupted while writing the replay's GIF and record ({run / 'replay.gif'}): each file is"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(replay_module, stage, interrupted)
+            try:
+                code = main(["--replay", str(run), "--episodes", "1"])
+            except KeyboardInterrupt:
+                pytest.fail(f"Ctrl-C in {stage} escaped train.py's main")
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert code == 130 and line.startswith(f"train.py: {said}"), line
+        assert not list(run.glob("replay*")) and not list(run.glob(".*partial*"))

@@ -86,6 +86,27 @@ def test_integer_leaves_are_codes(leaf, value, expected):
     assert env.observation_space.shape == encoded.shape and env.observation_space.contains(encoded)
 
 
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        spaces.Box(0, 100, (2,), np.int32),
+        spaces.Box(np.array([0, 0]), np.array([200, 100]), dtype=np.int32),
+        spaces.Box(1, 4, (2,), np.int64),
+    ],
+    ids=["binary", "binary-two-ranges", "one-hot"],
+)
+@pytest.mark.parametrize("value", [[3, 128], [-1, 3]])
+def test_a_leaf_value_outside_its_space_is_one_line_naming_the_key(leaf, value):
+    """A binary code has room for values past the range (0..100 takes 7 bits: 128 would read as 0):
+    refused, as the one-hot code refuses them, naming the observation key and the range."""
+    env = FlatObservation(Structured(spaces.Dict({"level": leaf})))
+    with pytest.raises(
+        ValueError, match=r"^observation key 'level' value .* is outside its space: allowed are integers"
+    ) as error:
+        env.observation({"level": np.asarray(value, dtype=leaf.dtype)})
+    assert "\n" not in str(error.value) and "SB3 acts" not in str(error.value)
+
+
 def test_key_and_ball_codes_differ_in_two_bits():
     """Raw, key (5) and ball (6) differed by 1 where key and wall (2) differed by 3; as codes 5 and 6
     differ in two bits, 5 and 2 in three."""
@@ -147,3 +168,24 @@ def test_sb3_ortho_init_leaves_the_attention_extractor_alone(extractor_kwargs):
         assert np.array_equal(tensor.numpy(), extractor[False][name].numpy()), name
     # the actor head: SB3's orthogonal init with gain 0.01 only where ortho_init is on
     assert built[True].action_net.weight.abs().max() < 0.02 < built[False].action_net.weight.abs().max()
+
+
+@pytest.mark.parametrize("space", [GRID, PAIR], ids=["dict", "tuple"])
+def test_wrapped_envs_pickle_and_go_on_where_they_were(space):
+    """Encoders are bound module functions, not closures: plain pickle (multiprocessing, get_attr) works."""
+    import pickle
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropped text key
+        env = HistoryObservation(Structured(space), length=3, include_action=True, include_reward=True)
+        flat = FlatObservation(Structured(space))
+    env.reset(seed=0)
+    env.step(1)
+    copy = pickle.loads(pickle.dumps(env))
+    for a, b in zip(env.step(0)[0].values(), copy.step(0)[0].values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    flat.reset(seed=0)
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(flat)).observation(flat.unwrapped._obs()), flat.observation(flat.unwrapped._obs())
+    )

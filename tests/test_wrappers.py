@@ -113,10 +113,12 @@ def test_a_value_outside_a_discrete_space_is_refused_in_one_line_not_wrapped_aro
     env.reset(seed=0)
     obs, *_ = env.step(1)
     np.testing.assert_array_equal(obs["action"][-1], [1, 0, 0])
-    with pytest.raises(ValueError, match=r"^value 0 is invalid: allowed are integers from \[1\] to \[3\]") as error:
+    with pytest.raises(
+        ValueError, match=r"^action value 0 is outside its space: allowed are integers from \[1\] to \[3\] \(SB3"
+    ) as error:
         env.step(0)
     assert "\n" not in str(error.value)
-    with pytest.raises(ValueError, match=r"^value 4 is invalid"):
+    with pytest.raises(ValueError, match=r"^action value 4 is outside its space"):
         env.step(4)
 
 
