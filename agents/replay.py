@@ -26,7 +26,7 @@ from agents.registry import ALGOS, is_image
 from agents.run import REPLAY_FLAGS, check_only_changes
 from agents.runfolder import as_started, find_model, load_run_config, write_atomic
 from rlattn import HistoryAttentionExtractor
-from rlattn.callbacks import find_attention_extractor, heatmap_image, patch_weights, policy_input
+from rlattn.callbacks import find_attention_extractor, heatmap_image, like_training, patch_weights, policy_input
 from rlattn.overlay import box_mass, frame_rgb, overlay
 
 FRAME_MS = 350
@@ -250,7 +250,10 @@ def replay(cfg: TrainConfig) -> ReplayResult:
         ) from None
     venv = _make_env(plan, cfg.seed)
     try:  # a model copied in from another run: SB3 checks nothing when loaded without an env
-        check_for_correct_spaces(venv, model.observation_space, model.action_space)
+        # against the env as SB3 wrapped it for training (channel-last image stacks moved channels first)
+        check_for_correct_spaces(
+            like_training(venv, model.observation_space), model.observation_space, model.action_space
+        )
     except ValueError as error:
         venv.close()
         raise ConfigError(

@@ -123,6 +123,20 @@ def test_replay_of_a_model_that_does_not_fit_the_runs_env_is_one_line(tmp_path, 
     assert not list(model.parent.glob("replay*"))  # no GIF, no record
 
 
+def test_replay_of_a_model_trained_on_images_sb3_moved_plays(tmp_path, capsys):
+    """22 stacked RGB frames (66 channels last, more than the image's side): SB3 trained the model on them moved
+    channels first (VecTransposeImage), so the replay env fits once wrapped as training's was."""
+    from agents.cli import main
+    from tests.untrained import untrained_run
+
+    model = untrained_run(
+        tmp_path / "logs", ["--env", "rlattn/GlimpseSearch-v0", "--extractor", "cnn-stack", "--history", "22"]
+    )
+    code = main(["--replay", str(model.parent), "--episodes", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert (model.parent / "replay.gif").exists() and (model.parent / "replay.json").exists()
+
+
 def test_the_replay_record_never_replaces_a_file_a_replay_did_not_write(tmp_path, capsys):
     """The record goes beside the GIF (.json for .gif): over an earlier replay's record, never over the run's
     result.json (or replay_buffer.json, ...)."""
