@@ -444,14 +444,7 @@ def _check_extractor(plan: RunPlan, probe: gym.Env) -> None:
 
 def available_memory() -> int | None:
     """Bytes of memory the machine has available now (Linux ``MemAvailable``), None where unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _meminfo().get("MemAvailable")
 
 
 def _meminfo() -> dict[str, int]:

@@ -266,14 +266,16 @@ class ChannelFirst(gym.ObservationWrapper):
     channel-last image env.
 
     :param env: an env whose observation is an image with its channels last: a uint8 0..255 image
-        whose channels SB3 would take as last, or a three-axis Box of any dtype whose last axis is its smallest.
+        whose channels SB3 would take as last, or a three-axis Box of any dtype that reads as channel-last
+        (:func:`channel_last_frame`).
     """
 
     def __init__(self, env: gym.Env):
         if not (channel_last_image(env.observation_space) or channel_last_frame(env.observation_space)):
             raise ValueError(
                 f"observation space {env.observation_space} is not supported by ChannelFirst: allowed are "
-                "images (H, W, C) with the channels last (uint8 0..255, or any Box whose last axis is its smallest)"
+                "images (H, W, C) with the channels last (uint8 0..255, or any Box whose last axis is its smallest and at "
+                "most 4 or a quarter of each other side)"
             )
         super().__init__(env)
         assert isinstance(env.observation_space, spaces.Box)
