@@ -3,7 +3,8 @@
 A search on Ray Tune keeps its state (and each trial's resume point) in its log folder: an interrupted
 search goes on from there, but only where that folder is. A trial log is one JSON line per ended
 trial (its settings, score, what the score measures, whether it was pruned, the evaluations it
-reported, or the error it failed with), after a first line naming the search. It is small enough to
+reported, the env steps it trained and at what speed (logs written before 2026-12-07 have neither),
+or the error it failed with), after a first line naming the search. It is small enough to
 commit beside the settings a search found (``benchmarks/tuned/``): the same search started where its
 log folder is gone takes the logged trials as run (the sampler and the median rule are told them) and
 runs only the others. A trial that was running when the search stopped is not in the log: it runs again.
@@ -80,12 +81,14 @@ def ended_entry(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any
     """What the log keeps of a trial whose run ended (None while it has no score: an interrupted trial)."""
     if "score" not in result:
         return None
+    cost = {key: result[key] for key in ("env_steps", "steps_per_second") if result.get(key) is not None}
     return {
         "params": dict(params),
         "score": result["score"],
         "metric": result["metric"],
         "pruned": bool(result["pruned"]),
         "reports": [list(pair) for pair in result.get("reports", [])],
+        **cost,
     }
 
 

@@ -165,7 +165,8 @@ def run_trial(
 ) -> dict[str, Any]:
     """Train with ``params`` in ``folder`` (going on from the resume point of an attempt that was killed
     there, see :func:`agents.resume.train_resumable`); the score, what it measures, whether the run
-    was pruned, and the (env steps, score) pairs it reported."""
+    was pruned, the (env steps, score) pairs it reported, the env steps it trained and its env steps/s
+    (training alone; of its last attempt where it was resumed, as in ``result.json``)."""
     reporter = ReportEvaluations(report)
     attempt = train_resumable(
         trial_config(base, params, folder), folder, f"trial {folder.name}", [reporter, StopAtBudget()], checkpoint_s
@@ -179,6 +180,8 @@ def run_trial(
         "pruned": reporter.pruned,
         "folder": str(result.folder),
         "reports": reports,
+        "env_steps": result.timesteps,
+        "steps_per_second": result.steps_per_second,
     }
 
 
@@ -197,7 +200,15 @@ def finished_trial(folder: Path, kind: str, report: Report) -> dict[str, Any] | 
         score, metric = objective(EvalResult(**record["evaluation"]), values, kind)
         pruned = record["env_steps"] < record["settings"]["n_timesteps"]
         reports = [[step, value] for step, value in zip(steps, values, strict=True)]
-        return {"score": score, "metric": metric, "pruned": pruned, "folder": str(file.parent), "reports": reports}
+        return {
+            "score": score,
+            "metric": metric,
+            "pruned": pruned,
+            "folder": str(file.parent),
+            "reports": reports,
+            "env_steps": record["env_steps"],
+            "steps_per_second": record["steps_per_second"],
+        }
     return None
 
 

@@ -69,6 +69,8 @@ class Best:
     """of ``trials``, those that failed (settings that do not go together, a run that crashed)"""
     pruned: int = 0
     """of ``trials``, those the median rule stopped (never chosen as the best)"""
+    steps_per_second: float | None = None
+    """the best trial's env steps/s (training alone; None for a trial logged before it was recorded)"""
 
     def counted(self) -> str:
         """``8 trials`` or ``8 trials (2 failed, 1 pruned)``: how many the best was chosen among."""
@@ -87,7 +89,8 @@ class TuneResult:
 
     def best_line(self) -> str:
         settings = " ".join(f"{k}:{v!r}" for k, v in self.best.params.items())
-        return f"best of {self.best.counted()}: {self.best.metric} {self.best.score:.3f} with {settings}"
+        speed = f" at {self.best.steps_per_second:,.0f} env steps/s" if self.best.steps_per_second else ""
+        return f"best of {self.best.counted()}: {self.best.metric} {self.best.score:.3f}{speed} with {settings}"
 
     def summary(self) -> str:
         return f"{self.best_line()}; written to {self.folder / BEST}\nreuse with: {self.command}"
@@ -283,7 +286,17 @@ def search_on_ray(
         raise ConfigError(f"search {name!r} has no completed trial: every trial was pruned")
     metrics, config = done[best_index([m["score"] for m, _ in done], [c for _, c in done], own)]
     first = next((m["score"] for m, c in done if own and c == own), None)
-    return Best(dict(config), metrics["score"], metrics["metric"], trials, _first(own, first), failed, pruned), before
+    best = Best(
+        dict(config),
+        metrics["score"],
+        metrics["metric"],
+        trials,
+        _first(own, first),
+        failed,
+        pruned,
+        metrics.get("steps_per_second"),
+    )
+    return best, before
 
 
 def tell_searcher(searcher: Any, entry: dict[str, Any]) -> None:
@@ -393,10 +406,12 @@ def search_in_study(
         if trial.number in taken:
             raise TakenOverError(trial.number)
         trial.set_user_attr("metric", outcome["metric"])
+        trial.set_user_attr("steps_per_second", outcome["steps_per_second"])
+        speed = f"{outcome['steps_per_second']:,.0f} env steps/s"
         if outcome["pruned"]:
-            print(f"trial {trial.number} pruned at {outcome['metric']} {outcome['score']:.3f}")
+            print(f"trial {trial.number} pruned at {outcome['metric']} {outcome['score']:.3f} ({speed})")
             raise optuna.TrialPruned()
-        print(f"trial {trial.number}: {outcome['metric']} {outcome['score']:.3f}")
+        print(f"trial {trial.number}: {outcome['metric']} {outcome['score']:.3f} ({speed})")
         return float(outcome["score"])
 
     # study.optimize, not ask/tell: it runs the storage's heartbeat beside each trial and fails stale ones
@@ -435,7 +450,8 @@ def search_in_study(
     pruned = sum(t.state == TrialState.PRUNED for t in study.trials)
     own_first = _first(own, first)  # type: ignore[arg-type]
     score = float(best.value)  # type: ignore[arg-type]
-    return Best(best.params, score, metric, len(study.trials), own_first, failed, pruned)
+    speed = best.user_attrs.get("steps_per_second")
+    return Best(best.params, score, metric, len(study.trials), own_first, failed, pruned, speed)
 
 
 class TakenOverError(Exception):
@@ -516,6 +532,7 @@ def write_best(base: TrainConfig, folder: Path, name: str, best: Best) -> TuneRe
         "pruned": best.pruned,
         "metric": best.metric,
         "best_score": best.score,
+        "best_steps_per_second": best.steps_per_second,
         "objective": base.objective,
         "first_trial": best.first,
         "hyperparams": hyperparams,

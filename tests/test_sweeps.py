@@ -599,6 +599,7 @@ def test_a_search_goes_on_from_its_trial_log_where_its_log_folder_is_gone(ray_se
     whole = trial_lines(log)
     assert len(whole) == 3 and all({"params", "score", "metric", "pruned", "reports"} <= set(t) for t in whole)
     assert all(t["reports"] and len(t["reports"][0]) == 2 for t in whole)  # (env steps, score) per evaluation
+    assert all(t["env_steps"] > 0 and t["steps_per_second"] > 0 for t in whole)  # what each trial cost
     own = json.loads(path.read_text())["first_trial"]["params"]
     assert whole[0]["params"] == own
 
@@ -718,6 +719,10 @@ def test_the_reuse_command_is_the_search_command_as_written(tmp_path, monkeypatc
     assert "--extractor" not in result.command and "--algo ppo_attention" in result.command
     assert config_from_args(shlex.split(result.command)[2:]).hyperparams == {"n_steps": 64, "learning_rate": 1e-4}
     assert result.best_line() == "best of 2 trials: eval success 0.500 with learning_rate:0.0001"
+    found = tune.Best({"learning_rate": 1e-4}, 0.5, "eval success", 2, steps_per_second=1234.4)
+    assert tune.optimize(config_from_args(argv)).best_line() == (
+        "best of 2 trials: eval success 0.500 at 1,234 env steps/s with learning_rate:0.0001"
+    )
 
 
 def test_a_pruned_ray_trial_reaches_the_sampler_as_pruned_not_as_a_finished_score():
@@ -770,6 +775,8 @@ def test_a_trial_that_finished_before_its_search_was_interrupted_is_read_back_as
     reported: list[tuple[int, float]] = []
     again = finished_trial(tmp_path / "trial_x", cfg.objective, lambda step, value: reported.append((step, value)))
     assert again == outcome and again["pruned"] == (prune_at is not None)
+    # what the trial cost is kept with its score: the env steps it trained and at what speed
+    assert outcome["env_steps"] == (128 if prune_at else 256) and outcome["steps_per_second"] > 0
     assert [step for step, _ in reported] == ([128] if prune_at else [128, 256])
     assert finished_trial(tmp_path / "no_trial", cfg.objective, lambda step, value: False) is None
 
