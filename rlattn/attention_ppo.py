@@ -7,6 +7,7 @@ rollout as one causal sequence. See :mod:`rlattn.episodic` for the memory itself
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -144,6 +145,8 @@ class AttentionPPO(PPO):
         )
         self.normalize_advantage = normalize_advantage
         self.batch_size = check_int("batch_size", n_steps if batch_size is None else batch_size)
+        if batch_size is not None and self.env is not None:
+            _warn_rounded_batch(batch_size, n_steps, self.n_envs)
         if _init_setup_model:
             self._setup_model()
 
@@ -211,7 +214,7 @@ class AttentionPPO(PPO):
         with torch.no_grad():
             last = memory.clone()  # the next rollout's first step: valued here, remembered there
             last.reset(torch.as_tensor(dones, device=self.device))
-            _, values, _ = self.policy.act(obs_as_tensor(new_obs, self.device), last)  # type: ignore[arg-type]
+            values = self.policy.value(obs_as_tensor(new_obs, self.device), last)  # type: ignore[arg-type]
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -224,7 +227,7 @@ class AttentionPPO(PPO):
             if terminal is not None and infos[i].get("TimeLimit.truncated", False):
                 with torch.no_grad():
                     obs = self.policy.obs_to_tensor(terminal)[0]
-                    _, value, _ = self.policy.act(obs, memory.select([int(i)]))
+                    value = self.policy.value(obs, memory.select([int(i)]))
                 rewards[i] += self.gamma * float(value)
 
     def train(self) -> None:
@@ -336,6 +339,21 @@ class AttentionPPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_memory"]
+
+
+def _warn_rounded_batch(batch_size: int, n_steps: int, n_envs: int) -> None:
+    """Minibatches are whole env rollouts: a ``batch_size`` that rounds to a minibatch at least twice as
+    large or as small (SB3's ``n_steps=2048, batch_size=64``: one rollout of 2,048 steps) is said so."""
+    rollouts = min(n_envs, max(1, round(batch_size / n_steps)))
+    steps = rollouts * n_steps
+    if steps >= 2 * batch_size or 2 * steps <= batch_size:
+        warnings.warn(
+            f"AttentionPPO: batch_size {batch_size} gives minibatches of {steps} steps ({rollouts} whole env "
+            f"rollout{'s' if rollouts > 1 else ''} of n_steps {n_steps}, {n_envs} envs): its minibatches are whole "
+            "rollouts, so give batch_size as a multiple of n_steps (a smaller n_steps for smaller minibatches)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _every_callback(callback: MaybeCallback) -> list[Any]:

@@ -146,13 +146,22 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
         assert weights is not None
         return weights.reshape(*weights.shape[:2], *self.features_extractor.grid)  # type: ignore[misc]
 
-    def act(self, obs: PyTorchObs, memory: EpisodicMemory, deterministic: bool = False) -> tuple[Tensor, ...]:
-        """One step of B envs, remembered in ``memory``: -> actions, values (B, 1), log-probs (B,)."""
+    def _step_features(self, obs: PyTorchObs, memory: EpisodicMemory) -> Tensor:
+        """One step of B envs through the memory (remembered there): -> what SB3's MLP takes (B, F)."""
         x, patches = self.encode(obs)
         if self.extras_dim:
             x = torch.cat([x, memory.extras], dim=-1)
         memory.frame = patches
-        latent_pi, latent_vf = self.mlp_extractor(self.read(self.memory_net.step(x, memory), patches))
+        return self.read(self.memory_net.step(x, memory), patches)
+
+    def value(self, obs: PyTorchObs, memory: EpisodicMemory) -> Tensor:
+        """One step of B envs, remembered in ``memory``: -> values (B, 1), as ``act`` gives them, with no
+        action drawn (SB3's ``predict_values``: bootstrapping draws nothing from torch's random stream)."""
+        return self.value_net(self.mlp_extractor.forward_critic(self._step_features(obs, memory)))
+
+    def act(self, obs: PyTorchObs, memory: EpisodicMemory, deterministic: bool = False) -> tuple[Tensor, ...]:
+        """One step of B envs, remembered in ``memory``: -> actions, values (B, 1), log-probs (B,)."""
+        latent_pi, latent_vf = self.mlp_extractor(self._step_features(obs, memory))
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)

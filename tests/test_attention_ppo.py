@@ -185,6 +185,23 @@ def test_predict_carries_memory_and_episode_start_resets_it():
         torch.testing.assert_close(getattr(state, name)[..., 0, :], getattr(fresh, name)[..., 0, :], **TOL)
 
 
+def test_value_gives_acts_values_and_draws_nothing_from_torchs_random_stream():
+    """Bootstrapping (a truncated episode's last observation, the step after a rollout) needs the value
+    only: as SB3's predict_values, it draws no action, so the rollout's random stream is the actions'."""
+    model = small_model(make_vec_env(lambda: tmaze(), n_envs=3, seed=0), include_action=True)
+    obs = model.policy.obs_to_tensor(model.env.reset())[0]
+    memory = model.policy.initial_memory(3)
+    again = memory.clone()
+    before = torch.get_rng_state()
+    with torch.no_grad():
+        values = model.policy.value(obs, memory)
+        assert torch.equal(torch.get_rng_state(), before)
+        _, acted, _ = model.policy.act(obs, again)
+    assert values.shape == (3, 1)
+    torch.testing.assert_close(values, acted, **TOL)
+    assert torch.equal(memory.t, again.t)  # the step is remembered alike
+
+
 def test_save_load_round_trip_gives_identical_actions(tmp_path):
     model = small_model(make_vec_env(lambda: tmaze(), n_envs=2, seed=0), include_action=True, batch_size=32)
     model.learn(64)
@@ -461,6 +478,27 @@ def test_minibatches_are_groups_of_whole_env_rollouts(n_envs, batch_size, sizes)
     model = AttentionPPO("MlpPolicy", make_vec_env(lambda: tmaze(), n_envs=n_envs), n_steps=128, batch_size=batch_size)
     groups = model.env_groups()
     assert sorted(len(g) for g in groups) == sorted(sizes) and sorted(np.concatenate(groups)) == list(range(n_envs))
+
+
+@pytest.mark.parametrize(
+    "n_envs, n_steps, batch_size, warned",
+    [
+        (1, 2048, 64, True),  # SB3's and the Zoo's usual pair: one rollout of 2,048 steps, not 32 of 64
+        (4, 128, 10, True),
+        (2, 128, 1000, True),  # two envs hold 256 steps at most
+        (1, 2048, 2048, False),
+        (8, 128, 256, False),
+        (10, 128, 512, False),
+        (4, 128, None, False),  # left to its default: one env rollout
+    ],
+)
+def test_a_batch_size_that_whole_rollouts_cannot_give_is_said_so(n_envs, n_steps, batch_size, warned, recwarn):
+    env = make_vec_env(lambda: tmaze(), n_envs=n_envs)
+    AttentionPPO("MlpPolicy", env, n_steps=n_steps, batch_size=batch_size, _init_setup_model=False)
+    said = [str(w.message) for w in recwarn if "whole env rollout" in str(w.message)]
+    assert len(said) == int(warned)
+    if batch_size == 64:
+        assert said[0].startswith("AttentionPPO: batch_size 64 gives minibatches of 2048 steps (1 whole env rollout")
 
 
 def test_patch_policy_learns_to_point_at_the_target():
