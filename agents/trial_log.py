@@ -3,7 +3,7 @@
 A search on Ray Tune keeps its state (and each trial's resume point) in its log folder: an interrupted
 search goes on from there, but only where that folder is. A trial log is one JSON line per ended
 trial (its settings, score, what the score measures, whether it was pruned, the evaluations it
-reported, the env steps it trained and at what speed (logs written before 2026-12-07 have neither),
+reported, the env steps it trained and at what speed (entries logged before these were kept have neither),
 or the error it failed with), after a first line naming the search. It is small enough to
 commit beside the settings a search found (``benchmarks/tuned/``): the same search started where its
 log folder is gone takes the logged trials as run (the sampler and the median rule are told them) and
