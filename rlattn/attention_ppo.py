@@ -7,7 +7,9 @@ rollout as one causal sequence. See :mod:`rlattn.episodic` for the memory itself
 
 from __future__ import annotations
 
+import io
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -339,6 +341,40 @@ class AttentionPPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_memory"]
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfAttentionPPO],
+        path: str | Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: torch.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfAttentionPPO:
+        """SB3's ``load``. The trained policy is built with its ``memory``, ``include_action``,
+        ``include_reward`` and ``memory_kwargs``: given here, they must equal the saved ones (SB3 would set the
+        attribute and keep the saved policy, and the next rollout would fail or run another window)."""
+        built_with = ("memory", "include_action", "include_reward", "memory_kwargs")
+        fixed = {name: kwargs.pop(name) for name in built_with if name in kwargs}
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        for name, value in fixed.items():
+            if name == "memory_kwargs":
+                saved = model.policy_kwargs.get("memory_kwargs", {})
+                differ = {k: v for k, v in dict(value or {}).items() if k not in saved or saved[k] != v}
+                if differ:
+                    raise ValueError(
+                        f"AttentionPPO.load: memory_kwargs {differ!r} differ from the saved model's {saved!r}: "
+                        "the trained policy is built with them (leave them out)"
+                    )
+            elif value != getattr(model, name):
+                saved = getattr(model, name)
+                raise ValueError(
+                    f"AttentionPPO.load: {name}={value!r} differs from the saved model's {name}={saved!r}: the trained "
+                    f"policy is built with it (allowed is {saved!r}, or leave it out)"
+                )
+        return model
 
 
 def _warn_rounded_batch(batch_size: int, n_steps: int, n_envs: int) -> None:

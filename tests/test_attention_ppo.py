@@ -3,6 +3,8 @@
 The learning test (slow) states its budget and the seeds it was measured on.
 """
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -400,6 +402,30 @@ def test_a_load_that_keeps_the_last_observations_starts_each_memory_as_an_episod
     assert loaded._last_obs is not None and loaded._last_episode_starts.all()
     loaded.learn(16, reset_num_timesteps=False)
     assert (loaded.rollout_buffer.episode_starts[0] == 1).all() and (loaded.rollout_buffer.positions[0] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "given, refused",
+    [
+        ({"include_action": False}, "include_action=False differs from the saved model's include_action=True"),
+        ({"include_reward": True}, "include_reward=True differs from the saved model's include_reward=False"),
+        ({"memory": 8}, "memory=8 differs from the saved model's memory=4"),
+        ({"memory_kwargs": {"n_layers": 1}}, "memory_kwargs {'n_layers': 1} differ from the saved model's"),
+        ({"memory": 4, "include_action": True, "memory_kwargs": {"n_layers": 2}, "n_steps": 8}, None),
+    ],
+)
+def test_load_refuses_keywords_the_trained_policy_was_not_built_with(tmp_path, given, refused):
+    """SB3's load sets keywords as attributes and keeps the saved policy: a memory of another size, or
+    extras the policy does not take, failed in the first rollout (or ran silently). Equal values are fine."""
+    env = make_vec_env(lambda: tmaze(), n_envs=1, seed=0)
+    small_model(env, include_action=True).save(tmp_path / "model")
+    if refused is None:
+        loaded = AttentionPPO.load(tmp_path / "model", env=env, device="cpu", **given)
+        loaded.learn(8)
+        assert loaded.n_steps == 8 and loaded.policy.memory_net.window == 4
+        return
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        AttentionPPO.load(tmp_path / "model", env=env, device="cpu", **given)
 
 
 class IntegerDones(VecEnvWrapper):
