@@ -32,7 +32,9 @@ from rlattn.episodic_policy import (
     AttentionMultiInputPolicy,
     AttentionPatchPolicy,
     action_size,
+    patch_readout,
 )
+from rlattn.image_extractors import FramePatchExtractor
 from rlattn.validation import check_int
 
 SelfAttentionPPO = TypeVar("SelfAttentionPPO", bound="AttentionPPO")
@@ -149,8 +151,33 @@ class AttentionPPO(PPO):
         self.batch_size = check_int("batch_size", n_steps if batch_size is None else batch_size)
         if batch_size is not None and self.env is not None:
             _warn_rounded_batch(batch_size, n_steps, self.n_envs)
+        if _init_setup_model and self.env is not None:
+            self._choose_patch_readout()
         if _init_setup_model:
             self._setup_model()
+
+    def _choose_patch_readout(self) -> None:
+        """``PatchPolicy`` without a ``readout``: the look points where each action can be a patch of the frame,
+        which is said in a warning (an env whose ``Discrete(N)`` actions are something else, N its patch count,
+        wants ``readout="pool"``); the choice is kept in ``policy_kwargs``, so a loaded model builds the same."""
+        kwargs = self.policy_kwargs
+        if not issubclass(self.policy_class, AttentionPatchPolicy):
+            return
+        if kwargs.get("features_extractor_class", FramePatchExtractor) is not FramePatchExtractor:
+            return
+        frame = dict(kwargs.get("features_extractor_kwargs") or {})
+        if "readout" in frame:
+            return
+        frame["readout"] = patch_readout(self.observation_space, self.action_space, frame)
+        if frame["readout"] == "pointer":
+            warnings.warn(
+                f"AttentionPPO PatchPolicy: the {self.action_space} actions are taken as the frame's patches, one each "
+                "(readout 'pointer': the look points at the patch to act on); if they are something else, pass "
+                "policy_kwargs=dict(features_extractor_kwargs=dict(readout='pool'))",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.policy_kwargs = {**kwargs, "features_extractor_kwargs": frame}
 
     def env_groups(self) -> list[np.ndarray]:
         """One epoch's minibatches: the envs shuffled into groups of about ``batch_size / n_steps``."""

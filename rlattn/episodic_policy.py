@@ -290,6 +290,12 @@ class AttentionCnnPolicy(AttentionActorCriticPolicy):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
 
 
+def patch_readout(observation_space: spaces.Space, action_space: spaces.Space, frame_kwargs: dict[str, Any]) -> str:
+    """``"pointer"`` where each action can be one of the frame's patches (``Discrete(N)``, N patches), else ``"pool"``."""
+    n_patches = FramePatchExtractor.count_patches(observation_space, frame_kwargs.get("patch_size", FRAME_PATCH_SIZE))
+    return "pointer" if isinstance(action_space, spaces.Discrete) and int(action_space.n) == n_patches else "pool"
+
+
 class AttentionPatchPolicy(AttentionActorCriticPolicy):
     """:class:`AttentionActorCriticPolicy` over image frames as patches
     (:class:`~rlattn.image_extractors.FramePatchExtractor`): each frame's token goes into the memory,
@@ -314,11 +320,7 @@ class AttentionPatchPolicy(AttentionActorCriticPolicy):
     ):
         frame_kwargs = dict(features_extractor_kwargs or {})
         if features_extractor_class is FramePatchExtractor and "readout" not in frame_kwargs:
-            n_patches = FramePatchExtractor.count_patches(
-                observation_space, frame_kwargs.get("patch_size", FRAME_PATCH_SIZE)
-            )
-            pointing = isinstance(action_space, spaces.Discrete) and int(action_space.n) == n_patches
-            frame_kwargs["readout"] = "pointer" if pointing else "pool"
+            frame_kwargs["readout"] = patch_readout(observation_space, action_space, frame_kwargs)
         if net_arch is None and frame_kwargs.get("readout") == "pointer":
             net_arch = {"pi": [], "vf": [64]}
         super().__init__(

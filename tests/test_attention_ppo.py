@@ -428,6 +428,39 @@ def test_load_refuses_keywords_the_trained_policy_was_not_built_with(tmp_path, g
         AttentionPPO.load(tmp_path / "model", env=env, device="cpu", **given)
 
 
+class MovesOnAnImage(gym.Env):
+    """A 16 x 16 image and four moves: as many actions as the frame has patches of 8 x 8, by chance."""
+
+    observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    action_space = gym.spaces.Discrete(4)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_patch_policy_says_when_it_takes_the_actions_for_patches_and_keeps_its_choice(tmp_path, recwarn):
+    """Discrete(4) on a frame of 4 patches: the look points, a warning names readout='pool' for actions that are
+    not patches; the choice is saved, so loading builds the same policy without saying it again."""
+    env = make_vec_env(MovesOnAnImage, n_envs=1)
+    model = AttentionPPO("PatchPolicy", env, memory=4, n_steps=16, device="cpu")
+    said = [str(w.message) for w in recwarn if "taken as the frame's patches" in str(w.message)]
+    assert len(said) == 1 and "readout='pool'" in said[0]
+    assert model.policy.features_extractor.look_kwargs["readout"] == "pointer"
+    model.save(tmp_path / "model")
+    recwarn.clear()
+    loaded = AttentionPPO.load(tmp_path / "model", env=env, device="cpu")
+    assert loaded.policy.features_extractor.look_kwargs["readout"] == "pointer"
+    assert not [w for w in recwarn if "taken as the frame's patches" in str(w.message)]
+    kwargs = {"features_extractor_kwargs": {"readout": "pool"}}
+    pooled = AttentionPPO("PatchPolicy", env, memory=4, n_steps=16, device="cpu", policy_kwargs=kwargs)
+    assert pooled.policy.features_extractor.look_kwargs["readout"] == "pool"
+    assert not [w for w in recwarn if "taken as the frame's patches" in str(w.message)]
+
+
 class IntegerDones(VecEnvWrapper):
     """A VecEnv whose dones are 0/1 int8, as some VecEnvs return them."""
 
