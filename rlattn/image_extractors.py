@@ -181,7 +181,8 @@ class SpatioTemporalAttentionExtractor(KeepsOwnInit, BaseFeaturesExtractor):
             "SpatioTemporalAttentionExtractor",
             f"a history step of shape {frames.shape[1:]}"
             + (
-                " (if they are 2-D uint8 frames (H, W), which HistoryObservation flattens, give them a channel axis, (H, W, 1))"
+                " (if they are 2-D uint8 frames (H, W), which HistoryObservation flattens, give them a channel axis "
+                "first: rlattn.ChannelFirst(env) under the history makes them (1, H, W))"
                 if frames.dtype == np.uint8 and len(frames.shape) == 2
                 else ""
             ),

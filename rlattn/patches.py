@@ -33,10 +33,16 @@ def image_shape(space: spaces.Space, who: str, what: str | None = None) -> tuple
     float ones (a ``VecNormalize``'d image, a float frame), which would be read with the height as
     channels and the channels as width."""
     what = what or f"observation space {space}"
+    if isinstance(space, spaces.Box) and len(space.shape) == 2:
+        raise ValueError(
+            f"{what} is a frame without a channel axis: {who} needs channel-first (C, H, W) images; "
+            "rlattn.ChannelFirst(env) gives each frame one, (1, H, W)"
+        )
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         raise ValueError(
             f"{what} is not an image: {who} needs channel-first (C, H, W) images; "
-            "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor"
+            "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor (or to AttentionPPO's "
+            "MlpPolicy)"
         )
     C, H, W = (int(n) for n in space.shape)
     if channel_last_frame(space):

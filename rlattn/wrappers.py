@@ -187,7 +187,8 @@ def _box_step(space: spaces.Box) -> tuple[Encoder, spaces.Box]:
     - a channel-last image (H, W, C) channel-first (C, H, W), as SB3 moves a single image's channels
       (it never looks inside a history);
     - a 2-D uint8 0..255 step (a frame without a channel axis) flattened: K of them stacked would be
-      one (K, H, W) image to SB3, which would move its axes;
+      one (K, H, W) image to SB3, which would move its axes (``ChannelFirst`` under the history gives
+      such frames a channel axis, (1, H, W), and the image extractors take them);
     - integer and bool steps other than uint8 as float32 (float64 beyond 2**24), values unchanged: SB3's rollout buffer keeps
       a space's dtype, so under ``VecNormalize`` it would cut their normalised values to whole numbers
       (uint8 stays compact and is scaled by the extractors).
@@ -265,24 +266,32 @@ class ChannelFirst(gym.ObservationWrapper):
     for code that reads the env's shape first (patch sizes): ``train.py`` applies it to every
     channel-last image env.
 
+    A frame without a channel axis (H, W), a grey one (gymnasium's ``AtariPreprocessing`` gives them),
+    gets one in front: (1, H, W), so that the image extractors and SB3's CNNs take it as an image.
+
     :param env: an env whose observation is an image with its channels last: a uint8 0..255 image
         whose channels SB3 would take as last, or a three-axis Box of any dtype that reads as channel-last
-        (:func:`channel_last_frame`).
+        (:func:`channel_last_frame`); or a two-axis Box (H, W) of any dtype.
     """
 
     def __init__(self, env: gym.Env):
-        if not (channel_last_image(env.observation_space) or channel_last_frame(env.observation_space)):
+        space = env.observation_space
+        self.grey = isinstance(space, spaces.Box) and len(space.shape) == 2
+        if not (self.grey or channel_last_image(space) or channel_last_frame(space)):
             raise ValueError(
-                f"observation space {env.observation_space} is not supported by ChannelFirst: allowed are "
+                f"observation space {space} is not supported by ChannelFirst: allowed are "
                 "images (H, W, C) with the channels last (uint8 0..255, or any Box whose last axis is its smallest and at "
-                "most 4 or a quarter of each other side)"
+                "most 4 or a quarter of each other side) and frames (H, W) without a channel axis"
             )
         super().__init__(env)
-        assert isinstance(env.observation_space, spaces.Box)
-        self.observation_space = _channel_first_space(env.observation_space)
+        assert isinstance(space, spaces.Box)
+        if self.grey:
+            self.observation_space = spaces.Box(space.low[None], space.high[None], (1, *space.shape), space.dtype)
+        else:
+            self.observation_space = _channel_first_space(space)
 
     def observation(self, observation: Any) -> np.ndarray:
-        return _channels_first(observation)
+        return np.asarray(observation)[None] if self.grey else _channels_first(observation)
 
 
 def _stacked(space: spaces.Box, length: int) -> tuple[spaces.Box, np.ndarray]:

@@ -135,6 +135,48 @@ def test_a_channel_last_image_sb3_does_not_move_is_refused_until_its_channels_co
     model.learn(16)
 
 
+def test_grey_frames_without_a_channel_axis_get_one_from_channel_first():
+    """(H, W) uint8 frames (gymnasium's AtariPreprocessing gives them): the image extractors refused them
+    pointing at vector extractors; ChannelFirst now gives them a channel axis, and every image path takes them."""
+    grey = spaces.Box(0, 255, (16, 16), np.uint8)
+    with pytest.raises(ValueError, match=r"is a frame without a channel axis: .*rlattn.ChannelFirst\(env\)"):
+        PatchAttentionExtractor(grey, **SMALL, patch_size=4)
+    env = ChannelFirst(Steps(grey))
+    assert env.observation_space == spaces.Box(0, 255, (1, 16, 16), np.uint8)
+    env.reset(seed=0)
+    obs, *_ = env.step(0)
+    assert obs.shape == (1, 16, 16) and (obs == 1).all() and env.observation_space.contains(obs)
+    kwargs = {
+        "features_extractor_class": PatchAttentionExtractor,
+        "features_extractor_kwargs": {**SMALL, "patch_size": 4},
+    }
+    model = PPO(
+        "CnnPolicy",
+        make_vec_env(lambda: ChannelFirst(Steps(grey)), n_envs=2),
+        n_steps=8,
+        batch_size=8,
+        policy_kwargs=kwargs,
+        device="cpu",
+    )
+    assert model.policy.features_extractor.grid == (4, 4)
+    model.learn(16)
+    history = HistoryObservation(ChannelFirst(Steps(grey)), 4)
+    assert history.observation_space["obs"].shape == (4, 1, 16, 16)
+    extractor = SpatioTemporalAttentionExtractor(history.observation_space, patch_size=4, features_dim=16, embed_dim=16)
+    batch = {key: torch.as_tensor(value[None]) for key, value in history.reset(seed=0)[0].items()}
+    assert extractor(batch).shape == (1, 16)
+    frames = {"features_extractor_kwargs": {"patch_size": 4}}
+    memory = AttentionPPO(
+        "PatchPolicy",
+        make_vec_env(lambda: ChannelFirst(Steps(grey)), n_envs=1),
+        memory=4,
+        n_steps=8,
+        policy_kwargs=frames,
+        device="cpu",
+    )
+    memory.learn(8)
+
+
 def test_unscaled_pixels_from_sb3_are_one_line_naming_normalize_images():
     """SB3 divides a uint8 image by 255 only with normalize_images=True: with False the extractor got 0..255."""
     kwargs = {
