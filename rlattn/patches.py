@@ -196,7 +196,8 @@ class PatchReadout(nn.Module):
             self.block.apply(init_linear)
 
     def forward(self, x: Tensor, offset: Tensor | None = None, need_weights: bool = False):
-        """(M, N, E), offset (M, E) or None -> (M, E), and the readout's weights over patches (M, H, N) if asked."""
+        """(M, N, E), offset (M, E) or None -> (M, E), and the readout's weights over patches (M, H, N) if asked,
+        each head's summing to 1 (a summary token's: its weights on the patches, renormalised without its own)."""
         if self.pool is not None:
             return self.pool(x, offset, need_weights or self.kind == "pointer")
         if self.max is not None:
@@ -208,7 +209,11 @@ class PatchReadout(nn.Module):
         x = torch.cat([x, token[:, None]], dim=1)
         valid = torch.ones(M, N + 1, dtype=torch.bool, device=x.device)
         out, weights = self.block(x, valid, n_queries=1, need_weights=need_weights)  # type: ignore[misc]
-        return out[:, 0], (weights[:, :, 0, :N] if weights is not None else None)
+        if weights is None:
+            return out[:, 0], None
+        # over the patches only: the summary token's weight on itself is no place in the frame
+        on_patches = weights[:, :, 0, :N]
+        return out[:, 0], on_patches / on_patches.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
 def pointer_features(weights: Tensor) -> Tensor:
