@@ -15,9 +15,7 @@ from agents import schedules
 from agents.checks import first_line
 from agents.config import ConfigError
 from agents.plan import RunPlan, make_env, resolve
-from agents.presets import env_family
 from agents.registry import is_image
-from rlattn.episodic_policy import patch_readout
 from rlattn.patches import init_pointer_head
 
 __all__ = ["build_model", "init_heads", "make_env", "make_vec", "resolve"]
@@ -77,11 +75,6 @@ def build_model(plan: RunPlan, venv: VecEnv) -> BaseAlgorithm:
             policy_kwargs["features_extractor_class"] = encoder
         if frame := algo.frame_kwargs(plan.extractor, plan.extractor_kwargs):  # the user's given keywords win
             policy_kwargs["features_extractor_kwargs"] = {**frame, **policy_kwargs.get("features_extractor_kwargs", {})}
-        if policy_name == "PatchPolicy" and env_family(cfg.env) != "*":
-            # this package's image envs: where each action is a patch, the pointer is by design (no warning)
-            inner = dict(policy_kwargs.get("features_extractor_kwargs", {}))
-            inner.setdefault("readout", patch_readout(venv.observation_space, venv.action_space, inner))
-            policy_kwargs["features_extractor_kwargs"] = inner
     if algo.actor_critic:
         # Orthogonal re-init suits the MLP and CNN baselines, not the transformer's own init.
         policy_kwargs.setdefault("ortho_init", entry.ortho_init)

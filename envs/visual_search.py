@@ -212,6 +212,9 @@ class VisualSearchEnv(PixelSearchEnv):
     ``rlattn/VisualSearch-v0`` (feature search) and ``rlattn/VisualSearchConjunction-v0``.
     """
 
+    actions_are_patches = True
+    """each action is a cell: where the patches are the cells, AttentionPPO's PatchPolicy points without a warning"""
+
     def __init__(
         self,
         image_size: int = 64,
@@ -264,6 +267,8 @@ class CuedVisualSearchEnv(PixelSearchEnv):
     """
 
     PARAMETERS = {**PixelSearchEnv.PARAMETERS, "delay": (0, 1000)}
+    actions_are_patches = True
+    """as in ``VisualSearchEnv``"""
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ rollout as one causal sequence. See :mod:`rlattn.episodic` for the memory itself
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -24,17 +25,16 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
-from rlattn.episodic import EpisodicMemory
+from rlattn.episodic import EpisodicMemory, EpisodicTransformer
 from rlattn.episodic_buffer import EpisodicBatch, EpisodicDictRolloutBuffer, EpisodicRolloutBuffer
 from rlattn.episodic_policy import (
+    MEMORY_KEYS,
     AttentionActorCriticPolicy,
     AttentionCnnPolicy,
     AttentionMultiInputPolicy,
     AttentionPatchPolicy,
     action_size,
-    patch_readout,
 )
-from rlattn.image_extractors import FramePatchExtractor
 from rlattn.validation import check_int
 
 SelfAttentionPPO = TypeVar("SelfAttentionPPO", bound="AttentionPPO")
@@ -151,33 +151,27 @@ class AttentionPPO(PPO):
         self.batch_size = check_int("batch_size", n_steps if batch_size is None else batch_size)
         if batch_size is not None and self.env is not None:
             _warn_rounded_batch(batch_size, n_steps, self.n_envs)
-        if _init_setup_model and self.env is not None:
-            self._choose_patch_readout()
         if _init_setup_model:
             self._setup_model()
+            self._note_patch_readout()
 
-    def _choose_patch_readout(self) -> None:
-        """``PatchPolicy`` without a ``readout``: the look points where each action can be a patch of the frame,
-        which is said in a warning (an env whose ``Discrete(N)`` actions are something else, N its patch count,
-        wants ``readout="pool"``); the choice is kept in ``policy_kwargs``, so a loaded model builds the same."""
-        kwargs = self.policy_kwargs
-        if not issubclass(self.policy_class, AttentionPatchPolicy):
+    def _note_patch_readout(self) -> None:
+        """``PatchPolicy`` chose its look by the action count alone (``readout`` not given): a pointer (each
+        ``Discrete(N)`` action one of the frame's N patches) is said in a warning, unless the env says its actions
+        are patches (``actions_are_patches``); the choice is kept in ``policy_kwargs``, so a load builds the same."""
+        chosen = getattr(self.policy, "readout_by_rule", None)
+        if chosen is None:
             return
-        if kwargs.get("features_extractor_class", FramePatchExtractor) is not FramePatchExtractor:
-            return
-        frame = dict(kwargs.get("features_extractor_kwargs") or {})
-        if "readout" in frame:
-            return
-        frame["readout"] = patch_readout(self.observation_space, self.action_space, frame)
-        if frame["readout"] == "pointer":
+        frame = {**(self.policy_kwargs.get("features_extractor_kwargs") or {}), "readout": chosen}
+        self.policy_kwargs = {**self.policy_kwargs, "features_extractor_kwargs": frame}
+        if chosen == "pointer" and not _env_says_actions_are_patches(self.env):
             warnings.warn(
                 f"AttentionPPO PatchPolicy: the {self.action_space} actions are taken as the frame's patches, one each "
                 "(readout 'pointer': the look points at the patch to act on); if they are something else, pass "
-                "policy_kwargs=dict(features_extractor_kwargs=dict(readout='pool'))",
+                "policy_kwargs=dict(features_extractor_kwargs=dict(readout='pool')) (train.py: -params \"readout:'pool'\")",
                 UserWarning,
                 stacklevel=3,
             )
-        self.policy_kwargs = {**kwargs, "features_extractor_kwargs": frame}
 
     def env_groups(self) -> list[np.ndarray]:
         """One epoch's minibatches: the envs shuffled into groups of about ``batch_size / n_steps``."""
@@ -388,7 +382,7 @@ class AttentionPPO(PPO):
         model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
         for name, value in fixed.items():
             if name == "memory_kwargs":
-                saved = model.policy_kwargs.get("memory_kwargs", {})
+                saved = {**_memory_defaults(), **model.policy_kwargs.get("memory_kwargs", {})}
                 differ = {k: v for k, v in dict(value or {}).items() if k not in saved or saved[k] != v}
                 if differ:
                     raise ValueError(
@@ -404,15 +398,32 @@ class AttentionPPO(PPO):
         return model
 
 
+def _memory_defaults() -> dict[str, Any]:
+    """The transformer's keywords that ``memory_kwargs`` may set, at their defaults."""
+    params = inspect.signature(EpisodicTransformer).parameters
+    return {name: params[name].default for name in MEMORY_KEYS}
+
+
+def _env_says_actions_are_patches(env: VecEnv | None) -> bool:
+    """The env's own ``actions_are_patches`` attribute (this package's search envs set it), False where it has none."""
+    # has_attr first: a SubprocVecEnv's worker dies on a get_attr of a missing attribute
+    if env is None or not env.has_attr("actions_are_patches"):
+        return False
+    return all(bool(value) for value in env.get_attr("actions_are_patches"))
+
+
 def _warn_rounded_batch(batch_size: int, n_steps: int, n_envs: int) -> None:
     """Minibatches are whole env rollouts: a ``batch_size`` that rounds to a minibatch at least twice as
     large or as small (SB3's ``n_steps=2048, batch_size=64``: one rollout of 2,048 steps) is said so."""
     rollouts = min(n_envs, max(1, round(batch_size / n_steps)))
     steps = rollouts * n_steps
+    if batch_size >= n_envs * n_steps:  # the whole rollout, as near as it gets (SB3 takes it whole too)
+        return
     if steps >= 2 * batch_size or 2 * steps <= batch_size:
+        envs = f"{n_envs} env{'s' if n_envs > 1 else ''}"
         warnings.warn(
             f"AttentionPPO: batch_size {batch_size} gives minibatches of {steps} steps ({rollouts} whole env "
-            f"rollout{'s' if rollouts > 1 else ''} of n_steps {n_steps}, {n_envs} envs): its minibatches are whole "
+            f"rollout{'s' if rollouts > 1 else ''} of n_steps {n_steps}, {envs}): its minibatches are whole "
             "rollouts, so give batch_size as a multiple of n_steps (a smaller n_steps for smaller minibatches)",
             UserWarning,
             stacklevel=3,

@@ -63,7 +63,7 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
     :param include_action: add the previous action (one-hot if discrete; zeros at an episode's first step).
     :param include_reward: add the previous reward (zero at an episode's first step).
     :param memory_kwargs: the transformer's ``features_dim``, ``embed_dim``, ``n_heads``, ``n_layers``, ``gate``,
-        ``position``.
+        ``position``, ``length_scale``.
     :param kwargs: SB3's ``ActorCriticPolicy`` arguments (``net_arch``, ``features_extractor_class``, ...).
     """
 
@@ -171,7 +171,8 @@ class AttentionActorCriticPolicy(ActorCriticPolicy):
     def _needs_memory(self, name: str) -> NoReturn:
         raise ValueError(
             f"{type(self).__name__}.{name} is invalid without the episode's memory: use model.predict(obs, state, "
-            "episode_start) or policy.act(obs, memory) (SB3's memoryless version would skip the memory)"
+            "episode_start), policy.act(obs, memory) or policy.value(obs, memory) (SB3's memoryless version would skip "
+            "the memory)"
         )
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> NoReturn:
@@ -319,8 +320,12 @@ class AttentionPatchPolicy(AttentionActorCriticPolicy):
         **kwargs: Any,
     ):
         frame_kwargs = dict(features_extractor_kwargs or {})
+        self.readout_by_rule: str | None = None
+        """the look's readout where this policy chose it by the action count (None: given, or not its extractor)"""
         if features_extractor_class is FramePatchExtractor and "readout" not in frame_kwargs:
-            frame_kwargs["readout"] = patch_readout(observation_space, action_space, frame_kwargs)
+            frame_kwargs["readout"] = self.readout_by_rule = patch_readout(
+                observation_space, action_space, frame_kwargs
+            )
         if net_arch is None and frame_kwargs.get("readout") == "pointer":
             net_arch = {"pi": [], "vf": [64]}
         super().__init__(

@@ -35,14 +35,14 @@ def image_shape(space: spaces.Space, who: str, what: str | None = None) -> tuple
     what = what or f"observation space {space}"
     if isinstance(space, spaces.Box) and len(space.shape) == 2:
         raise ValueError(
-            f"{what} is a frame without a channel axis: {who} needs channel-first (C, H, W) images; "
-            "rlattn.ChannelFirst(env) gives each frame one, (1, H, W)"
+            f"{what} has two axes, no channel axis: {who} needs channel-first (C, H, W) images; "
+            "if it is a frame (H, W), rlattn.ChannelFirst(env) gives it one, (1, H, W)"
         )
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         raise ValueError(
             f"{what} is not an image: {who} needs channel-first (C, H, W) images; "
-            "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor (or to AttentionPPO's "
-            "MlpPolicy)"
+            "vector observations go to HistoryAttentionExtractor or HistoryFlattenExtractor (AttentionPPO: "
+            "MlpPolicy; Dict ones: MultiInputPolicy)"
         )
     C, H, W = (int(n) for n in space.shape)
     if channel_last_frame(space):
@@ -213,7 +213,9 @@ class PatchReadout(nn.Module):
             return out[:, 0], None
         # over the patches only: the summary token's weight on itself is no place in the frame
         on_patches = weights[:, :, 0, :N]
-        return out[:, 0], on_patches / on_patches.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+        return out[:, 0], on_patches / on_patches.sum(dim=-1, keepdim=True).clamp_min(
+            torch.finfo(on_patches.dtype).tiny
+        )
 
 
 def pointer_features(weights: Tensor) -> Tensor:

@@ -266,8 +266,8 @@ class ChannelFirst(gym.ObservationWrapper):
     for code that reads the env's shape first (patch sizes): ``train.py`` applies it to every
     channel-last image env.
 
-    A frame without a channel axis (H, W), a grey one (gymnasium's ``AtariPreprocessing`` gives them),
-    gets one in front: (1, H, W), so that the image extractors and SB3's CNNs take it as an image.
+    Any two-axis Box (H, W), a grey frame without a channel axis (gymnasium's ``AtariPreprocessing`` gives
+    them), gets one in front: (1, H, W), so that the image extractors and SB3's CNNs take it as an image.
 
     :param env: an env whose observation is an image with its channels last: a uint8 0..255 image
         whose channels SB3 would take as last, or a three-axis Box of any dtype that reads as channel-last
@@ -276,8 +276,8 @@ class ChannelFirst(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env):
         space = env.observation_space
-        self.grey = isinstance(space, spaces.Box) and len(space.shape) == 2
-        if not (self.grey or channel_last_image(space) or channel_last_frame(space)):
+        self.add_axis = isinstance(space, spaces.Box) and len(space.shape) == 2
+        if not (self.add_axis or channel_last_image(space) or channel_last_frame(space)):
             raise ValueError(
                 f"observation space {space} is not supported by ChannelFirst: allowed are "
                 "images (H, W, C) with the channels last (uint8 0..255, or any Box whose last axis is its smallest and at "
@@ -285,13 +285,13 @@ class ChannelFirst(gym.ObservationWrapper):
             )
         super().__init__(env)
         assert isinstance(space, spaces.Box)
-        if self.grey:
+        if self.add_axis:
             self.observation_space = spaces.Box(space.low[None], space.high[None], (1, *space.shape), space.dtype)
         else:
             self.observation_space = _channel_first_space(space)
 
     def observation(self, observation: Any) -> np.ndarray:
-        return np.asarray(observation)[None] if self.grey else _channels_first(observation)
+        return np.asarray(observation)[None] if self.add_axis else _channels_first(observation)
 
 
 def _stacked(space: spaces.Box, length: int) -> tuple[spaces.Box, np.ndarray]:

@@ -13,7 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnvWrapper
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnvWrapper
 
 import envs  # noqa: F401  (registers the ids)
 from rlattn import AttentionPPO, EpisodicMemory
@@ -202,6 +202,25 @@ def test_value_gives_acts_values_and_draws_nothing_from_torchs_random_stream():
     assert values.shape == (3, 1)
     torch.testing.assert_close(values, acted, **TOL)
     assert torch.equal(memory.t, again.t)  # the step is remembered alike
+
+
+def test_rollouts_bootstrap_with_value_and_draw_actions_only_to_act():
+    """One act per env step; the value after the rollout (and of truncated episodes) from policy.value."""
+    model = small_model(make_vec_env(lambda: gym.make("CartPole-v1", max_episode_steps=5), n_envs=2, seed=0), n_steps=8)
+    calls = {"act": 0, "value": 0}
+    act, value = model.policy.act, model.policy.value
+
+    def counted(name, call):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return call(*args, **kwargs)
+
+        return wrapper
+
+    model.policy.act, model.policy.value = counted("act", act), counted("value", value)
+    model.learn(16)
+    truncated = calls["value"] - 1  # the rest: episodes cut by max_episode_steps
+    assert calls["act"] == 8 and truncated >= 1
 
 
 def test_save_load_round_trip_gives_identical_actions(tmp_path):
@@ -412,6 +431,7 @@ def test_a_load_that_keeps_the_last_observations_starts_each_memory_as_an_episod
         ({"memory": 8}, "memory=8 differs from the saved model's memory=4"),
         ({"memory_kwargs": {"n_layers": 1}}, "memory_kwargs {'n_layers': 1} differ from the saved model's"),
         ({"memory": 4, "include_action": True, "memory_kwargs": {"n_layers": 2}, "n_steps": 8}, None),
+        ({"memory_kwargs": {"gate": "gru", "position": "rotary"}}, None),  # the defaults the model was built with
     ],
 )
 def test_load_refuses_keywords_the_trained_policy_was_not_built_with(tmp_path, given, refused):
@@ -422,7 +442,7 @@ def test_load_refuses_keywords_the_trained_policy_was_not_built_with(tmp_path, g
     if refused is None:
         loaded = AttentionPPO.load(tmp_path / "model", env=env, device="cpu", **given)
         loaded.learn(8)
-        assert loaded.n_steps == 8 and loaded.policy.memory_net.window == 4
+        assert loaded.n_steps == given.get("n_steps", 16) and loaded.policy.memory_net.window == 4
         return
     with pytest.raises(ValueError, match=re.escape(refused)):
         AttentionPPO.load(tmp_path / "model", env=env, device="cpu", **given)
@@ -453,12 +473,24 @@ def test_patch_policy_says_when_it_takes_the_actions_for_patches_and_keeps_its_c
     model.save(tmp_path / "model")
     recwarn.clear()
     loaded = AttentionPPO.load(tmp_path / "model", env=env, device="cpu")
+    assert loaded.policy_kwargs["features_extractor_kwargs"]["readout"] == "pointer"  # saved, not chosen again
     assert loaded.policy.features_extractor.look_kwargs["readout"] == "pointer"
     assert not [w for w in recwarn if "taken as the frame's patches" in str(w.message)]
     kwargs = {"features_extractor_kwargs": {"readout": "pool"}}
     pooled = AttentionPPO("PatchPolicy", env, memory=4, n_steps=16, device="cpu", policy_kwargs=kwargs)
     assert pooled.policy.features_extractor.look_kwargs["readout"] == "pool"
     assert not [w for w in recwarn if "taken as the frame's patches" in str(w.message)]
+    # an env that says its actions are patches (the search envs: one action per cell) is not warned about
+    search = make_vec_env(
+        lambda: gym.make("rlattn/VisualSearch-v0", image_size=32, grid=4),
+        n_envs=2,
+        vec_env_cls=SubprocVecEnv,
+        vec_env_kwargs={"start_method": "fork"},
+    )
+    pointing = AttentionPPO("PatchPolicy", search, memory=4, n_steps=16, device="cpu")
+    assert pointing.policy.features_extractor.look_kwargs["readout"] == "pointer"
+    assert not [w for w in recwarn if "taken as the frame's patches" in str(w.message)]
+    search.close()
 
 
 class IntegerDones(VecEnvWrapper):
@@ -544,7 +576,8 @@ def test_minibatches_are_groups_of_whole_env_rollouts(n_envs, batch_size, sizes)
     [
         (1, 2048, 64, True),  # SB3's and the Zoo's usual pair: one rollout of 2,048 steps, not 32 of 64
         (4, 128, 10, True),
-        (2, 128, 1000, True),  # two envs hold 256 steps at most
+        (2, 128, 1000, False),  # two envs hold 256 steps: the whole rollout is as near as it gets
+        (4, 32, 256, False),  # this package's preset on 4 envs (--n-envs 4)
         (1, 2048, 2048, False),
         (8, 128, 256, False),
         (10, 128, 512, False),

@@ -139,7 +139,7 @@ def test_grey_frames_without_a_channel_axis_get_one_from_channel_first():
     """(H, W) uint8 frames (gymnasium's AtariPreprocessing gives them): the image extractors refused them
     pointing at vector extractors; ChannelFirst now gives them a channel axis, and every image path takes them."""
     grey = spaces.Box(0, 255, (16, 16), np.uint8)
-    with pytest.raises(ValueError, match=r"is a frame without a channel axis: .*rlattn.ChannelFirst\(env\)"):
+    with pytest.raises(ValueError, match=r"has two axes, no channel axis: .*rlattn.ChannelFirst\(env\) gives it one"):
         PatchAttentionExtractor(grey, **SMALL, patch_size=4)
     env = ChannelFirst(Steps(grey))
     assert env.observation_space == spaces.Box(0, 255, (1, 16, 16), np.uint8)
