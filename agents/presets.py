@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.preprocessing import is_image_space
 
-from rlattn.wrappers import coded_width
+from rlattn.wrappers import FlatObservation, coded_width
 
 
 @dataclass(frozen=True)
@@ -331,6 +331,17 @@ def default_patch_size(env: gym.Env) -> int:
     return max(p for p in range(1, max(1, min(cell, side)) + 1) if side % p == 0)
 
 
+def _space_seen(env: gym.Env) -> gym.Space:
+    """The observation space as the wrappers give it (a wrapper that draws pixels makes an image env),
+    before ``FlatObservation`` where it flattens a Dict or Tuple (an image leaf stays pixels in each step)."""
+    inner: gym.Env = env
+    while isinstance(inner, gym.Wrapper):
+        if isinstance(inner, FlatObservation):
+            return inner.env.observation_space
+        inner = inner.env
+    return env.observation_space
+
+
 def _holds_image(space: gym.Space, leaf: bool = False) -> bool:
     """An image Box (uint8 0..255, three axes), alone or as a leaf of a Dict or Tuple that
     ``FlatObservation`` keeps as pixels in every step (too large to code: MiniGrid's 7x7x3 grid of
@@ -367,6 +378,4 @@ def default_history(env: gym.Env, memory: str = "observation") -> int:
         return cap
     if memory == "episodic":
         return min(cap, EPISODIC_HISTORY_CAP)
-    return min(
-        cap, STATELESS_IMAGE_HISTORY_CAP if _holds_image(env.unwrapped.observation_space) else STATELESS_HISTORY_CAP
-    )
+    return min(cap, STATELESS_IMAGE_HISTORY_CAP if _holds_image(_space_seen(env)) else STATELESS_HISTORY_CAP)

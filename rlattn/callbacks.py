@@ -285,7 +285,10 @@ class AttentionLoggingCallback(BaseCallback):
         on the right); the target mass is the last layer's weight on the slots holding the target step.
         """
         decisions, memories = self._play()
+        # ages the memory can hold: no wider than its window, however long the episodes
+        window = getattr(self.model, "memory", None)
         span = max(t for _, t, _ in decisions) + 1
+        span = min(span, window) if isinstance(window, int) else span
         maps, counts, entropies, scored = [], np.zeros(span), [], []
         overlays: list[np.ndarray] = []
         for (obs, t, info), memory in zip(decisions, memories, strict=True):
@@ -335,6 +338,8 @@ class AttentionLoggingCallback(BaseCallback):
                 self.logger.record(key, value)
         for key, image in ((scored.image_key, scored.image), *scored.extra_images):
             self.logger.record(key, Image(image, "HWC"), exclude=_NOT_IMAGE)
+        # progress.csv's row for these says its step (TensorBoard has it from the dump)
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(self.num_timesteps)
 
     def _patch_round(

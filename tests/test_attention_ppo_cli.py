@@ -1,5 +1,6 @@
 """train.py --algo ppo_attention as a user runs it: train, evaluate, log attention, resume, replay, refuse bad input."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -35,6 +36,9 @@ def test_trains_logs_attention_resumes_and_replays(tmp_path):
     masses = [e.value for e in events.Scalars("attention/target_mass")]
     assert len(masses) == 2 and all(0.0 < m <= 1.0 for m in masses)
     assert len(events.Images("attention/heatmap")) == 2
+    with open(run / "progress.csv") as file:  # the attention views' rows say their step too
+        rows = [row for row in csv.DictReader(file) if row.get("attention/target_mass")]
+    assert [int(float(row["time/total_timesteps"])) for row in rows] == [256, 512]
     resumed = run_train(["-i", str(run / "rl_model_256_steps.zip"), "-n", "768", "--verbose", "0"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "result.json").read_text())["env_steps"] == 768

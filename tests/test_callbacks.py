@@ -196,3 +196,43 @@ def test_overlays_of_stacked_frames_draw_the_newest_frame():
     assert scored is not None
     frame = scored.image[:, :64]  # the frame half of the overlay (16 pixels drawn 4x), before the white gap
     assert frame.min() == 200  # the bright newest frame (the three oldest, drawn before, were black)
+
+
+class Fixed(gym.Env):
+    """Episodes of exactly ``horizon`` steps, whatever the actions."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, horizon: int):
+        self.horizon, self.t = horizon, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(2, self.t / self.horizon, np.float32), 0.0, self.t >= self.horizon, False, {}
+
+
+def test_an_episodic_memorys_heatmap_is_as_wide_as_its_window_however_long_the_episodes():
+    """The memory holds the last W steps: columns for older ages were always empty, and the picture's width
+    followed each round's longest episode (so it changed from one evaluation to the next)."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rlattn import AttentionPPO
+
+    model = AttentionPPO(
+        "MlpPolicy", make_vec_env(lambda: Fixed(5), n_envs=1), memory=4, n_steps=16, seed=0, device="cpu",
+        memory_kwargs={"features_dim": 16, "embed_dim": 16, "n_heads": 2, "n_layers": 1},
+    )  # fmt: skip
+    widths = []
+    for horizon in (40, 60):  # 12 pixels an age: 480 and 720 wide when the columns followed the episodes
+        callback = AttentionLoggingCallback(make_vec_env(lambda h=horizon: Fixed(h), n_envs=1), n_episodes=2, seed=7)
+        callback.init_callback(model)
+        scored = callback.measure()
+        assert scored is not None and scored.image_key == "attention/heatmap"
+        widths.append(scored.image.shape[1])
+    assert widths == [384, 384]  # the window's 4 ages, drawn at the picture's least width

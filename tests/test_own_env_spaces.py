@@ -597,6 +597,17 @@ class DictWithImage(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+class Drawn(gym.ObservationWrapper):
+    """A wrapper that draws its env's observation as a 24 x 24 RGB picture (the env itself holds no image)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = spaces.Box(0, 255, (24, 24, 3), np.uint8)
+
+    def observation(self, observation):
+        return np.full((24, 24, 3), int(np.asarray(observation).flat[0]), np.uint8)
+
+
 class OwnLimit(Steps):
     """An env with its own step limit (``max_steps``), as MiniGrid's."""
 
@@ -634,6 +645,10 @@ def test_episode_caps_time_limits_and_image_histories_set_the_default_history():
     assert image.extractor == "spatiotemporal-attention" and image.history == 16  # frames, not 128 of them
     flat = resolve(config_from_args(["--env", "OwnDictImage200-v0"]))
     assert flat.extractor == "attention" and flat.history == 16  # an image inside a Dict, flattened into each step
+    if "OwnRenderedImage200-v0" not in gym.registry:  # a vector env whose wrapper draws it: frames, as above
+        gym.register("OwnRenderedImage200-v0", entry_point=lambda: Drawn(Steps(vector)), max_episode_steps=200)
+    drawn = resolve(config_from_args(["--env", "OwnRenderedImage200-v0"]))
+    assert drawn.extractor == "spatiotemporal-attention" and drawn.history == 16
     with pytest.raises(ConfigError, match=r"OwnDictImage200-v0 gives a Dict, flattened into one vector a step"):
         resolve(config_from_args(["--env", "OwnDictImage200-v0", "--extractor", "spatiotemporal-attention"]))
 
