@@ -146,18 +146,15 @@ def test_grey_frames_without_a_channel_axis_get_one_from_channel_first():
     env.reset(seed=0)
     obs, *_ = env.step(0)
     assert obs.shape == (1, 16, 16) and (obs == 1).all() and env.observation_space.contains(obs)
+
+    def grey_frames(n_envs: int):
+        return make_vec_env(lambda: ChannelFirst(Steps(grey)), n_envs=n_envs)
+
     kwargs = {
         "features_extractor_class": PatchAttentionExtractor,
         "features_extractor_kwargs": {**SMALL, "patch_size": 4},
     }
-    model = PPO(
-        "CnnPolicy",
-        make_vec_env(lambda: ChannelFirst(Steps(grey)), n_envs=2),
-        n_steps=8,
-        batch_size=8,
-        policy_kwargs=kwargs,
-        device="cpu",
-    )
+    model = PPO("CnnPolicy", grey_frames(2), n_steps=8, batch_size=8, policy_kwargs=kwargs, device="cpu")
     assert model.policy.features_extractor.grid == (4, 4)
     model.learn(16)
     history = HistoryObservation(ChannelFirst(Steps(grey)), 4)
@@ -166,15 +163,7 @@ def test_grey_frames_without_a_channel_axis_get_one_from_channel_first():
     batch = {key: torch.as_tensor(value[None]) for key, value in history.reset(seed=0)[0].items()}
     assert extractor(batch).shape == (1, 16)
     frames = {"features_extractor_kwargs": {"patch_size": 4}}
-    memory = AttentionPPO(
-        "PatchPolicy",
-        make_vec_env(lambda: ChannelFirst(Steps(grey)), n_envs=1),
-        memory=4,
-        n_steps=8,
-        policy_kwargs=frames,
-        device="cpu",
-    )
-    memory.learn(8)
+    AttentionPPO("PatchPolicy", grey_frames(1), memory=4, n_steps=8, policy_kwargs=frames, device="cpu").learn(8)
 
 
 def test_unscaled_pixels_from_sb3_are_one_line_naming_normalize_images():
