@@ -382,6 +382,9 @@ class AttentionPPO(PPO):
         model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
         for name, value in fixed.items():
             if name == "memory_kwargs":
+                unknown = sorted(set(dict(value or {})) - set(MEMORY_KEYS))
+                if unknown:
+                    raise ValueError(f"memory_kwargs keys {unknown} are not supported: allowed are {MEMORY_KEYS}")
                 saved = {**_memory_defaults(), **model.policy_kwargs.get("memory_kwargs", {})}
                 differ = {k: v for k, v in dict(value or {}).items() if k not in saved or saved[k] != v}
                 if differ:

@@ -36,7 +36,8 @@ def image_shape(space: spaces.Space, who: str, what: str | None = None) -> tuple
     if isinstance(space, spaces.Box) and len(space.shape) == 2:
         raise ValueError(
             f"{what} has two axes, no channel axis: {who} needs channel-first (C, H, W) images; "
-            "if it is a frame (H, W), rlattn.ChannelFirst(env) gives it one, (1, H, W)"
+            "if it is a frame (H, W), rlattn.ChannelFirst(env) gives it one, (1, H, W); vector observations go to "
+            "HistoryAttentionExtractor or HistoryFlattenExtractor"
         )
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         raise ValueError(

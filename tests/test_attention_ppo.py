@@ -430,6 +430,7 @@ def test_a_load_that_keeps_the_last_observations_starts_each_memory_as_an_episod
         ({"include_reward": True}, "include_reward=True differs from the saved model's include_reward=False"),
         ({"memory": 8}, "memory=8 differs from the saved model's memory=4"),
         ({"memory_kwargs": {"n_layers": 1}}, "memory_kwargs {'n_layers': 1} differ from the saved model's"),
+        ({"memory_kwargs": {"foo": 1}}, "memory_kwargs keys ['foo'] are not supported: allowed are"),
         ({"memory": 4, "include_action": True, "memory_kwargs": {"n_layers": 2}, "n_steps": 8}, None),
         ({"memory_kwargs": {"gate": "gru", "position": "rotary"}}, None),  # the defaults the model was built with
     ],

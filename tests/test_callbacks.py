@@ -219,7 +219,8 @@ class Fixed(gym.Env):
 
 def test_an_episodic_memorys_heatmap_is_as_wide_as_its_window_however_long_the_episodes():
     """The memory holds the last W steps: columns for older ages were always empty, and the picture's width
-    followed each round's longest episode (so it changed from one evaluation to the next)."""
+    followed each round's longest episode past the window too (so it changed from one evaluation to the next);
+    now it has at most W columns (fewer only while every episode is shorter than W)."""
     from stable_baselines3.common.env_util import make_vec_env
 
     from rlattn import AttentionPPO
