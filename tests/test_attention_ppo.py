@@ -519,8 +519,8 @@ def test_integer_dones_train_and_callbacks_read_numpy_actions():
     assert all(isinstance(a, np.ndarray) and a.shape == (2,) for a in seen)
 
 
-BUDGET = 50_000
-"""env steps of the learning test (about 30 s on one thread)"""
+BUDGET = 60_000
+"""env steps of the learning test (about 35 s on one thread)"""
 
 
 @pytest.mark.slow
@@ -528,8 +528,9 @@ def test_attention_ppo_solves_the_passive_tmaze():
     """Corridor 10, trained on corridors 1..10 with 1 step of slack (the shipped presets' mix), W = 16, 1 layer.
 
     Measured with this configuration (eval success on 40 plain corridor-10 episodes every 10,240
-    steps, to 82k): seeds 0, 1 and 2 first reached 1.00 at 31k, 31k and 20k and held it to the end,
-    so the 50k budget leaves about 20k steps of room.
+    steps, to 81,920; 2026-12-07, after bootstrapping stopped drawing actions, which moved the seeds'
+    random streams): seeds 0, 1 and 2 first reached 1.00 at 40,960, 51,200 and 30,720 and held it to the
+    end (before that change: 31k, 31k and 20k), so the 60k budget leaves about 19k steps of room for seed 0.
     """
     seed = 0
     env = make_vec_env(lambda: tmaze(10, min_corridor_length=1, slack=1), n_envs=8, seed=seed)
