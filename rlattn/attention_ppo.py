@@ -175,7 +175,7 @@ class AttentionPPO(PPO):
 
     def env_groups(self) -> list[np.ndarray]:
         """One epoch's minibatches: the envs shuffled into groups of about ``batch_size / n_steps``."""
-        per_batch = min(self.n_envs, max(1, round(self.batch_size / self.n_steps)))  # type: ignore[operator]
+        per_batch = _rollouts_per_batch(self.batch_size, self.n_steps, self.n_envs)  # type: ignore[arg-type]
         return np.array_split(np.random.permutation(self.n_envs), -(-self.n_envs // per_batch))
 
     def _setup_model(self) -> None:
@@ -415,10 +415,15 @@ def _env_says_actions_are_patches(env: VecEnv | None) -> bool:
     return all(bool(value) for value in env.get_attr("actions_are_patches"))
 
 
+def _rollouts_per_batch(batch_size: int, n_steps: int, n_envs: int) -> int:
+    """Whole env rollouts per minibatch: ``batch_size / n_steps`` rounded, at least 1, at most ``n_envs``."""
+    return min(n_envs, max(1, round(batch_size / n_steps)))
+
+
 def _warn_rounded_batch(batch_size: int, n_steps: int, n_envs: int) -> None:
     """Minibatches are whole env rollouts: a ``batch_size`` that rounds to a minibatch at least twice as
     large or as small (SB3's ``n_steps=2048, batch_size=64``: one rollout of 2,048 steps) is said so."""
-    rollouts = min(n_envs, max(1, round(batch_size / n_steps)))
+    rollouts = _rollouts_per_batch(batch_size, n_steps, n_envs)
     steps = rollouts * n_steps
     if batch_size >= n_envs * n_steps:  # the whole rollout, as near as it gets (SB3 takes it whole too)
         return
